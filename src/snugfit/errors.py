@@ -1,0 +1,21 @@
+"""Errors that carry one clear line for the user.
+
+Every error snugfit raises on bad input is a `SnugfitError`: its message names
+the file or argument and says what is wrong. The CLI prints it as a single line
+(no traceback); Python users get an ordinary exception.
+"""
+
+from __future__ import annotations
+
+
+class SnugfitError(ValueError):
+    """Bad input or a state training cannot go on from, explained in one line."""
+
+
+class UnreadableImage(SnugfitError):
+    """An image file that cannot be decoded; loaders skip it and report it."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
