@@ -1,0 +1,65 @@
+"""Callbacks: optional behaviour hooked onto the training loop's events.
+
+The loop (``Learner._fit``) calls the events in this order::
+
+    before_fit
+    for epoch in epochs:
+        before_epoch
+        before_train                      # model in train mode, frozen BN in eval
+        for xb, yb in train batches:      # one batch = one optimizer step
+            before_batch                  # schedules set LR / momentum here
+            for each micro-batch:         # forward, weighted loss, backward
+                after_loss
+            before_step                   # gradients of the whole batch are ready
+            optimizer step, zero_grad
+            after_step
+            after_batch                   # learn.loss holds the batch loss (device)
+        after_train
+        before_validate
+        validation pass (no graph)
+        after_validate                    # learn.valid_loss, learn.metric_values
+        after_epoch                       # set learn.stop_training to stop early
+    after_fit                             # runs even when training stops on an error
+
+A callback overrides the events it needs; each receives the Learner.
+"""
+
+from __future__ import annotations
+
+EVENTS = (
+    "before_fit",
+    "before_epoch",
+    "before_train",
+    "before_batch",
+    "after_loss",
+    "before_step",
+    "after_step",
+    "after_batch",
+    "after_train",
+    "before_validate",
+    "after_validate",
+    "after_epoch",
+    "after_fit",
+)
+
+
+class Callback:
+    """Base class: every event is a no-op until overridden."""
+
+    order = 0  # lower runs first
+
+    def __getattr__(self, name):
+        if name in EVENTS:
+            return _noop
+        raise AttributeError(name)
+
+
+def _noop(learn) -> None:
+    return None
+
+
+from .progress import ProgressCallback  # noqa: E402
+from .recorder import Recorder  # noqa: E402
+from .schedule import ParamScheduler  # noqa: E402
+
+__all__ = ["EVENTS", "Callback", "ParamScheduler", "ProgressCallback", "Recorder"]

@@ -1,0 +1,126 @@
+"""Record losses, learning rates and metrics; write them as CSV; plot them."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+
+from . import Callback
+
+
+class Recorder(Callback):
+    """Keeps the history of a Learner's training.
+
+    Batch losses stay on the device during an epoch (no host sync per step) and
+    are copied to the host once, at the epoch's end.
+    """
+
+    order = 50
+
+    def __init__(self):
+        self.losses: list[float] = []  # per training batch, all fits
+        self.lrs: list[list[float]] = []  # per training batch, one per layer group
+        self.moms: list[float | None] = []
+        self.rows: list[dict] = []  # per epoch
+        self.iters_per_fit: list[int] = []
+        self.csv_path: Path | None = None
+        self._epoch_losses: list[torch.Tensor] = []
+
+    def record_hypers(self, lrs, mom) -> None:
+        self.lrs.append(list(lrs))
+        self.moms.append(mom)
+
+    def before_fit(self, learn) -> None:
+        self.metric_names = ["train_loss", "valid_loss", *learn.metric_names, "time"]
+        self.iters_per_fit.append(0)
+
+    def before_epoch(self, learn) -> None:
+        self._start = time.perf_counter()
+        self._epoch_losses = []
+        self._n_train = torch.zeros((), device=learn.device)
+        self._sum_train = torch.zeros((), device=learn.device)
+
+    def after_batch(self, learn) -> None:
+        loss = learn.loss.detach()
+        self._epoch_losses.append(loss)
+        n = learn.yb.shape[0]
+        self._sum_train += loss * n
+        self._n_train += n
+        self.iters_per_fit[-1] += 1
+
+    def after_epoch(self, learn) -> None:
+        if self._epoch_losses:
+            self.losses.extend(torch.stack(self._epoch_losses).float().cpu().tolist())
+            train_loss = (self._sum_train / self._n_train).item()
+        else:
+            train_loss = float("nan")
+        row = {"epoch": learn.epoch, "train_loss": train_loss, "valid_loss": learn.valid_loss}
+        row.update(learn.metric_values)
+        row["time"] = time.perf_counter() - self._start
+        self.rows.append(row)
+        if self.csv_path is not None:
+            self._append_csv(row)
+
+    def _append_csv(self, row: dict) -> None:
+        new = not self.csv_path.exists()
+        with self.csv_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+            f.flush()
+
+    # -- plots -------------------------------------------------------------
+    def plot_loss(self, path="loss.png", skip_start: int = 0, with_valid: bool = True) -> Path:
+        """Save training loss per batch (and validation loss per epoch) as a PNG."""
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(range(skip_start, len(self.losses)), self.losses[skip_start:], label="train")
+        if with_valid and self.rows:
+            ends = _epoch_end_iters(self)
+            ax.plot(ends, [r["valid_loss"] for r in self.rows], "o-", label="valid")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        return _save(fig, path)
+
+    def plot_lr(self, path="lr.png") -> Path:
+        """Save the learning rate of each layer group per batch as a PNG."""
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if self.lrs:
+            for g in range(len(self.lrs[0])):
+                ax.plot([lr[g] for lr in self.lrs], label=f"group {g}")
+            ax.set_yscale("log")
+            ax.legend(fontsize="small")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("learning rate")
+        return _save(fig, path)
+
+
+def _epoch_end_iters(rec: Recorder) -> list[int]:
+    # Each row is an epoch; spread batches evenly across epochs for plotting.
+    n_epochs = len(rec.rows)
+    per = len(rec.losses) / max(n_epochs, 1)
+    return [round(per * (i + 1)) - 1 for i in range(n_epochs)]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path

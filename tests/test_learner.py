@@ -1,0 +1,215 @@
+import io
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+
+from snugfit import Learner
+from snugfit.callbacks import Callback
+from snugfit.errors import SnugfitError
+from snugfit.models import create_model
+from snugfit.schedules import one_cycle
+
+
+def fake_dls(n_batches=3, bs=8, size=32, n_classes=3, seed=0):
+    """Fixed random batches on the CPU: enough for the loop, no image decoding."""
+    g = torch.Generator().manual_seed(seed)
+    batches = [
+        (
+            torch.randn(bs, 3, size, size, generator=g),
+            torch.randint(0, n_classes, (bs,), generator=g),
+        )
+        for _ in range(n_batches)
+    ]
+    return SimpleNamespace(
+        train=batches,
+        valid=batches[:1],
+        device=torch.device("cpu"),
+        vocab=[f"c{i}" for i in range(n_classes)],
+        c=n_classes,
+        size=size,
+        crop_pct=0.875,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+
+def quiet():
+    return Console(file=io.StringIO(), force_terminal=False, width=120)
+
+
+def make_learner(arch="test_resnet", dls=None, **kw):
+    torch.manual_seed(0)
+    dls = dls or fake_dls()
+    model = create_model(arch, dls.c, pretrained=False)
+    return Learner(dls, model, metrics=["accuracy", "error_rate"], console=quiet(), **kw)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_freeze_trains_only_the_head_and_keeps_frozen_bn_stats():
+    learn = make_learner()
+    learn.freeze()
+    head = {id(p) for _, p in learn.groups[-1]}
+    for name, p in learn.model.named_parameters():
+        assert p.requires_grad == (id(p) in head), name
+    before = snapshot(learn.model)
+    learn.fit(1, lr=1e-2)
+    after = snapshot(learn.model)
+    head_names = {n for n, _ in learn.groups[-1]}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # only the head's weights moved: frozen BN layers kept their running statistics
+    assert changed and changed <= head_names | {"fc.weight", "fc.bias"}
+    assert not any("running_mean" in k for k in changed)
+
+
+def test_freeze_to_and_unfreeze():
+    learn = make_learner()
+    n = len(learn.groups)
+    learn.freeze_to(2)
+    trains = [all(p.requires_grad for _, p in g) for g in learn.groups]
+    assert trains == [False, False] + [True] * (n - 2)
+    learn._train_mode()
+    frozen_bn = [m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert any(not m.training for m in frozen_bn) and any(m.training for m in frozen_bn)
+    learn.unfreeze()
+    assert all(p.requires_grad for p in learn.model.parameters())
+    with pytest.raises(SnugfitError, match="freeze_to"):
+        learn.freeze_to(n)
+
+
+def test_unfrozen_body_gets_gradients():
+    learn = make_learner()
+    learn.unfreeze()
+    before = snapshot(learn.model)
+    learn.fit(1, lr=1e-3)
+    after = snapshot(learn.model)
+    first = learn.groups[0][0][0]
+    assert not torch.equal(before[first], after[first])
+
+
+def test_discriminative_lrs_per_group_in_one_cycle():
+    learn = make_learner()
+    learn.unfreeze()
+    n = len(learn.groups)
+    learn.fit_one_cycle(2, lr_max=slice(1e-5, 1e-3), pct_start=0.5)
+    lrs = learn.recorder.lrs  # per batch, per group
+    peak = max(range(len(lrs)), key=lambda i: lrs[i][-1])
+    expected = [1e-5 * (100 ** (i / (n - 1))) for i in range(n)]
+    assert lrs[peak] == pytest.approx(expected, rel=1e-2)
+    # the optimizer really used them: each torch param group follows its layer group
+    for g in learn.opt.param_groups:
+        assert g["lr"] == pytest.approx(lrs[-1][g["layer"]])
+    assert lrs[0][-1] == pytest.approx(1e-3 / 25, rel=1e-6)
+
+
+def test_fine_tune_follows_fastai_phases():
+    learn = make_learner()
+    learn.fine_tune(1, base_lr=2e-3, freeze_epochs=1, lr_mult=100)
+    lrs = learn.recorder.lrs
+    n = len(learn.dls.train)
+    frozen, unfrozen = lrs[:n], lrs[n:]
+    # frozen: one-cycle up to base_lr with pct_start=0.99; head at base_lr, body at /10
+    for i, lr in enumerate(frozen):
+        assert lr[-1] == pytest.approx(one_cycle(i / n, 2e-3, pct_start=0.99))
+        assert lr[0] == pytest.approx(one_cycle(i / n, 2e-4, pct_start=0.99))
+    # unfrozen: base_lr halved, spread from base_lr/2/lr_mult to base_lr/2, div=5
+    for i, lr in enumerate(unfrozen):
+        assert lr[-1] == pytest.approx(one_cycle(i / n, 1e-3, div=5, pct_start=0.3))
+        assert lr[0] == pytest.approx(one_cycle(i / n, 1e-5, div=5, pct_start=0.3))
+    assert all(p.requires_grad for p in learn.model.parameters())
+    assert len(learn.recorder.rows) == 2
+
+
+def test_micro_batches_give_the_full_batch_gradient():
+    # no BatchNorm in a ViT: micro-batching must not change the math
+    results = []
+    for micro_bs in (None, 3, 2):
+        learn = make_learner("test_vit", micro_bs=micro_bs)
+        learn.unfreeze()
+        learn.fit(1, lr=1e-3)
+        results.append(snapshot(learn.model))
+    for other in results[1:]:
+        for k in results[0]:
+            assert torch.allclose(results[0][k], other[k], atol=1e-5), k
+
+
+def test_table_is_printed_without_a_terminal():
+    learn = make_learner()
+    learn.fit(2, lr=1e-3)
+    text = learn.cbs[1].console.file.getvalue().splitlines()
+    assert text[0].split() == [
+        "epoch",
+        "train_loss",
+        "valid_loss",
+        "accuracy",
+        "error_rate",
+        "time",
+    ]
+    assert [line.split()[0] for line in text[1:]] == ["0", "1"]
+    row = learn.recorder.rows[-1]
+    assert row["accuracy"] == pytest.approx(1 - row["error_rate"])
+    assert float(text[2].split()[2]) == pytest.approx(row["valid_loss"], abs=1e-6)
+
+
+def test_events_fire_in_order():
+    seen = []
+
+    class Spy(Callback):
+        def __getattr__(self, name):
+            return lambda learn: seen.append(name)
+
+    learn = make_learner(dls=fake_dls(n_batches=1))
+    learn.fit(1, cbs=[Spy()])
+    assert seen == [
+        "before_fit",
+        "before_epoch",
+        "before_train",
+        "before_batch",
+        "after_loss",
+        "before_step",
+        "after_step",
+        "after_batch",
+        "after_train",
+        "before_validate",
+        "after_validate",
+        "after_epoch",
+        "after_fit",
+    ]
+
+
+def test_stop_training_ends_after_the_epoch():
+    class StopAtOne(Callback):
+        def after_epoch(self, learn):
+            learn.stop_training = learn.epoch == 1
+
+    learn = make_learner()
+    learn.fit(5, cbs=[StopAtOne()])
+    assert [r["epoch"] for r in learn.recorder.rows] == [0, 1]
+
+
+def test_recorder_csv_and_plots(tmp_path):
+    learn = make_learner()
+    learn.recorder.csv_path = tmp_path / "metrics.csv"
+    learn.fit(2, lr=1e-3)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,valid_loss,accuracy,error_rate,time"
+    assert len(lines) == 3
+    assert len(learn.recorder.losses) == 2 * len(learn.dls.train)
+    for f in (
+        learn.recorder.plot_loss(tmp_path / "loss.png"),
+        learn.recorder.plot_lr(tmp_path / "lr.png"),
+    ):
+        assert f.stat().st_size > 1000 and f.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_arguments():
+    learn = make_learner()
+    with pytest.raises(SnugfitError, match="n_epoch"):
+        learn.fit(0)
+    with pytest.raises(SnugfitError, match="metrics: unknown metric 'f2'"):
+        Learner(fake_dls(), nn.Linear(2, 2), metrics=["f2"])
