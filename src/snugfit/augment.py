@@ -1,0 +1,200 @@
+"""Batch augmentation on the training device, as pure functions.
+
+Workers only decode and presize images (uint8, CPU); everything random happens
+here, on whole batches on the training device, in one interpolation: a random
+resized crop, a flip and a rotation are folded into one affine matrix per image
+and applied with a single ``grid_sample``. Resampling once (instead of crop, then
+resize, then rotate) is both faster and sharper.
+
+All random parameters are drawn on the CPU from an explicit ``torch.Generator``,
+so a seed gives the same augmentations on a CPU, a GPU or any other device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
+    """``n`` float64 samples uniform in ``[low, high]``, drawn on the CPU."""
+    return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def affine_params(
+    n: int,
+    *,
+    min_scale: float = 0.75,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    max_rotate: float = 10.0,
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample one affine matrix per image for ``F.affine_grid``.
+
+    Each matrix maps output coordinates to input coordinates, both normalised to
+    ``[-1, 1]`` (``align_corners=False``). It combines:
+
+    * a random resized crop: area fraction uniform in ``[min_scale, 1]``, aspect
+      ratio log-uniform in ``ratio``, placed uniformly at random inside the image;
+    * a horizontal flip with probability 0.5 (if ``flip``);
+    * a rotation uniform in ``[-max_rotate, max_rotate]`` degrees.
+
+    The aspect-ratio range is narrowed per image so that the crop always fits
+    inside the image at the sampled area; with ``min_scale=1`` the crop is the
+    whole image. Rotated corners may fall outside; the sampler reflects them.
+    Aspect ratios are relative to the input, which is square when it comes from
+    `snugfit.data.decode_train`.
+
+    Args:
+        n: Number of matrices.
+        min_scale: Smallest crop area, as a fraction of the image, in ``(0, 1]``.
+        ratio: Range of crop aspect ratios (width / height).
+        max_rotate: Largest rotation, in degrees.
+        flip: Whether to flip half of the images horizontally.
+        generator: CPU generator the parameters are drawn from.
+
+    Returns:
+        A float32 CPU tensor of shape ``(n, 2, 3)``.
+    """
+    if not 0 < min_scale <= 1:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    scale = _uniform(n, min_scale, 1.0, generator)
+    # A crop of area s fits (width, height <= 1) only for ratios in [s, 1/s].
+    log_lo = torch.maximum(torch.full_like(scale, math.log(ratio[0])), scale.log())
+    log_hi = torch.minimum(torch.full_like(scale, math.log(ratio[1])), -scale.log())
+    log_hi = torch.maximum(log_lo, log_hi)  # an empty range collapses to its lower end
+    r = torch.exp(
+        log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+    )
+    # Half-extents of the crop in normalised coordinates equal its fractions of the image.
+    w = (scale * r).sqrt().clamp(max=1.0)
+    h = (scale / r).sqrt().clamp(max=1.0)
+    cx = (1 - w) * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+    cy = (1 - h) * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+    if flip:
+        sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
+    else:
+        sign = torch.ones(n, dtype=torch.float64)
+    angle = _uniform(n, -max_rotate, max_rotate, generator) * (math.pi / 180)
+    cos, sin = angle.cos(), angle.sin()
+    # theta[:, :, :2] = R(angle) @ diag(sign * w, h): the crop rectangle, flipped,
+    # then rotated about its centre, which sits at (cx, cy).
+    theta = torch.stack(
+        [
+            torch.stack([cos * sign * w, -sin * h, cx], dim=1),
+            torch.stack([sin * sign * w, cos * h, cy], dim=1),
+        ],
+        dim=1,
+    )
+    return theta.float()
+
+
+def _stats(values: Sequence[float], x: Tensor) -> Tensor:
+    """A ``(1, 3, 1, 1)`` tensor of per-channel ``values`` on ``x``'s device."""
+    return torch.as_tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+
+def normalize(x01: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Map images in ``[0, 1]`` to ``(x - mean) / std`` per channel (new tensor)."""
+    return (x01 - _stats(mean, x01)) / _stats(std, x01)
+
+
+def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo `normalize`: map normalised images back to ``[0, 1]`` (not clamped)."""
+    return x * _stats(std, x) + _stats(mean, x)
+
+
+def _lighting(x: Tensor, max_lighting: float, generator: torch.Generator | None) -> Tensor:
+    """Per-image contrast then brightness jitter, factors in ``1 ± max_lighting``, in place."""
+    b = x.shape[0]
+    contrast = _uniform(b, 1 - max_lighting, 1 + max_lighting, generator).float()
+    brightness = _uniform(b, 1 - max_lighting, 1 + max_lighting, generator).float()
+    contrast = contrast.to(x.device).view(b, 1, 1, 1)
+    brightness = brightness.to(x.device).view(b, 1, 1, 1)
+    # Contrast stretches each image about its own mean grey level, then
+    # brightness scales it; both are what a camera's exposure would change.
+    grey = x.mean(dim=(1, 2, 3), keepdim=True)
+    return x.sub_(grey).mul_(contrast).add_(grey).mul_(brightness)
+
+
+def batch_augment(
+    x_uint8: Tensor,
+    size: int,
+    *,
+    generator: torch.Generator | None = None,
+    min_scale: float = 0.75,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    max_rotate: float = 10.0,
+    flip: bool = True,
+    max_lighting: float = 0.2,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """Randomly augment a batch of presized uint8 images into normalised floats.
+
+    One bilinear ``grid_sample`` per batch applies the crop, flip and rotation of
+    `affine_params` (reflection padding), resampling straight to ``size``; then
+    brightness/contrast jitter, a clamp to ``[0, 1]`` and normalisation.
+
+    Args:
+        x_uint8: ``(B, 3, H, W)`` uint8 images on any device.
+        size: Output side length.
+        generator: CPU generator for all random parameters.
+        min_scale: Smallest crop area fraction (1 disables cropping).
+        ratio: Range of crop aspect ratios.
+        max_rotate: Largest rotation in degrees (0 disables rotation).
+        flip: Whether to flip half of the images horizontally.
+        max_lighting: Largest relative brightness/contrast change (0 disables it).
+        mean: Per-channel mean for normalisation.
+        std: Per-channel standard deviation for normalisation.
+
+    Returns:
+        A float32 tensor ``(B, 3, size, size)`` on the input's device.
+    """
+    b = x_uint8.shape[0]
+    theta = affine_params(
+        b, min_scale=min_scale, ratio=ratio, max_rotate=max_rotate, flip=flip, generator=generator
+    )
+    x = x_uint8.float().div_(255)
+    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], size, size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if max_lighting > 0:
+        x = _lighting(x, max_lighting, generator)
+    x = x.clamp_(0, 1)
+    return x.sub_(_stats(mean, x)).div_(_stats(std, x))
+
+
+def center_batch(
+    x_uint8: Tensor,
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """Convert a uint8 batch to normalised floats without augmentation.
+
+    The batch is resized (bilinear, antialiased) only if it is not already
+    ``size`` × ``size``; validation batches are decoded at ``size`` and are not.
+
+    Args:
+        x_uint8: ``(B, 3, H, W)`` uint8 images on any device.
+        size: Output side length.
+        mean: Per-channel mean for normalisation.
+        std: Per-channel standard deviation for normalisation.
+
+    Returns:
+        A float32 tensor ``(B, 3, size, size)`` on the input's device.
+    """
+    x = x_uint8.float().div_(255)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        ).clamp_(0, 1)
+    return x.sub_(_stats(mean, x)).div_(_stats(std, x))

@@ -1,0 +1,1065 @@
+"""Data pipeline: decode images in worker processes, augment batches on the device.
+
+The work is split where it is cheapest:
+
+* worker processes (CPU) decode each file, resize it once with Pillow and hand
+  over a small uint8 square (``presize`` for training, ``size`` for validation);
+* the main process copies the uint8 batch to the training device (4x less data
+  than float32) and runs all augmentation there on whole batches
+  (`snugfit.augment`).
+
+Unreadable files never stop training: they are found at construction time (a
+cheap header check) or at decode time (truncated data), reported once through the
+``snugfit`` logger and recorded in ``ImageDataLoaders.skipped``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import re
+import weakref
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from snugfit.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    batch_augment,
+    center_batch,
+    denormalize,
+)
+from snugfit.errors import SnugfitError, UnreadableImage
+
+logger = logging.getLogger("snugfit")
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_EXTENSIONS_HINT = ", ".join(sorted(IMAGE_EXTENSIONS))
+
+# ---------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a failure to open or decode an image."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "image too large (possible decompression bomb)"
+    msg = str(exc)
+    if "truncated" in msg or "broken data stream" in msg:
+        return "truncated image data"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot decode ({type(exc).__name__}: {msg})" if msg else "cannot decode"
+
+
+def _is_empty(path: str | os.PathLike) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False  # let Image.open report the real problem
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a Pillow image of any mode to 8-bit RGB."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        # 16/32-bit and float greyscale: a plain convert("L") clips at 255, so
+        # scale the value range to 8 bits instead.
+        a = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "F":
+            top = 1.0 if a.size and a.max() <= 1.0 else 255.0
+        else:  # "I": often a 16-bit PNG; pick the smallest range that holds the data
+            peak = float(a.max()) if a.size else 0.0
+            top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+        a = np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        # Transparent pixels often hold arbitrary colours (frequently black):
+        # show them as white, like a viewer would.
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
+    """Open an image file as an upright 8-bit RGB Pillow image.
+
+    JPEGs are decoded at a reduced scale (Pillow's ``draft``, a DCT-domain
+    downscale that is much faster for big photos) when ``size`` is given; the
+    decoded image keeps both sides at least ``size``. EXIF orientation is applied;
+    palette, alpha (composited on white), greyscale, 16-bit and CMYK images are
+    converted to RGB.
+
+    Args:
+        path: Image file.
+        size: Smallest side length the caller needs, or None for full resolution.
+
+    Returns:
+        A loaded RGB image, independent of the file.
+
+    Raises:
+        UnreadableImage: The file is empty, not an image, truncated, too large
+            or otherwise cannot be decoded.
+    """
+    if _is_empty(path):
+        raise UnreadableImage(path, "empty file")
+    try:
+        with Image.open(path) as img:
+            if size is not None and img.format == "JPEG":
+                img.draft("RGB", (size, size))
+            img.load()  # decode now, so errors surface here
+            upright = ImageOps.exif_transpose(img)  # a new image
+        return _to_rgb(upright)
+    except UnreadableImage:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(path, _reason(e)) from e
+
+
+def _crop_resize(img: Image.Image, out: int, crop_frac: float) -> Tensor:
+    """Center-crop a square of ``crop_frac`` × the shorter side, resize to ``out``.
+
+    Cropping via ``resize(box=...)`` resamples only the pixels kept (and at
+    sub-pixel precision); ``reducing_gap`` first shrinks big images by an integer
+    factor, which is fast and, at a gap of 3, visually identical to a full
+    antialiased resize.
+    """
+    w, h = img.size
+    side = min(w, h) * crop_frac
+    left, top = (w - side) / 2, (h - side) / 2
+    img = img.resize(
+        (out, out),
+        Image.Resampling.BILINEAR,
+        box=(left, top, left + side, top + side),
+        reducing_gap=3.0,
+    )
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def decode_train(path: str | os.PathLike, presize: int) -> Tensor:
+    """Decode a training image: shorter side to ``presize``, center-crop a square.
+
+    Args:
+        path: Image file.
+        presize: Side of the square output.
+
+    Returns:
+        A uint8 tensor ``(3, presize, presize)``.
+
+    Raises:
+        UnreadableImage: The file cannot be decoded.
+    """
+    return _crop_resize(open_image(path, presize), presize, 1.0)
+
+
+def _valid_resize(size: int, crop_pct: float) -> int:
+    return round(size / crop_pct)
+
+
+def decode_valid(path: str | os.PathLike, size: int, crop_pct: float = 0.875) -> Tensor:
+    """Decode an evaluation image the timm/ImageNet way.
+
+    The shorter side is resized to ``round(size / crop_pct)`` and the central
+    ``size`` × ``size`` square is kept (done as one resampling of the crop).
+
+    Args:
+        path: Image file.
+        size: Side of the square output.
+        crop_pct: Fraction of the resized shorter side kept by the crop.
+
+    Returns:
+        A uint8 tensor ``(3, size, size)``.
+
+    Raises:
+        UnreadableImage: The file cannot be decoded.
+    """
+    img = open_image(path, _valid_resize(size, crop_pct))
+    return _crop_resize(img, size, size / _valid_resize(size, crop_pct))
+
+
+def _valid_tensor(image: str | os.PathLike | Image.Image, size: int, crop_pct: float) -> Tensor:
+    if isinstance(image, Image.Image):
+        img = _to_rgb(ImageOps.exif_transpose(image))
+        return _crop_resize(img, size, size / _valid_resize(size, crop_pct))
+    return decode_valid(image, size, crop_pct)
+
+
+def prepare_for_predict(
+    images: str | os.PathLike | Image.Image | Sequence[str | os.PathLike | Image.Image],
+    size: int,
+    crop_pct: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """Turn image files or PIL images into a normalised batch (validation transform).
+
+    Needs no dataloaders, so a learner loaded from disk can predict.
+
+    Args:
+        images: One path or PIL image, or a sequence of them.
+        size: Side of the square model input.
+        crop_pct: Center-crop fraction, as in `decode_valid`.
+        mean: Per-channel normalisation mean.
+        std: Per-channel normalisation standard deviation.
+
+    Returns:
+        A float32 CPU tensor ``(N, 3, size, size)``.
+
+    Raises:
+        UnreadableImage: A file cannot be decoded.
+        SnugfitError: ``images`` is empty.
+    """
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    images = list(images)
+    if not images:
+        raise SnugfitError("images: nothing to predict (empty sequence)")
+    x = torch.stack([_valid_tensor(im, size, crop_pct) for im in images])
+    return center_batch(x, size, mean, std)
+
+
+# ---------------------------------------------------------------------------
+# Items and splitting
+# ---------------------------------------------------------------------------
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def get_image_files(path: str | os.PathLike) -> list[Path]:
+    """All image files under ``path``, recursively, sorted; matched by extension.
+
+    Hidden files and folders (``.ipynb_checkpoints``, ``._x.jpg`` from macOS) are
+    not images of the dataset and are left out.
+    """
+    # os.walk + followlinks: datasets are often symlinked into place.
+    found = []
+    for root, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f)))
+    return sorted(found)
+
+
+def split_stratified(
+    labels: Sequence[Any], valid_pct: float, seed: int = 42
+) -> tuple[list[int], list[int]]:
+    """Randomly split indices into train and validation, class by class.
+
+    Each class with ``n`` items sends ``round(valid_pct * n)`` of them to the
+    validation set (rounding halves up), at least one when ``n >= 2`` and never
+    all of them, so every class is seen in both sets when it can be.
+
+    Args:
+        labels: One label (any hashable) per item.
+        valid_pct: Fraction for validation, in ``(0, 1)``.
+        seed: Seed; the same seed and labels give the same split.
+
+    Returns:
+        ``(train_idx, valid_idx)``, each sorted.
+
+    Raises:
+        SnugfitError: ``valid_pct`` is not in ``(0, 1)``.
+    """
+    if not 0 < valid_pct < 1:
+        raise SnugfitError(f"valid_pct: must be between 0 and 1 (exclusive), got {valid_pct}")
+    by_class: dict[Any, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    # Visit classes in a fixed order so the split does not depend on item order.
+    for lab in sorted(by_class, key=repr):
+        idx = by_class[lab]
+        n = len(idx)
+        n_valid = math.floor(valid_pct * n + 0.5)
+        if n >= 2:
+            n_valid = min(max(n_valid, 1), n - 1)
+        perm = rng.permutation(n)
+        valid.extend(idx[j] for j in perm[:n_valid])
+        train.extend(idx[j] for j in perm[n_valid:])
+    return sorted(train), sorted(valid)
+
+
+def _header_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be an image, judging by its header only; None if it looks fine."""
+    if _is_empty(path):
+        return "empty file"
+    try:
+        with Image.open(path):
+            pass  # parses the header; pixel data is not decoded
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        return _reason(e)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Dataset, collate, loader
+# ---------------------------------------------------------------------------
+
+
+class Unreadable(NamedTuple):
+    """Sentinel a dataset returns for a file that failed to decode."""
+
+    path: str
+    reason: str
+
+
+class ImageDataset(Dataset):
+    """``(path, label)`` items decoded to uint8 squares.
+
+    Paths are packed into one numpy byte buffer rather than a list of Python
+    objects: forked workers that touch Python objects update their reference
+    counts, copying every page they sit on, so a big list slowly duplicates
+    itself in each worker.
+
+    Args:
+        items: ``(path, label index)`` pairs.
+        train: Decode with `decode_train` at ``size`` (else `decode_valid`).
+        size: Output side (``presize`` for training).
+        crop_pct: Center-crop fraction for validation decoding.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[tuple[Path, int]],
+        train: bool,
+        size: int,
+        crop_pct: float = 0.875,
+    ):
+        encoded = [os.fsencode(p) for p, _ in items]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._paths = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.labels = np.array([lab for _, lab in items], dtype=np.int64)
+        self.train = train
+        self.size = size
+        self.crop_pct = crop_pct
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, i: int) -> str:
+        """The file of item ``i``."""
+        return os.fsdecode(self._paths[self._offsets[i] : self._offsets[i + 1]].tobytes())
+
+    @property
+    def items(self) -> list[tuple[Path, int]]:
+        """The items, as ``(Path, label)`` pairs."""
+        return [(Path(self.path(i)), int(self.labels[i])) for i in range(len(self))]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | Unreadable:
+        path = self.path(i)
+        try:
+            if self.train:
+                x = decode_train(path, self.size)
+            else:
+                x = decode_valid(path, self.size, self.crop_pct)
+        except UnreadableImage as e:
+            # Do not kill the worker (and the epoch): let collate drop it.
+            return Unreadable(path, e.reason)
+        return x, int(self.labels[i])
+
+
+def collate(
+    samples: list[tuple[Tensor, int] | Unreadable],
+) -> tuple[Tensor | None, Tensor | None, list[tuple[str, str]]]:
+    """Stack decoded samples, dropping `Unreadable` ones.
+
+    Returns:
+        ``(x, y, bad)``: uint8 images ``(B, 3, H, W)``, long labels ``(B,)``
+        (both None if every sample was unreadable) and ``(path, reason)`` pairs.
+    """
+    good = [s for s in samples if not isinstance(s, Unreadable)]
+    bad = [(s.path, s.reason) for s in samples if isinstance(s, Unreadable)]
+    if not good:
+        return None, None, bad
+    shape = (len(good), *good[0][0].shape)
+    x = torch.empty(shape, dtype=torch.uint8)
+    if get_worker_info() is not None:
+        # Stack straight into shared memory, saving a copy when the batch is
+        # sent to the main process.
+        x.share_memory_()
+    torch.stack([s[0] for s in good], out=x)
+    y = torch.tensor([s[1] for s in good], dtype=torch.long)
+    return x, y, bad
+
+
+def _mix_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit seed for (seed, epoch, stream), different for each combination."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63)
+
+
+class _EpochShuffle(Sampler[int]):
+    """A random permutation fixed by ``(seed, epoch)``, set before each epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, 0))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class DeviceLoader:
+    """Batches of normalised images on the training device.
+
+    Wraps a torch ``DataLoader`` whose workers decode files to uint8; each batch
+    is copied to ``device`` and augmented there (training) or only normalised
+    (validation). Size, normalisation and augmentation settings are read from the
+    parent `ImageDataLoaders` when an epoch starts, so changing them there (for
+    example the model's mean/std, or progressive resizing) takes effect at the
+    next epoch.
+
+    Iterating yields ``(x, y)``: float32 ``(B, 3, size, size)`` and long ``(B,)``.
+    The last batch may be short. The training order and augmentations of epoch
+    ``e`` depend only on the parent's seed and ``e``; ``epoch`` counts the epochs
+    started (set it to resume).
+
+    Args:
+        dls: The parent `ImageDataLoaders`.
+        items: ``(path, label index)`` pairs.
+        train: Shuffle, decode at ``presize`` and augment (else: in order, at ``size``).
+    """
+
+    def __init__(self, dls: ImageDataLoaders, items: Sequence[tuple[Path, int]], train: bool):
+        self.dls = dls
+        self.items = list(items)
+        self.train = train
+        self.epoch = 0
+        # The current torch DataLoader lives in a one-element list, emptied by a
+        # finalizer when this loader is garbage collected. Why: this loader and
+        # its parent reference each other, so they die in a cyclic GC pass, and
+        # there multiprocessing closes the workers' queues *before* any __del__
+        # runs; the DataLoader then waits 5 s per worker for an exit signal that
+        # cannot arrive. The finalizer keeps the DataLoader reachable until it
+        # runs first, so workers shut down at once.
+        self._slot: list[DataLoader] = []
+        self._key: tuple | None = None
+        weakref.finalize(self, self._slot.clear).atexit = False
+
+    @property
+    def bs(self) -> int:
+        """Batch size (the parent's)."""
+        return self.dls.bs
+
+    @property
+    def device(self) -> torch.device:
+        """Device batches are delivered to (the parent's)."""
+        return self.dls.device
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Unreadable files seen so far (shared with the parent), path → reason."""
+        return self.dls.skipped
+
+    def _decode_size(self) -> int:
+        return self.dls.presize if self.train else self.dls.size
+
+    @property
+    def dataset(self) -> ImageDataset:
+        """The dataset for the current settings."""
+        return self._loader().dataset
+
+    def _loader(self) -> DataLoader:
+        """The torch DataLoader, rebuilt when a setting its workers hold changes."""
+        key = (self._decode_size(), self.dls.crop_pct, self.bs, self.dls.num_workers,
+               self.device.type, self.dls.seed)  # fmt: skip
+        if not self._slot or key != self._key:
+            self.close()
+            ds = ImageDataset(self.items, self.train, self._decode_size(), self.dls.crop_pct)
+            workers = self.dls.num_workers
+            dl = DataLoader(
+                ds,
+                batch_size=self.bs,
+                sampler=_EpochShuffle(len(ds), self.dls.seed) if self.train else None,
+                shuffle=False,
+                drop_last=False,
+                num_workers=workers,
+                collate_fn=collate,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+            )
+            self._slot.append(dl)
+            self._key = key
+        return self._slot[0]
+
+    def close(self) -> None:
+        """Shut down the worker processes now (they restart on the next iteration)."""
+        self._slot.clear()  # the DataLoader's last reference: its workers exit
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.items) / self.bs)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self._batches(epoch)
+
+    def one_batch(self) -> tuple[Tensor, Tensor]:
+        """One batch, without counting an epoch (so training stays reproducible)."""
+        it = self._batches(-1)
+        try:
+            return next(it)
+        except StopIteration:
+            raise SnugfitError("no readable images to make a batch from") from None
+        finally:
+            it.close()
+
+    def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        dls = self.dls
+        dl = self._loader()
+        if isinstance(dl.sampler, _EpochShuffle):
+            dl.sampler.epoch = epoch
+        gen = torch.Generator().manual_seed(_mix_seed(dls.seed, epoch, 1))
+        device, size, mean, std = self.device, dls.size, dls.mean, dls.std
+        augment = self.train and dls.augment
+        for x, y, bad in dl:
+            for path, reason in bad:
+                dls._skip(path, reason)
+            if x is None:
+                continue
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if augment:
+                x = batch_augment(
+                    x,
+                    size,
+                    generator=gen,
+                    min_scale=dls.min_scale,
+                    max_rotate=dls.max_rotate,
+                    flip=dls.flip,
+                    max_lighting=dls.max_lighting,
+                    mean=mean,
+                    std=std,
+                )
+            else:
+                x = center_batch(x, size, mean, std)
+            yield x, y
+
+
+# ---------------------------------------------------------------------------
+# ImageDataLoaders
+# ---------------------------------------------------------------------------
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise SnugfitError(f"{name}: must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _auto_presize(size: int) -> int:
+    # ~15% larger than the model input, on a multiple of 8: random crops and
+    # rotations then resample from real detail (not upsampled pixels) while
+    # decoding and copying stay cheap; and the one bilinear resample on the
+    # device shrinks by only ~1.15x, too little to alias.
+    return max(size, round(size * 1.15 / 8) * 8)
+
+
+def _labelled(files: Sequence[Path], labels: Sequence[str]) -> tuple[list[str], list[int]]:
+    vocab = sorted(set(labels))
+    index = {c: i for i, c in enumerate(vocab)}
+    return vocab, [index[lab] for lab in labels]
+
+
+def _split_items(
+    files: Sequence[Path], labels: Sequence[int], valid_pct: float, seed: int
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    train_idx, valid_idx = split_stratified(labels, valid_pct, seed)
+    return (
+        [(files[i], labels[i]) for i in train_idx],
+        [(files[i], labels[i]) for i in valid_idx],
+    )
+
+
+def _class_files(root: Path) -> dict[str, list[Path]]:
+    """Image files under each immediate subfolder of ``root`` (the class), non-empty only."""
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = get_image_files(d)
+        if files:
+            out[d.name] = files
+    return out
+
+
+def _no_images(path: Path) -> SnugfitError:
+    return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT})")
+
+
+def _parse_bool(value: str) -> bool | None:
+    v = value.strip().lower()
+    if v in ("1", "true", "t", "yes", "y", "valid", "1.0"):
+        return True
+    if v in ("0", "false", "f", "no", "n", "train", "0.0", ""):
+        return False
+    return None
+
+
+class ImageDataLoaders:
+    """Training and validation loaders for single-label image classification.
+
+    Build one with `from_folder`, `from_name_re` or `from_csv`. Files whose
+    header is unreadable are left out (and reported) at construction; files that
+    fail to decode later are skipped when met. Both end up in ``skipped``.
+
+    Args:
+        train_items: ``(path, label index)`` pairs for training.
+        valid_items: ``(path, label index)`` pairs for validation.
+        vocab: Class names, indexed by label.
+        path: Where the data came from (for messages).
+        bs: Batch size.
+        size: Side of the square model input.
+        presize: Side the training images are decoded to before augmentation;
+            None follows ``size`` (about 15% larger).
+        crop_pct: Center-crop fraction of the validation transform.
+        seed: Seed for shuffling and augmentation.
+        num_workers: Decoding processes; default ``min(4, cpu count)``.
+        device: Device batches are delivered to; default CUDA when available.
+        min_scale: Smallest random-crop area fraction.
+        max_rotate: Largest random rotation, in degrees.
+        flip: Random horizontal flips.
+        max_lighting: Largest relative brightness/contrast change.
+        augment: Augment training batches (False: only resize and normalise).
+        mean: Normalisation mean (the learner sets the model's).
+        std: Normalisation standard deviation (the learner sets the model's).
+    """
+
+    def __init__(
+        self,
+        train_items: Sequence[tuple[Path, int]],
+        valid_items: Sequence[tuple[Path, int]],
+        vocab: Sequence[str],
+        *,
+        path: str | os.PathLike | None = None,
+        bs: int = 32,
+        size: int = 224,
+        presize: int | None = None,
+        crop_pct: float = 0.875,
+        seed: int = 42,
+        num_workers: int | None = None,
+        device: str | torch.device | None = None,
+        min_scale: float = 0.75,
+        max_rotate: float = 10.0,
+        flip: bool = True,
+        max_lighting: float = 0.2,
+        augment: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        self.path = Path(path) if path is not None else None
+        self.bs = _check_positive_int("bs", bs)
+        self.size = _check_positive_int("size", size)
+        self.presize = presize
+        if not 0 < crop_pct <= 1:
+            raise SnugfitError(f"crop_pct: must be in (0, 1], got {crop_pct!r}")
+        if not 0 < min_scale <= 1:
+            raise SnugfitError(f"min_scale: must be in (0, 1], got {min_scale!r}")
+        if not 0 <= max_lighting < 1:
+            raise SnugfitError(f"max_lighting: must be in [0, 1), got {max_lighting!r}")
+        self.crop_pct = float(crop_pct)
+        self.seed = int(seed)
+        if num_workers is None:
+            num_workers = min(4, os.cpu_count() or 1)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise SnugfitError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
+        self.num_workers = num_workers
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.min_scale, self.max_rotate, self.flip = float(min_scale), float(max_rotate), flip
+        self.max_lighting, self.augment = float(max_lighting), augment
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.vocab = list(vocab)
+        self.skipped: dict[str, str] = {}
+
+        where = self.path if self.path is not None else "data"
+        if len(self.vocab) < 2:
+            only = f" ('{self.vocab[0]}')" if self.vocab else ""
+            raise SnugfitError(f"{where}: found only one class{only}; need at least two")
+        train_items = self._drop_unreadable(train_items)
+        valid_items = self._drop_unreadable(valid_items)
+        if not train_items:
+            raise SnugfitError(f"{where}: the training set is empty (no readable images)")
+        if not valid_items:
+            raise SnugfitError(f"{where}: the validation set is empty (no readable images)")
+        self.train_items, self.valid_items = train_items, valid_items
+        self.train = DeviceLoader(self, train_items, train=True)
+        self.valid = DeviceLoader(self, valid_items, train=False)
+
+    # -- settings -----------------------------------------------------------
+
+    @property
+    def c(self) -> int:
+        """Number of classes."""
+        return len(self.vocab)
+
+    @property
+    def presize(self) -> int:
+        """Side training images are decoded to (automatic unless set)."""
+        return self._presize if self._presize is not None else _auto_presize(self.size)
+
+    @presize.setter
+    def presize(self, value: int | None) -> None:
+        self._presize = None if value is None else _check_positive_int("presize", value)
+
+    def set_size(self, size: int) -> None:
+        """Change the model input size; an automatic ``presize`` follows it."""
+        self.size = _check_positive_int("size", size)
+
+    # -- skipped files ------------------------------------------------------
+
+    def _skip(self, path: str | os.PathLike, reason: str) -> None:
+        """Record an unreadable file and warn about it, once per file."""
+        path = str(path)
+        if path not in self.skipped:
+            self.skipped[path] = reason
+            logger.warning("skipping unreadable image %s: %s", path, reason)
+
+    def _drop_unreadable(self, items: Sequence[tuple[Path, int]]) -> list[tuple[Path, int]]:
+        """Items whose header parses; report the others (headers read in threads)."""
+        items = [(Path(p), int(lab)) for p, lab in items]
+        if not items:
+            return items
+        # Opening a header is mostly waiting on the file system: threads overlap it.
+        with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
+            problems = list(pool.map(_header_problem, [p for p, _ in items], chunksize=64))
+        kept = []
+        for item, problem in zip(items, problems, strict=True):
+            if problem is None:
+                kept.append(item)
+            else:
+                self._skip(item[0], problem)
+        return kept
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | os.PathLike,
+        train: str = "train",
+        valid: str | None = None,
+        valid_pct: float | None = None,
+        seed: int = 42,
+        bs: int = 32,
+        size: int = 224,
+        presize: int | None = None,
+        num_workers: int | None = None,
+        device: str | torch.device | None = None,
+        **kw: Any,
+    ) -> ImageDataLoaders:
+        """Loaders from class folders, labelled by folder name.
+
+        Layouts, in order of preference:
+
+        * ``path/train/<class>/*`` with ``path/<valid>/<class>/*`` (ImageNet style;
+          ``valid=None`` looks for ``val``, then ``valid``);
+        * ``path/train/<class>/*`` alone: split randomly (stratified);
+        * ``path/<class>/*`` (no ``train`` folder): split randomly.
+
+        Giving ``valid_pct`` forces a random split of the training images.
+
+        Args:
+            path: Dataset folder.
+            train: Name of the training folder.
+            valid: Name of the validation folder (None: ``val`` or ``valid``).
+            valid_pct: Validation fraction for a random split (default 0.2 when
+                there is no validation folder).
+            seed: Seed for the split, shuffling and augmentation.
+            bs: Batch size.
+            size: Model input size.
+            presize: Training decode size (None: automatic).
+            num_workers: Decoding processes.
+            device: Output device.
+            **kw: Further `ImageDataLoaders` settings (augmentation, crop_pct, ...).
+
+        Raises:
+            SnugfitError: Missing folder, no images, a single class, bad arguments.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise SnugfitError(f"{path}: no such directory")
+        train_dir = path / train
+        if valid is not None:
+            valid_dir: Path | None = path / valid
+            if not valid_dir.is_dir():
+                raise SnugfitError(f"{valid_dir}: no such directory")
+        else:
+            valid_dir = next((path / v for v in ("val", "valid") if (path / v).is_dir()), None)
+        if not train_dir.is_dir():
+            if valid_dir is not None:
+                raise SnugfitError(f"{train_dir}: no such directory")
+            train_dir = path  # path/<class>/* directly
+
+        by_class = _class_files(train_dir)
+        if not by_class:
+            if any(_is_image(f) for f in train_dir.iterdir() if f.is_file()):
+                raise SnugfitError(
+                    f"{train_dir}: images must be in one subfolder per class "
+                    f"({train_dir}/<class>/*.jpg)"
+                )
+            raise _no_images(path)
+        if len(by_class) < 2:
+            only = next(iter(by_class))
+            raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
+        vocab = sorted(by_class)
+        index = {c: i for i, c in enumerate(vocab)}
+        files = [f for c in vocab for f in by_class[c]]
+        labels = [index[c] for c in vocab for _ in by_class[c]]
+
+        if valid_dir is None or valid_pct is not None:
+            train_items, valid_items = _split_items(
+                files, labels, 0.2 if valid_pct is None else valid_pct, seed
+            )
+        else:
+            train_items = list(zip(files, labels, strict=True))
+            valid_items = []
+            for c, vfiles in _class_files(valid_dir).items():
+                if c not in index:
+                    raise SnugfitError(f"{valid_dir / c}: class '{c}' has no images in {train_dir}")
+                valid_items.extend((f, index[c]) for f in vfiles)
+            if not valid_items:
+                raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
+        return cls(
+            train_items,
+            valid_items,
+            vocab,
+            path=path,
+            seed=seed,
+            bs=bs,
+            size=size,
+            presize=presize,
+            num_workers=num_workers,
+            device=device,
+            **kw,
+        )
+
+    @classmethod
+    def from_name_re(
+        cls,
+        path: str | os.PathLike | Sequence[str | os.PathLike],
+        pat: str | re.Pattern,
+        valid_pct: float = 0.2,
+        seed: int = 42,
+        **kw: Any,
+    ) -> ImageDataLoaders:
+        """Loaders labelled by a regular expression on file names.
+
+        The label is the first group of ``pat`` found (``re.search``) in each file's
+        name, e.g. ``r'^(.*)_\\d+\\.jpg$'`` for ``great_pyrenees_12.jpg``.
+
+        Args:
+            path: A folder (searched recursively) or a list of image files.
+            pat: Pattern with at least one group.
+            valid_pct: Validation fraction for the stratified random split.
+            seed: Seed for the split, shuffling and augmentation.
+            **kw: Further `ImageDataLoaders` settings (bs, size, ...).
+
+        Raises:
+            SnugfitError: Missing folder, no images, a name that does not match.
+        """
+        regex = re.compile(pat)
+        if regex.groups < 1:
+            raise SnugfitError(f"pat: {regex.pattern!r} has no group to take the label from")
+        if isinstance(path, (str, os.PathLike)):
+            root: Path | None = Path(path)
+            if not root.is_dir():
+                raise SnugfitError(f"{root}: no such directory")
+            files = get_image_files(root)
+            if not files:
+                raise _no_images(root)
+        else:
+            files = [Path(f) for f in path]
+            root = files[0].parent if files else None
+            if not files:
+                raise SnugfitError("path: the list of files is empty")
+        names = []
+        for f in files:
+            m = regex.search(f.name)
+            if m is None or m.group(1) is None:
+                raise SnugfitError(f"{f}: file name does not match pattern '{regex.pattern}'")
+            names.append(m.group(1))
+        vocab, labels = _labelled(files, names)
+        if len(vocab) < 2:
+            raise SnugfitError(f"{root}: found only one class ('{vocab[0]}'); need at least two")
+        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
+        return cls(train_items, valid_items, vocab, path=root, seed=seed, **kw)
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | os.PathLike,
+        csv_fname: str = "labels.csv",
+        folder: str | None = None,
+        fn_col: int | str = 0,
+        label_col: int | str = 1,
+        valid_col: int | str | None = None,
+        valid_pct: float = 0.2,
+        header: bool = True,
+        seed: int = 42,
+        **kw: Any,
+    ) -> ImageDataLoaders:
+        """Loaders from a CSV file of ``(file, label)`` rows.
+
+        Args:
+            path: Dataset folder.
+            csv_fname: CSV file, relative to ``path``.
+            folder: Folder of the images, relative to ``path`` (None: ``path``).
+            fn_col: Column of file names (index, or name when ``header``).
+            label_col: Column of labels (index, or name when ``header``).
+            valid_col: Optional column of booleans (1/0, true/false, yes/no)
+                marking validation rows; replaces the random split.
+            valid_pct: Validation fraction for the stratified random split.
+            header: Whether the first row holds column names.
+            seed: Seed for the split, shuffling and augmentation.
+            **kw: Further `ImageDataLoaders` settings (bs, size, ...).
+
+        Raises:
+            SnugfitError: Missing folder or CSV, bad columns or values, files
+                listed but missing.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise SnugfitError(f"{path}: no such directory")
+        csv_path = path / csv_fname
+        if not csv_path.is_file():
+            raise SnugfitError(f"{csv_path}: no such file")
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
+        names = rows.pop(0) if header and rows else []
+        if not rows:
+            raise SnugfitError(f"{csv_path}: no rows")
+
+        def column(col: int | str, arg: str) -> int:
+            if isinstance(col, str):
+                stripped = [n.strip() for n in names]
+                if col not in stripped:
+                    raise SnugfitError(
+                        f"{arg}: no column {col!r} in {csv_path} (columns: {stripped})"
+                    )
+                return stripped.index(col)
+            return col
+
+        fn_i, lab_i = column(fn_col, "fn_col"), column(label_col, "label_col")
+        valid_i = column(valid_col, "valid_col") if valid_col is not None else None
+        needed = max(i for i in (fn_i, lab_i, valid_i) if i is not None)
+        image_dir = path / folder if folder else path
+        files, names_, is_valid = [], [], []
+        for n, row in enumerate(rows, start=2 if header else 1):
+            if len(row) <= needed:
+                raise SnugfitError(
+                    f"{csv_path}, line {n}: expected {needed + 1} columns, got {len(row)}"
+                )
+            files.append(image_dir / row[fn_i].strip())
+            names_.append(row[lab_i].strip())
+            if valid_i is not None:
+                flag = _parse_bool(row[valid_i])
+                if flag is None:
+                    raise SnugfitError(
+                        f"{csv_path}, line {n}: valid column value {row[valid_i]!r} is not a boolean"
+                    )
+                is_valid.append(flag)
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise SnugfitError(
+                f"{missing[0]}: listed in {csv_path} but not found "
+                f"({len(missing)} of {len(files)} files missing)"
+            )
+        vocab, labels = _labelled(files, names_)
+        if len(vocab) < 2:
+            raise SnugfitError(
+                f"{csv_path}: found only one class ('{vocab[0]}'); need at least two"
+            )
+        if valid_i is None:
+            train_items, valid_items = _split_items(files, labels, valid_pct, seed)
+        else:
+            items = list(zip(files, labels, strict=True))
+            train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
+            valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
+        return cls(train_items, valid_items, vocab, path=path, seed=seed, **kw)
+
+    # -- use ----------------------------------------------------------------
+
+    def one_batch(self) -> tuple[Tensor, Tensor]:
+        """One augmented training batch ``(x, y)`` on ``device``."""
+        return self.train.one_batch()
+
+    def test_tensor(
+        self, images: str | os.PathLike | Image.Image | Sequence[str | os.PathLike | Image.Image]
+    ) -> Tensor:
+        """Files or PIL images as a normalised CPU batch, with the validation transform."""
+        return prepare_for_predict(images, self.size, self.crop_pct, self.mean, self.std)
+
+    def show_batch(
+        self, path: str | os.PathLike = "batch.png", n: int = 16, split: str = "train"
+    ) -> Path:
+        """Save a grid of ``n`` images of a batch, titled with their classes.
+
+        Args:
+            path: PNG file to write.
+            n: Number of images (at most one batch).
+            split: ``"train"`` (augmented) or ``"valid"``.
+
+        Returns:
+            The path written.
+        """
+        from matplotlib.figure import Figure  # Figure alone needs no display/pyplot
+
+        loader = {"train": self.train, "valid": self.valid}.get(split)
+        if loader is None:
+            raise SnugfitError(f"split: must be 'train' or 'valid', got {split!r}")
+        n = _check_positive_int("n", n)
+        x, y = loader.one_batch()
+        x = denormalize(x[:n].float().cpu(), self.mean, self.std).clamp(0, 1)
+        y = y[:n].cpu().tolist()
+        cols = math.ceil(math.sqrt(len(y)))
+        rows = math.ceil(len(y) / cols)
+        fig = Figure(figsize=(2 * cols, 2.2 * rows))
+        for i, (img, lab) in enumerate(zip(x, y, strict=True)):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.set_title(self.vocab[lab], fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, format="png", dpi=80)
+        return out
+
+    def close(self) -> None:
+        """Shut down both loaders' worker processes now (they restart when iterated)."""
+        self.train.close()
+        self.valid.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataLoaders({len(self.train_items)} train, {len(self.valid_items)} valid, "
+            f"{self.c} classes, bs={self.bs}, size={self.size}, presize={self.presize}, "
+            f"device={self.device}, skipped={len(self.skipped)})"
+        )
