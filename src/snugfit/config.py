@@ -1,0 +1,41 @@
+"""The configuration of a training run: one dataclass, mapped onto by the CLI.
+
+The resolved configuration is written as ``config.json`` next to every run's
+outputs, so a run can be understood (and repeated) from its folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    arch: str = "tf_efficientnet_lite0"
+    epochs: int = 2
+    freeze_epochs: int = 1
+    bs: int = 32
+    size: int = 224
+    lr: float = 2e-3
+    weights: str | None = None
+    pretrained: bool = True
+    out: str = "runs/latest"
+    valid_pct: float | None = None
+    flip: bool = True  # random horizontal flips (off for data that flipping changes, e.g. digits)
+    seed: int = 42
+    num_workers: int | None = None
+    opt: str = "adamw"
+    wd: float = 0.01
+    device: str | None = None
+
+    def to_json(self, path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

@@ -1,0 +1,73 @@
+"""A whole training run from a `TrainConfig`: data, model, fine_tune, outputs.
+
+Shared by ``snugfit train`` and ``snugfit demo``. Everything a run produces goes
+to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``metrics.csv``,
+``loss.png``, ``lr.png`` and, when some files could not be read, ``skipped.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from .config import TrainConfig
+from .data import ImageDataLoaders
+from .learner import Learner, vision_learner
+
+log = logging.getLogger("snugfit")
+
+
+def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
+    console = console or Console()
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
+    dls = ImageDataLoaders.from_folder(
+        cfg.data,
+        valid_pct=cfg.valid_pct,
+        seed=cfg.seed,
+        bs=cfg.bs,
+        size=cfg.size,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+        flip=cfg.flip,
+    )
+    console.print(
+        f"data: {len(dls.train_items)} train / {len(dls.valid_items)} valid images, "
+        f"{dls.c} classes ({', '.join(dls.vocab[:8])}{', ...' if dls.c > 8 else ''}), "
+        f"device {dls.device}",
+        highlight=False,
+    )
+    learn = vision_learner(
+        dls,
+        cfg.arch,
+        pretrained=cfg.pretrained,
+        weights=cfg.weights,
+        metrics=("accuracy", "error_rate"),
+        opt=cfg.opt,
+        wd=cfg.wd,
+        console=console,
+    )
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_json(out / "config.json")
+    csv_path = out / "metrics.csv"
+    csv_path.unlink(missing_ok=True)
+    learn.recorder.csv_path = csv_path
+    learn.fine_tune(cfg.epochs, base_lr=cfg.lr, freeze_epochs=cfg.freeze_epochs)
+    learn.save(out / "model")
+    learn.recorder.plot_loss(out / "loss.png")
+    learn.recorder.plot_lr(out / "lr.png")
+    write_skipped(dls.skipped, out / "skipped.txt", console)
+    console.print(f"saved model, config, metrics and plots to {out}", highlight=False)
+    return learn
+
+
+def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None:
+    """List unreadable files (never dropped silently) in ``path``."""
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())))
+    console.print(f"skipped {len(skipped)} unreadable file(s); list in {path}", highlight=False)

@@ -1,0 +1,142 @@
+"""The command line: outputs of a run, and one clear line for each bad input."""
+
+import csv
+import json
+
+import pytest
+
+from fixtures import make_image_folder
+from snugfit.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+TRAIN = [
+    "--arch",
+    "test_efficientnet",
+    "--no-pretrained",
+    "--bs",
+    "8",
+    "--size",
+    "32",
+    "--workers",
+    "0",
+]
+
+
+def test_train_writes_the_run_folder_and_predict_reads_it(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        str(image_folder),
+        *TRAIN,
+        "--epochs",
+        "1",
+        "--freeze-epochs",
+        "1",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    for name in (
+        "model/model.safetensors",
+        "model/snugfit.json",
+        "config.json",
+        "metrics.csv",
+        "loss.png",
+        "lr.png",
+    ):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["arch"] == "test_efficientnet" and cfg["bs"] == 8 and cfg["epochs"] == 1
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "0"]  # one frozen fit, one unfrozen fit
+    assert "train_loss" in stdout and "error_rate" in stdout
+    img = next((image_folder / "val" / "red").iterdir())
+    code, stdout, err = run_cli(capsys, "predict", str(out / "model"), str(img))
+    assert code == 0, err
+    path, label, conf = stdout.strip().split("\t")
+    assert path == str(img) and label in ("red", "green") and 0.5 <= float(conf) <= 1
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: p / "missing", "no such directory"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "no image files found"),
+        (lambda p: make_image_folder(p / "one", classes=("red",)), "only one class"),
+    ],
+    ids=["missing", "empty", "one-class"],
+)
+def test_bad_data_folder_gives_one_line(tmp_path, capsys, make, expected):
+    path = make(tmp_path)
+    code, _, err = run_cli(capsys, "train", str(path), *TRAIN, "--out", str(tmp_path / "o"))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snugfit: error: ")
+    assert str(path) in lines[0] and expected in lines[0]
+
+
+def test_folder_with_no_images(tmp_path, capsys):
+    d = tmp_path / "docs" / "train" / "a"
+    d.mkdir(parents=True)
+    (d / "notes.txt").write_text("hello")
+    code, _, err = run_cli(capsys, "train", str(tmp_path / "docs"), *TRAIN)
+    assert code == 2 and "no image files found" in err and "Traceback" not in err
+
+
+def test_unreadable_images_are_skipped_and_listed(image_folder, tmp_path, capsys):
+    bad = image_folder / "train" / "red"
+    (bad / "zero.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("this is not a picture")
+    good = next(bad.glob("*.jpg")).read_bytes()
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        capsys, "train", str(image_folder), *TRAIN, "--epochs", "0", "--out", str(out)
+    )
+    assert code == 0, err
+    listed = (out / "skipped.txt").read_text()
+    for name in ("zero.jpg", "text.jpg", "truncated.jpg"):
+        assert name in listed
+    assert "skipped 3 unreadable file(s)" in stdout
+
+
+@pytest.mark.parametrize(
+    "arg, value, expected",
+    [
+        ("--bs", "0", "--bs must be a positive integer"),
+        ("--size", "big", "--size must be a positive integer"),
+        ("--lr", "-1", "--lr must be a positive number"),
+    ],
+)
+def test_bad_arguments_name_themselves(image_folder, capsys, arg, value, expected):
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(image_folder), arg, value])
+    assert e.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_unknown_arch_is_one_line(image_folder, capsys):
+    code, _, err = run_cli(
+        capsys, "train", str(image_folder), "--arch", "resnet5O", "--no-pretrained"
+    )
+    assert code == 2 and "resnet5O" in err and "resnet50" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_predict_unreadable_image(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        run_cli(capsys, "train", str(image_folder), *TRAIN, "--epochs", "0", "--out", str(out))[0]
+        == 0
+    )
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    code, _, err = run_cli(capsys, "predict", str(out / "model"), str(bad))
+    assert code == 1 and str(bad) in err

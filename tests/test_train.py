@@ -1,0 +1,77 @@
+"""End to end on generated images: data pipeline + model + loop + save/load."""
+
+import json
+
+import pytest
+import torch
+
+from snugfit import ImageDataLoaders, load_learner, vision_learner
+from snugfit.errors import SnugfitError
+from snugfit.learner import META_FILE
+
+
+def colour_learner(folder, arch="test_efficientnet", **kw):
+    torch.manual_seed(0)
+    dls = ImageDataLoaders.from_folder(folder, bs=8, size=32, num_workers=0, seed=0)
+    return vision_learner(dls, arch, pretrained=False, metrics=["accuracy"], **kw)
+
+
+def test_learns_colour_classes(image_folder):
+    learn = colour_learner(image_folder)
+    learn.fit_one_cycle(4, 1e-2)
+    assert learn.recorder.rows[-1]["accuracy"] == 1.0
+    losses = [r["train_loss"] for r in learn.recorder.rows]
+    assert losses[-1] < losses[0]
+
+
+def test_save_load_gives_identical_predictions(image_folder, tmp_path):
+    learn = colour_learner(image_folder)
+    learn.fit(1, 1e-3)
+    files = [p for p, _ in learn.dls.valid_items]
+    labels, probs = learn.predict_many(files)
+    learn.save(tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / META_FILE).read_text())
+    assert meta["arch"] == "test_efficientnet" and meta["vocab"] == ["green", "red"]
+    assert meta["mean"] == list(learn.dls.mean) and meta["size"] == 32
+    loaded = load_learner(tmp_path / "model")
+    labels2, probs2 = loaded.predict_many(files)
+    assert labels2 == labels
+    assert torch.equal(probs2, probs)
+    label, p = loaded.predict(files[0])
+    assert label == labels[0] and torch.equal(p, probs[0])
+
+
+def test_predict_matches_validation_outputs(image_folder):
+    learn = colour_learner(image_folder)
+    learn.fit(1, 1e-3)
+    preds, _ = learn.get_preds()
+    _, probs = learn.predict_many([p for p, _ in learn.dls.valid_items])
+    assert torch.allclose(preds.softmax(-1), probs, atol=1e-5)
+
+
+def test_load_learner_rejects_bad_metadata(image_folder, tmp_path):
+    learn = colour_learner(image_folder)
+    learn.save(tmp_path / "m")
+    meta_file = tmp_path / "m" / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta["size"] = "big"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(SnugfitError, match="field 'size'"):
+        load_learner(tmp_path / "m")
+    meta_file.write_text("{not json")
+    with pytest.raises(SnugfitError, match="not valid JSON"):
+        load_learner(tmp_path / "m")
+    meta["size"] = 32
+    meta["vocab"] = ["a", "b", "c"]  # three classes, weights for two
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(SnugfitError, match="does not match"):
+        load_learner(tmp_path / "m")
+    with pytest.raises(SnugfitError, match="not found"):
+        load_learner(tmp_path / "nowhere")
+
+
+def test_vision_learner_uses_the_model_normalisation(image_folder):
+    learn = colour_learner(image_folder, arch="test_vit")
+    assert learn.dls.mean == tuple(learn.model.pretrained_cfg["mean"])
+    xb, _ = learn.dls.one_batch()
+    assert xb.shape == (8, 3, 32, 32) and xb.dtype == torch.float32
