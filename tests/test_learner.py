@@ -213,3 +213,16 @@ def test_bad_arguments():
         learn.fit(0)
     with pytest.raises(SnugfitError, match="metrics: unknown metric 'f2'"):
         Learner(fake_dls(), nn.Linear(2, 2), metrics=["f2"])
+
+
+def test_channels_last_for_cnns_only_and_same_outputs():
+    cnn = make_learner("test_efficientnet")
+    vit = make_learner("test_vit")
+    assert cnn.channels_last and not vit.channels_last
+    w = cnn.model.conv_stem.weight
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    plain = make_learner("test_efficientnet", channels_last=False)
+    plain.model.load_state_dict(cnn.model.state_dict())
+    a, _ = cnn.get_preds()
+    b, _ = plain.get_preds()
+    assert torch.allclose(a, b, atol=1e-5)

