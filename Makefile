@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The local package mirror prints a warning per missing index page: hide that noise.
-QUIET_PIP := grep -v -e "is ignored: it is neither a file nor a directory" || true
+QUIET_PIP := (grep -v -e "is ignored: it is neither a file nor a directory" || true)
 
 .PHONY: demo test test-slow lint format bench clean
 

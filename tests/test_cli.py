@@ -49,6 +49,7 @@ def test_train_writes_the_run_folder_and_predict_reads_it(image_folder, tmp_path
         "config.json",
         "metrics.csv",
         "loss.png",
+        "batch.png",
         "lr.png",
     ):
         assert (out / name).is_file(), name

@@ -2,7 +2,7 @@
 
 Shared by ``snugfit train`` and ``snugfit demo``. Everything a run produces goes
 to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``metrics.csv``,
-``loss.png``, ``lr.png`` and, when some files could not be read, ``skipped.txt``.
+``batch.png`` (an augmented batch), ``loss.png``, ``lr.png`` and, when some files could not be read, ``skipped.txt``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_json(out / "config.json")
+    dls.show_batch(out / "batch.png")  # what the model sees: augmented, presized
     csv_path = out / "metrics.csv"
     csv_path.unlink(missing_ok=True)
     learn.recorder.csv_path = csv_path
