@@ -141,3 +141,20 @@ def test_predict_unreadable_image(image_folder, tmp_path, capsys):
     bad.write_text("nope")
     code, _, err = run_cli(capsys, "predict", str(out / "model"), str(bad))
     assert code == 1 and str(bad) in err
+
+
+def test_plan_what_if_prints_both_phases(capsys):
+    code, out, err = run_cli(
+        capsys, "plan", "--classes", "3", "--arch", "test_resnet", "--size", "64", "--bs", "8",
+        "--gpu-mem", "1GB",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "frozen body (head only)" in out and "unfrozen" in out
+    assert sum(line.startswith("plan: ") for line in out.splitlines()) == 2
+    assert "micro-batch" in out
+
+
+def test_plan_needs_a_readable_budget(capsys):
+    with pytest.raises(SystemExit):
+        main(["plan", "--arch", "test_resnet", "--gpu-mem", "eight gigs"])
+    assert "cannot read 'eight gigs'" in capsys.readouterr().err

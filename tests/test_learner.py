@@ -25,6 +25,7 @@ def fake_dls(n_batches=3, bs=8, size=32, n_classes=3, seed=0):
     ]
     return SimpleNamespace(
         train=batches,
+        bs=bs,
         valid=batches[:1],
         device=torch.device("cpu"),
         vocab=[f"c{i}" for i in range(n_classes)],
@@ -40,11 +41,13 @@ def quiet():
     return Console(file=io.StringIO(), force_terminal=False, width=120)
 
 
-def make_learner(arch="test_resnet", dls=None, **kw):
+def make_learner(arch="test_resnet", dls=None, precision="fp32", **kw):
     torch.manual_seed(0)
     dls = dls or fake_dls()
     model = create_model(arch, dls.c, pretrained=False)
-    return Learner(dls, model, metrics=["accuracy", "error_rate"], console=quiet(), **kw)
+    return Learner(
+        dls, model, metrics=["accuracy", "error_rate"], console=quiet(), precision=precision, **kw
+    )
 
 
 def snapshot(model):
@@ -68,7 +71,7 @@ def test_freeze_trains_only_the_head_and_keeps_frozen_bn_stats():
 
 
 def test_freeze_to_and_unfreeze():
-    learn = make_learner()
+    learn = make_learner(bn_freeze_below=0)
     n = len(learn.groups)
     learn.freeze_to(2)
     trains = [all(p.requires_grad for _, p in g) for g in learn.groups]
@@ -184,7 +187,7 @@ def test_recorder_csv_and_plots(tmp_path):
     learn.recorder.csv_path = tmp_path / "metrics.csv"
     learn.fit(2, lr=1e-3)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,valid_loss,accuracy,error_rate,time"
+    assert lines[0] == "epoch,train_loss,valid_loss,accuracy,error_rate,time,ooms"
     assert len(lines) == 3
     assert len(learn.recorder.losses) == 2 * len(learn.dls.train)
     for f in (
@@ -213,3 +216,59 @@ def test_channels_last_for_cnns_only_and_same_outputs():
     a, _ = cnn.get_preds()
     b, _ = plain.get_preds()
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_small_micro_batches_freeze_batchnorm_with_one_log_line(caplog):
+    # batches of 8 < 16: BN statistics of a few samples would make micro-batches
+    # differ from one batch, so BN layers keep their running statistics
+    learn = make_learner()
+    learn.unfreeze()
+    before = snapshot(learn.model)
+    with caplog.at_level("INFO", logger="snugfit"):
+        learn.fit(2, lr=1e-3)
+    notes = [r for r in caplog.records if "bn_freeze_below" in r.getMessage()]
+    assert len(notes) == 1 and "micro-batch 8 < bn_freeze_below=16" in notes[0].getMessage()
+    after = snapshot(learn.model)
+    assert all(torch.equal(before[k], after[k]) for k in before if "running_" in k)
+    # opting out keeps BN training: running statistics move
+    learn = make_learner(bn_freeze_below=0)
+    learn.unfreeze()
+    before = snapshot(learn.model)
+    learn.fit(1, lr=1e-3)
+    after = snapshot(learn.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "running_mean" in k)
+
+
+def test_accumulate_sets_micro_batches():
+    learn = make_learner("test_vit", accumulate=3)
+    assert learn._micro(8) == 3
+    learn = make_learner("test_vit", micro_bs=5)
+    assert learn._micro(8) == 5 and learn._micro(4) == 4
+    with pytest.raises(SnugfitError, match="micro_bs: expected a positive integer"):
+        make_learner("test_vit", micro_bs=0)
+
+
+def test_plan_chooses_and_is_redone_when_memory_moves():
+    learn = make_learner(precision="auto", memory_budget="100MB")
+    learn.freeze()
+    learn.fit(1)
+    frozen_plan = learn.memory_plan
+    assert frozen_plan is not None and frozen_plan.frozen_to == len(learn.groups) - 1
+    assert learn.micro_bs == frozen_plan.chosen.micro_bs
+    learn.fit(1)
+    assert learn.memory_plan is frozen_plan  # nothing moved: no new plan
+    learn.unfreeze()
+    learn.fit(1)
+    assert learn.memory_plan is not frozen_plan and learn.memory_plan.frozen_to == 0
+    # unfreezing adds gradients and optimizer state: the prediction grows
+    assert learn.memory_plan.chosen.peak > frozen_plan.chosen.peak
+    text = learn.console.file.getvalue()
+    assert sum(line.startswith("plan: ") for line in text.splitlines()) == 2
+
+
+def test_plan_that_fits_nothing_says_so():
+    learn = make_learner()
+    p = learn.plan("1MB")
+    assert p.chosen is None and "nothing fits" in p.summary().lower()
+    with pytest.raises(SnugfitError, match="budget: cannot read 'lots'"):
+        learn.plan("lots")

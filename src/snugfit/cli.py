@@ -45,6 +45,34 @@ def _positive_float(name):
 _fraction = _number("--valid-pct", float, lambda v: 0 < v < 1, "between 0 and 1")
 
 
+def _memory_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on recent GPUs and CPUs with bf16, fp16 on older GPUs",
+    )
+    p.add_argument(
+        "--memory-budget",
+        "--gpu-mem",
+        dest="memory_budget",
+        default=None,
+        required=required,
+        type=_budget,
+        help="device memory to fit in: 8GB, 8GiB, 7500MB, or 0.5 of the card",
+    )
+
+
+def _budget(text: str) -> str:
+    from .memory import parse_bytes
+
+    try:
+        parse_bytes(text, total=1, name="--memory-budget")
+    except SnugfitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="snugfit",
@@ -101,10 +129,55 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="decoding worker processes",
     )
+    _memory_args(t)
+    t.add_argument(
+        "--micro-bs",
+        type=_positive_int("--micro-bs"),
+        default=None,
+        help="micro-batch size (--bs stays the effective batch)",
+    )
+    t.add_argument(
+        "--accumulate",
+        type=_positive_int("--accumulate"),
+        default=None,
+        help="micro-batches per batch (gradient accumulation steps)",
+    )
+    t.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     t.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
     t.add_argument("--wd", type=float, default=d.wd, help="decoupled weight decay")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     t.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+
+    pl = sub.add_parser(
+        "plan",
+        help="memory plan before training: would this model, size and batch fit a budget?",
+        description="Predict peak memory for each candidate (precision x checkpointing x "
+        "micro-batch) for the frozen and the unfrozen phase of fine_tune, and choose the "
+        "fastest that fits. Works as a what-if on a machine without that GPU.",
+    )
+    pl.add_argument(
+        "data",
+        nargs="?",
+        default=None,
+        help="image folder (for the number of classes); or give --classes",
+    )
+    pl.add_argument(
+        "--classes",
+        type=_positive_int("--classes"),
+        default=2,
+        help="number of classes when no DATA is given (default 2)",
+    )
+    pl.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
+    pl.add_argument("--size", type=_positive_int("--size"), default=d.size)
+    pl.add_argument("--bs", type=_positive_int("--bs"), default=d.bs, help="effective batch size")
+    pl.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
+    pl.add_argument(
+        "--device-type",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="the device the budget is for (default cuda)",
+    )
+    _memory_args(pl, required=True)
 
     pr = sub.add_parser("predict", help="classify images with a saved model")
     pr.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
@@ -126,6 +199,8 @@ def main(argv=None) -> int:
             train(cfg)
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "plan":
+            _plan(args)
         elif args.command == "demo":
             from .demo import run_demo
 
@@ -137,6 +212,37 @@ def main(argv=None) -> int:
         print("snugfit: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _plan(args) -> None:
+    """Print the memory plan of both phases of fine_tune (frozen body, then all)."""
+    from rich.console import Console
+
+    from .learner import Learner
+    from .models import create_model
+
+    n_classes = args.classes
+    if args.data is not None:
+        from .data import ImageDataLoaders
+
+        n_classes = ImageDataLoaders.from_folder(args.data, num_workers=0).c
+    console = Console()
+    # Random weights: memory does not depend on their values, and nothing is fetched.
+    model = create_model(args.arch, n_classes, pretrained=False)
+    learn = Learner(None, model, opt=args.opt, precision=args.precision, console=console)
+    for phase, freeze in (("frozen body (head only)", learn.freeze), ("unfrozen", learn.unfreeze)):
+        freeze()
+        console.print(
+            f"\n[bold]{args.arch} @ {args.size}px, effective bs {args.bs}, "
+            f"{args.memory_budget} {args.device_type}: {phase}[/bold]"
+        )
+        learn.plan(
+            args.memory_budget,
+            bs=args.bs,
+            size=args.size,
+            apply=False,
+            device_type=args.device_type,
+        )
 
 
 def _predict(args) -> int:

@@ -27,6 +27,11 @@ class TrainConfig:
     flip: bool = True  # random horizontal flips (off for data that flipping changes, e.g. digits)
     seed: int = 42
     num_workers: int | None = None
+    precision: str = "auto"
+    memory_budget: str | None = None  # e.g. "8GB": plan and enforce (CUDA)
+    micro_bs: int | None = None
+    accumulate: int | None = None
+    checkpointing: bool = False
     opt: str = "adamw"
     wd: float = 0.01
     device: str | None = None

@@ -8,21 +8,33 @@ chooses the micro-batch size. The whole loop is `Learner._fit` and `_step`.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from . import models
 from .callbacks import Callback, ParamScheduler, ProgressCallback, Recorder
 from .errors import SnugfitError
 from .metrics import METRICS, metric_name
+from .oom import MemorySettings, StepSnapshot, is_oom, next_fallback, release_memory
 from .optim import decoupled_weight_decay, make_optimizer, param_groups, resolve_lrs
+from .precision import (
+    autocast,
+    check_precision,
+    half_precision,
+    make_scaler,
+    resolve_precision,
+)
 from .schedules import combine, constant, cos_anneal, one_cycle, one_cycle_mom
+
+log = logging.getLogger("snugfit")
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -40,7 +52,21 @@ class Learner:
         wd: decoupled weight decay (none on norm layers and biases).
         metrics: callables ``(preds, targs) -> 0-d tensor`` or names ("accuracy").
         cbs: extra callbacks.
+        precision: "auto" (default), "fp32", "bf16" or "fp16" (see `snugfit.precision`).
         micro_bs: split each batch into micro-batches of this size (None: whole batch).
+            The batch size of the data stays the *effective* batch: what the optimizer
+            and the schedule see.
+        accumulate: alternatively, the number of micro-batches per batch.
+        checkpointing: activation checkpointing (recompute activations in backward).
+        memory_budget: plan micro-batch, precision and checkpointing to fit this much
+            device memory ("8GB", "8GiB", "7500MB", or a fraction of the card such
+            as 0.5), re-planned at every phase change; on CUDA it is also enforced
+            with ``torch.cuda.set_per_process_memory_fraction``. None: on CUDA, plan
+            for the whole card; on CPU, no plan.
+        bn_freeze_below: when the micro-batch is smaller than this, BatchNorm layers
+            use and keep their running statistics (eval mode): batch statistics of
+            a few samples are noisy and differ from the effective batch's. 0 opts out.
+        oom_recovery: on out-of-memory, retry the same batch with smaller settings.
         channels_last: NHWC memory format for model and inputs; None picks it for
             CNNs (measured: 1.6x faster training steps for EfficientNet-Lite0 on CPU).
         arch: the timm name of the architecture, kept for saving.
@@ -56,7 +82,13 @@ class Learner:
         wd: float = 0.01,
         metrics: Sequence = (),
         cbs: Sequence[Callback] = (),
+        precision: str = "auto",
         micro_bs: int | None = None,
+        accumulate: int | None = None,
+        checkpointing: bool = False,
+        memory_budget: str | int | float | None = None,
+        bn_freeze_below: int = 16,
+        oom_recovery: bool = True,
         channels_last: bool | None = None,
         arch: str | None = None,
         infer: dict | None = None,
@@ -76,11 +108,30 @@ class Learner:
         self.opt = make_optimizer(
             opt, param_groups(self.groups, models.norm_and_bias_param_names(model), wd)
         )
-        self.micro_bs = micro_bs
+        self.micro_bs = _optional_positive("micro_bs", micro_bs)
+        self.accumulate = _optional_positive("accumulate", accumulate)
+        self.checkpointing = False
+        if checkpointing:
+            self.set_checkpointing(True)
+        self.precision_request = check_precision(precision)
+        self._set_precision(resolve_precision(precision, self.device))
+        self.bn_freeze_below = bn_freeze_below
+        self.oom_recovery = oom_recovery
+        self.oom_events: list[dict] = []
+        self.eval_bs: int | None = None
+        self.memory_budget = memory_budget
+        self.memory_plan = None
+        self._plan_key = None
+        self._bn_note = None
+        if memory_budget is not None:
+            from .memory import enforce_budget
+
+            enforce_budget(memory_budget, self.device)
         self.arch = arch
         self._infer = infer
+        self.console = console or Console()
         self.recorder = Recorder()
-        self.cbs: list = [self.recorder, ProgressCallback(console), *cbs]
+        self.cbs: list = [self.recorder, ProgressCallback(self.console), *cbs]
         self.frozen_to = 0
         self.epoch = self.iter = self.train_iter = 0
 
@@ -126,11 +177,127 @@ class Learner:
     def _train_mode(self) -> None:
         # Frozen BatchNorm layers go to eval mode: their running statistics stay
         # the pretrained ones, and nothing of the frozen body needs a graph.
+        # Below `bn_freeze_below` samples per micro-batch all BN layers do, since
+        # statistics of a few samples would make micro-batches differ from one batch.
         self.model.train()
+        small = self.bn_freeze_below and self._micro(self.dls.bs) < self.bn_freeze_below
+        trainable_bn = 0
         for m in self.model.modules():
-            is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
-            if is_bn and m.weight is not None and not m.weight.requires_grad:
-                m.eval()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                frozen = m.weight is not None and not m.weight.requires_grad
+                trainable_bn += not frozen
+                if frozen or small:
+                    m.eval()
+        note = (self._micro(self.dls.bs), self.bn_freeze_below) if small and trainable_bn else None
+        if note and note != self._bn_note:
+            log.info(
+                f"micro-batch {note[0]} < bn_freeze_below={note[1]}: BatchNorm running "
+                "statistics are frozen (eval mode); pass bn_freeze_below=0 to keep them training"
+            )
+        self._bn_note = note
+
+    # -- memory: precision, micro-batches, checkpointing, plan ----------------
+    def _micro(self, n: int) -> int:
+        """The micro-batch size for a batch of ``n`` samples."""
+        if self.micro_bs:
+            return min(self.micro_bs, n)
+        if self.accumulate:
+            return math.ceil(n / self.accumulate)
+        return n
+
+    def _set_precision(self, precision: str) -> None:
+        self.precision = precision
+        self.scaler = make_scaler(precision, self.device)
+
+    def to_fp16(self) -> Learner:
+        """Mixed precision with float16 and a GradScaler (fastai's name)."""
+        self.precision_request = "fp16"
+        self._set_precision("fp16")
+        return self
+
+    def to_bf16(self) -> Learner:
+        """Mixed precision with bfloat16 (no loss scaling needed)."""
+        self.precision_request = "bf16"
+        self._set_precision("bf16")
+        return self
+
+    def to_fp32(self) -> Learner:
+        self.precision_request = "fp32"
+        self._set_precision("fp32")
+        return self
+
+    def set_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing through timm (or a generic fallback over stages)."""
+        from .memory import set_grad_checkpointing
+
+        how = set_grad_checkpointing(self.model, enable)
+        self.checkpointing = enable and how != "none"
+
+    def plan(
+        self,
+        budget=None,
+        bs: int | None = None,
+        size: int | None = None,
+        apply: bool = True,
+        device_type: str | None = None,
+    ):
+        """Plan precision, micro-batch and checkpointing to fit ``budget``; print the table.
+
+        The plan is computed for the model as it is now (frozen or not), before
+        training: exact parameter, gradient and optimizer bytes, activations
+        measured on the real model at micro-batch 1 and 2 and extrapolated, and a
+        margin. With ``apply`` the fastest candidate that fits is used.
+        ``device_type="cuda"`` on a machine without that GPU makes it a what-if: the
+        probe runs on this device, the budget is the GPU's.
+        """
+        from .memory import make_plan, parse_bytes
+
+        budget = self.memory_budget if budget is None else budget
+        device_type = device_type or self.device.type
+        on_cuda = self.device.type == "cuda"
+        total = torch.cuda.get_device_properties(self.device).total_memory if on_cuda else None
+        if budget is None:
+            if total is None:
+                raise SnugfitError("plan: give a budget, e.g. learn.plan('8GB')")
+            budget = total
+        budget = parse_bytes(budget, total=total)
+        if self.precision_request == "auto":
+            half = half_precision(self.device) if device_type == self.device.type else "bf16"
+            precisions = ("fp32", half)
+        else:
+            precisions = (self.precision,)
+        p = make_plan(
+            self.model,
+            bs=bs or self.dls.bs,
+            size=size or self.dls.size,
+            budget=budget,
+            device_type=device_type,
+            opt=self.opt_name,
+            precisions=precisions,
+            channels_last=self.channels_last,
+            probe_device=self.device,
+        )
+        p.frozen_to = self.frozen_to
+        self.console.print(p.table())
+        self.console.print(p.summary(), highlight=False)
+        if apply and p.chosen is not None:
+            c = p.chosen
+            self._set_precision(c.precision)
+            self.micro_bs = c.micro_bs
+            self.set_checkpointing(c.checkpointing)
+        self.memory_plan = p
+        if self.dls is not None:
+            self._plan_key = self._phase_key()
+        return p
+
+    def _phase_key(self) -> tuple:
+        # What moves memory: the frozen groups, the image size and the batch size.
+        return (self.frozen_to, self.dls.size, self.dls.bs)
+
+    def _maybe_replan(self) -> None:
+        wants_plan = self.memory_budget is not None or self.device.type == "cuda"
+        if wants_plan and self._phase_key() != self._plan_key:
+            self.plan()
 
     # -- fitting --------------------------------------------------------------
     def fit(self, n_epoch: int, lr=1e-3, cbs: Sequence[Callback] = ()) -> None:
@@ -208,6 +375,7 @@ class Learner:
         self.n_epoch, self.n_iter = n_epoch, len(self.dls.train)
         self.total_iters = n_epoch * self.n_iter
         self.train_iter, self.stop_training = 0, False
+        self._maybe_replan()  # unfreezing or a new size moves memory: plan again
         try:
             self._event("before_fit")
             for self.epoch in range(n_epoch):
@@ -234,31 +402,100 @@ class Learner:
                 self.cbs.remove(cb)
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        """One optimizer step over one batch; returns the batch's mean loss (on device)."""
+        """One optimizer step over one batch; returns the batch's mean loss (on device).
+
+        The batch is split into micro-batches; each loss is weighted by its share of
+        the samples, so the summed gradients equal the gradient of the batch's mean
+        loss. On out-of-memory the *same batch* runs again with smaller settings.
+        """
         n = len(xb)
-        mbs = self.micro_bs or n
-        total = torch.zeros((), device=xb.device)
-        for x, y in zip(xb.split(mbs), yb.split(mbs), strict=True):
-            with self.autocast():
-                self.loss_mb = self.loss_func(self.model(x), y)
-            self._event("after_loss")
-            # Weight by the micro-batch's share of the samples: the summed
-            # gradients then equal the gradient of the whole batch's mean loss.
-            (self.loss_mb * (len(x) / n)).backward()
-            total += self.loss_mb.detach() * len(x)
+        start_mbs = self._micro(n)
+        while True:
+            snapshot = StepSnapshot(self.model, self.device) if self.oom_recovery else None
+            try:
+                total = torch.zeros((), device=xb.device)
+                mbs = self._micro(n)
+                for x, y in zip(xb.split(mbs), yb.split(mbs), strict=True):
+                    with self.autocast():
+                        self.loss_mb = self.loss_func(self.model(x), y)
+                    self._event("after_loss")
+                    loss = self.loss_mb * (len(x) / n)
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    total += self.loss_mb.detach().float() * len(x)
+                break
+            except Exception as e:
+                if snapshot is None or not is_oom(e):
+                    raise
+                message = _first_line(e)
+            # Out of the except block, the traceback no longer pins the failed
+            # step's tensors: drop our own references too, then free and retry.
+            x = y = loss = total = self.loss_mb = None
+            self._recover_from_oom(snapshot, start_mbs, message)
         self._event("before_step")
-        decoupled_weight_decay(self.opt)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)  # frees gradient memory until next backward
+        self._optimizer_step()
         self._event("after_step")
         return total / n
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is None:
+            decoupled_weight_decay(self.opt)
+            self.opt.step()
+        else:
+            # fp16: gradients are unscaled first; a step whose gradients hold
+            # inf/NaN is skipped by the scaler (which lowers its scale), and so
+            # is its weight decay.
+            self.scaler.unscale_(self.opt)
+            if _grads_finite(self.opt):
+                decoupled_weight_decay(self.opt)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)  # frees gradient memory until next backward
+
+    def _recover_from_oom(self, snapshot: StepSnapshot, start_mbs: int, message: str) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        release_memory(self.device)
+        snapshot.restore()
+        now = MemorySettings(self._micro(len(self.xb)), self.checkpointing, self.precision)
+        nxt = next_fallback(now, start_mbs, half_precision(self.device))
+        if nxt is None:
+            raise SnugfitError(
+                f"out of memory ({message}) even with a micro-batch of 1, activation "
+                f"checkpointing and {self.precision}; {self._what_would_fit()}"
+            )
+        self.micro_bs = nxt.micro_bs
+        if nxt.checkpointing != self.checkpointing:
+            self.set_checkpointing(nxt.checkpointing)
+        if nxt.precision != self.precision:
+            self._set_precision(nxt.precision)
+        event = {
+            "phase": "train",
+            "epoch": self.epoch,
+            "batch": self.iter,
+            "from": vars(now),
+            "to": vars(nxt),
+            "error": message,
+        }
+        self.oom_events.append(event)
+        steps = math.ceil(len(self.xb) / nxt.micro_bs)
+        log.warning(
+            f"out of memory at epoch {self.epoch} batch {self.iter} (micro-batch "
+            f"{now.micro_bs}, {now.precision}{', checkpointing' if now.checkpointing else ''}): "
+            f"retrying the same batch with micro-batch {nxt.micro_bs} x {steps} steps, "
+            f"{nxt.precision}{', checkpointing' if nxt.checkpointing else ''}"
+        )
+        self._train_mode()  # a smaller micro-batch may cross bn_freeze_below
+
+    def _what_would_fit(self) -> str:
+        if self.memory_plan is not None:
+            return self.memory_plan.summary()
+        return "try a smaller image size, a smaller model, or freeze more layers"
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=self.memory_format)
 
     def autocast(self):
-        """The mixed-precision context of forward passes (fp32 for now: no-op)."""
-        return contextlib.nullcontext()
+        """The mixed-precision context of forward passes (a no-op in fp32)."""
+        return autocast(self.precision, self.device)
 
     # -- evaluation -----------------------------------------------------------
     @torch.no_grad()
@@ -268,12 +505,27 @@ class Learner:
         self.model.eval()
         outs, targs = [], []
         for xb, yb in dl:
-            with self.autocast():
-                outs.append(self.model(self._input(xb)).float())
+            outs.append(self._eval_forward(self._input(xb)))
             targs.append(yb)
         if not outs:
             raise SnugfitError("the validation set yielded no images (all unreadable?)")
         return torch.cat(outs), torch.cat(targs)
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (float32) without a graph, in chunks of ``eval_bs``; halved on OOM."""
+        while True:
+            chunk = min(self.eval_bs or len(x), len(x))
+            try:
+                with self.autocast():
+                    return torch.cat([self.model(c).float() for c in x.split(chunk)])
+            except Exception as e:
+                if not (self.oom_recovery and is_oom(e)) or chunk == 1:
+                    raise
+                message = _first_line(e)
+            release_memory(self.device)
+            self.eval_bs = chunk // 2
+            self.oom_events.append({"phase": "eval", "from": chunk, "to": self.eval_bs})
+            log.warning(f"out of memory in evaluation ({message}): chunks of {self.eval_bs}")
 
     def _validate(self, dl) -> tuple[float, dict[str, float]]:
         preds, targs = self.get_preds(dl)
@@ -298,8 +550,7 @@ class Learner:
         cfg = self.infer_config
         x = prepare_for_predict(images, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
         self.model.eval()
-        with self.autocast():
-            probs = self.model(self._input(x.to(self.device))).float().softmax(dim=-1).cpu()
+        probs = self._eval_forward(self._input(x.to(self.device))).softmax(dim=-1).cpu()
         return [cfg["vocab"][i] for i in probs.argmax(dim=-1).tolist()], probs
 
     # -- saving ---------------------------------------------------------------
@@ -363,6 +614,26 @@ def _check_meta(meta, where) -> None:
             raise SnugfitError(f"{where}: field {key!r} is missing or has the wrong type")
     if len(meta["vocab"]) < 1 or not all(isinstance(v, str) for v in meta["vocab"]):
         raise SnugfitError(f"{where}: field 'vocab' must be a non-empty list of class names")
+
+
+def _grads_finite(opt: torch.optim.Optimizer) -> bool:
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if not grads or not any(g.get("decoupled_wd") for g in opt.param_groups):
+        return True  # only decoupled decay needs to know (AdamW decays inside its step)
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _optional_positive(name: str, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SnugfitError(f"{name}: expected a positive integer or None, got {value!r}")
+    return value
 
 
 def _is_cnn(model: nn.Module) -> bool:

@@ -47,6 +47,11 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         metrics=("accuracy", "error_rate"),
         opt=cfg.opt,
         wd=cfg.wd,
+        precision=cfg.precision,
+        memory_budget=cfg.memory_budget,
+        micro_bs=cfg.micro_bs,
+        accumulate=cfg.accumulate,
+        checkpointing=cfg.checkpointing,
         console=console,
     )
     out = Path(cfg.out)
@@ -61,6 +66,13 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     learn.recorder.plot_loss(out / "loss.png")
     learn.recorder.plot_lr(out / "lr.png")
     write_skipped(dls.skipped, out / "skipped.txt", console)
+    if learn.oom_events:
+        console.print(
+            f"recovered from {len(learn.oom_events)} out-of-memory error(s); "
+            f"now micro-batch {learn.micro_bs}, {learn.precision}"
+            f"{', checkpointing' if learn.checkpointing else ''} (counts in metrics.csv)",
+            highlight=False,
+        )
     console.print(f"saved model, config, metrics and plots to {out}", highlight=False)
     return learn
 

@@ -42,6 +42,7 @@ class Recorder(Callback):
         self._epoch_losses = []
         self._n_train = torch.zeros((), device=learn.device)
         self._sum_train = torch.zeros((), device=learn.device)
+        self._ooms_before = len(learn.oom_events)
 
     def after_batch(self, learn) -> None:
         loss = learn.loss.detach()
@@ -60,6 +61,7 @@ class Recorder(Callback):
         row = {"epoch": learn.epoch, "train_loss": train_loss, "valid_loss": learn.valid_loss}
         row.update(learn.metric_values)
         row["time"] = time.perf_counter() - self._start
+        row["ooms"] = len(learn.oom_events) - self._ooms_before  # OOM retries this epoch
         self.rows.append(row)
         if self.csv_path is not None:
             self._append_csv(row)
