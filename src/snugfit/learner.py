@@ -554,6 +554,18 @@ class Learner:
         return [cfg["vocab"][i] for i in probs.argmax(dim=-1).tolist()], probs
 
     # -- saving ---------------------------------------------------------------
+    def save_checkpoint(self, path) -> Path:
+        """Training state (weights, optimizer, GradScaler, memory settings, freeze
+        state) in one safetensors file, written atomically."""
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path)
+
+    def load_checkpoint(self, path) -> dict:
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(self, path)
+
     def save(self, path) -> Path:
         """Write ``path/model.safetensors`` and ``path/snugfit.json``: no pickle."""
         from safetensors.torch import save_model

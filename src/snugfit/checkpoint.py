@@ -1,0 +1,141 @@
+"""Training checkpoints: one safetensors file, no pickle, written atomically.
+
+A checkpoint holds what training needs to go on: the model's weights, the
+optimizer's state (AdamW moments, steps), the fp16 GradScaler's state, and the
+learner's memory settings and freeze state. Tensors go in the safetensors body
+(``model.<name>`` and ``opt.<param index>.<name>``); everything else is JSON in
+the safetensors header's metadata. The file is written to a temporary name,
+flushed to disk, then renamed, so a crash mid-write leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import SnugfitError
+
+FORMAT_VERSION = 1
+_META_KEY = "snugfit"
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entries in sd["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"opt.{idx}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, entries in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entries)
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself is durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(learn, path) -> Path:
+    """Write ``learn``'s training state to ``path`` (a ``.safetensors`` file)."""
+    path = Path(path)
+    tensors = {
+        f"model.{k}": v.detach().contiguous().cpu() for k, v in learn.model.state_dict().items()
+    }
+    opt_tensors, opt_meta = _flatten_optimizer(learn.opt)
+    tensors.update(opt_tensors)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "arch": learn.arch,
+        "optimizer": opt_meta,
+        "scaler": learn.scaler.state_dict() if learn.scaler is not None else None,
+        "precision": learn.precision,
+        "micro_bs": learn.micro_bs,
+        "checkpointing": learn.checkpointing,
+        "frozen_to": learn.frozen_to,
+        "epoch": learn.epoch,
+        "train_iter": learn.train_iter,
+    }
+    metadata = {_META_KEY: json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(_dedupe_storage(tensors), str(tmp), metadata))
+    return path
+
+
+def _dedupe_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (tied weights): give each its own.
+    seen, out = set(), {}
+    for k, v in tensors.items():
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the metadata of a checkpoint file, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise SnugfitError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    except Exception as e:
+        raise SnugfitError(f"{path}: not a snugfit checkpoint ({e})") from None
+    if raw is None:
+        raise SnugfitError(f"{path}: not a snugfit checkpoint (no snugfit metadata)")
+    meta = json.loads(raw)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise SnugfitError(f"{path}: unsupported checkpoint version {meta.get('format_version')}")
+    return tensors, meta
+
+
+def load_checkpoint(learn, path) -> dict:
+    """Restore ``learn``'s training state from ``path``; returns the metadata."""
+    tensors, meta = read_checkpoint(path)
+    model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        learn.model.load_state_dict(model_sd)
+    except RuntimeError as e:
+        raise SnugfitError(f"{path}: weights do not match this model ({e})") from None
+    learn.freeze_to(meta["frozen_to"])
+    opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt.")}
+    learn.opt.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
+    learn._set_precision(meta["precision"])
+    if learn.scaler is not None and meta["scaler"]:
+        learn.scaler.load_state_dict(meta["scaler"])
+    learn.micro_bs = meta["micro_bs"]
+    learn.set_checkpointing(meta["checkpointing"])
+    return meta
