@@ -26,16 +26,21 @@ from torchvision import datasets, transforms
 
 from snugfit import ImageDataLoaders, vision_learner
 from snugfit.models import load_weights, model_config, packaged_lite0_weights
+from snugfit.precision import resolve_precision
 
 ARCH = "tf_efficientnet_lite0"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/hymenoptera_data"
 
 
-def run_snugfit(data: Path, size: int, bs: int, epochs: int, workers: int) -> tuple[float, float]:
+def run_snugfit(
+    data: Path, size: int, bs: int, epochs: int, workers: int, precision: str = "auto"
+) -> tuple[float, float]:
     start = time.perf_counter()
     torch.manual_seed(0)
     dls = ImageDataLoaders.from_folder(data, bs=bs, size=size, num_workers=workers, seed=0)
-    learn = vision_learner(dls, ARCH, weights=packaged_lite0_weights(), metrics=["accuracy"])
+    learn = vision_learner(
+        dls, ARCH, weights=packaged_lite0_weights(), metrics=["accuracy"], precision=precision
+    )
     learn.fine_tune(epochs - 1, freeze_epochs=1)
     return time.perf_counter() - start, learn.recorder.rows[-1]["accuracy"]
 
@@ -105,11 +110,17 @@ def main() -> None:
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3, help="total epochs (snugfit: 1 frozen + rest)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["auto"],
+        help="snugfit precisions to run (e.g. fp32 auto)",
+    )
     args = p.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"bench/transfer.py: data not found at {args.data}")
     common = (args.data, args.size, args.bs, args.epochs, args.workers)
-    snug_t, snug_acc = run_snugfit(*common)
+    snug = {p: run_snugfit(*common, precision=p) for p in args.precision}
     base_t, base_acc = run_tutorial(*common)
     table = Table(
         title=f"{ARCH} @ {args.size}px, {args.epochs} epochs, bs {args.bs}, "
@@ -118,7 +129,9 @@ def main() -> None:
     for col in ("loop", "wall s", "val accuracy", "time ratio"):
         table.add_column(col)
     table.add_row("PyTorch tutorial", f"{base_t:.1f}", f"{base_acc:.2%}", "1.00")
-    table.add_row("snugfit fine_tune", f"{snug_t:.1f}", f"{snug_acc:.2%}", f"{snug_t / base_t:.2f}")
+    for p, (t, acc) in snug.items():
+        name = f"snugfit fine_tune ({resolve_precision(p, 'cpu') if p == 'auto' else p})"
+        table.add_row(name, f"{t:.1f}", f"{acc:.2%}", f"{t / base_t:.2f}")
     Console().print(table)
 
 

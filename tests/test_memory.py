@@ -447,3 +447,26 @@ def test_plan_table_renders(big_plan):
     chosen_rows = [line for line in text.splitlines() if "▶" in line]
     assert len(chosen_rows) == 1
     assert "bf16" in chosen_rows[0] and "ckpt" not in chosen_rows[0]
+
+
+def test_enforce_budget_caps_the_cuda_allocator(monkeypatch):
+    from types import SimpleNamespace
+
+    from snugfit.memory import enforce_budget
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * 2**30)
+    )
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, i: calls.append((f, i))
+    )
+    assert enforce_budget("8GiB", "cuda") == 8 * 2**30
+    assert calls == [(0.1, 0)]
+    assert enforce_budget("0.5", "cuda:0") == 40 * 2**30 and calls[-1] == (0.5, 0)
+    with pytest.raises(SnugfitError, match="more than the card"):
+        enforce_budget("100GiB", "cuda")
+    assert enforce_budget("8GB", "cpu") is None  # validated, nothing to cap
+    with pytest.raises(SnugfitError, match="memory_budget: cannot read"):
+        enforce_budget("8 bananas", "cpu")
