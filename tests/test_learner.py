@@ -272,3 +272,15 @@ def test_plan_that_fits_nothing_says_so():
     assert p.chosen is None and "nothing fits" in p.summary().lower()
     with pytest.raises(SnugfitError, match="budget: cannot read 'lots'"):
         learn.plan("lots")
+
+
+@pytest.mark.slow
+def test_compile_trains_with_unchanged_keys():
+    plain = make_learner("test_vit")
+    compiled = make_learner("test_vit", compile=True)
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
+    for learn in (plain, compiled):
+        learn.unfreeze()
+        learn.fit(1, lr=1e-3)
+    a, b = snapshot(plain.model), snapshot(compiled.model)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)

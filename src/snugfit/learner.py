@@ -69,6 +69,8 @@ class Learner:
         oom_recovery: on out-of-memory, retry the same batch with smaller settings.
         channels_last: NHWC memory format for model and inputs; None picks it for
             CNNs (measured: 1.6x faster training steps for EfficientNet-Lite0 on CPU).
+        compile: compile the model's forward with ``torch.compile`` (in place, so
+            weights and state-dict keys are unchanged); the first steps are slow.
         arch: the timm name of the architecture, kept for saving.
         infer: inference settings (vocab, size, crop_pct, mean, std) when ``dls`` is None.
     """
@@ -90,6 +92,7 @@ class Learner:
         bn_freeze_below: int = 16,
         oom_recovery: bool = True,
         channels_last: bool | None = None,
+        compile: bool = False,
         arch: str | None = None,
         infer: dict | None = None,
         console=None,
@@ -99,6 +102,8 @@ class Learner:
         self.channels_last = _is_cnn(model) if channels_last is None else channels_last
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        if compile:
+            self.model.compile()  # nn.Module.compile: in place, keys unchanged
         self.loss_func = loss_func or nn.CrossEntropyLoss()
         self.metrics = [_resolve_metric(m) for m in metrics]
         self.groups = models.layer_groups(model)
