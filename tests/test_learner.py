@@ -1,4 +1,6 @@
 import io
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -284,3 +286,33 @@ def test_compile_trains_with_unchanged_keys():
         learn.fit(1, lr=1e-3)
     a, b = snapshot(plain.model), snapshot(compiled.model)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_no_host_sync_per_batch(monkeypatch):
+    # Reading a tensor's value on the host (.item(), .tolist(), bool(), float()) waits
+    # for the device. Count the reads snugfit's own code makes: they must not grow
+    # with the number of batches. (torch's single-tensor AdamW reads its CPU step
+    # counters, which never wait for a device; those are not snugfit's.)
+    import snugfit
+
+    package = str(Path(snugfit.__file__).parent)
+
+    def count_reads(n_batches):
+        learn = make_learner(dls=fake_dls(n_batches=n_batches))
+        learn.unfreeze()
+        reads = {"n": 0}
+        for name in ("item", "tolist", "__bool__", "__float__"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *a, _original=original, **kw):
+                caller = sys._getframe(1).f_code.co_filename
+                reads["n"] += caller.startswith(package)
+                return _original(self, *a, **kw)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        learn.fit(1, lr=1e-3)
+        monkeypatch.undo()
+        return reads["n"]
+
+    few, many = count_reads(2), count_reads(6)
+    assert few == many and few > 0  # the per-epoch reads are seen, none per batch
