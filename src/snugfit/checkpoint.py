@@ -1,8 +1,10 @@
 """Training checkpoints: one safetensors file, no pickle, written atomically.
 
-A checkpoint holds what training needs to go on: the model's weights, the
-optimizer's state (AdamW moments, steps), the fp16 GradScaler's state, and the
-learner's memory settings and freeze state. Tensors go in the safetensors body
+A checkpoint holds what training needs to go on *exactly*: the model's weights,
+the optimizer's state (AdamW moments, steps), the fp16 GradScaler's state, the
+learner's memory settings and freeze state, and, for a resumable checkpoint, the
+position in the recipe (which fit, epoch and batch), the random number
+generators, the data loader's epoch counter and the recorder's history. Tensors go in the safetensors body
 (``model.<name>`` and ``opt.<param index>.<name>``); everything else is JSON in
 the safetensors header's metadata. The file is written to a temporary name,
 flushed to disk, then renamed, so a crash mid-write leaves the previous
@@ -68,14 +70,26 @@ def atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(learn, path) -> Path:
-    """Write ``learn``'s training state to ``path`` (a ``.safetensors`` file)."""
+def save_checkpoint(learn, path, position: dict | None = None) -> Path:
+    """Write ``learn``'s training state to ``path`` (a ``.safetensors`` file).
+
+    Args:
+        learn: the Learner.
+        path: the file to write (atomically).
+        position: where training stands, ``{"fit_index", "epoch", "iter"}``: the
+            next batch to run. With it the checkpoint can resume a recipe exactly.
+    """
     path = Path(path)
     tensors = {
         f"model.{k}": v.detach().contiguous().cpu() for k, v in learn.model.state_dict().items()
     }
     opt_tensors, opt_meta = _flatten_optimizer(learn.opt)
     tensors.update(opt_tensors)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    train_dl = getattr(learn.dls, "train", None)
     meta = {
         "format_version": FORMAT_VERSION,
         "arch": learn.arch,
@@ -85,8 +99,9 @@ def save_checkpoint(learn, path) -> Path:
         "micro_bs": learn.micro_bs,
         "checkpointing": learn.checkpointing,
         "frozen_to": learn.frozen_to,
-        "epoch": learn.epoch,
-        "train_iter": learn.train_iter,
+        "position": position,
+        "data_epoch": getattr(train_dl, "epoch", None),
+        "recorder": learn.recorder.state(),
     }
     metadata = {_META_KEY: json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(_dedupe_storage(tensors), str(tmp), metadata))
@@ -122,9 +137,15 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_checkpoint(learn, path) -> dict:
-    """Restore ``learn``'s training state from ``path``; returns the metadata."""
+def load_checkpoint(learn, path, resume: bool = False) -> dict:
+    """Restore ``learn``'s training state from ``path``; returns the metadata.
+
+    With ``resume`` also the RNGs, the data epoch and the recorder's history, for
+    an exact continuation (the position itself is returned in the metadata).
+    """
     tensors, meta = read_checkpoint(path)
+    if resume and meta.get("position") is None:
+        raise SnugfitError(f"{path}: this checkpoint has no training position to resume from")
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         learn.model.load_state_dict(model_sd)
@@ -138,4 +159,18 @@ def load_checkpoint(learn, path) -> dict:
         learn.scaler.load_state_dict(meta["scaler"])
     learn.micro_bs = meta["micro_bs"]
     learn.set_checkpointing(meta["checkpointing"])
+    if resume:
+        restore_position(learn, tensors, meta)
     return meta
+
+
+def restore_position(learn, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Put back what makes the continuation exact: RNGs, data epoch, history."""
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    train_dl = getattr(learn.dls, "train", None)
+    if meta["data_epoch"] is not None and hasattr(train_dl, "epoch"):
+        train_dl.epoch = meta["data_epoch"]
+    learn.recorder.load_state(meta["recorder"])

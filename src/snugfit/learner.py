@@ -8,6 +8,8 @@ chooses the micro-batch size. The whole loop is `Learner._fit` and `_step`.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import math
@@ -39,6 +41,34 @@ log = logging.getLogger("snugfit")
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "snugfit.json"
+
+
+def _recipe(method):
+    """Mark a public training method: it takes ``resume=path`` and numbers its fits.
+
+    A recipe (``fine_tune``, ``auto_fit``...) runs a fixed sequence of fits; each
+    ``_fit`` call gets the next index. Resuming loads a checkpoint that records
+    (fit index, epoch, batch): fits before it are skipped (their effect is in the
+    weights), that one continues from the recorded batch, later ones run as usual.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, resume=None, **kwargs):
+        outer = self._recipe_depth == 0
+        if outer:
+            self._fit_index = 0
+            self._resume_at = self._load_resume(resume) if resume is not None else None
+        elif resume is not None:
+            raise SnugfitError("resume: pass it to the outermost training call only")
+        self._recipe_depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._recipe_depth -= 1
+            if outer:
+                self._resume_at = None
+
+    return wrapper
 
 
 class Learner:
@@ -139,6 +169,8 @@ class Learner:
         self.cbs: list = [self.recorder, ProgressCallback(self.console), *cbs]
         self.frozen_to = 0
         self.epoch = self.iter = self.train_iter = 0
+        self._recipe_depth, self._fit_index, self._resume_at = 0, 0, None
+        self.resuming_fit = False
 
     # -- properties the loop and callbacks read ------------------------------
     @property
@@ -305,11 +337,13 @@ class Learner:
             self.plan()
 
     # -- fitting --------------------------------------------------------------
+    @_recipe
     def fit(self, n_epoch: int, lr=1e-3, cbs: Sequence[Callback] = ()) -> None:
         """Train ``n_epoch`` epochs at a constant learning rate (float, slice or list)."""
         lrs = self._lrs(lr)
         self._fit(n_epoch, ParamScheduler([constant(x) for x in lrs]), cbs)
 
+    @_recipe
     def fit_one_cycle(
         self,
         n_epoch: int,
@@ -327,6 +361,7 @@ class Learner:
         mom_sched = partial(one_cycle_mom, moms=moms, pct_start=pct_start) if moms else None
         self._fit(n_epoch, ParamScheduler(lr_scheds, mom_sched), cbs)
 
+    @_recipe
     def fit_flat_cos(self, n_epoch: int, lr=1e-3, pct_start: float = 0.75, cbs=()) -> None:
         """Flat learning rate, then cosine annealing to zero over the last part."""
         lr_scheds = [
@@ -335,6 +370,39 @@ class Learner:
         ]
         self._fit(n_epoch, ParamScheduler(lr_scheds), cbs)
 
+    @_recipe
+    def fit_sgdr(
+        self,
+        n_cycles: int,
+        cycle_len: int,
+        lr_max=None,
+        cycle_mult: int = 2,
+        snapshot_dir=None,
+        cbs: Sequence[Callback] = (),
+    ) -> None:
+        """SGD with warm restarts: ``n_cycles`` cosine cycles, each ``cycle_mult`` times
+        longer than the last, starting with a short warm-up (see `schedules.sgdr`).
+        With ``snapshot_dir``, the weights at the end of each cycle are saved there."""
+        from .callbacks.snapshots import CycleSnapshots
+        from .schedules import sgdr, sgdr_epochs
+
+        n_epoch = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
+        lrs = self._lrs(1e-3 if lr_max is None else lr_max)
+        lr_scheds = [
+            partial(sgdr, lr_max=x, n_cycles=n_cycles, cycle_len=cycle_len, cycle_mult=cycle_mult)
+            for x in lrs
+        ]
+        extra = [CycleSnapshots(snapshot_dir, n_cycles, cycle_len, cycle_mult)] if snapshot_dir else []
+        self._fit(n_epoch, ParamScheduler(lr_scheds), [*extra, *cbs])
+
+    def lr_find(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, suggest="valley"):
+        """fastai's learning-rate finder; the model, optimizer and BN buffers are
+        restored afterwards. Returns the suggestions (see `snugfit.lr_find`)."""
+        from .lr_find import lr_find
+
+        return lr_find(self, start_lr, end_lr, num_it, stop_div, suggest)
+
+    @_recipe
     def fine_tune(
         self,
         epochs: int,
@@ -374,20 +442,26 @@ class Learner:
             raise SnugfitError("this learner has no data: it was loaded for prediction only")
         if not isinstance(n_epoch, int) or n_epoch < 1:
             raise SnugfitError(f"n_epoch: expected a positive integer, got {n_epoch!r}")
+        self.fit_index, self._fit_index = self._fit_index, self._fit_index + 1
+        start_epoch, start_iter = self._resume_point()
+        if start_epoch is None:
+            return  # done before the checkpoint we resume from
         added = [scheduler, *cbs]
         self.cbs.extend(added)
         self.cbs.sort(key=lambda c: c.order)  # stable: equal orders keep insertion order
         self.n_epoch, self.n_iter = n_epoch, len(self.dls.train)
         self.total_iters = n_epoch * self.n_iter
-        self.train_iter, self.stop_training = 0, False
+        self.train_iter = start_epoch * self.n_iter + start_iter
+        self.stop_training = False
         self._maybe_replan()  # unfreezing or a new size moves memory: plan again
         try:
             self._event("before_fit")
-            for self.epoch in range(n_epoch):
+            for self.epoch in range(start_epoch, n_epoch):
                 self._event("before_epoch")
                 self._train_mode()
                 self._event("before_train")
-                for i, (xb, yb) in enumerate(self.dls.train):
+                skip, start_iter = start_iter, 0
+                for i, (xb, yb) in enumerate(self._train_batches(skip), start=skip):
                     self.iter, self.xb, self.yb = i, self._input(xb), yb
                     self.pct_train = self.train_iter / self.total_iters
                     self._event("before_batch")
@@ -403,8 +477,45 @@ class Learner:
                     break
         finally:
             self._event("after_fit")
+            self.resuming_fit = False
             for cb in added:
                 self.cbs.remove(cb)
+
+    def _train_batches(self, skip: int):
+        """The training batches of one epoch, from batch ``skip`` on (for resuming)."""
+        dl = self.dls.train
+        if skip and hasattr(dl, "iter_from"):
+            return dl.iter_from(skip)  # skips without decoding the skipped images
+        return itertools.islice(iter(dl), skip, None)
+
+    # -- resuming -------------------------------------------------------------
+    def position(self, after_batch: bool) -> dict:
+        """Where training stands: the next (fit, epoch, batch) to run."""
+        if after_batch:
+            epoch, it = self.epoch, self.iter + 1
+        else:
+            epoch, it = self.epoch + 1, 0
+        if epoch >= self.n_epoch:
+            return {"fit_index": self.fit_index + 1, "epoch": 0, "iter": 0}
+        return {"fit_index": self.fit_index, "epoch": epoch, "iter": it}
+
+    def _load_resume(self, path) -> dict:
+        from .checkpoint import load_checkpoint
+
+        meta = load_checkpoint(self, path, resume=True)
+        if self.dls is not None:
+            self._plan_key = self._phase_key()  # keep the checkpoint's memory settings
+        log.info(f"resuming from {path} at {meta['position']}")
+        return meta["position"]
+
+    def _resume_point(self) -> tuple[int | None, int]:
+        at = self._resume_at
+        if at is None or self.fit_index > at["fit_index"]:
+            return 0, 0
+        if self.fit_index < at["fit_index"]:
+            return None, 0
+        self.resuming_fit = True
+        return at["epoch"], at["iter"]
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """One optimizer step over one batch; returns the batch's mean loss (on device).

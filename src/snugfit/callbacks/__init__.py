@@ -58,8 +58,16 @@ def _noop(learn) -> None:
     return None
 
 
+from .checkpoints import SaveCheckpoint  # noqa: E402
 from .progress import ProgressCallback  # noqa: E402
 from .recorder import Recorder  # noqa: E402
 from .schedule import ParamScheduler  # noqa: E402
 
-__all__ = ["EVENTS", "Callback", "ParamScheduler", "ProgressCallback", "Recorder"]
+__all__ = [
+    "EVENTS",
+    "Callback",
+    "ParamScheduler",
+    "ProgressCallback",
+    "Recorder",
+    "SaveCheckpoint",
+]

@@ -29,19 +29,51 @@ class Recorder(Callback):
         self.csv_path: Path | None = None
         self._epoch_losses: list[torch.Tensor] = []
 
+    def state(self) -> dict:
+        """The history as plain JSON-able values, including the epoch in progress."""
+        partial = {
+            "losses": torch.stack(self._epoch_losses).float().cpu().tolist()
+            if self._epoch_losses
+            else [],
+            "sum": float(getattr(self, "_sum_train", 0.0)),
+            "n": float(getattr(self, "_n_train", 0.0)),
+            "time": time.perf_counter() - getattr(self, "_start", time.perf_counter()),
+        }
+        return {
+            "losses": self.losses,
+            "lrs": self.lrs,
+            "moms": self.moms,
+            "rows": self.rows,
+            "iters_per_fit": self.iters_per_fit,
+            "partial": partial,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.losses, self.lrs, self.moms = state["losses"], state["lrs"], state["moms"]
+        self.rows, self.iters_per_fit = state["rows"], state["iters_per_fit"]
+        self._resume_partial = state["partial"]  # picked up by the resumed epoch
+
     def record_hypers(self, lrs, mom) -> None:
         self.lrs.append(list(lrs))
         self.moms.append(mom)
 
     def before_fit(self, learn) -> None:
         self.metric_names = ["train_loss", "valid_loss", *learn.metric_names, "time"]
-        self.iters_per_fit.append(0)
+        if not learn.resuming_fit:
+            self.iters_per_fit.append(0)
 
     def before_epoch(self, learn) -> None:
         self._start = time.perf_counter()
         self._epoch_losses = []
         self._n_train = torch.zeros((), device=learn.device)
         self._sum_train = torch.zeros((), device=learn.device)
+        partial = getattr(self, "_resume_partial", None)
+        if partial is not None:  # an epoch resumed mid-way: its first batches count too
+            self._resume_partial = None
+            self._start -= partial["time"]
+            self._epoch_losses = [torch.tensor(x, device=learn.device) for x in partial["losses"]]
+            self._n_train += partial["n"]
+            self._sum_train += partial["sum"]
         self._ooms_before = len(learn.oom_events)
 
     def after_batch(self, learn) -> None:
