@@ -8,6 +8,11 @@ The work is split where it is cheapest:
   than float32) and runs all augmentation there on whole batches
   (`snugfit.augment`).
 
+With a `snugfit.cache.PixelCache` (the default), the decoded squares are also
+kept on disk: the first epoch decodes each file once (a pre-pass with a progress
+bar) and later epochs, and later runs, read pixels in the main process instead of
+decoding in workers.
+
 Unreadable files never stop training: they are found at construction time (a
 cheap header check) or at decode time (truncated data), reported once through the
 ``snugfit`` logger and recorded in ``ImageDataLoaders.skipped``.
@@ -20,15 +25,19 @@ import logging
 import math
 import os
 import re
+import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
@@ -39,6 +48,8 @@ from snugfit.augment import (
     center_batch,
     denormalize,
 )
+from snugfit.cache import PixelCache
+from snugfit.cache import cache_size as cache_size_bytes
 from snugfit.errors import SnugfitError, UnreadableImage
 
 logger = logging.getLogger("snugfit")
@@ -341,6 +352,8 @@ class ImageDataset(Dataset):
         train: Decode with `decode_train` at ``size`` (else `decode_valid`).
         size: Output side (``presize`` for training).
         crop_pct: Center-crop fraction for validation decoding.
+        cache: Where decoded squares are looked up before decoding and stored
+            after (None: always decode).
     """
 
     def __init__(
@@ -349,6 +362,7 @@ class ImageDataset(Dataset):
         train: bool,
         size: int,
         crop_pct: float = 0.875,
+        cache: PixelCache | None = None,
     ):
         encoded = [os.fsencode(p) for p, _ in items]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
@@ -358,6 +372,7 @@ class ImageDataset(Dataset):
         self.train = train
         self.size = size
         self.crop_pct = crop_pct
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -371,17 +386,79 @@ class ImageDataset(Dataset):
         """The items, as ``(Path, label)`` pairs."""
         return [(Path(self.path(i)), int(self.labels[i])) for i in range(len(self))]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | Unreadable:
-        path = self.path(i)
+    @property
+    def cache_params(self) -> tuple:
+        """The decode parameters, part of each cache key."""
+        return ("train", self.size) if self.train else ("valid", self.size, self.crop_pct)
+
+    def cache_key(self, i: int) -> str | None:
+        """Cache key of item ``i``; None without a cache or when the file cannot be stat'ed."""
+        if self.cache is None:
+            return None
         try:
-            if self.train:
-                x = decode_train(path, self.size)
-            else:
-                x = decode_valid(path, self.size, self.crop_pct)
+            return self.cache.key_for(self.path(i), self.cache_params)
+        except OSError:
+            return None  # decoding will report what is wrong with the file
+
+    def decode(self, i: int) -> Tensor:
+        """Decode item ``i`` from its file (no cache).
+
+        Raises:
+            UnreadableImage: The file cannot be decoded.
+        """
+        if self.train:
+            return decode_train(self.path(i), self.size)
+        return decode_valid(self.path(i), self.size, self.crop_pct)
+
+    def load(self, i: int, key: str | None = None) -> Tensor:
+        """Item ``i``'s pixels: from the cache, else decoded (and then cached).
+
+        Args:
+            i: Item index.
+            key: Its cache key, if already known.
+
+        Raises:
+            UnreadableImage: The file cannot be decoded (and nothing is cached).
+        """
+        key = key or self.cache_key(i)
+        if key is not None:
+            cached = self.cache.get(key, (3, self.size, self.size))
+            if cached is not None:
+                return torch.from_numpy(np.array(cached))  # copy out of the read-only map
+        x = self.decode(i)
+        if key is not None:
+            self.cache.put(key, x.numpy())
+        return x
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | Unreadable:
+        try:
+            x = self.load(i)
         except UnreadableImage as e:
             # Do not kill the worker (and the epoch): let collate drop it.
-            return Unreadable(path, e.reason)
+            return Unreadable(self.path(i), e.reason)
         return x, int(self.labels[i])
+
+
+class _Fill(Dataset):
+    """The cache pre-pass: decode and store items; yields ``(index, stored, reason)``."""
+
+    def __init__(self, ds: ImageDataset, todo: Sequence[tuple[int, str]]):
+        self.ds, self.todo = ds, list(todo)
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, j: int) -> tuple[int, bool, str | None]:
+        i, key = self.todo[j]
+        try:
+            x = self.ds.decode(i)
+        except UnreadableImage as e:
+            return i, False, e.reason
+        return i, self.ds.cache.put(key, x.numpy()), None
+
+
+def _as_list(samples: list) -> list:
+    return samples  # module level, so spawned workers can import it
 
 
 def collate(
@@ -442,6 +519,14 @@ class DeviceLoader:
     ``e`` depend only on the parent's seed and ``e``; ``epoch`` counts the epochs
     started (set it to resume).
 
+    With the parent's pixel cache, an epoch first checks which items are cached
+    (one ``stat`` of each file and one ``utime`` of each entry), decodes and
+    stores the missing ones in a pre-pass over the workers (with a progress
+    bar), then reads every batch from the cache in the main process: reading
+    pixels is so cheap that starting and feeding worker processes would cost
+    more. If some items cannot be cached (the cache is full), the epoch runs
+    through the workers as without a cache.
+
     Args:
         dls: The parent `ImageDataLoaders`.
         items: ``(path, label index)`` pairs.
@@ -462,6 +547,7 @@ class DeviceLoader:
         # runs first, so workers shut down at once.
         self._slot: list[DataLoader] = []
         self._key: tuple | None = None
+        self.cache_hits = self.cache_misses = 0
         weakref.finalize(self, self._slot.clear).atexit = False
 
     @property
@@ -493,7 +579,9 @@ class DeviceLoader:
                self.device.type, self.dls.seed)  # fmt: skip
         if not self._slot or key != self._key:
             self.close()
-            ds = ImageDataset(self.items, self.train, self._decode_size(), self.dls.crop_pct)
+            ds = ImageDataset(
+                self.items, self.train, self._decode_size(), self.dls.crop_pct, self.dls.cache
+            )
             workers = self.dls.num_workers
             dl = DataLoader(
                 ds,
@@ -524,7 +612,7 @@ class DeviceLoader:
 
     def one_batch(self) -> tuple[Tensor, Tensor]:
         """One batch, without counting an epoch (so training stays reproducible)."""
-        it = self._batches(-1)
+        it = self._batches(-1, prepass=False)  # one batch must not decode the whole set
         try:
             return next(it)
         except StopIteration:
@@ -532,7 +620,7 @@ class DeviceLoader:
         finally:
             it.close()
 
-    def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches(self, epoch: int, prepass: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
         dls = self.dls
         dl = self._loader()
         if isinstance(dl.sampler, _EpochShuffle):
@@ -540,7 +628,9 @@ class DeviceLoader:
         gen = torch.Generator().manual_seed(_mix_seed(dls.seed, epoch, 1))
         device, size, mean, std = self.device, dls.size, dls.mean, dls.std
         augment = self.train and dls.augment
-        for x, y, bad in dl:
+        keys = self._cached_keys(dl.dataset, prepass)
+        source = dl if keys is None else self._read_cached(dl, keys)
+        for x, y, bad in source:
             for path, reason in bad:
                 dls._skip(path, reason)
             if x is None:
@@ -562,6 +652,127 @@ class DeviceLoader:
             else:
                 x = center_batch(x, size, mean, std)
             yield x, y
+
+    # -- pixel cache ----------------------------------------------------------
+
+    def _cached_keys(self, ds: ImageDataset, prepass: bool) -> list[str | None] | None:
+        """Cache keys of every item if all readable ones are cached (after a pre-pass), else None.
+
+        A None key marks an item to decode (a file known to be unreadable, or
+        one that vanished), so it is reported as without a cache.
+        """
+        cache = ds.cache
+        if cache is None:
+            return None
+        keys = [ds.cache_key(i) for i in range(len(ds))]
+        # utime is the existence check and marks the entry as recently used, so
+        # making room for missing entries (`_fill`) deletes other, older ones first.
+        present = [k is not None and cache.touch(k) for k in keys]
+        skipped = self.dls.skipped
+        missing = [
+            i
+            for i, (k, ok) in enumerate(zip(keys, present, strict=True))
+            if not ok and k is not None and ds.path(i) not in skipped
+        ]
+        self.cache_hits += sum(present)
+        self.cache_misses += len(missing)
+        if missing and prepass:
+            stored = self._fill(ds, missing, keys)
+            missing = [i for i in missing if i not in stored]
+            # Unreadable files found by the pre-pass are now in `skipped`: not missing.
+            missing = [i for i in missing if ds.path(i) not in skipped]
+            for i in stored:
+                present[i] = True
+        if missing:
+            return None  # not all cached: decode the rest in the workers
+        return [k if ok else None for k, ok in zip(keys, present, strict=True)]
+
+    def _fill(self, ds: ImageDataset, missing: list[int], keys: list[str | None]) -> set[int]:
+        """Decode and cache ``missing`` items in the workers, with a progress bar.
+
+        Returns:
+            The items stored.
+        """
+        cache = ds.cache
+        entry = 3 * ds.size * ds.size + 128  # pixels + .npy header
+        # Entries of other datasets or sizes make way for the missing ones; the
+        # ones this run touched or wrote stay.
+        fits = cache.make_room(len(missing) * entry, self.dls._cache_since_ns) // entry
+        if fits < len(missing):
+            cache.warn_full(
+                f"{len(missing) - fits} of {len(ds)} images are not cached and are decoded "
+                "every epoch"
+            )
+        missing = missing[:fits]
+        if not missing:
+            return set()
+        workers = min(self.dls.num_workers, len(missing))
+        loader = DataLoader(
+            _Fill(ds, [(i, keys[i]) for i in missing]),
+            batch_size=min(self.bs, 16),  # small chunks: even load and a smooth bar
+            num_workers=workers,
+            collate_fn=_as_list,
+        )
+        stored: set[int] = set()
+        start = time.perf_counter()
+        with _progress(self.dls.console, len(missing), "decoding into the cache") as advance:
+            for results in loader:
+                for i, ok, reason in results:
+                    if reason is not None:
+                        self.dls._skip(ds.path(i), reason)
+                    elif ok:
+                        stored.add(i)
+                advance(len(results))
+        if not self.dls.console.is_terminal:  # the bar is transient; a log file gets one line
+            seconds = time.perf_counter() - start
+            self.dls.console.print(
+                f"cached {len(stored)} decoded images in {seconds:.1f} s "
+                f"({len(stored) * entry / 1e6:.1f} MB)",
+                highlight=False,
+            )
+        cache.make_room(0)  # the workers wrote: measure again (and trim if others overfilled)
+        return stored
+
+    def _read_cached(
+        self, dl: DataLoader, keys: list[str | None]
+    ) -> Iterator[tuple[Tensor | None, Tensor | None, list[tuple[str, str]]]]:
+        """`collate`-style batches read from the cache in this process, in ``dl``'s order."""
+        ds: ImageDataset = dl.dataset
+        cache = ds.cache
+        pin = self.device.type == "cuda"
+        for idx in dl.batch_sampler:
+            x = torch.empty((len(idx), 3, ds.size, ds.size), dtype=torch.uint8, pin_memory=pin)
+            y, bad = [], []
+            for i in idx:
+                row = x[len(y)]
+                key = keys[i]
+                if key is None or not cache.read_into(key, row.numpy()):
+                    # Trimmed by another process, or an unreadable file: decode
+                    # (and re-cache) it here; a failure is dropped as in `collate`.
+                    try:
+                        row.copy_(ds.load(i, key))
+                    except UnreadableImage as e:
+                        bad.append((ds.path(i), e.reason))
+                        continue
+                y.append(int(ds.labels[i]))
+            if not y:
+                yield None, None, bad
+                continue
+            yield x[: len(y)], torch.tensor(y, dtype=torch.long), bad
+
+
+@contextmanager
+def _progress(console: Console, total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A transient rich progress bar on a terminal (nothing otherwise); yields ``advance(n)``."""
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    bar = Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    )
+    task = bar.add_task(what, total=total)
+    with bar:
+        yield lambda n: bar.advance(task, n)
 
 
 # ---------------------------------------------------------------------------
@@ -649,6 +860,13 @@ class ImageDataLoaders:
         augment: Augment training batches (False: only resize and normalise).
         mean: Normalisation mean (the learner sets the model's).
         std: Normalisation standard deviation (the learner sets the model's).
+        cache: Keep decoded images in a `snugfit.cache.PixelCache`, so files are
+            decoded once, not every epoch (False: decode every epoch, write nothing).
+        cache_size: Bound on the cache folder, e.g. ``"20GB"`` or ``"512MiB"``;
+            default ``$SNUGFIT_CACHE_SIZE``, else 20 GB.
+        cache_root: Cache folder; default ``cache_dir() / "images"``.
+        console: Where the cache pre-pass shows its progress (default: stderr);
+            give the learner's console to share its display.
     """
 
     def __init__(
@@ -672,6 +890,10 @@ class ImageDataLoaders:
         augment: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        cache: bool = True,
+        cache_size: str | int | None = None,
+        cache_root: str | os.PathLike | None = None,
+        console: Console | None = None,
     ):
         self.path = Path(path) if path is not None else None
         self.bs = _check_positive_int("bs", bs)
@@ -698,6 +920,13 @@ class ImageDataLoaders:
         self.mean, self.std = tuple(mean), tuple(std)
         self.vocab = list(vocab)
         self.skipped: dict[str, str] = {}
+        # Resolved even when off, so a bad cache_size is reported either way.
+        max_bytes = cache_size_bytes(cache_size)
+        self.cache = PixelCache(cache_root, max_bytes) if cache else None
+        # Entries used since then belong to this run: making room never deletes
+        # them. A second early, as file times come from a coarser kernel clock.
+        self._cache_since_ns = time.time_ns() - 10**9
+        self.console = console or Console(stderr=True)
 
         where = self.path if self.path is not None else "data"
         if len(self.vocab) < 2:
@@ -1051,6 +1280,13 @@ class ImageDataLoaders:
         out = Path(path)
         fig.savefig(out, format="png", dpi=80)
         return out
+
+    def cache_stats(self) -> dict[str, int]:
+        """Items found in (``hits``) and missing from (``misses``) the cache, over all epochs."""
+        return {
+            "hits": self.train.cache_hits + self.valid.cache_hits,
+            "misses": self.train.cache_misses + self.valid.cache_misses,
+        }
 
     def close(self) -> None:
         """Shut down both loaders' worker processes now (they restart when iterated)."""

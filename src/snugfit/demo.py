@@ -9,7 +9,6 @@ written once as an image folder into the cache directory. Model: timm's
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -17,18 +16,11 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
+from .cache import cache_dir
 from .config import TrainConfig
 from .errors import SnugfitError
 
 DEMO_ARCH = "tf_efficientnet_lite0"
-
-
-def cache_dir() -> Path:
-    """``$SNUGFIT_CACHE``, else ``$XDG_CACHE_HOME/snugfit``, else ``~/.cache/snugfit``."""
-    if os.environ.get("SNUGFIT_CACHE"):
-        return Path(os.environ["SNUGFIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "snugfit"
 
 
 def write_digits(root: Path) -> Path:
