@@ -316,3 +316,33 @@ def test_no_host_sync_per_batch(monkeypatch):
 
     few, many = count_reads(2), count_reads(6)
     assert few == many and few > 0  # the per-epoch reads are seen, none per batch
+
+
+def test_progressive_resize_schedule_and_application():
+    from snugfit.callbacks.progressive import ProgressiveResize, size_at, size_steps
+
+    assert [size_at(e, 6, [128, 176, 224]) for e in range(6)] == [128, 128, 176, 176, 224, 224]
+    assert [size_at(e, 3, [128, 224]) for e in range(3)] == [128, 128, 224]
+    assert size_steps(128, 224, 5) == [128, 160, 176, 192, 224]
+    assert size_steps(128, 224, 10) == [128, 144, 160, 160, 176, 192, 192, 208, 224, 224]
+    seen = []
+
+    class Spy(Callback):
+        order = 0
+
+        def before_epoch(self, learn):
+            seen.append(learn.dls.size)
+
+    dls = fake_dls()
+    dls.set_size = lambda s: setattr(dls, "size", s)
+    learn = make_learner(dls=dls, memory_budget="1GB")
+    learn.fit_one_cycle(4, 1e-3, cbs=[ProgressiveResize([16, 32]), Spy()])
+    assert seen == [16, 16, 32, 32]
+    # one plan per size: the memory plan is redone when the size changes
+    assert learn.memory_plan.size == 32
+    # the LR schedule ran on across the change: one one-cycle over all 4 epochs
+    assert learn.recorder.lrs[-1][-1] < learn.recorder.lrs[0][-1]
+    with pytest.raises(SnugfitError, match="sizes"):
+        ProgressiveResize([0])
+    with pytest.raises(SnugfitError, match="give sizes"):
+        ProgressiveResize(start=128)

@@ -1,0 +1,71 @@
+"""Precomputed frozen features: same head gradients, cached, invalidated on change."""
+
+import torch
+
+from snugfit import ImageDataLoaders, vision_learner
+from snugfit import precompute as pre
+
+
+def colour_learner(folder, **kw):
+    torch.manual_seed(0)
+    dls = ImageDataLoaders.from_folder(folder, bs=8, size=32, num_workers=0, seed=0)
+    learn = vision_learner(
+        dls, "test_efficientnet", pretrained=False, metrics=["accuracy"], precision="fp32", **kw
+    )
+    learn.freeze()  # random weights: freeze by hand, as pretrained models are
+    return learn
+
+
+def head_grads(learn, net, x, y):
+    learn.opt.zero_grad()
+    learn.loss_func(net(x), y).backward()
+    return [p.grad.clone() for p in learn.model.get_classifier().parameters()]
+
+
+def test_head_gradients_equal_the_full_forward(image_folder):
+    learn = colour_learner(image_folder)
+    learn.model.eval()  # frozen body: BN in eval, no dropout
+    learn.dls.augment = False
+    xb, yb = next(iter(learn.dls.valid))
+    full = head_grads(learn, learn.model, xb, yb)
+    feats, targs = pre.compute_features(learn, [(xb, yb)])
+    assert torch.equal(targs, yb)
+    from_features = head_grads(learn, learn.model.get_classifier(), feats, yb)
+    for a, b in zip(full, from_features, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_precomputed_training_is_cached_and_invalidated(image_folder, monkeypatch):
+    learn = colour_learner(image_folder, precompute=True)
+    calls = []
+    original = pre.compute_features
+    monkeypatch.setattr(
+        pre, "compute_features", lambda learn, dl: calls.append(1) or original(learn, dl)
+    )
+    learn.fit_one_cycle(6, 3e-2)
+    assert len(calls) == 2  # train and valid, once
+    assert learn.recorder.rows[-1]["accuracy"] == 1.0
+    learn.fit(1, 1e-3)
+    assert len(calls) == 2  # same weights, size and data: reused
+    # validation on features equals validation through the whole model
+    on_features = learn.recorder.rows[-1]["valid_loss"]
+    assert abs(learn.validate()["valid_loss"] - on_features) < 1e-5
+    # a new size changes the features
+    learn.dls.set_size(40)
+    learn.fit(1, 1e-3)
+    assert len(calls) == 4
+    # unfrozen: images again, and training the body changes the key
+    learn.unfreeze()
+    learn.fit(1, 1e-3)
+    assert len(calls) == 4
+    learn.freeze()
+    learn.fit(1, 1e-3)
+    assert len(calls) == 6
+
+
+def test_precompute_off_trains_through_the_model(image_folder, monkeypatch):
+    learn = colour_learner(image_folder, precompute=True)
+    learn.precompute = False
+    monkeypatch.setattr(pre, "compute_features", lambda *a: (_ for _ in ()).throw(AssertionError))
+    learn.fit(1, 1e-3)
+    assert learn.net is learn.model
