@@ -59,15 +59,21 @@ def _noop(learn) -> None:
 
 
 from .checkpoints import SaveCheckpoint  # noqa: E402
+from .early_stopping import EarlyStopping  # noqa: E402
 from .progress import ProgressCallback  # noqa: E402
 from .recorder import Recorder  # noqa: E402
+from .save_best import SaveBest  # noqa: E402
 from .schedule import ParamScheduler  # noqa: E402
+from .snapshots import CycleSnapshots  # noqa: E402
 
 __all__ = [
     "EVENTS",
     "Callback",
+    "CycleSnapshots",
+    "EarlyStopping",
     "ParamScheduler",
     "ProgressCallback",
     "Recorder",
+    "SaveBest",
     "SaveCheckpoint",
 ]
