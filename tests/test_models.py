@@ -447,3 +447,33 @@ def test_pretrained_lite0_uses_the_packaged_weights_offline():
     ref = create_model("tf_efficientnet_lite0", 2, weights=packaged_lite0_weights())
     stem = model.state_dict()["conv_stem.weight"]
     assert torch.equal(stem, ref.state_dict()["conv_stem.weight"])
+
+
+def test_imagenet_rows_match_class_names():
+    from snugfit.models import imagenet_rows
+
+    assert imagenet_rows(["ants", "bees"]) == [310, 309]
+    assert imagenet_rows(["tench", "English_springer", "n03888257"]) == [0, 217, 701]
+    assert imagenet_rows(["daisies"]) == [985]  # -ies -> y
+    assert imagenet_rows(["ants", "banana split"]) is None  # one unknown: no match at all
+    assert imagenet_rows(["ant", "ants"]) is None  # two names for one class
+
+
+def test_head_starts_from_imagenet_rows_when_classes_match(tmp_path):
+    torch.manual_seed(0)
+    src = timm.create_model("test_efficientnet", num_classes=1000)
+    path = tmp_path / "in1k.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    model = create_model("test_efficientnet", 2, weights=path, vocab=["ants", "bees"])
+    head = model.get_classifier()
+    assert torch.equal(head.weight, src.get_classifier().weight[[310, 309]])
+    assert torch.equal(head.bias, src.get_classifier().bias[[310, 309]])
+    # unknown names, or head_init="random": a fresh head
+    for kw in (
+        {"vocab": ["cats", "zebra crossing"]},
+        {"vocab": ["ants", "bees"], "head_init": "random"},
+    ):
+        other = create_model("test_efficientnet", 2, weights=path, **kw)
+        assert not torch.equal(other.get_classifier().weight, head.weight)
+    with pytest.raises(SnugfitError, match="head_init"):
+        create_model("test_efficientnet", 2, weights=path, head_init="imagenet")

@@ -809,6 +809,7 @@ def vision_learner(
     pretrained: bool = True,
     weights=None,
     metrics: Sequence = ("error_rate",),
+    head_init: str = "auto",
     **kwargs,
 ) -> Learner:
     """A Learner for transfer learning from a timm architecture.
@@ -824,9 +825,14 @@ def vision_learner(
         weights: a local weights file (timm state dict in safetensors or .pth, or
             an efficientnet-pytorch state dict, converted by tensor order).
         metrics: metric callables or names.
+        head_init: "auto" starts the new head from the pretrained ImageNet
+            classifier's rows when every class is an ImageNet class (e.g. ants,
+            bees); "random" always starts from a fresh head.
         **kwargs: passed to `Learner` (loss_func, opt, wd, cbs, micro_bs, ...).
     """
-    model = models.create_model(arch, dls.c, pretrained=pretrained, weights=weights)
+    model = models.create_model(
+        arch, dls.c, pretrained=pretrained, weights=weights, vocab=dls.vocab, head_init=head_init
+    )
     cfg = models.model_config(model)
     dls.mean, dls.std, dls.crop_pct = tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"]
     name = arch if isinstance(arch, str) else None

