@@ -4,14 +4,11 @@ import torch
 from snugfit import precision as prec
 from snugfit.callbacks import Callback
 from snugfit.errors import SnugfitError
-from test_learner import make_learner, snapshot
+from test_learner import fake_dls, make_learner, snapshot
 
 
 def test_auto_precision_per_device(monkeypatch):
-    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: True)
-    assert prec.resolve_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: False)
-    assert prec.resolve_precision("auto", "cpu") == "fp32"
+    assert prec.resolve_precision("auto", "cpu") == "fp32"  # until measured faster
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert prec.resolve_precision("auto", "cuda") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
@@ -71,3 +68,32 @@ def test_fp16_scaler_skips_a_step_with_an_inf_gradient(opt):
     # the following steps trained normally
     final = snapshot(learn.model)
     assert any(not torch.equal(cb.after[k], final[k]) for k in final)
+
+
+@pytest.mark.parametrize("fast", ["bf16", "fp32"])
+def test_auto_precision_on_cpu_keeps_the_faster(monkeypatch, fast):
+    import snugfit.callbacks.auto_precision as ap
+    import snugfit.learner as learner_mod
+
+    monkeypatch.setattr(learner_mod, "cpu_has_native_bf16", lambda: True)
+    learn = make_learner(precision="auto", dls=fake_dls(n_batches=8))
+    clock = {"t": 0.0}
+
+    def fake_time():
+        # a step "takes" 0.5 s in the fast precision, 1 s in the other
+        clock["t"] += 0.5 if learn.precision == fast else 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(ap, "perf_counter", fake_time)
+    seen = []
+
+    class Spy(Callback):
+        order = 0
+
+        def before_batch(self, learn):
+            seen.append(learn.precision)
+
+    learn.fit(1, lr=1e-3, cbs=[Spy()])
+    # six measuring steps alternate, then the faster one stays
+    assert seen[:6] == ["fp32", "bf16"] * 3 and seen[6:] == [fast, fast], seen
+    assert learn.precision == fast

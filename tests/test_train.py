@@ -13,6 +13,7 @@ from snugfit.learner import META_FILE
 def colour_learner(folder, arch="test_efficientnet", **kw):
     torch.manual_seed(0)
     dls = ImageDataLoaders.from_folder(folder, bs=8, size=32, num_workers=0, seed=0)
+    kw.setdefault("precision", "fp32")  # predictions compared bit for bit
     return vision_learner(dls, arch, pretrained=False, metrics=["accuracy"], **kw)
 
 

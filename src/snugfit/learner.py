@@ -30,6 +30,7 @@ from .optim import decoupled_weight_decay, make_optimizer, param_groups, resolve
 from .precision import (
     autocast,
     check_precision,
+    cpu_has_native_bf16,
     half_precision,
     make_scaler,
     resolve_precision,
@@ -176,9 +177,14 @@ class Learner:
             dls.console = self.console  # one console: the caching bar nests in fit's bar
         self.recorder = Recorder()
         self.cbs: list = [self.recorder, ProgressCallback(self.console), *cbs]
+        if precision == "auto" and self.device.type == "cpu" and cpu_has_native_bf16():
+            from .callbacks.auto_precision import AutoPrecision
+
+            self.cbs.insert(0, AutoPrecision())
         self.frozen_to = 0
         self.epoch = self.iter = self.train_iter = 0
         self._recipe_depth, self._fit_index, self._resume_at = 0, 0, None
+        self.recipe_state: dict = {}  # decisions a recipe made (LRs), kept in checkpoints
         self.resuming_fit = False
 
     # -- properties the loop and callbacks read ------------------------------
@@ -412,6 +418,13 @@ class Learner:
         from .lr_find import lr_find
 
         return lr_find(self, start_lr, end_lr, num_it, stop_div, suggest)
+
+    @_recipe
+    def auto_fit(self, epochs: int = 2, **kwargs) -> None:
+        """The automated transfer-learning checklist (see `snugfit.recipe`)."""
+        from .recipe import auto_fit
+
+        auto_fit(self, epochs, **kwargs)
 
     @_recipe
     def fine_tune(

@@ -202,12 +202,22 @@ def lr_find(
 
 def _sweep(learn, start_lr, end_lr, num_it, stop_div) -> tuple[list[float], list[float]]:
     n_groups = len(learn.groups)
+    learn._train_mode()
+    # The loop's own data and module: images through the model, or precomputed
+    # features through the head alone (a sweep then costs almost nothing).
+    train_dl, _, learn.net = learn._loaders()
+    try:
+        return _sweep_batches(learn, train_dl, start_lr, end_lr, num_it, stop_div, n_groups)
+    finally:
+        learn.net = learn.model
+
+
+def _sweep_batches(learn, train_dl, start_lr, end_lr, num_it, stop_div, n_groups):
     lrs, losses = [], []
     avg, best = 0.0, math.inf
-    learn._train_mode()
     step = 0
     while step < num_it:
-        batches = iter(learn.dls.train)  # one epoch of the loader
+        batches = iter(train_dl)  # one epoch of the loader
         try:
             empty = True
             for xb, yb in batches:

@@ -4,11 +4,12 @@
 
 - CUDA with native bf16 (compute capability >= 8.0): ``bf16`` (no loss scaling needed);
 - older CUDA cards: ``fp16`` with a `torch.amp.GradScaler`;
-- CPU: ``bf16`` when the processor has native bf16 instructions (AVX512-BF16 or
-  AMX), else ``fp32``. Measured on a 2-core AVX512-BF16 machine, EfficientNet-Lite0
-  at 224 px, bs 32: a training step is 1.4x faster with bf16 autocast than fp32
-  (both channels_last), forward 2.3x; without those instructions bf16 is emulated
-  and slower than fp32.
+- CPU: ``fp32`` unless the processor has native bf16 instructions (AVX512-BF16 or
+  AMX). Then the first training steps of each phase alternate fp32 and bf16 and
+  the faster is kept (`snugfit.callbacks.auto_precision`): measured on a 2-core
+  AVX512-BF16 machine, EfficientNet-Lite0, channels_last, a training step is 1.4x
+  faster in bf16 at 224 px and bs 32, but 0.8x at bs 8 and 0.55x at 64 px, so no
+  fixed rule is right. Without those instructions bf16 is emulated and slower.
 """
 
 from __future__ import annotations
@@ -52,9 +53,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if device.type == "cuda":
         native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return "bf16" if native_bf16 else "fp16"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
+    return "fp32"  # CPU: fp32 unless measured faster (see module docstring)
 
 
 def half_precision(device: torch.device | str) -> str:
