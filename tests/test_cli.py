@@ -35,6 +35,8 @@ def test_train_writes_the_run_folder_and_predict_reads_it(image_folder, tmp_path
         "train",
         str(image_folder),
         *TRAIN,
+        "--recipe",
+        "fine_tune",
         "--epochs",
         "1",
         "--freeze-epochs",
@@ -158,3 +160,30 @@ def test_plan_needs_a_readable_budget(capsys):
     with pytest.raises(SystemExit):
         main(["plan", "--arch", "test_resnet", "--gpu-mem", "eight gigs"])
     assert "cannot read 'eight gigs'" in capsys.readouterr().err
+
+
+def test_train_auto_recipe_prints_its_phases_and_resumes(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        str(image_folder),
+        *TRAIN,
+        "--epochs",
+        "1",
+        "--head-epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    for phase in ("phase: head on precomputed features", "phase: head with data augmentation"):
+        assert phase in stdout
+    assert "learning rate" in stdout and "auto_fit: kept the weights after phase" in stdout
+    ckpt = out / "checkpoint.safetensors"
+    assert ckpt.is_file()
+    rows = (out / "metrics.csv").read_text().splitlines()
+    # resuming a finished run: nothing left to train, the history is kept
+    code, stdout, err = run_cli(capsys, *args, "--resume", str(ckpt))
+    assert code == 0, err
+    assert (out / "metrics.csv").read_text().splitlines() == rows

@@ -102,6 +102,7 @@ def save_checkpoint(learn, path, position: dict | None = None) -> Path:
         "position": position,
         "data_epoch": getattr(train_dl, "epoch", None),
         "recorder": learn.recorder.state(),
+        "recipe_state": learn.recipe_state,
     }
     metadata = {_META_KEY: json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(_dedupe_storage(tensors), str(tmp), metadata))
@@ -174,3 +175,4 @@ def restore_position(learn, tensors: dict[str, torch.Tensor], meta: dict) -> Non
     if meta["data_epoch"] is not None and hasattr(train_dl, "epoch"):
         train_dl.epoch = meta["data_epoch"]
     learn.recorder.load_state(meta["recorder"])
+    learn.recipe_state = dict(meta.get("recipe_state") or {})

@@ -96,11 +96,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-epochs",
         type=_non_negative_int("--freeze-epochs"),
         default=d.freeze_epochs,
-        help="epochs training only the head first",
+        help="fine_tune: epochs training only the head first",
+    )
+    t.add_argument(
+        "--recipe",
+        default=d.recipe,
+        choices=["auto", "fine_tune"],
+        help="auto: the automated checklist (precompute, lr_find, head, unfreeze, "
+        "early stopping, best weights); fine_tune: fastai's fine_tune",
+    )
+    t.add_argument(
+        "--head-epochs",
+        type=_non_negative_int("--head-epochs"),
+        default=d.head_epochs,
+        help="auto: head epochs on precomputed features",
+    )
+    t.add_argument(
+        "--no-precompute",
+        dest="precompute",
+        action="store_false",
+        help="auto: train the head on images, not on precomputed features",
+    )
+    t.add_argument(
+        "--no-lr-find",
+        dest="lr_find",
+        action="store_false",
+        help="auto: fixed head learning rate instead of lr_find",
+    )
+    t.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=["one_cycle", "sgdr"],
+        help="auto: schedule of the unfrozen phase",
+    )
+    t.add_argument(
+        "--sizes",
+        type=_positive_int("--sizes"),
+        nargs="+",
+        default=None,
+        help="auto: progressive resizing of the unfrozen phase, e.g. 128 176 224",
+    )
+    t.add_argument(
+        "--resume", default=None, help="continue a run exactly from its OUT/checkpoint.safetensors"
     )
     t.add_argument("--bs", type=_positive_int("--bs"), default=d.bs, help="batch size")
     t.add_argument("--size", type=_positive_int("--size"), default=d.size, help="image size (px)")
-    t.add_argument("--lr", type=_positive_float("--lr"), default=d.lr, help="base learning rate")
+    t.add_argument(
+        "--lr", type=_positive_float("--lr"), default=d.lr, help="fine_tune: base learning rate"
+    )
     t.add_argument(
         "--weights",
         default=None,

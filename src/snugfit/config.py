@@ -15,11 +15,18 @@ from pathlib import Path
 class TrainConfig:
     data: str
     arch: str = "tf_efficientnet_lite0"
-    epochs: int = 2
-    freeze_epochs: int = 1
+    recipe: str = "auto"  # "auto": the automated checklist (auto_fit); or "fine_tune"
+    epochs: int = 2  # epochs with the whole network unfrozen
+    freeze_epochs: int = 1  # fine_tune: epochs training only the head
+    head_epochs: int = 4  # auto: head epochs on precomputed features
+    precompute: bool = True  # auto: train the head on precomputed features first
+    lr_find: bool = True  # auto: choose the head's learning rate with lr_find
+    schedule: str = "one_cycle"  # auto: "one_cycle" or "sgdr" for the unfrozen phase
+    sizes: list[int] | None = None  # auto: progressive resizing of the unfrozen phase
+    resume: str | None = None  # a checkpoint written by a run: continue it exactly
     bs: int = 32
     size: int = 224
-    lr: float = 2e-3
+    lr: float = 2e-3  # fine_tune: base learning rate
     weights: str | None = None
     pretrained: bool = True
     out: str = "runs/latest"

@@ -2,6 +2,7 @@
 
 Shared by ``snugfit train`` and ``snugfit demo``. Everything a run produces goes
 to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``metrics.csv``,
+``checkpoint.safetensors`` (resumable with ``--resume``),
 ``batch.png`` (an augmented batch), ``loss.png``, ``lr.png`` and, when some files could not be read, ``skipped.txt``.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from .callbacks import SaveCheckpoint
 from .config import TrainConfig
 from .data import ImageDataLoaders
 from .learner import Learner, vision_learner
@@ -59,9 +61,26 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     cfg.to_json(out / "config.json")
     dls.show_batch(out / "batch.png")  # what the model sees: augmented, presized
     csv_path = out / "metrics.csv"
-    csv_path.unlink(missing_ok=True)
+    if cfg.resume is None:
+        csv_path.unlink(missing_ok=True)  # a resumed run appends to its history
     learn.recorder.csv_path = csv_path
-    learn.fine_tune(cfg.epochs, base_lr=cfg.lr, freeze_epochs=cfg.freeze_epochs)
+    # One resumable checkpoint, rewritten atomically after every epoch.
+    cbs = [SaveCheckpoint(out / "checkpoint.safetensors")]
+    if cfg.recipe == "auto":
+        learn.auto_fit(
+            cfg.epochs,
+            head_epochs=cfg.head_epochs,
+            precompute=cfg.precompute,
+            lr_find=cfg.lr_find,
+            schedule=cfg.schedule,
+            sizes=cfg.sizes,
+            cbs=cbs,
+            resume=cfg.resume,
+        )
+    else:
+        learn.fine_tune(
+            cfg.epochs, base_lr=cfg.lr, freeze_epochs=cfg.freeze_epochs, cbs=cbs, resume=cfg.resume
+        )
     learn.save(out / "model")
     learn.recorder.plot_loss(out / "loss.png")
     learn.recorder.plot_lr(out / "lr.png")

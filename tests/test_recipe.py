@@ -1,0 +1,50 @@
+"""The automated checklist on generated images."""
+
+import io
+
+import pytest
+import torch
+from rich.console import Console
+
+from snugfit import ImageDataLoaders, vision_learner
+from snugfit.errors import SnugfitError
+
+
+def colour_learner(folder):
+    torch.manual_seed(0)
+    dls = ImageDataLoaders.from_folder(folder, bs=8, size=32, num_workers=0, seed=0)
+    console = Console(file=io.StringIO(), width=200)
+    learn = vision_learner(
+        dls, "test_efficientnet", pretrained=False, metrics=["accuracy"], precision="fp32",
+        console=console,
+    )  # fmt: skip
+    return learn
+
+
+def test_auto_fit_runs_the_checklist_and_keeps_the_best_phase(image_folder):
+    learn = colour_learner(image_folder)
+    learn.auto_fit(1, head_epochs=3)
+    out = learn.console.file.getvalue()
+    for phase in ("head on precomputed features", "head with data augmentation", "unfrozen"):
+        assert f"phase: {phase}" in out
+    assert "lr_find valley" in out
+    state = learn.recipe_state
+    assert state["lr_head"] > 0 and state["best_phase"] in (
+        "head",
+        "head with augmentation",
+        "unfrozen",
+    )
+    # the kept weights are those of the best phase: their validation loss is the lowest seen
+    best = min(r["valid_loss"] for r in learn.recorder.rows)
+    assert learn.validate()["valid_loss"] <= best + 1e-5
+    assert learn.validate()["accuracy"] == 1.0
+
+
+def test_unfreezing_is_skipped_when_nothing_improved(image_folder):
+    learn = colour_learner(image_folder)
+    learn.auto_fit(1, head_epochs=0, head_aug_epochs=0, lr_find=False)
+    assert "phase: unfrozen skipped" in learn.console.file.getvalue()
+    assert learn.recipe_state["best_phase"] == "start"
+    assert learn.frozen_to == len(learn.groups) - 1  # never unfrozen
+    with pytest.raises(SnugfitError, match="schedule"):
+        learn.auto_fit(1, schedule="cosine")
