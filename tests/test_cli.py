@@ -187,3 +187,15 @@ def test_train_auto_recipe_prints_its_phases_and_resumes(image_folder, tmp_path,
     code, stdout, err = run_cli(capsys, *args, "--resume", str(ckpt))
     assert code == 0, err
     assert (out / "metrics.csv").read_text().splitlines() == rows
+
+
+def test_lr_find_command(image_folder, tmp_path, capsys):
+    plot = tmp_path / "lr.png"
+    code, out, err = run_cli(
+        capsys, "lr-find", str(image_folder), "--arch", "test_efficientnet", "--no-pretrained", "--bs", "4",
+        "--size", "32", "--workers", "0", "--num-it", "20", "--plot", str(plot),
+    )  # fmt: skip
+    assert code == 0, err
+    lines = dict(line.split("\t") for line in out.strip().splitlines() if "\t" in line)
+    assert {"valley", "minimum", "steep", "suggested"} <= lines.keys()
+    assert float(lines["suggested"]) > 0 and plot.read_bytes()[:4] == b"\x89PNG"

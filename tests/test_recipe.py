@@ -48,3 +48,19 @@ def test_unfreezing_is_skipped_when_nothing_improved(image_folder):
     assert learn.frozen_to == len(learn.groups) - 1  # never unfrozen
     with pytest.raises(SnugfitError, match="schedule"):
         learn.auto_fit(1, schedule="cosine")
+
+
+def test_the_seed_fastai_calls_work(image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    learn = colour_learner(image_folder)
+    learn.freeze()
+    learn.fine_tune(6, freeze_epochs=3)
+    learn.fit_one_cycle(12, lr_max=slice(1e-6, 1e-4))
+    assert learn.recorder.lrs[-1][0] < learn.recorder.lrs[-1][-1]  # discriminative
+    result = learn.lr_find()
+    assert result.suggested > 0
+    learn.recorder.plot_loss()
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert learn.to_fp16() is learn and learn.precision == "fp16"
+    learn.fit_sgdr(3, 1, cycle_mult=2)
+    assert len(learn.recorder.rows) == 3 + 6 + 12 + 7

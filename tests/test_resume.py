@@ -73,3 +73,28 @@ def test_resume_needs_a_position(tmp_path):
     learn.save_checkpoint(tmp_path / "plain.safetensors")
     with pytest.raises(SnugfitError, match="no training position"):
         learner().fit(1, resume=tmp_path / "plain.safetensors")
+
+
+@pytest.mark.parametrize("precompute", [False, True], ids=["images", "features"])
+def test_resume_with_real_images_and_augmentation(image_folder, tmp_path, precompute):
+    from snugfit import ImageDataLoaders, vision_learner
+
+    def colour():
+        torch.manual_seed(0)
+        dls = ImageDataLoaders.from_folder(image_folder, bs=4, size=32, num_workers=0, seed=3)
+        learn = vision_learner(dls, "test_efficientnet", pretrained=False, precision="fp32",
+                               console=quiet(), precompute=precompute)  # fmt: skip
+        if precompute:
+            learn.freeze()
+        return learn
+
+    ref = colour()
+    ref.fit_one_cycle(3, 1e-3)
+    ckpt = tmp_path / "c.safetensors"
+    stopped = colour()
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit_one_cycle(3, 1e-3, cbs=[SaveCheckpoint(ckpt, every_batches=1), StopAt(0, 1, 2)])
+    resumed = colour()
+    resumed.fit_one_cycle(3, 1e-3, resume=ckpt)
+    a, b = snapshot(ref.model), snapshot(resumed.model)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

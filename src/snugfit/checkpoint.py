@@ -100,13 +100,25 @@ def save_checkpoint(learn, path, position: dict | None = None) -> Path:
         "checkpointing": learn.checkpointing,
         "frozen_to": learn.frozen_to,
         "position": position,
-        "data_epoch": getattr(train_dl, "epoch", None),
+        "data_epoch": _data_epoch(train_dl, position),
         "recorder": learn.recorder.state(),
         "recipe_state": learn.recipe_state,
     }
     metadata = {_META_KEY: json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(_dedupe_storage(tensors), str(tmp), metadata))
     return path
+
+
+def _data_epoch(train_dl, position: dict | None) -> int | None:
+    """The loader epoch the resumed run must iterate first.
+
+    A loader counts the epochs it has started: mid-epoch, the epoch in progress
+    is one less than its counter.
+    """
+    epoch = getattr(train_dl, "epoch", None)
+    if epoch is None or position is None:
+        return epoch
+    return epoch - 1 if position["iter"] > 0 else epoch
 
 
 def _dedupe_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

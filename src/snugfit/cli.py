@@ -226,7 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
     pr.add_argument("images", nargs="+", help="image files")
 
-    dm = sub.add_parser("demo", help="offline demo: digits, EfficientNet-Lite0, fine_tune")
+    lf = sub.add_parser(
+        "lr-find",
+        help="learning-rate finder: sweep, suggestions, plot",
+        description="fastai's lr_find on the model as training would start it (head only, "
+        "or --unfrozen); prints the suggestions and saves the plot.",
+    )
+    lf.add_argument("data", help="image folder (as for train)")
+    lf.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
+    lf.add_argument("--weights", default=None, help="local weights file")
+    lf.add_argument(
+        "--no-pretrained", dest="pretrained", action="store_false", help="start from random weights"
+    )
+    lf.add_argument("--bs", type=_positive_int("--bs"), default=d.bs)
+    lf.add_argument("--size", type=_positive_int("--size"), default=d.size)
+    lf.add_argument("--unfrozen", action="store_true", help="sweep with every layer training")
+    lf.add_argument("--num-it", type=_positive_int("--num-it"), default=100)
+    lf.add_argument(
+        "--workers", dest="num_workers", type=_non_negative_int("--workers"), default=None
+    )
+    lf.add_argument("--plot", default="lr_find.png", help="PNG to write (default lr_find.png)")
+    _memory_args(lf)
+
+    dm = sub.add_parser("demo", help="offline demo: digits, EfficientNet-Lite0, auto_fit")
     dm.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     return p
 
@@ -244,6 +266,8 @@ def main(argv=None) -> int:
             return _predict(args)
         elif args.command == "plan":
             _plan(args)
+        elif args.command == "lr-find":
+            _lr_find(args)
         elif args.command == "demo":
             from .demo import run_demo
 
@@ -286,6 +310,30 @@ def _plan(args) -> None:
             apply=False,
             device_type=args.device_type,
         )
+
+
+def _lr_find(args) -> None:
+    from .data import ImageDataLoaders
+    from .learner import vision_learner
+
+    dls = ImageDataLoaders.from_folder(
+        args.data, bs=args.bs, size=args.size, num_workers=args.num_workers
+    )
+    learn = vision_learner(
+        dls,
+        args.arch,
+        pretrained=args.pretrained,
+        weights=args.weights,
+        precision=args.precision,
+        memory_budget=args.memory_budget,
+    )
+    if args.unfrozen:
+        learn.unfreeze()
+    result = learn.lr_find(num_it=args.num_it)
+    for name, lr in result.suggestions.items():
+        print(f"{name}\t{lr:.3e}")
+    print(f"suggested\t{result.suggested:.3e}")
+    print(f"plot\t{result.plot(args.plot)}")
 
 
 def _predict(args) -> int:

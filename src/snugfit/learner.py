@@ -520,6 +520,8 @@ class Learner:
     def _train_batches(self, skip: int):
         """The training batches of one epoch, from batch ``skip`` on (for resuming)."""
         dl = self.train_dl
+        if getattr(dl, "per_fit_epochs", False):
+            dl.epoch = self.epoch  # its order depends on the fit's epoch alone
         if skip and hasattr(dl, "iter_from"):
             return dl.iter_from(skip)  # skips without decoding the skipped images
         return itertools.islice(iter(dl), skip, None)

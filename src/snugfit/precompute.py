@@ -28,7 +28,13 @@ IN_MEMORY_LIMIT = 1 << 30
 
 
 class FeatureLoader:
-    """Batches of precomputed features, shuffled per epoch from ``(seed, epoch)``."""
+    """Batches of precomputed features, shuffled per epoch from ``(seed, epoch)``.
+
+    A new one is made for each fit, so its ``epoch`` is the fit's epoch (the loop
+    sets it: ``per_fit_epochs``), which makes a resumed fit shuffle the same way.
+    """
+
+    per_fit_epochs = True
 
     def __init__(self, feats, targs: torch.Tensor, bs: int, shuffle: bool, seed: int, device):
         self.feats, self.targs = feats, targs
@@ -106,6 +112,8 @@ def feature_loaders(learn) -> tuple[FeatureLoader, FeatureLoader]:
             dl = d.train if split == "train" else d.valid
             saved_epoch, saved_aug = getattr(dl, "epoch", None), d.augment
             d.augment = False  # features of the images themselves
+            if saved_epoch is not None:
+                dl.epoch = 0  # a fixed order: the same features array in every run
             try:
                 feats, targs = compute_features(learn, dl)
             finally:
