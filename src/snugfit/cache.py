@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snugfit.memory import parse_bytes
+from snugfit.memory import format_bytes, parse_bytes
 
 logger = logging.getLogger("snugfit")
 
@@ -216,7 +216,7 @@ class PixelCache:
                 "pixel cache %s is full (cache_size=%s): %s; raise cache_size or "
                 "$SNUGFIT_CACHE_SIZE",
                 self.root,
-                _human(self.max_bytes),
+                format_bytes(self.max_bytes),
                 detail,
             )
 
@@ -298,11 +298,3 @@ class PixelCache:
 
 def _entry_bytes(nbytes: int) -> int:
     return nbytes + 128  # the .npy header, version 1.0, padded to 64-byte alignment
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"

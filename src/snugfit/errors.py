@@ -19,3 +19,9 @@ class UnreadableImage(SnugfitError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def first_line(e: BaseException) -> str:
+    """``"Type: first line of the message"``: an exception, short enough for one log line."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import models
 from .callbacks import Callback, ParamScheduler, ProgressCallback, Recorder
-from .errors import SnugfitError
+from .errors import SnugfitError, first_line
 from .metrics import METRICS, metric_name
 from .oom import MemorySettings, StepSnapshot, is_oom, next_fallback, release_memory
 from .optim import decoupled_weight_decay, make_optimizer, param_groups, resolve_lrs
@@ -580,7 +580,7 @@ class Learner:
             except Exception as e:
                 if snapshot is None or not is_oom(e):
                     raise
-                message = _first_line(e)
+                message = first_line(e)
             # Out of the except block, the traceback no longer pins the failed
             # step's tensors: drop our own references too, then free and retry.
             x = y = loss = total = self.loss_mb = None
@@ -677,7 +677,7 @@ class Learner:
             except Exception as e:
                 if not (self.oom_recovery and is_oom(e)) or chunk == 1:
                     raise
-                message = _first_line(e)
+                message = first_line(e)
             release_memory(self.device)
             self.eval_bs = chunk // 2
             self.oom_events.append({"phase": "eval", "from": chunk, "to": self.eval_bs})
@@ -789,11 +789,6 @@ def _grads_finite(opt: torch.optim.Optimizer) -> bool:
     if not grads or not any(g.get("decoupled_wd") for g in opt.param_groups):
         return True  # only decoupled decay needs to know (AdamW decays inside its step)
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _optional_positive(name: str, value):

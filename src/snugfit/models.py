@@ -31,7 +31,7 @@ import torch
 from timm.models import group_parameters
 from torch import Tensor, nn
 
-from snugfit.errors import SnugfitError
+from snugfit.errors import SnugfitError, first_line
 
 __all__ = [
     "convert_by_order",
@@ -143,7 +143,7 @@ def create_model(
     try:
         model = timm.create_model(arch, pretrained=True)
     except Exception as e:  # network, hub and cache errors come in many types
-        reason = _first_line(e)
+        reason = first_line(e)
         raise SnugfitError(
             f"arch {arch!r}: could not fetch pretrained weights ({reason}); "
             "pass weights= with a local .safetensors/.pth file, or pretrained=False"
@@ -216,11 +216,6 @@ def _check_arch_name(arch: str) -> None:
     close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise SnugfitError(f"arch: unknown timm model {arch!r}{hint}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def packaged_lite0_weights() -> Path:
@@ -311,7 +306,7 @@ def _read_state_dict(path: Path) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own and OS errors
-            raise SnugfitError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+            raise SnugfitError(f"{path}: not a readable safetensors file ({first_line(e)})") from e
     if suffix in TORCH_SUFFIXES:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -322,7 +317,7 @@ def _read_state_dict(path: Path) -> Any:
                 "run arbitrary code); re-save it with torch.save(model.state_dict())"
             ) from e
         except Exception as e:
-            raise SnugfitError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from e
+            raise SnugfitError(f"{path}: not a readable PyTorch file ({first_line(e)})") from e
     allowed = ", ".join(sorted(SAFETENSORS_SUFFIXES | TORCH_SUFFIXES))
     raise SnugfitError(f"{path}: unsupported weights file type {suffix!r}; use one of {allowed}")
 
