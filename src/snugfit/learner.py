@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -38,10 +37,6 @@ from .precision import (
 from .schedules import combine, constant, cos_anneal, one_cycle, one_cycle_mom
 
 log = logging.getLogger("snugfit")
-
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "snugfit.json"
 
 
 def _recipe(method):
@@ -724,64 +719,9 @@ class Learner:
 
     def save(self, path) -> Path:
         """Write ``path/model.safetensors`` and ``path/snugfit.json``: no pickle."""
-        from safetensors.torch import save_model
+        from .export import save_learner
 
-        if self.arch is None:
-            raise SnugfitError(
-                "save: this learner's model is not a timm architecture name; "
-                "save its state_dict yourself or build it with vision_learner(arch='...')"
-            )
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(path / WEIGHTS_FILE))
-        meta = {"format_version": FORMAT_VERSION, "arch": self.arch, **self.infer_config}
-        (path / META_FILE).write_text(json.dumps(meta, indent=2))
-        return path
-
-
-def load_learner(path, device: str | torch.device | None = None) -> Learner:
-    """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
-    from safetensors.torch import load_model
-
-    path = Path(path)
-    meta_file, weights_file = path / META_FILE, path / WEIGHTS_FILE
-    for f in (meta_file, weights_file):
-        if not f.is_file():
-            raise SnugfitError(f"{f}: not found; expected a folder written by learn.save()")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise SnugfitError(f"{meta_file}: not valid JSON ({e})") from None
-    _check_meta(meta, meta_file)
-    model = models.create_model(meta["arch"], len(meta["vocab"]), pretrained=False)
-    try:
-        load_model(model, str(weights_file))
-    except Exception as e:  # safetensors raises plain RuntimeErrors on mismatch
-        raise SnugfitError(f"{weights_file}: does not match {meta['arch']} ({e})") from None
-    infer = {k: meta[k] for k in ("vocab", "size", "crop_pct", "mean", "std")}
-    learn = Learner(None, model, arch=meta["arch"], infer=infer)
-    if device is not None:
-        learn.device = torch.device(device)
-        learn.model.to(learn.device)
-    return learn
-
-
-def _check_meta(meta, where) -> None:
-    expected = {
-        "arch": str,
-        "vocab": list,
-        "size": int,
-        "crop_pct": (int, float),
-        "mean": list,
-        "std": list,
-    }
-    if not isinstance(meta, dict):
-        raise SnugfitError(f"{where}: expected a JSON object")
-    for key, typ in expected.items():
-        if not isinstance(meta.get(key), typ):
-            raise SnugfitError(f"{where}: field {key!r} is missing or has the wrong type")
-    if len(meta["vocab"]) < 1 or not all(isinstance(v, str) for v in meta["vocab"]):
-        raise SnugfitError(f"{where}: field 'vocab' must be a non-empty list of class names")
+        return save_learner(self, path)
 
 
 def _grads_finite(opt: torch.optim.Optimizer) -> bool:
@@ -811,6 +751,13 @@ def _resolve_metric(m):
             raise SnugfitError(f"metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
         return METRICS[m]
     return m
+
+
+def load_learner(path, device: str | torch.device | None = None) -> Learner:
+    """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
+    from .export import load_learner as load
+
+    return load(path, device)
 
 
 def vision_learner(
