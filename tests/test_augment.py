@@ -117,3 +117,12 @@ def test_normalize_denormalize_round_trip(shape):
     torch.testing.assert_close(denormalize(y, IMAGENET_MEAN, IMAGENET_STD), x)
     # Channel 0: (x - 0.485) / 0.229.
     torch.testing.assert_close(y[:, 0], (x[:, 0] - 0.485) / 0.229)
+
+
+def test_sampling_grid_equals_affine_grid():
+    from snugfit.augment import _sampling_grid
+
+    theta = affine_params(5, generator=torch.Generator().manual_seed(1))
+    for size in (7, 32):
+        expected = F.affine_grid(theta, [5, 3, size, size], align_corners=False)
+        assert torch.allclose(_sampling_grid(theta, size), expected, atol=1e-6)
