@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # The local package mirror prints a warning per missing index page: hide that noise.
 QUIET_PIP := (grep -v -e "is ignored: it is neither a file nor a directory" || true)
 
-.PHONY: demo test test-slow lint format bench clean
+.PHONY: demo test test-slow lint format bench-recipe clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,5 +34,15 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# bench/recipe.py against fastai run in the same process: fastai lives in the
+# benchmark's own environment (it is not a dependency), which sees .venv's packages.
+FASTAI_VENV := bench/.venv-fastai
+bench-recipe: $(STAMP)
+	test -x $(FASTAI_VENV)/bin/python || $(PYTHON) -m venv $(FASTAI_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0]); print('$(CURDIR)/src')" \
+		> $$($(FASTAI_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/snugfit-venv.pth
+	$(FASTAI_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt fastai==2.8.12 2>&1 | $(QUIET_PIP)
+	$(FASTAI_VENV)/bin/python bench/recipe.py
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FASTAI_VENV) runs build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

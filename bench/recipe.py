@@ -14,6 +14,7 @@ px, bs 32, one after the other in this process:
 Goal: validation error <= 3% in <= 45 s wall on 2 CPU cores.
 
     PYTHONPATH=src .venv/bin/python bench/recipe.py [--data ../shared/data/hymenoptera_data]
+    make bench-recipe    # the same, with fastai installed in bench/.venv-fastai
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def run_fastai(data: Path) -> tuple[float, float] | None:
         )
     except ImportError:
         return None
+    import timm
+
     from snugfit.models import load_weights
 
     start = time.perf_counter()
@@ -80,8 +83,14 @@ def run_fastai(data: Path) -> tuple[float, float] | None:
         batch_tfms=aug_transforms(size=224, min_scale=0.75),
     )  # fmt: skip
     learn = fastai_learner(dls, ARCH, pretrained=False, metrics=error_rate)
-    body = learn.model[0].model  # fastai's TimmBody wraps the timm model
-    load_weights(body, packaged_lite0_weights())
+    # The same ImageNet weights: convert into a whole timm model, then copy its
+    # body into fastai's TimmBody (which has no classifier).
+    full = timm.create_model(ARCH, pretrained=False)
+    load_weights(full, packaged_lite0_weights())
+    body = learn.model[0].model
+    missing, unexpected = body.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and set(unexpected) <= {"classifier.weight", "classifier.bias"}
+    learn.freeze()
     learn.fine_tune(3, freeze_epochs=1)
     return time.perf_counter() - start, float(learn.recorder.values[-1][-1])
 
