@@ -180,7 +180,6 @@ class Learner:
         self.epoch = self.iter = self.train_iter = 0
         self._recipe_depth, self._fit_index, self._resume_at = 0, 0, None
         self.recipe_state: dict = {}  # decisions a recipe made (LRs), kept in checkpoints
-        self.resuming_fit = False
 
     # -- properties the loop and callbacks read ------------------------------
     @property
@@ -497,7 +496,6 @@ class Learner:
                     break
         finally:
             self._event("after_fit")
-            self.resuming_fit = False
             self.net = self.model
             for cb in added:
                 self.cbs.remove(cb)
@@ -547,7 +545,6 @@ class Learner:
             return 0, 0
         if self.fit_index < at["fit_index"]:
             return None, 0
-        self.resuming_fit = True
         return at["epoch"], at["iter"]
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,6 @@ carry, so a resumed run takes the same ones instead of sweeping again.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 
@@ -63,18 +62,24 @@ class _Best:
     """The weights of the phase with the lowest validation loss so far."""
 
     def __init__(self, learn):
-        self.loss, self.state, self.phase = learn.validate()["valid_loss"], None, "start"
-        self.state = copy.deepcopy(learn.model.state_dict())
+        self.loss, self.phase = learn.validate()["valid_loss"], "start"
+        self.state = _host_copy(learn.model)
 
     def update(self, learn, phase: str) -> None:
         loss = learn.recorder.rows[-1]["valid_loss"] if learn.recorder.rows else float("inf")
         if loss < self.loss:
             self.loss, self.phase = loss, phase
-            self.state = copy.deepcopy(learn.model.state_dict())
+            self.state = _host_copy(learn.model)
 
     def restore(self, learn) -> str:
         learn.model.load_state_dict(self.state)
         return self.phase
+
+
+def _host_copy(model) -> dict:
+    # In host memory: a second copy of the weights on the device would take
+    # memory the plan gave to training.
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def auto_fit(

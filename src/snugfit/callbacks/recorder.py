@@ -25,7 +25,6 @@ class Recorder(Callback):
         self.lrs: list[list[float]] = []  # per training batch, one per layer group
         self.moms: list[float | None] = []
         self.rows: list[dict] = []  # per epoch
-        self.iters_per_fit: list[int] = []
         self.csv_path: Path | None = None
         self._epoch_losses: list[torch.Tensor] = []
 
@@ -44,13 +43,12 @@ class Recorder(Callback):
             "lrs": self.lrs,
             "moms": self.moms,
             "rows": self.rows,
-            "iters_per_fit": self.iters_per_fit,
             "partial": partial,
         }
 
     def load_state(self, state: dict) -> None:
         self.losses, self.lrs, self.moms = state["losses"], state["lrs"], state["moms"]
-        self.rows, self.iters_per_fit = state["rows"], state["iters_per_fit"]
+        self.rows = state["rows"]
         self._resume_partial = state["partial"]  # picked up by the resumed epoch
 
     def record_hypers(self, lrs, mom) -> None:
@@ -59,8 +57,6 @@ class Recorder(Callback):
 
     def before_fit(self, learn) -> None:
         self.metric_names = ["train_loss", "valid_loss", *learn.metric_names, "time"]
-        if not learn.resuming_fit:
-            self.iters_per_fit.append(0)
 
     def before_epoch(self, learn) -> None:
         self._start = time.perf_counter()
@@ -82,7 +78,6 @@ class Recorder(Callback):
         n = learn.yb.shape[0]
         self._sum_train += loss * n
         self._n_train += n
-        self.iters_per_fit[-1] += 1
 
     def after_epoch(self, learn) -> None:
         if self._epoch_losses:
