@@ -179,18 +179,25 @@ def batch_augment(
 
 
 @functools.lru_cache(maxsize=8)
-def _base_grid(size: int, device: torch.device) -> Tensor:
-    """``(1, size*size, 3)`` homogeneous pixel-centre coordinates in [-1, 1]."""
-    c = torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=device)
-    ys, xs = torch.meshgrid(c, c, indexing="ij")
-    return torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).view(1, size * size, 3)
+def _pixel_centres(size: int, device: torch.device) -> Tensor:
+    """The ``size`` pixel-centre coordinates along one axis, normalised to [-1, 1]."""
+    return torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=device)
 
 
 def _sampling_grid(theta: Tensor, size: int) -> Tensor:
-    """What ``F.affine_grid(theta, (B, C, size, size), align_corners=False)`` returns."""
-    b = theta.shape[0]
-    base = _base_grid(size, theta.device)
-    return torch.bmm(base.expand(b, -1, -1), theta.transpose(1, 2)).view(b, size, size, 2)
+    """What ``F.affine_grid(theta, (B, C, size, size), align_corners=False)`` returns.
+
+    Built from outer sums: each output coordinate is ``a*x + b*y + c`` with ``x``
+    varying along columns and ``y`` along rows. (A ``bmm`` of a base grid by
+    ``theta``, or ``affine_grid`` itself, took 8-9 ms of ~25 for 32 images at
+    224 px on 2 CPU cores: a product with an inner dimension of 3 is all overhead.)
+    """
+    c = _pixel_centres(size, theta.device)
+    t = theta.unsqueeze(-1).unsqueeze(-1)  # (B, 2, 3, 1, 1)
+    xs, ys = c.view(1, 1, size), c.view(1, size, 1)
+    gx = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
+    gy = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
+    return torch.stack([gx, gy], dim=-1)
 
 
 def center_batch(
