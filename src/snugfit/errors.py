@@ -25,3 +25,21 @@ def first_line(e: BaseException) -> str:
     """``"Type: first line of the message"``: an exception, short enough for one log line."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def check_count(name: str, value, minimum: int = 0) -> int:
+    """``value`` if it is an integer ``>= minimum``; else a `SnugfitError` naming ``name``.
+
+    >>> check_count("epochs", 3)
+    3
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__") or value < minimum:
+        raise SnugfitError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value) -> float:
+    """``value`` if it is a finite number ``> 0``; else a `SnugfitError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e308:
+        raise SnugfitError(f"{name}: expected a positive number, got {value!r}")
+    return float(value)

@@ -701,6 +701,14 @@ class Learner:
         probs = self._eval_forward(self._input(x.to(self.device))).softmax(dim=-1).cpu()
         return [cfg["vocab"][i] for i in probs.argmax(dim=-1).tolist()], probs
 
+    def tta(self, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
+        """Test-time augmentation (fastai's): ``(probs, targets)`` of ``dl`` (the
+        validation set), ``(1 - beta) *`` the mean over ``n`` augmented passes ``+ beta *``
+        the plain predictions; ``beta=None``: the augmented mean only (see `snugfit.tta`)."""
+        from .tta import tta
+
+        return tta(self, n=n, dl=dl, beta=beta, seed=seed)
+
     # -- saving ---------------------------------------------------------------
     def save_checkpoint(self, path) -> Path:
         """Training state (weights, optimizer, GradScaler, memory settings, freeze
