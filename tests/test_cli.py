@@ -113,16 +113,38 @@ def test_unreadable_images_are_skipped_and_listed(image_folder, tmp_path, capsys
 @pytest.mark.parametrize(
     "arg, value, expected",
     [
-        ("--bs", "0", "--bs must be a positive integer"),
-        ("--size", "big", "--size must be a positive integer"),
-        ("--lr", "-1", "--lr must be a positive number"),
+        ("--bs", "0", "argument --bs: must be a positive integer, got '0'"),
+        ("--size", "big", "argument --size: must be a positive integer, got 'big'"),
+        ("--epochs", "-1", "argument --epochs: must be an integer ≥ 0, got '-1'"),
+        ("--lr", "-1", "argument --lr: must be a positive number, got '-1'"),
+        ("--lr", "nan", "argument --lr: must be a positive number, got 'nan'"),
+        ("--wd", "-0.1", "argument --wd: must be a number ≥ 0, got '-0.1'"),
+        ("--valid-pct", "1.5", "argument --valid-pct: must be between 0 and 1, got '1.5'"),
+        (
+            "--memory-budget",
+            "8 parsecs",
+            "argument --memory-budget/--gpu-mem: cannot read '8 parsecs'; "
+            "use e.g. 8GB, 8GiB, 7500MB or a fraction like 0.5",
+        ),
+        ("--memory-budget", "1.5", "argument --memory-budget/--gpu-mem: cannot read '1.5'"),
+        ("--precision", "fp8", "argument --precision: invalid choice: 'fp8'"),
     ],
 )
 def test_bad_arguments_name_themselves(image_folder, capsys, arg, value, expected):
     with pytest.raises(SystemExit) as e:
         main(["train", str(image_folder), arg, value])
     assert e.value.code == 2
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("snugfit: error: ") and expected in err
+    assert err.count("\n") == 1, "one line, no usage dump"
+
+
+@pytest.mark.parametrize("budget", ["8GB", "8GiB", "7500MB", "0.5", "512 MiB"])
+def test_budget_forms_are_accepted(budget):
+    from snugfit.cli import build_parser
+
+    args = build_parser().parse_args(["plan", "--memory-budget", budget])
+    assert args.memory_budget == budget
 
 
 def test_unknown_arch_is_one_line(image_folder, capsys):

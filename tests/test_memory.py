@@ -76,7 +76,9 @@ def test_parse_bytes_fractions_of_the_device():
         parse_bytes(0.5)
 
 
-@pytest.mark.parametrize("value", ["eight GB", "8XB", "8 G B", "", -1, 0, "0", True, None, "-2GB"])
+@pytest.mark.parametrize(
+    "value", ["eight GB", "8XB", "8 G B", "", -1, 0, "0", True, None, "-2GB", "1.5", 1.5]
+)
 def test_parse_bytes_rejects_with_one_line(value):
     with pytest.raises(SnugfitError) as info:
         parse_bytes(value, total=2**30, name="max_mem")

@@ -66,6 +66,10 @@ def test_epoch_checkpoint_resumes_at_the_next_epoch(tmp_path):
     resumed.fit_one_cycle(3, 1e-3, resume=ckpt)
     a, b = snapshot(ref.model), snapshot(resumed.model)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # the finished epoch's losses are not counted again in the next one
+    assert len(resumed.recorder.losses) == len(ref.recorder.losses) == 12
+    for r1, r2 in zip(ref.recorder.rows, resumed.recorder.rows, strict=True):
+        assert r1["train_loss"] == pytest.approx(r2["train_loss"], abs=1e-6)
 
 
 def test_resume_needs_a_position(tmp_path):

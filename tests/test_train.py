@@ -66,7 +66,9 @@ def test_load_learner_rejects_bad_metadata(image_folder, tmp_path):
     meta["size"] = 32
     meta["vocab"] = ["a", "b", "c"]  # three classes, weights for two
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(SnugfitError, match="does not match"):
+    with pytest.raises(
+        SnugfitError, match=r"lists 3 classes but model\.safetensors has a classifier for 2"
+    ):
         load_learner(tmp_path / "m")
     with pytest.raises(SnugfitError, match="not found"):
         load_learner(tmp_path / "nowhere")

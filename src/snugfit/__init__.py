@@ -3,7 +3,7 @@
 from .callbacks import Callback
 from .config import TrainConfig
 from .data import ImageDataLoaders
-from .errors import SnugfitError, UnreadableImage
+from .errors import NonFiniteLoss, SnugfitError, UnreadableImage
 from .learner import Learner, load_learner, vision_learner
 from .metrics import accuracy, error_rate
 
@@ -13,6 +13,7 @@ __all__ = [
     "Callback",
     "ImageDataLoaders",
     "Learner",
+    "NonFiniteLoss",
     "SnugfitError",
     "TrainConfig",
     "UnreadableImage",

@@ -13,6 +13,7 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -53,8 +54,14 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``."""
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``.
+
+    ``write`` must have flushed and closed the file when it returns (safetensors'
+    ``save_file`` does). The temporary file's name holds this process's id: one
+    left by a process killed mid-write is removed by the next write.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -70,6 +77,23 @@ def atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
 def save_checkpoint(learn, path, position: dict | None = None) -> Path:
     """Write ``learn``'s training state to ``path`` (a ``.safetensors`` file).
 
@@ -79,12 +103,18 @@ def save_checkpoint(learn, path, position: dict | None = None) -> Path:
         position: where training stands, ``{"fit_index", "epoch", "iter"}``: the
             next batch to run. With it the checkpoint can resume a recipe exactly.
     """
+    # A loss not checked yet (CUDA checks one step late) is checked first: a
+    # non-finite one raises with the last good weights restored, and nothing is written.
+    learn.nonfinite.resolve(learn)
     path = Path(path)
     tensors = {
         f"model.{k}": v.detach().contiguous().cpu() for k, v in learn.model.state_dict().items()
     }
     opt_tensors, opt_meta = _flatten_optimizer(learn.opt)
     tensors.update(opt_tensors)
+    tensors.update(
+        {f"recipe.{k}": v.detach().contiguous().cpu() for k, v in learn.recipe_tensors.items()}
+    )
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -100,7 +130,7 @@ def save_checkpoint(learn, path, position: dict | None = None) -> Path:
         "checkpointing": learn.checkpointing,
         "frozen_to": learn.frozen_to,
         "position": position,
-        "data_epoch": _data_epoch(train_dl, position),
+        "data_epoch": _data_epoch(train_dl, position, getattr(learn, "train_dl", train_dl)),
         "recorder": learn.recorder.state(),
         "recipe_state": learn.recipe_state,
     }
@@ -109,16 +139,17 @@ def save_checkpoint(learn, path, position: dict | None = None) -> Path:
     return path
 
 
-def _data_epoch(train_dl, position: dict | None) -> int | None:
+def _data_epoch(train_dl, position: dict | None, training_dl) -> int | None:
     """The loader epoch the resumed run must iterate first.
 
     A loader counts the epochs it has started: mid-epoch, the epoch in progress
-    is one less than its counter.
+    is one less than its counter. Not so while the fit trains on precomputed
+    features (``training_dl``): the image loader then has no epoch in progress.
     """
     epoch = getattr(train_dl, "epoch", None)
     if epoch is None or position is None:
         return epoch
-    return epoch - 1 if position["iter"] > 0 else epoch
+    return epoch - 1 if position["iter"] > 0 and training_dl is train_dl else epoch
 
 
 def _dedupe_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,10 +175,59 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
         raise SnugfitError(f"{path}: not a snugfit checkpoint ({e})") from None
     if raw is None:
         raise SnugfitError(f"{path}: not a snugfit checkpoint (no snugfit metadata)")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise SnugfitError(f"{path}: checkpoint metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise SnugfitError(f"{path}: checkpoint metadata must be a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise SnugfitError(f"{path}: unsupported checkpoint version {meta.get('format_version')}")
+    _check_meta(meta, path)
     return tensors, meta
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# Each metadata field and the test its value must pass; a checkpoint is data from
+# disk, possibly from someone else: check it before any of it reaches the learner.
+_FIELDS = {
+    "arch": lambda v: v is None or isinstance(v, str),
+    "optimizer": lambda v: (
+        isinstance(v, dict)
+        and isinstance(v.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in v["param_groups"])
+        and isinstance(v.get("scalars"), dict)
+    ),
+    "scaler": lambda v: v is None or isinstance(v, dict),
+    "precision": lambda v: v in ("fp32", "bf16", "fp16"),
+    "micro_bs": lambda v: v is None or (_is_count(v) and v > 0),
+    "checkpointing": lambda v: isinstance(v, bool),
+    "frozen_to": _is_count,
+    "position": lambda v: (
+        v is None
+        or (
+            isinstance(v, dict) and all(_is_count(v.get(k)) for k in ("fit_index", "epoch", "iter"))
+        )
+    ),
+    "data_epoch": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "recorder": lambda v: (
+        isinstance(v, dict)
+        and all(isinstance(v.get(k), list) for k in ("losses", "lrs", "moms", "rows"))
+        and isinstance(v.get("partial"), dict)
+    ),
+    "recipe_state": lambda v: v is None or isinstance(v, dict),
+}
+
+
+def _check_meta(meta: dict, path: Path) -> None:
+    for key, ok in _FIELDS.items():
+        if key not in meta or not ok(meta[key]):
+            raise SnugfitError(
+                f"{path}: checkpoint field {key!r} is missing or invalid ({meta.get(key)!r:.60})"
+            )
 
 
 def load_checkpoint(learn, path, resume: bool = False) -> dict:
@@ -188,3 +268,4 @@ def restore_position(learn, tensors: dict[str, torch.Tensor], meta: dict) -> Non
         train_dl.epoch = meta["data_epoch"]
     learn.recorder.load_state(meta["recorder"])
     learn.recipe_state = dict(meta.get("recipe_state") or {})
+    learn.recipe_tensors = {k[7:]: v for k, v in tensors.items() if k.startswith("recipe.")}

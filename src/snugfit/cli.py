@@ -1,13 +1,15 @@
-"""The ``snugfit`` command line: train, predict, demo.
+"""The ``snugfit`` command line: train, check, plan, predict, lr-find, demo.
 
 Bad input ends with one line, ``snugfit: error: <what is wrong>``, and exit
-status 2; no traceback.
+status 2; no traceback. Ctrl-C ends with status 130; during ``train`` it first
+saves a checkpoint and prints the command that resumes the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ def _number(name: str, cast, ok, accepted: str):
         except ValueError:
             value = None
         if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"{name} must be {accepted}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
         return value
 
     return parse
@@ -39,7 +41,11 @@ def _non_negative_int(name):
 
 
 def _positive_float(name):
-    return _number(name, float, lambda v: v > 0 and v != float("inf"), "a positive number")
+    return _number(name, float, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def _non_negative_float(name):
+    return _number(name, float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
 
 
 _fraction = _number("--valid-pct", float, lambda v: 0 < v < 1, "between 0 and 1")
@@ -67,14 +73,21 @@ def _budget(text: str) -> str:
     from .memory import parse_bytes
 
     try:
-        parse_bytes(text, total=1, name="--memory-budget")
+        parse_bytes(text, total=1, name="")
     except SnugfitError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(str(e).removeprefix(": ")) from None
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"snugfit: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="snugfit",
         description="Fine-tune pretrained image classifiers that fit your machine.",
     )
@@ -139,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume", default=None, help="continue a run exactly from its OUT/checkpoint.safetensors"
     )
+    t.add_argument(
+        "--checkpoint-every",
+        type=_positive_int("--checkpoint-every"),
+        default=None,
+        metavar="N",
+        help="also write the checkpoint every N batches (default: after each epoch)",
+    )
     t.add_argument("--bs", type=_positive_int("--bs"), default=d.bs, help="batch size")
     t.add_argument("--size", type=_positive_int("--size"), default=d.size, help="image size (px)")
     t.add_argument(
@@ -187,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     t.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
-    t.add_argument("--wd", type=float, default=d.wd, help="decoupled weight decay")
+    t.add_argument(
+        "--wd", type=_non_negative_float("--wd"), default=d.wd, help="decoupled weight decay"
+    )
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     t.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
 
@@ -221,6 +243,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="the device the budget is for (default cuda)",
     )
     _memory_args(pl, required=True)
+
+    ck = sub.add_parser(
+        "check",
+        help="check an image folder: counts, unreadable files, duplicates, imbalance",
+        description="Decode every image of DATA (as train would split it) and report usable "
+        "images per class and split, unreadable files with the reason, identical files "
+        "(train/valid leaks, two labels, repeats), class imbalance, tiny images and empty "
+        "class folders. Exit status 0 when training can use the folder.",
+    )
+    ck.add_argument(
+        "data", help="folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*)"
+    )
+    ck.add_argument(
+        "--valid-pct",
+        type=_fraction,
+        default=None,
+        help="split this fraction off train for validation (default: use DATA/val)",
+    )
+    ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")
+    ck.add_argument("--json", default=None, help="also write the report as JSON to this file")
 
     pr = sub.add_parser("predict", help="classify images with a saved model")
     pr.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
@@ -258,12 +300,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            from .run import train
-
-            cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
-            train(cfg)
+            return _train(args, sys.argv[1:] if argv is None else list(argv))
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "check":
+            _check(args)
         elif args.command == "plan":
             _plan(args)
         elif args.command == "lr-find":
@@ -279,6 +320,56 @@ def main(argv=None) -> int:
         print("snugfit: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _train(args, argv: list[str]) -> int:
+    from .run import CHECKPOINT, train
+
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    ckpt = Path(cfg.out) / CHECKPOINT
+    before = _mtime(ckpt)
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        # Only a checkpoint this run wrote (or the one it resumed from) continues it.
+        fresh = ckpt.is_file() and _mtime(ckpt) != before
+        resume = str(ckpt) if fresh else cfg.resume
+        print("snugfit: interrupted", file=sys.stderr)
+        if resume is not None:
+            command = shlex.join(["snugfit", *_without_resume(argv), "--resume", resume])
+            print(f"snugfit: resume with: {command}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _without_resume(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            out.append(word)
+    return out
+
+
+def _check(args) -> None:
+    from rich.console import Console
+
+    from .check import check_folder
+
+    report = check_folder(args.data, valid_pct=args.valid_pct, seed=args.seed)
+    report.print(Console())
+    if args.json is not None:
+        try:
+            print(f"report: {report.to_json(args.json)}")
+        except OSError as e:
+            raise SnugfitError(f"{args.json}: cannot write the report ({e.strerror})") from None
 
 
 def _plan(args) -> None:

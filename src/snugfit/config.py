@@ -24,6 +24,7 @@ class TrainConfig:
     schedule: str = "one_cycle"  # auto: "one_cycle" or "sgdr" for the unfrozen phase
     sizes: list[int] | None = None  # auto: progressive resizing of the unfrozen phase
     resume: str | None = None  # a checkpoint written by a run: continue it exactly
+    checkpoint_every: int | None = None  # also checkpoint every N batches (None: per epoch)
     bs: int = 32
     size: int = 224
     lr: float = 2e-3  # fine_tune: base learning rate

@@ -27,7 +27,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,10 +73,14 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return "image too large (possible decompression bomb)"
     msg = str(exc)
-    if "truncated" in msg or "broken data stream" in msg:
+    lower = msg.lower()  # Pillow says "image file is truncated" and "Truncated File Read"
+    if "truncated" in lower or "broken data stream" in lower:
         return "truncated image data"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if "unsupported" in lower or "not supported" in lower:
+        # e.g. "Unsupported BMP pixel depth (7)", "conversion from X to RGB not supported"
+        return f"unsupported mode or encoding ({msg})"
     return f"cannot decode ({type(exc).__name__}: {msg})" if msg else "cannot decode"
 
 
@@ -780,6 +784,29 @@ def _progress(console: Console, total: int, what: str) -> Iterator[Callable[[int
 # ---------------------------------------------------------------------------
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device that exists here; None: CUDA when present, else CPU.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SnugfitError(
+            f"device: cannot read {device!r}; use cpu, cuda or cuda:N (or any torch device)"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise SnugfitError(f"device: {device!r} asked for, but CUDA is not available here")
+        if dev.index is not None and dev.index >= n:
+            raise SnugfitError(f"device: {device!r} asked for, but there are only {n} GPU(s)")
+    return dev
+
+
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise SnugfitError(f"{name}: must be a positive integer, got {value!r}")
@@ -818,6 +845,78 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
         if files:
             out[d.name] = files
     return out
+
+
+class _FolderItems(NamedTuple):
+    """What `_folder_items` found: the items, and the folders they came from."""
+
+    train: list[tuple[Path, int]]
+    valid: list[tuple[Path, int]]
+    vocab: list[str]
+    train_dir: Path  # the class folders' parent (``path`` itself without a train folder)
+    valid_dir: Path | None  # None: the validation set is a random split of train_dir
+    valid_pct: float | None  # the fraction of that split (None with a validation folder)
+
+
+def _folder_items(
+    path: Path,
+    train: str = "train",
+    valid: str | None = None,
+    valid_pct: float | None = None,
+    seed: int = 42,
+) -> _FolderItems:
+    """The split items of a class-folder dataset (the layouts of `ImageDataLoaders.from_folder`).
+
+    Files are not opened: unreadable ones are among the items. Class folders
+    without any image file are left out of ``vocab``.
+
+    Raises:
+        SnugfitError: Missing folder, no images, a single class, a validation
+            class unknown to training, an empty validation folder.
+    """
+    if not path.is_dir():
+        raise SnugfitError(f"{path}: no such directory")
+    train_dir = path / train
+    if valid is not None:
+        valid_dir: Path | None = path / valid
+        if not valid_dir.is_dir():
+            raise SnugfitError(f"{valid_dir}: no such directory")
+    else:
+        valid_dir = next((path / v for v in ("val", "valid") if (path / v).is_dir()), None)
+    if not train_dir.is_dir():
+        if valid_dir is not None:
+            raise SnugfitError(f"{train_dir}: no such directory")
+        train_dir = path  # path/<class>/* directly
+
+    by_class = _class_files(train_dir)
+    if not by_class:
+        if any(_is_image(f) for f in train_dir.iterdir() if f.is_file()):
+            raise SnugfitError(
+                f"{train_dir}: images must be in one subfolder per class "
+                f"({train_dir}/<class>/*.jpg)"
+            )
+        raise _no_images(path)
+    if len(by_class) < 2:
+        only = next(iter(by_class))
+        raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
+    vocab = sorted(by_class)
+    index = {c: i for i, c in enumerate(vocab)}
+    files = [f for c in vocab for f in by_class[c]]
+    labels = [index[c] for c in vocab for _ in by_class[c]]
+
+    if valid_dir is None or valid_pct is not None:
+        valid_pct = 0.2 if valid_pct is None else valid_pct
+        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
+        return _FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct)
+    train_items = list(zip(files, labels, strict=True))
+    valid_items = []
+    for c, vfiles in _class_files(valid_dir).items():
+        if c not in index:
+            raise SnugfitError(f"{valid_dir / c}: class '{c}' has no images in {train_dir}")
+        valid_items.extend((f, index[c]) for f in vfiles)
+    if not valid_items:
+        raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
+    return _FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None)
 
 
 def _no_images(path: Path) -> SnugfitError:
@@ -867,6 +966,9 @@ class ImageDataLoaders:
         cache_root: Cache folder; default ``cache_dir() / "images"``.
         console: Where the cache pre-pass shows its progress (default: stderr);
             give the learner's console to share its display.
+        unreadable: Files already known to be unreadable, path → reason (e.g.
+            `snugfit.check.CheckReport.unreadable_files`): left out and put in
+            ``skipped`` without being opened or reported again.
     """
 
     def __init__(
@@ -894,6 +996,7 @@ class ImageDataLoaders:
         cache_size: str | int | None = None,
         cache_root: str | os.PathLike | None = None,
         console: Console | None = None,
+        unreadable: Mapping[str, str] | None = None,
     ):
         self.path = Path(path) if path is not None else None
         self.bs = _check_positive_int("bs", bs)
@@ -905,21 +1008,25 @@ class ImageDataLoaders:
             raise SnugfitError(f"min_scale: must be in (0, 1], got {min_scale!r}")
         if not 0 <= max_lighting < 1:
             raise SnugfitError(f"max_lighting: must be in [0, 1), got {max_lighting!r}")
+        if not 0 <= max_rotate <= 180:
+            raise SnugfitError(f"max_rotate: must be degrees in [0, 180], got {max_rotate!r}")
+        if presize is not None and _check_positive_int("presize", presize) < self.size:
+            raise SnugfitError(f"presize: must be at least size ({self.size}), got {presize}")
         self.crop_pct = float(crop_pct)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise SnugfitError(f"seed: must be an integer, got {seed!r}")
         self.seed = int(seed)
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise SnugfitError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
         self.num_workers = num_workers
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.min_scale, self.max_rotate, self.flip = float(min_scale), float(max_rotate), flip
         self.max_lighting, self.augment = float(max_lighting), augment
         self.mean, self.std = tuple(mean), tuple(std)
         self.vocab = list(vocab)
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = dict(unreadable or {})
         # Resolved even when off, so a bad cache_size is reported either way.
         max_bytes = cache_size_bytes(cache_size)
         self.cache = PixelCache(cache_root, max_bytes) if cache else None
@@ -972,8 +1079,11 @@ class ImageDataLoaders:
             logger.warning("skipping unreadable image %s: %s", path, reason)
 
     def _drop_unreadable(self, items: Sequence[tuple[Path, int]]) -> list[tuple[Path, int]]:
-        """Items whose header parses; report the others (headers read in threads)."""
-        items = [(Path(p), int(lab)) for p, lab in items]
+        """Items whose header parses; report the others (headers read in threads).
+
+        Files already in ``skipped`` are left out without being opened.
+        """
+        items = [(Path(p), int(lab)) for p, lab in items if str(p) not in self.skipped]
         if not items:
             return items
         # Opening a header is mostly waiting on the file system: threads overlap it.
@@ -1033,53 +1143,11 @@ class ImageDataLoaders:
             SnugfitError: Missing folder, no images, a single class, bad arguments.
         """
         path = Path(path)
-        if not path.is_dir():
-            raise SnugfitError(f"{path}: no such directory")
-        train_dir = path / train
-        if valid is not None:
-            valid_dir: Path | None = path / valid
-            if not valid_dir.is_dir():
-                raise SnugfitError(f"{valid_dir}: no such directory")
-        else:
-            valid_dir = next((path / v for v in ("val", "valid") if (path / v).is_dir()), None)
-        if not train_dir.is_dir():
-            if valid_dir is not None:
-                raise SnugfitError(f"{train_dir}: no such directory")
-            train_dir = path  # path/<class>/* directly
-
-        by_class = _class_files(train_dir)
-        if not by_class:
-            if any(_is_image(f) for f in train_dir.iterdir() if f.is_file()):
-                raise SnugfitError(
-                    f"{train_dir}: images must be in one subfolder per class "
-                    f"({train_dir}/<class>/*.jpg)"
-                )
-            raise _no_images(path)
-        if len(by_class) < 2:
-            only = next(iter(by_class))
-            raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
-        vocab = sorted(by_class)
-        index = {c: i for i, c in enumerate(vocab)}
-        files = [f for c in vocab for f in by_class[c]]
-        labels = [index[c] for c in vocab for _ in by_class[c]]
-
-        if valid_dir is None or valid_pct is not None:
-            train_items, valid_items = _split_items(
-                files, labels, 0.2 if valid_pct is None else valid_pct, seed
-            )
-        else:
-            train_items = list(zip(files, labels, strict=True))
-            valid_items = []
-            for c, vfiles in _class_files(valid_dir).items():
-                if c not in index:
-                    raise SnugfitError(f"{valid_dir / c}: class '{c}' has no images in {train_dir}")
-                valid_items.extend((f, index[c]) for f in vfiles)
-            if not valid_items:
-                raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
+        found = _folder_items(path, train, valid, valid_pct, seed)
         return cls(
-            train_items,
-            valid_items,
-            vocab,
+            found.train,
+            found.valid,
+            found.vocab,
             path=path,
             seed=seed,
             bs=bs,

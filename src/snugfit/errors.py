@@ -21,6 +21,15 @@ class UnreadableImage(SnugfitError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class NonFiniteLoss(SnugfitError):
+    """Training stopped on a NaN or infinite loss; the last good weights are back
+    (see `snugfit.nonfinite`). ``value`` is the loss, ``where`` the step's `StepInfo`."""
+
+    def __init__(self, message: str, value: float = float("nan"), where=None):
+        self.value, self.where = value, where
+        super().__init__(message)
+
+
 def first_line(e: BaseException) -> str:
     """``"Type: first line of the message"``: an exception, short enough for one log line."""
     lines = str(e).strip().splitlines()

@@ -9,6 +9,7 @@ the JSON (types, class count against the weights) before building the model.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -22,8 +23,14 @@ META_FILE = "snugfit.json"
 
 
 def save_learner(learn, path) -> Path:
-    """Write ``learn``'s model and inference settings into the folder ``path``."""
+    """Write ``learn``'s model and inference settings into the folder ``path``.
+
+    Each file is written atomically: a run killed while saving leaves the previous
+    files (or none), never a truncated one.
+    """
     from safetensors.torch import save_model
+
+    from .checkpoint import atomic_write
 
     if learn.arch is None:
         raise SnugfitError(
@@ -32,9 +39,9 @@ def save_learner(learn, path) -> Path:
         )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_model(learn.model, str(path / WEIGHTS_FILE))
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_model(learn.model, str(tmp)))
     meta = {"format_version": FORMAT_VERSION, "arch": learn.arch, **learn.infer_config}
-    (path / META_FILE).write_text(json.dumps(meta, indent=2))
+    atomic_write(path / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return path
 
 
@@ -51,10 +58,11 @@ def load_learner(path, device: str | torch.device | None = None):
             raise SnugfitError(f"{f}: not found; expected a folder written by learn.save()")
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SnugfitError(f"{meta_file}: not valid JSON ({e})") from None
     _check_meta(meta, meta_file)
     model = models.create_model(meta["arch"], len(meta["vocab"]), pretrained=False)
+    _check_classes(model, weights_file, len(meta["vocab"]), meta_file)
     try:
         load_model(model, str(weights_file))
     except Exception as e:  # safetensors raises plain RuntimeErrors on mismatch
@@ -62,12 +70,22 @@ def load_learner(path, device: str | torch.device | None = None):
     infer = {k: meta[k] for k in ("vocab", "size", "crop_pct", "mean", "std")}
     learn = Learner(None, model, arch=meta["arch"], infer=infer)
     if device is not None:
-        learn.device = torch.device(device)
+        from .data import resolve_device
+
+        learn.device = resolve_device(device)
         learn.model.to(learn.device)
     return learn
 
 
 def _check_meta(meta, where) -> None:
+    """Validate the JSON description: every field present, of the right type and range."""
+    if not isinstance(meta, dict):
+        raise SnugfitError(f"{where}: expected a JSON object")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise SnugfitError(
+            f"{where}: unsupported format_version {meta.get('format_version')!r} "
+            f"(this snugfit reads {FORMAT_VERSION})"
+        )
     expected = {
         "arch": str,
         "vocab": list,
@@ -76,10 +94,54 @@ def _check_meta(meta, where) -> None:
         "mean": list,
         "std": list,
     }
-    if not isinstance(meta, dict):
-        raise SnugfitError(f"{where}: expected a JSON object")
     for key, typ in expected.items():
-        if not isinstance(meta.get(key), typ):
+        value = meta.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool):
             raise SnugfitError(f"{where}: field {key!r} is missing or has the wrong type")
-    if len(meta["vocab"]) < 1 or not all(isinstance(v, str) for v in meta["vocab"]):
+    vocab = meta["vocab"]
+    if len(vocab) < 1 or not all(isinstance(v, str) for v in vocab):
         raise SnugfitError(f"{where}: field 'vocab' must be a non-empty list of class names")
+    if len(set(vocab)) != len(vocab):
+        raise SnugfitError(f"{where}: field 'vocab' has repeated class names")
+    if meta["size"] < 1:
+        raise SnugfitError(f"{where}: field 'size' must be a positive integer")
+    if not 0 < meta["crop_pct"] <= 1:
+        raise SnugfitError(f"{where}: field 'crop_pct' must be in (0, 1]")
+    for key in ("mean", "std"):
+        v = meta[key]
+        if len(v) != 3 or not all(_is_number(x) for x in v):
+            raise SnugfitError(f"{where}: field {key!r} must be a list of 3 numbers")
+    if not all(x > 0 for x in meta["std"]):
+        raise SnugfitError(f"{where}: field 'std' must be positive")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_classes(model, weights_file: Path, n_classes: int, meta_file: Path) -> None:
+    """The classifier's rows in the weights file must match the JSON's class count.
+
+    Read from the safetensors header alone (no tensor is loaded), so a mismatch
+    names both files and both numbers instead of a generic shape error.
+    """
+    from safetensors import safe_open
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    names = {id(p): n for n, p in model.named_parameters()}
+    weight = getattr(head, "weight", None)
+    key = names.get(id(weight)) if weight is not None else None
+    if key is None:
+        return  # no single linear head to compare with: load_model checks shapes
+    try:
+        with safe_open(str(weights_file), framework="pt") as f:
+            if key not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                return  # load_model names the missing key
+            rows = f.get_slice(key).get_shape()[0]
+    except Exception as e:
+        raise SnugfitError(f"{weights_file}: not a readable safetensors file ({e})") from None
+    if rows != n_classes:
+        raise SnugfitError(
+            f"{meta_file}: lists {n_classes} classes but {weights_file.name} has a classifier "
+            f"for {rows}"
+        )

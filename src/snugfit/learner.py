@@ -22,8 +22,10 @@ from torch import nn
 
 from . import models
 from .callbacks import Callback, ParamScheduler, ProgressCallback, Recorder
-from .errors import SnugfitError, first_line
+from .errors import SnugfitError, check_count, check_positive, first_line
+from .interrupt import DeferredInterrupt
 from .metrics import METRICS, metric_name
+from .nonfinite import NonFiniteGuard
 from .oom import MemorySettings, StepSnapshot, is_oom, next_fallback, release_memory
 from .optim import decoupled_weight_decay, make_optimizer, param_groups, resolve_lrs
 from .precision import (
@@ -46,6 +48,8 @@ def _recipe(method):
     ``_fit`` call gets the next index. Resuming loads a checkpoint that records
     (fit index, epoch, batch): fits before it are skipped (their effect is in the
     weights), that one continues from the recorded batch, later ones run as usual.
+    While the outermost call runs, Ctrl-C stops training at the next batch
+    boundary, after the callbacks have run (see `snugfit.interrupt`).
     """
 
     @functools.wraps(method)
@@ -58,7 +62,10 @@ def _recipe(method):
             raise SnugfitError("resume: pass it to the outermost training call only")
         self._recipe_depth += 1
         try:
-            return method(self, *args, **kwargs)
+            if not outer:
+                return method(self, *args, **kwargs)
+            with self._interrupt:
+                return method(self, *args, **kwargs)
         finally:
             self._recipe_depth -= 1
             if outer:
@@ -93,6 +100,10 @@ class Learner:
             use and keep their running statistics (eval mode): batch statistics of
             a few samples are noisy and differ from the effective batch's. 0 opts out.
         oom_recovery: on out-of-memory, retry the same batch with smaller settings.
+        max_nonfinite: stop training when this many losses in a row are NaN or
+            infinite in fp16 (its GradScaler skips isolated ones; fp32 and bf16 stop
+            at the first), with the last good weights restored (see
+            `snugfit.nonfinite`). None: no checks.
         channels_last: NHWC memory format for model and inputs; None picks it for
             CNNs (measured: 1.6x faster training steps for EfficientNet-Lite0 on CPU).
         precompute: while only the head trains, run the frozen body once over the
@@ -121,6 +132,7 @@ class Learner:
         memory_budget: str | int | float | None = None,
         bn_freeze_below: int = 16,
         oom_recovery: bool = True,
+        max_nonfinite: int | None = 3,
         channels_last: bool | None = None,
         precompute: bool = False,
         compile: bool = False,
@@ -155,6 +167,7 @@ class Learner:
         self._set_precision(resolve_precision(precision, self.device))
         self.bn_freeze_below = bn_freeze_below
         self.oom_recovery = oom_recovery
+        self.nonfinite = NonFiniteGuard(_optional_positive("max_nonfinite", max_nonfinite))
         self.oom_events: list[dict] = []
         self.eval_bs: int | None = None
         self.memory_budget = memory_budget
@@ -180,6 +193,9 @@ class Learner:
         self.epoch = self.iter = self.train_iter = 0
         self._recipe_depth, self._fit_index, self._resume_at = 0, 0, None
         self.recipe_state: dict = {}  # decisions a recipe made (LRs), kept in checkpoints
+        self.recipe_tensors: dict[str, torch.Tensor] = {}  # weights it keeps, likewise
+        self._interrupt = DeferredInterrupt()
+        self.interrupted = False  # Ctrl-C was pressed: training stops after this event
 
     # -- properties the loop and callbacks read ------------------------------
     @property
@@ -437,6 +453,9 @@ class Learner:
         halve ``base_lr``, unfreeze, and train everything for ``epochs`` with
         discriminative rates from ``base_lr / lr_mult`` (first group) to ``base_lr``.
         """
+        check_count("epochs", epochs)
+        check_count("freeze_epochs", freeze_epochs)
+        check_positive("base_lr", base_lr)  # fails before any training
         if freeze_epochs:
             self.freeze()
             self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)
@@ -473,7 +492,10 @@ class Learner:
         self.train_iter = start_epoch * self.n_iter + start_iter
         self.stop_training = False
         self._maybe_replan()  # unfreezing or a new size moves memory: plan again
+        if self._resume_at is not None and self.fit_index == self._resume_at["fit_index"]:
+            _set_rng_state(self._resume_at["rng"])  # as at the checkpoint (see _load_resume)
         try:
+            self.nonfinite.start(self)  # a host copy of the weights to fall back to
             self._event("before_fit")
             for self.epoch in range(start_epoch, n_epoch):
                 self._event("before_epoch")
@@ -485,13 +507,21 @@ class Learner:
                     self.pct_train = self.train_iter / self.total_iters
                     self._event("before_batch")
                     self.loss = self._step(self.xb, self.yb)
+                    self.nonfinite.check(self)  # NaN/inf: restore the last good weights, stop
+                    self.interrupted = self._interrupt.requested  # callbacks may save on it
                     self._event("after_batch")
                     self.train_iter += 1
+                    if self.interrupted:
+                        raise KeyboardInterrupt  # Ctrl-C, acted on after a whole step
+                self.nonfinite.end_epoch(self)
                 self._event("after_train")
                 self._event("before_validate")
                 self.valid_loss, self.metric_values = self._validate(self.valid_dl)
                 self._event("after_validate")
+                self.interrupted = self._interrupt.requested
                 self._event("after_epoch")
+                if self.interrupted:
+                    raise KeyboardInterrupt
                 if self.stop_training:
                     break
         finally:
@@ -537,7 +567,10 @@ class Learner:
         if self.dls is not None:
             self._plan_key = self._phase_key()  # keep the checkpoint's memory settings
         log.info(f"resuming from {path} at {meta['position']}")
-        return meta["position"]
+        # A recipe may draw random numbers before it reaches the resumed fit (auto_fit
+        # validates and precomputes features first): the first run drew those before
+        # its checkpoint, so the generators are set again as that fit starts.
+        return {**meta["position"], "rng": _rng_state()}
 
     def _resume_point(self) -> tuple[int | None, int]:
         at = self._resume_at
@@ -727,6 +760,18 @@ class Learner:
         from .export import save_learner
 
         return save_learner(self, path)
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _grads_finite(opt: torch.optim.Optimizer) -> bool:

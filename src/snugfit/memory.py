@@ -116,6 +116,8 @@ def parse_bytes(value: str | int | float, total: int | None = None, name: str = 
             raise bad
         if 0 < value <= 1:
             fraction = value
+        elif value != int(value):
+            raise bad
         n = value
     elif isinstance(value, str):
         match = _BYTES_RE.match(value)
@@ -128,6 +130,8 @@ def parse_bytes(value: str | int | float, total: int | None = None, name: str = 
             raise bad
         if not unit and 0 < n <= 1:
             fraction = n
+        elif not unit and n != int(n):
+            raise bad  # "1.5": neither a fraction nor a whole number of bytes (1.5GB?)
         n *= _UNITS[unit]
     else:
         raise bad

@@ -8,6 +8,7 @@ learning rates can be set per layer group and decay never shrinks a norm layer.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,15 @@ import torch
 from .errors import SnugfitError
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+
+
+def _lr_number(x) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise SnugfitError(
+            f"lr: expected a positive number, a slice(lo, hi) or one number per layer group, "
+            f"got {x!r}"
+        )
+    return float(x)
 
 
 def resolve_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]:
@@ -44,9 +54,9 @@ def resolve_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[floa
                 f"lr: got {len(lr)} learning rates for {n_groups} layer groups; "
                 "give one per group, a float, or a slice(lo, hi)"
             )
-        lrs = [float(x) for x in lr]
+        lrs = [_lr_number(x) for x in lr]
     else:
-        lrs = [float(lr)] * n_groups
+        lrs = [_lr_number(lr)] * n_groups
     if any(not math.isfinite(x) or x <= 0 for x in lrs):
         raise SnugfitError(f"lr: learning rates must be positive numbers, got {lr}")
     return lrs
@@ -58,6 +68,8 @@ def param_groups(
     wd: float,
 ) -> list[dict]:
     """Torch parameter groups, two per layer group; each carries its ``layer`` index."""
+    if isinstance(wd, bool) or not isinstance(wd, numbers.Real) or not 0 <= wd < math.inf:
+        raise SnugfitError(f"wd: weight decay must be a number >= 0, got {wd!r}")
     groups = []
     for i, named in enumerate(layer_groups):
         decay = [p for n, p in named if n not in no_decay]

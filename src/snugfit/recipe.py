@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 from .callbacks.early_stopping import EarlyStopping
 from .callbacks.progressive import ProgressiveResize
-from .errors import SnugfitError
+from .errors import SnugfitError, check_count, check_positive
 
 
 def _log(learn, text: str) -> None:
@@ -59,20 +59,38 @@ def _decide_lr(learn, key: str, phase: str, default: float, run_sweep: bool) -> 
 
 
 class _Best:
-    """The weights of the phase with the lowest validation loss so far."""
+    """The weights of the phase with the lowest validation loss so far.
+
+    Kept in ``learn.recipe_state`` and ``learn.recipe_tensors``, which checkpoints
+    carry: a resumed run compares with the same best, not with the weights it
+    resumed from. (Updates for the phases a resumed run skips change nothing:
+    they were made before its checkpoint.)
+    """
 
     def __init__(self, learn):
-        self.loss, self.phase = learn.validate()["valid_loss"], "start"
-        self.state = _host_copy(learn.model)
+        self.learn = learn
+        saved = learn.recipe_state
+        if "best_loss" in saved:  # resumed
+            self.loss, self.phase = saved["best_loss"], saved["best_phase"]
+            self.state = {k[5:]: v for k, v in learn.recipe_tensors.items() if k[:5] == "best."}
+        else:
+            self._keep(learn.validate()["valid_loss"], "start")
+
+    def _keep(self, loss: float, phase: str) -> None:
+        self.loss, self.phase, self.state = loss, phase, _host_copy(self.learn.model)
+        self.learn.recipe_state.update(best_loss=loss, best_phase=phase)
+        self.learn.recipe_tensors.update({f"best.{k}": v for k, v in self.state.items()})
 
     def update(self, learn, phase: str) -> None:
         loss = learn.recorder.rows[-1]["valid_loss"] if learn.recorder.rows else float("inf")
         if loss < self.loss:
-            self.loss, self.phase = loss, phase
-            self.state = _host_copy(learn.model)
+            self._keep(loss, phase)
 
     def restore(self, learn) -> str:
         learn.model.load_state_dict(self.state)
+        # done: a later auto_fit starts afresh
+        del learn.recipe_state["best_loss"]
+        learn.recipe_tensors = {k: v for k, v in learn.recipe_tensors.items() if k[:5] != "best."}
         return self.phase
 
 
@@ -103,6 +121,15 @@ def auto_fit(
     """Run the checklist (module docstring); print each phase and the LR it chose."""
     if schedule not in ("one_cycle", "sgdr"):
         raise SnugfitError(f"schedule: expected 'one_cycle' or 'sgdr', got {schedule!r}")
+    # Bad arguments fail now, not after minutes of the phases before them.
+    for name, value in (("epochs", epochs), ("head_epochs", head_epochs),
+                        ("head_aug_epochs", head_aug_epochs), ("patience", patience)):  # fmt: skip
+        check_count(name, value)
+    for name, value in (("lr_mult", lr_mult), ("unfrozen_lr_ratio", unfrozen_lr_ratio),
+                        ("max_unfrozen_lr", max_unfrozen_lr)):  # fmt: skip
+        check_positive(name, value)
+    for s in sizes or ():
+        check_count("sizes", s, minimum=1)
     start = time.perf_counter()
     state = learn.recipe_state
     learn.freeze()

@@ -1,7 +1,8 @@
 """A whole training run from a `TrainConfig`: data, model, fine_tune, outputs.
 
 Shared by ``snugfit train`` and ``snugfit demo``. Everything a run produces goes
-to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``metrics.csv``,
+to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``check.json``
+(`snugfit.check`: the data check run first), ``metrics.csv``,
 ``checkpoint.safetensors`` (resumable with ``--resume``),
 ``batch.png`` (an augmented batch), ``loss.png``, ``lr.png`` and, when some files could not be read, ``skipped.txt``.
 """
@@ -15,16 +16,23 @@ import torch
 from rich.console import Console
 
 from .callbacks import SaveCheckpoint
+from .check import check_folder
 from .config import TrainConfig
 from .data import ImageDataLoaders
 from .learner import Learner, vision_learner
 
 log = logging.getLogger("snugfit")
 
+CHECKPOINT = "checkpoint.safetensors"  # in the run folder; what --resume takes
+
 
 def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     console = console or Console()
     torch.manual_seed(cfg.seed)  # the new head's initialisation
+    # Decode every file once up front: problems are reported before any model is
+    # built, and the loaders skip the unreadable files without opening them again.
+    report = check_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
+    report.print(console)
     dls = ImageDataLoaders.from_folder(
         cfg.data,
         valid_pct=cfg.valid_pct,
@@ -34,6 +42,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         num_workers=cfg.num_workers,
         device=cfg.device,
         flip=cfg.flip,
+        unreadable=report.unreadable_files,
     )
     console.print(
         f"data: {len(dls.train_items)} train / {len(dls.valid_items)} valid images, "
@@ -59,13 +68,15 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_json(out / "config.json")
+    report.to_json(out / "check.json")
     dls.show_batch(out / "batch.png")  # what the model sees: augmented, presized
     csv_path = out / "metrics.csv"
     if cfg.resume is None:
         csv_path.unlink(missing_ok=True)  # a resumed run appends to its history
     learn.recorder.csv_path = csv_path
-    # One resumable checkpoint, rewritten atomically after every epoch.
-    cbs = [SaveCheckpoint(out / "checkpoint.safetensors")]
+    # One resumable checkpoint, rewritten atomically after every epoch (and every
+    # N batches, and on Ctrl-C).
+    cbs = [SaveCheckpoint(out / CHECKPOINT, every_batches=cfg.checkpoint_every)]
     if cfg.recipe == "auto":
         learn.auto_fit(
             cfg.epochs,

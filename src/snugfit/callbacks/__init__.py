@@ -13,7 +13,9 @@ The loop (``Learner._fit``) calls the events in this order::
             before_step                   # gradients of the whole batch are ready
             optimizer step, zero_grad
             after_step
+            (loss checked)                # NaN/inf stops the fit: `snugfit.nonfinite`
             after_batch                   # learn.loss holds the batch loss (device)
+        (last loss and weights checked)
         after_train
         before_validate
         validation pass (no graph)

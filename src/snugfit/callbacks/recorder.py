@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_write
 from . import Callback
 
 
@@ -15,7 +17,10 @@ class Recorder(Callback):
     """Keeps the history of a Learner's training.
 
     Batch losses stay on the device during an epoch (no host sync per step) and
-    are copied to the host once, at the epoch's end.
+    are copied to the host once, at the epoch's end. With ``csv_path`` set, each
+    epoch's row is appended to that file and synced to disk; resuming from a
+    checkpoint rewrites the file with the checkpoint's rows, so the rows a killed
+    run wrote after its last checkpoint are neither duplicated nor kept.
     """
 
     order = 50
@@ -50,6 +55,8 @@ class Recorder(Callback):
         self.losses, self.lrs, self.moms = state["losses"], state["lrs"], state["moms"]
         self.rows = state["rows"]
         self._resume_partial = state["partial"]  # picked up by the resumed epoch
+        if self.csv_path is not None:
+            self._rewrite_csv()
 
     def record_hypers(self, lrs, mom) -> None:
         self.lrs.append(list(lrs))
@@ -92,15 +99,27 @@ class Recorder(Callback):
         self.rows.append(row)
         if self.csv_path is not None:
             self._append_csv(row)
+        # The epoch is complete: a checkpoint written now has no partial epoch to resume.
+        self._epoch_losses, self._sum_train, self._n_train = [], 0.0, 0.0
+        self._start = time.perf_counter()
 
     def _append_csv(self, row: dict) -> None:
-        new = not self.csv_path.exists()
         with self.csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+            _write_rows(f, [row], header=f.tell() == 0)
             f.flush()
+            os.fsync(f.fileno())  # the row survives a crash, as the checkpoint after it does
+
+    def _rewrite_csv(self) -> None:
+        """The CSV of ``self.rows`` alone (none: no file), replaced atomically."""
+        if not self.rows:
+            self.csv_path.unlink(missing_ok=True)
+            return
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                _write_rows(f, self.rows, header=True)
+
+        atomic_write(self.csv_path, write)
 
     # -- plots -------------------------------------------------------------
     def plot_loss(self, path="loss.png", skip_start: int = 0, with_valid: bool = True) -> Path:
@@ -128,6 +147,14 @@ class Recorder(Callback):
         ax.set_xlabel("batch")
         ax.set_ylabel("learning rate")
         return _save(fig, path)
+
+
+def _write_rows(f, rows: list[dict], header: bool) -> None:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
 
 
 def _epoch_end_iters(rec: Recorder) -> list[int]:

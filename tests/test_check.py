@@ -1,0 +1,218 @@
+"""The data check: each problem of a messy folder reported exactly, and training on the rest."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fixtures import colour_image, make_image_folder
+from messy import UNICODE_NAME, make_messy_folder
+from snugfit.check import LEAK, REPEAT, TWO_LABELS, check_folder
+from snugfit.cli import main
+from snugfit.data import ImageDataLoaders, open_image
+from snugfit.errors import SnugfitError
+
+TRAIN = [
+    "--arch", "test_efficientnet", "--no-pretrained", "--bs", "8", "--size", "32",
+    "--workers", "0",
+]  # fmt: skip
+
+
+@pytest.fixture
+def messy(tmp_path):
+    return make_messy_folder(tmp_path / "messy")
+
+
+def _rel(report, path: str) -> str:
+    return Path(path).relative_to(report.root).as_posix()
+
+
+def test_check_reports_each_problem_of_a_messy_folder(messy):
+    report = check_folder(messy.root, workers=2)
+    assert report.layout == "folders" and report.classes == ["ants", "bees", "moths"]
+    assert report.counts == messy.counts
+    assert report.files == sum(map(sum, (d.values() for d in messy.counts.values()))) + len(
+        messy.unreadable
+    )
+    # the exact reason for each unreadable file, and nothing else unreadable
+    assert {_rel(report, b.path): b.reason for b in report.unreadable} == messy.unreadable
+    bad = {b.path: b for b in report.unreadable}
+    assert bad[str(messy.root / "train/moths/notes.jpg")].label == "moths"
+    assert all(b.split == "train" for b in report.unreadable)
+    # odd formats are usable: decoded to RGB, not reported
+    for rel in messy.odd_but_fine:
+        assert str(messy.root / rel) not in bad
+        assert open_image(messy.root / rel).mode == "RGB"
+    assert open_image(messy.root / "train/ants/rotated.jpg").size == (36, 48)  # upright
+    # duplicates: each pair, with what makes it a problem
+    found = {
+        (tuple(d.kinds), frozenset(_rel(report, p) for p in d.paths)) for d in report.duplicates
+    }
+    assert found == {((kind,), frozenset(paths)) for kind, paths in messy.duplicates}
+    assert {LEAK, TWO_LABELS, REPEAT} == {d.kinds[0] for d in report.duplicates}
+    leak = next(d for d in report.duplicates if d.kinds == [LEAK])
+    assert sorted(leak.splits) == ["train", "valid"] and leak.labels == ["bees", "bees"]
+    assert {_rel(report, t.path): (t.width, t.height) for t in report.tiny} == messy.tiny
+    assert {_rel(report, e.path): e.reason for e in report.empty} == messy.empty
+    assert report.imbalance == pytest.approx(14 / 7) and not report.imbalanced
+    assert report.usable == 14 + 7 + 3 + 4
+    assert report.problems == len(messy.unreadable) + 3 + 1 + len(messy.empty)
+    # the table and its lines name every problem
+    lines = "\n".join(report.lines())
+    assert "unreadable: 6 file(s), skipped by training" in lines
+    assert "train/ants/bomb.png: image too large (possible decompression bomb)" in lines
+    assert f"repeat in a class: train/ants/ants_0.jpg = train/ants/{UNICODE_NAME}" in lines
+    assert "train/valid leak: train/bees/bees_2.jpg = val/bees/leak.jpg" in lines
+    assert "train/ants/tiny.png: 16x12" in lines and "val/wasps: no image files" in lines
+
+
+def test_json_report_is_plain_and_complete(messy, tmp_path):
+    report = check_folder(messy.root)
+    data = json.loads(report.to_json(tmp_path / "check.json").read_text("utf-8"))
+    assert data == report.to_dict()  # plain types survive the round trip unchanged
+    assert data["usable"] == 28 and data["files"] == 34 and data["imbalanced"] is False
+    assert data["counts"] == messy.counts
+    assert {Path(u["path"]).name: u["reason"] for u in data["unreadable"]}["zero.jpg"] == (
+        "empty file"
+    )
+    assert UNICODE_NAME in (tmp_path / "check.json").read_text("utf-8")  # not \\u-escaped
+
+
+def test_the_split_is_the_one_training_uses(tmp_path):
+    root = make_image_folder(tmp_path / "flat", n_train=9, n_valid=3, valid_name=None)
+    (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    report = check_folder(root, valid_pct=0.25, seed=3)
+    assert report.layout == "split" and report.valid_pct == 0.25
+    dls = ImageDataLoaders.from_folder(
+        root, valid_pct=0.25, seed=3, num_workers=0, cache=False, unreadable=report.unreadable_files
+    )
+    assert (
+        dls.skipped == report.unreadable_files == {str(root / "red" / "broken.jpg"): "not an image"}
+    )
+    for split, items in (("train", dls.train_items), ("valid", dls.valid_items)):
+        per_class = {c: sum(dls.vocab[lab] == c for _, lab in items) for c in dls.vocab}
+        assert report.counts[split] == per_class
+
+
+def test_known_unreadable_files_are_not_opened_again(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "d", n_train=3, n_valid=1)
+    bad = root / "train" / "red" / "bad.jpg"
+    bad.write_bytes(b"")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(
+        Image, "open", lambda p, *a, **k: opened.append(Path(p)) or real_open(p, *a, **k)
+    )
+    dls = ImageDataLoaders.from_folder(
+        root, num_workers=0, cache=False, unreadable={str(bad): "empty file (checked)"}
+    )
+    assert dls.skipped == {str(bad): "empty file (checked)"}
+    assert bad not in opened and len(opened) == 8  # the other headers are still read
+    assert all(p != bad for p, _ in dls.train_items)
+
+
+def test_imbalance_is_flagged_above_the_threshold(tmp_path):
+    root = make_image_folder(tmp_path / "d", n_train=11, n_valid=1)
+    for f in sorted((root / "train" / "green").iterdir())[1:]:
+        f.unlink()
+    report = check_folder(root)
+    assert report.counts["train"] == {"green": 1, "red": 11}
+    assert report.imbalance == 11.0 and report.imbalanced
+    assert any(
+        line.startswith("imbalance: 11.0x") and "green: 1" in line for line in report.lines()
+    )
+    assert not check_folder(root, max_imbalance=11).imbalanced
+
+
+def _fails(root: Path, capsys, command: str = "check") -> str:
+    extra = [*TRAIN, "--out", str(root.parent / "run")] if command == "train" else []
+    code = main([command, str(root), *extra])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("snugfit: error: "), err
+    return lines[0]
+
+
+def test_no_readable_image_is_one_line(tmp_path, capsys):
+    root = tmp_path / "junk"
+    for rel in ("train/a/x.jpg", "train/b/y.png", "val/a/z.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"" if rel.endswith("x.jpg") else b"<html></html>")
+    line = _fails(root, capsys)
+    assert f"{root}: no readable images (3 image files, none can be decoded" in line
+    with pytest.raises(SnugfitError, match="no readable images"):
+        check_folder(root)
+
+
+@pytest.mark.parametrize("command", ["check", "train"])
+def test_single_readable_class_is_one_line(tmp_path, capsys, command):
+    root = make_image_folder(tmp_path / "d", n_train=3, n_valid=1)
+    for f in (root / "train" / "green").iterdir():
+        f.write_bytes(f.read_bytes()[:300])  # truncated
+    line = _fails(root, capsys, command)
+    assert "only one class ('red') has readable training images; need at least two" in line
+    assert not (tmp_path / "run").exists()  # train stopped before writing anything
+
+
+def test_check_command_prints_the_table_and_writes_json(messy, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = main(["check", str(messy.root), "--json", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    for text in ("ants", "bees", "moths", "14", "unreadable: 6 file(s)", "duplicates: 3 group(s)",
+                 "tiny images: 1", "empty class folders: 3", f"report: {out}"):  # fmt: skip
+        assert text in stdout, text
+    assert json.loads(out.read_text("utf-8"))["usable"] == 28
+    assert "cannot write the report" in _fails_json(messy.root, tmp_path, capsys)
+
+
+def _fails_json(root, tmp_path, capsys) -> str:
+    code = main(["check", str(root), "--json", str(tmp_path / "no" / "such" / "dir.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_train_on_a_messy_folder_uses_the_readable_images(messy, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", str(messy.root), *TRAIN, "--recipe", "fine_tune", "--epochs", "1",
+                 "--freeze-epochs", "0", "--out", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    stdout = " ".join(captured.out.split())  # rich wraps long lines
+    check = json.loads((out / "check.json").read_text("utf-8"))
+    assert check["counts"] == messy.counts and len(check["unreadable"]) == 6
+    skipped = dict(line.split("\t") for line in (out / "skipped.txt").read_text().splitlines())
+    assert skipped == {u["path"]: u["reason"] for u in check["unreadable"]}
+    assert f"skipped 6 unreadable file(s); list in {out / 'skipped.txt'}" in stdout
+    assert "data: 21 train / 7 valid images, 3 classes" in stdout
+    assert "unreadable: 6 file(s)" in stdout  # the check's report comes first
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
+    # the skips were known from the check: no warning per file while loading
+    assert "skipping unreadable image" not in captured.err
+
+
+@pytest.mark.slow
+def test_check_is_fast_on_real_photos(hymenoptera, tmp_path):
+    report = check_folder(hymenoptera)
+    assert report.counts == {"train": {"ants": 124, "bees": 121}, "valid": {"ants": 70, "bees": 83}}
+    assert report.problems == 0 and report.files == 398
+    assert report.seconds < 10  # measured ~0.5 s on 2 cores (JPEGs decoded at 1/8 scale)
+
+
+def test_colour_images_are_not_tiny_at_the_minimum(tmp_path):
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("a", "b")):
+        for split in ("train", "val"):
+            (root / split / cls).mkdir(parents=True)
+            colour_image(k, rng, (32, 32)).save(root / split / cls / "x.png")
+            colour_image(k, rng, (31, 64)).save(root / split / cls / "y.png")
+    report = check_folder(root)
+    assert sorted(Path(t.path).relative_to(root).as_posix() for t in report.tiny) == [
+        "train/a/y.png", "train/b/y.png", "val/a/y.png", "val/b/y.png",
+    ]  # fmt: skip
