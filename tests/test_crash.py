@@ -370,3 +370,31 @@ def test_a_process_killed_mid_write_leaves_the_previous_checkpoint(tmp_path, mon
     monkeypatch.undo()
     learn.save_checkpoint(path)  # the next write removes what the killed process left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+def _sleep_without_sigint(ready):
+    from snugfit.data import ignore_sigint
+
+    ignore_sigint(0)
+    ready.set()
+    time.sleep(30)
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process(image_folder):
+    from snugfit.data import ImageDataLoaders, ignore_sigint
+
+    dls = ImageDataLoaders.from_folder(image_folder, num_workers=1, cache=False)
+    assert dls.train._loader().worker_init_fn is ignore_sigint
+    # and a process that ran it survives the SIGINT a terminal sends its group
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_sleep_without_sigint, args=(ready,))
+    p.start()
+    try:
+        assert ready.wait(60)
+        os.kill(p.pid, signal.SIGINT)
+        p.join(1.0)
+        assert p.is_alive()
+    finally:
+        p.kill()
+        p.join()

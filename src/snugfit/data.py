@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import signal
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -461,6 +462,17 @@ class _Fill(Dataset):
         return i, self.ds.cache.put(key, x.numpy()), None
 
 
+def ignore_sigint(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C is the main process's to handle.
+
+    A terminal sends SIGINT to the whole process group; a worker that died of it
+    would turn the main process's clean stop (finish the batch, save, resume
+    command) into "DataLoader worker exited unexpectedly". The main process shuts
+    its workers down itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _as_list(samples: list) -> list:
     return samples  # module level, so spawned workers can import it
 
@@ -597,6 +609,7 @@ class DeviceLoader:
                 collate_fn=collate,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=workers > 0,
+                worker_init_fn=ignore_sigint,
             )
             self._slot.append(dl)
             self._key = key
@@ -716,6 +729,7 @@ class DeviceLoader:
             batch_size=min(self.bs, 16),  # small chunks: even load and a smooth bar
             num_workers=workers,
             collate_fn=_as_list,
+            worker_init_fn=ignore_sigint,
         )
         stored: set[int] = set()
         start = time.perf_counter()

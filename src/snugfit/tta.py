@@ -86,7 +86,7 @@ def _augment_settings(dls) -> dict:
 
 def _source_batches(learn, dl) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(images, targets)`` to augment: images on the device, values in [0, 255]."""
-    from .data import DeviceLoader, ImageDataset, collate
+    from .data import DeviceLoader, ImageDataset, collate, ignore_sigint
 
     if not isinstance(dl, DeviceLoader):
         cfg = learn.infer_config
@@ -104,6 +104,7 @@ def _source_batches(learn, dl) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         num_workers=dls.num_workers,
         collate_fn=collate,
         pin_memory=dl.device.type == "cuda",
+        worker_init_fn=ignore_sigint,
     )
     for x, y, bad in loader:
         for path, reason in bad:
