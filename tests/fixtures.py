@@ -48,3 +48,32 @@ def make_image_folder(
                 size = (int(rng.integers(24, 64)), int(rng.integers(24, 64)))
                 colour_image(k, rng, size).save(d / f"{cls}_{split}_{i}{ext}")
     return root
+
+
+# Multi-label: class -> (colour, top-left corner of its 12x12 square). Each class's
+# square has its own colour and place, so the labels can be read from the pixels
+# (the colour alone suffices, so horizontal flips keep them right).
+SQUARES = {"blue": ((40, 60, 220), (18, 10)), "green": ((40, 200, 60), (2, 18)),
+           "red": ((220, 40, 40), (2, 2))}  # fmt: skip
+
+
+def make_multilabel_csv(root: Path, n: int = 120, seed: int = 0, p: float = 0.5) -> Path:
+    """Write ``n`` 32x32 PNGs on a grey noisy background with each class's square
+    present with probability ``p``, and ``root/labels.csv`` (``fname,labels``) with
+    the classes present separated by spaces (an empty cell when none). Returns ``root``.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        img = 128 + rng.integers(-20, 21, size=(32, 32, 3))
+        present = [c for c in SQUARES if rng.random() < p]
+        for c in present:
+            colour, (top, left) = SQUARES[c]
+            noise = rng.integers(-20, 21, size=(12, 12, 3))
+            img[top : top + 12, left : left + 12] = np.array(colour) + noise
+        name = f"img_{i:03d}.png"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB").save(root / name)
+        rows.append(f"{name},{' '.join(present)}\n")
+    (root / "labels.csv").write_text("fname,labels\n" + "".join(rows))
+    return root

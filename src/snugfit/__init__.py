@@ -5,7 +5,7 @@ from .config import TrainConfig
 from .data import ImageDataLoaders
 from .errors import NonFiniteLoss, SnugfitError, UnreadableImage
 from .learner import Learner, load_learner, vision_learner
-from .metrics import accuracy, error_rate
+from .metrics import accuracy, accuracy_multi, error_rate, f1_samples
 
 __version__ = "0.1.0"
 
@@ -18,7 +18,9 @@ __all__ = [
     "TrainConfig",
     "UnreadableImage",
     "accuracy",
+    "accuracy_multi",
     "error_rate",
+    "f1_samples",
     "load_learner",
     "vision_learner",
 ]

@@ -107,6 +107,10 @@ def save_checkpoint(learn, path, position: dict | None = None) -> Path:
     # non-finite one raises with the last good weights restored, and nothing is written.
     learn.nonfinite.resolve(learn)
     path = Path(path)
+    from .distributed import is_main
+
+    if not is_main():
+        return path  # under torchrun the ranks hold the same state: rank 0 writes it
     tensors = {
         f"model.{k}": v.detach().contiguous().cpu() for k, v in learn.model.state_dict().items()
     }

@@ -1,4 +1,4 @@
-"""The ``snugfit`` command line: train, check, plan, predict, lr-find, demo.
+"""The ``snugfit`` command line: train, check, plan, predict, export, lr-find, demo.
 
 Bad input ends with one line, ``snugfit: error: <what is wrong>``, and exit
 status 2; no traceback. Ctrl-C ends with status 130; during ``train`` it first
@@ -206,12 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="micro-batches per batch (gradient accumulation steps)",
     )
     t.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    t.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: BatchNorm statistics over all GPUs (SyncBatchNorm); "
+        "turns OOM recovery off",
+    )
     t.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
     t.add_argument(
         "--wd", type=_non_negative_float("--wd"), default=d.wd, help="decoupled weight decay"
     )
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     t.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log each epoch's losses, metrics and learning rates to OUT/tensorboard "
+        "(needs: pip install 'snugfit[tensorboard]')",
+    )
 
     pl = sub.add_parser(
         "plan",
@@ -264,9 +276,50 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")
     ck.add_argument("--json", default=None, help="also write the report as JSON to this file")
 
-    pr = sub.add_parser("predict", help="classify images with a saved model")
+    pr = sub.add_parser(
+        "predict",
+        help="classify images with a saved model",
+        description="Print path, label and probability per image; or, with --csv, predict "
+        "every image of folders (recursively) in batches that fit the device memory and "
+        "write path, label, probability, one prob_<class> column per class and error. "
+        "Exit status 1 when some file could not be read.",
+    )
     pr.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
-    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--csv", default=None, help="write the predictions to this CSV file")
+    pr.add_argument(
+        "--bs",
+        type=_positive_int("--bs"),
+        default=None,
+        help="batch size (default: the largest that fits --memory-budget on CUDA, 32 on CPU)",
+    )
+    pr.add_argument(
+        "--memory-budget",
+        dest="memory_budget",
+        type=_budget,
+        default=None,
+        help="device memory the batches must fit: 2GB, 2GiB, or 0.5 of the card",
+    )
+    pr.add_argument(
+        "--workers", dest="num_workers", type=_non_negative_int("--workers"), default=None
+    )
+    pr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+
+    ex = sub.add_parser(
+        "export",
+        help="export a saved model to ONNX, checked against PyTorch",
+        description="Write MODEL as ONNX (eval mode, float32; input: normalised images as "
+        "snugfit.json describes, output: logits; class names, size, mean and std in the "
+        "file's metadata), then compare onnxruntime's logits with PyTorch's on a random "
+        "batch (within 1e-4) when onnxruntime is installed.",
+    )
+    ex.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
+    ex.add_argument("--onnx", action="store_true", required=True, help="export to ONNX")
+    ex.add_argument("--out", default=None, help="the .onnx file (default MODEL/model.onnx)")
+    ex.add_argument("--opset", type=_positive_int("--opset"), default=None, help="ONNX opset")
+    ex.add_argument(
+        "--dynamic-batch", action="store_true", help="any batch size (default: fixed at 1)"
+    )
 
     lf = sub.add_parser(
         "lr-find",
@@ -303,6 +356,8 @@ def main(argv=None) -> int:
             return _train(args, sys.argv[1:] if argv is None else list(argv))
         elif args.command == "predict":
             return _predict(args)
+        elif args.command == "export":
+            _export(args)
         elif args.command == "check":
             _check(args)
         elif args.command == "plan":
@@ -428,20 +483,56 @@ def _lr_find(args) -> None:
 
 
 def _predict(args) -> int:
+    from .data import resolve_device
     from .errors import UnreadableImage
     from .learner import load_learner
+    from .predict import image_inputs
 
-    learn = load_learner(args.model)
+    learn = load_learner(args.model, resolve_device(args.device))
+    if args.csv is not None:
+        return _predict_csv(learn, args)
     failed = 0
-    for path in args.images:
+    for path in image_inputs(args.images):
         try:
             label, probs = learn.predict(path)
         except UnreadableImage as e:
             print(f"snugfit: skipping {e}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{path}\t{label}\t{probs.max().item():.4f}")
+        if learn.multi_label:  # the labels above the threshold and their probabilities
+            chosen = probs[probs > learn.threshold].tolist()
+            print(f"{path}\t{' '.join(label)}\t{' '.join(f'{p:.4f}' for p in chosen)}")
+        else:
+            print(f"{path}\t{label}\t{probs.max().item():.4f}")
     return 1 if failed else 0
+
+
+def _predict_csv(learn, args) -> int:
+    from .predict import predict_to_csv
+
+    summary = predict_to_csv(
+        learn,
+        args.images,
+        args.csv,
+        bs=args.bs,
+        memory_budget=args.memory_budget,
+        num_workers=args.num_workers,
+    )
+    print(summary.bs_reason, file=sys.stderr)
+    for path, reason in summary.skipped:
+        print(f"snugfit: skipping {path}: {reason}", file=sys.stderr)
+    print(summary.line())
+    return 1 if summary.skipped else 0
+
+
+def _export(args) -> None:
+    from .export import export_onnx
+
+    result = export_onnx(args.model, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    batch = "dynamic batch" if result.dynamic_batch else "batch 1"
+    exporter = "dynamo" if result.exporter == "dynamo" else "TorchScript, dynamo=False"
+    print(f"wrote {result.path} (opset {result.opset}, {batch}, {exporter} exporter)")
+    print(result.check)
 
 
 if __name__ == "__main__":

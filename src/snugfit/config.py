@@ -40,9 +40,11 @@ class TrainConfig:
     micro_bs: int | None = None
     accumulate: int | None = None
     checkpointing: bool = False
+    sync_bn: bool = False  # under torchrun: SyncBatchNorm (CUDA; turns OOM recovery off)
     opt: str = "adamw"
     wd: float = 0.01
     device: str | None = None
+    tensorboard: bool = False  # also log each epoch's scalars to OUT/tensorboard
 
     def to_json(self, path) -> Path:
         path = Path(path)

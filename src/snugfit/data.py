@@ -40,7 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, get_worker_info
 
 from snugfit.augment import (
     IMAGENET_MEAN,
@@ -320,6 +320,29 @@ def split_stratified(
     return sorted(train), sorted(valid)
 
 
+def split_random(n: int, valid_pct: float, seed: int = 42) -> tuple[list[int], list[int]]:
+    """Randomly split ``range(n)`` into train and validation (multi-label data).
+
+    Stratifying by label *sets* would leave most items alone in their group (and
+    so never in validation): the split is plain random instead, with
+    ``round(valid_pct * n)`` items in validation, at least one and never all
+    when ``n >= 2``.
+
+    Returns:
+        ``(train_idx, valid_idx)``, each sorted; the same for the same seed.
+
+    Raises:
+        SnugfitError: ``valid_pct`` is not in ``(0, 1)``.
+    """
+    if not 0 < valid_pct < 1:
+        raise SnugfitError(f"valid_pct: must be between 0 and 1 (exclusive), got {valid_pct}")
+    n_valid = math.floor(valid_pct * n + 0.5)
+    if n >= 2:
+        n_valid = min(max(n_valid, 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(perm[n_valid:].tolist()), sorted(perm[:n_valid].tolist())
+
+
 def _header_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be an image, judging by its header only; None if it looks fine."""
     if _is_empty(path):
@@ -352,44 +375,71 @@ class ImageDataset(Dataset):
     counts, copying every page they sit on, so a big list slowly duplicates
     itself in each worker.
 
+    Multi-label items (``n_classes`` given) have a tuple of class indices as
+    their label, packed the same way (``labels`` is then None; see `label`);
+    their target is a multi-hot float32 vector.
+
     Args:
-        items: ``(path, label index)`` pairs.
+        items: ``(path, label index)`` pairs, or ``(path, tuple of label indices)``.
         train: Decode with `decode_train` at ``size`` (else `decode_valid`).
         size: Output side (``presize`` for training).
         crop_pct: Center-crop fraction for validation decoding.
         cache: Where decoded squares are looked up before decoding and stored
             after (None: always decode).
+        n_classes: The number of classes of multi-label items (None: single-label).
     """
 
     def __init__(
         self,
-        items: Sequence[tuple[Path, int]],
+        items: Sequence[tuple[Path, int]] | Sequence[tuple[Path, tuple[int, ...]]],
         train: bool,
         size: int,
         crop_pct: float = 0.875,
         cache: PixelCache | None = None,
+        n_classes: int | None = None,
     ):
         encoded = [os.fsencode(p) for p, _ in items]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
         self._paths = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        self.labels = np.array([lab for _, lab in items], dtype=np.int64)
+        self.n_classes = n_classes
+        if n_classes is None:
+            self.labels = np.array([lab for _, lab in items], dtype=np.int64)
+        else:
+            self.labels = None
+            self._label_offsets = np.zeros(len(items) + 1, dtype=np.int64)
+            np.cumsum([len(lab) for _, lab in items], out=self._label_offsets[1:])
+            self._label_flat = np.array([c for _, lab in items for c in lab], dtype=np.int64)
         self.train = train
         self.size = size
         self.crop_pct = crop_pct
         self.cache = cache
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self._offsets) - 1
 
     def path(self, i: int) -> str:
         """The file of item ``i``."""
         return os.fsdecode(self._paths[self._offsets[i] : self._offsets[i + 1]].tobytes())
 
+    def label(self, i: int) -> int | tuple[int, ...]:
+        """Item ``i``'s class index, or tuple of class indices (multi-label)."""
+        if self.labels is not None:
+            return int(self.labels[i])
+        return tuple(self._label_flat[self._label_offsets[i] : self._label_offsets[i + 1]].tolist())
+
+    def target(self, i: int) -> int | np.ndarray:
+        """Item ``i``'s training target: its class index, or a multi-hot float32 vector."""
+        if self.labels is not None:
+            return int(self.labels[i])
+        t = np.zeros(self.n_classes, dtype=np.float32)
+        t[self._label_flat[self._label_offsets[i] : self._label_offsets[i + 1]]] = 1.0
+        return t
+
     @property
-    def items(self) -> list[tuple[Path, int]]:
+    def items(self) -> list[tuple[Path, int]] | list[tuple[Path, tuple[int, ...]]]:
         """The items, as ``(Path, label)`` pairs."""
-        return [(Path(self.path(i)), int(self.labels[i])) for i in range(len(self))]
+        return [(Path(self.path(i)), self.label(i)) for i in range(len(self))]
 
     @property
     def cache_params(self) -> tuple:
@@ -441,7 +491,7 @@ class ImageDataset(Dataset):
         except UnreadableImage as e:
             # Do not kill the worker (and the epoch): let collate drop it.
             return Unreadable(self.path(i), e.reason)
-        return x, int(self.labels[i])
+        return x, self.target(i)
 
 
 class _Fill(Dataset):
@@ -477,14 +527,22 @@ def _as_list(samples: list) -> list:
     return samples  # module level, so spawned workers can import it
 
 
+def _stack_targets(ys: list) -> Tensor:
+    """Class indices as a long ``(B,)`` tensor; multi-hot vectors as float32 ``(B, C)``."""
+    if ys and isinstance(ys[0], np.ndarray):
+        return torch.from_numpy(np.stack(ys))
+    return torch.tensor(ys, dtype=torch.long)
+
+
 def collate(
-    samples: list[tuple[Tensor, int] | Unreadable],
+    samples: list[tuple[Tensor, int | np.ndarray] | Unreadable],
 ) -> tuple[Tensor | None, Tensor | None, list[tuple[str, str]]]:
     """Stack decoded samples, dropping `Unreadable` ones.
 
     Returns:
-        ``(x, y, bad)``: uint8 images ``(B, 3, H, W)``, long labels ``(B,)``
-        (both None if every sample was unreadable) and ``(path, reason)`` pairs.
+        ``(x, y, bad)``: uint8 images ``(B, 3, H, W)``, long labels ``(B,)`` (or
+        multi-hot float32 ``(B, C)``; both None if every sample was unreadable)
+        and ``(path, reason)`` pairs.
     """
     good = [s for s in samples if not isinstance(s, Unreadable)]
     bad = [(s.path, s.reason) for s in samples if isinstance(s, Unreadable)]
@@ -497,8 +555,7 @@ def collate(
         # sent to the main process.
         x.share_memory_()
     torch.stack([s[0] for s in good], out=x)
-    y = torch.tensor([s[1] for s in good], dtype=torch.long)
-    return x, y, bad
+    return x, _stack_targets([s[1] for s in good]), bad
 
 
 def _mix_seed(seed: int, epoch: int, stream: int) -> int:
@@ -520,6 +577,29 @@ class _EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class _ShardBatches(Sampler[list[int]]):
+    """This rank's part of each global batch of ``sampler``'s order (DDP training).
+
+    Global batch ``b`` is ``bs`` items of the order, as in one process; each rank
+    takes a contiguous shard (`snugfit.distributed.shard`), possibly empty, so
+    every rank has as many batches as one process would.
+    """
+
+    def __init__(self, sampler, bs: int, rank: int, world: int):
+        self.sampler, self.bs, self.rank, self.world = sampler, bs, rank, world
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.bs)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        from .distributed import shard
+
+        order = list(self.sampler)
+        for start in range(0, len(order), self.bs):
+            batch = order[start : start + self.bs]
+            yield batch[shard(len(batch), self.rank, self.world)]
+
+
 class DeviceLoader:
     """Batches of normalised images on the training device.
 
@@ -530,8 +610,8 @@ class DeviceLoader:
     example the model's mean/std, or progressive resizing) takes effect at the
     next epoch.
 
-    Iterating yields ``(x, y)``: float32 ``(B, 3, size, size)`` and long ``(B,)``.
-    The last batch may be short. The training order and augmentations of epoch
+    Iterating yields ``(x, y)``: float32 ``(B, 3, size, size)`` and long ``(B,)``
+    (multi-label: multi-hot float32 ``(B, C)``). The last batch may be short. The training order and augmentations of epoch
     ``e`` depend only on the parent's seed and ``e``; ``epoch`` counts the epochs
     started (set it to resume).
 
@@ -591,20 +671,31 @@ class DeviceLoader:
 
     def _loader(self) -> DataLoader:
         """The torch DataLoader, rebuilt when a setting its workers hold changes."""
+        from .distributed import rank, world_size
+
+        where = (rank(), world_size())  # under torchrun: this rank's shard of each batch
         key = (self._decode_size(), self.dls.crop_pct, self.bs, self.dls.num_workers,
-               self.device.type, self.dls.seed)  # fmt: skip
+               self.device.type, self.dls.seed, where)  # fmt: skip
         if not self._slot or key != self._key:
             self.close()
             ds = ImageDataset(
-                self.items, self.train, self._decode_size(), self.dls.crop_pct, self.dls.cache
+                self.items,
+                self.train,
+                self._decode_size(),
+                self.dls.crop_pct,
+                self.dls.cache,
+                n_classes=self.dls.c if self.dls.multi_label else None,
             )
             workers = self.dls.num_workers
+            order = _EpochShuffle(len(ds), self.dls.seed) if self.train else None
+            batches = {"batch_size": self.bs, "sampler": order, "drop_last": False}
+            if where[1] > 1:
+                order = order or SequentialSampler(ds)
+                batches = {"batch_sampler": _ShardBatches(order, self.bs, *where)}
             dl = DataLoader(
                 ds,
-                batch_size=self.bs,
-                sampler=_EpochShuffle(len(ds), self.dls.seed) if self.train else None,
+                **batches,
                 shuffle=False,
-                drop_last=False,
                 num_workers=workers,
                 collate_fn=collate,
                 pin_memory=self.device.type == "cuda",
@@ -640,9 +731,12 @@ class DeviceLoader:
     def _batches(self, epoch: int, prepass: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
         dls = self.dls
         dl = self._loader()
-        if isinstance(dl.sampler, _EpochShuffle):
-            dl.sampler.epoch = epoch
-        gen = torch.Generator().manual_seed(_mix_seed(dls.seed, epoch, 1))
+        if isinstance(dl.batch_sampler.sampler, _EpochShuffle):
+            dl.batch_sampler.sampler.epoch = epoch
+        # Under torchrun each rank augments its own shard: its own stream (rank 0's
+        # is one process's), so shards do not share their random draws.
+        rank = self._key[-1][0] if isinstance(dl.batch_sampler, _ShardBatches) else 0
+        gen = torch.Generator().manual_seed(_mix_seed(dls.seed, epoch, 1 + 2 * rank))
         device, size, mean, std = self.device, dls.size, dls.mean, dls.std
         augment = self.train and dls.augment
         keys = self._cached_keys(dl.dataset, prepass)
@@ -651,6 +745,8 @@ class DeviceLoader:
             for path, reason in bad:
                 dls._skip(path, reason)
             if x is None:
+                if isinstance(dl.batch_sampler, _ShardBatches):
+                    yield self._empty_batch()  # every rank takes every step together
                 continue
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -669,6 +765,14 @@ class DeviceLoader:
             else:
                 x = center_batch(x, size, mean, std)
             yield x, y
+
+    def _empty_batch(self) -> tuple[Tensor, Tensor]:
+        """No images: a rank's empty shard (or one whose images were all unreadable)."""
+        size, device = self.dls.size, self.device
+        x = torch.empty((0, 3, size, size), device=device)
+        if getattr(self.dls, "multi_label", False):
+            return x, torch.empty((0, self.dls.c), device=device)
+        return x, torch.empty(0, dtype=torch.long, device=device)
 
     # -- pixel cache ----------------------------------------------------------
 
@@ -772,11 +876,11 @@ class DeviceLoader:
                     except UnreadableImage as e:
                         bad.append((ds.path(i), e.reason))
                         continue
-                y.append(int(ds.labels[i]))
+                y.append(ds.target(i))
             if not y:
                 yield None, None, bad
                 continue
-            yield x[: len(y)], torch.tensor(y, dtype=torch.long), bad
+            yield x[: len(y)], _stack_targets(y), bad
 
 
 @contextmanager
@@ -804,8 +908,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     >>> resolve_device("cpu")
     device(type='cpu')
     """
+    from .distributed import device_for
+
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -818,7 +924,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise SnugfitError(f"device: {device!r} asked for, but CUDA is not available here")
         if dev.index is not None and dev.index >= n:
             raise SnugfitError(f"device: {device!r} asked for, but there are only {n} GPU(s)")
-    return dev
+    return device_for(dev)  # under torchrun, "cuda" is this process's GPU
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -841,10 +947,32 @@ def _labelled(files: Sequence[Path], labels: Sequence[str]) -> tuple[list[str], 
     return vocab, [index[lab] for lab in labels]
 
 
+def _labelled_multi(label_sets: Sequence[Sequence[str]]) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Vocabulary and sorted class-index tuples of multi-label items (repeats dropped)."""
+    vocab = sorted({lab for labels in label_sets for lab in labels})
+    index = {c: i for i, c in enumerate(vocab)}
+    return vocab, [tuple(sorted({index[lab] for lab in labels})) for labels in label_sets]
+
+
+def _split_labels(text: str, delim: str) -> list[str]:
+    """``"a  b "`` → ``["a", "b"]``: split on ``delim``, strip each, drop empty parts.
+
+    A whitespace ``delim`` splits on any run of whitespace (tabs too).
+    """
+    parts = text.split() if delim.isspace() else text.split(delim)
+    return [part.strip() for part in parts if part.strip()]
+
+
 def _split_items(
-    files: Sequence[Path], labels: Sequence[int], valid_pct: float, seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    train_idx, valid_idx = split_stratified(labels, valid_pct, seed)
+    files: Sequence[Path],
+    labels: Sequence[int] | Sequence[tuple[int, ...]],
+    valid_pct: float,
+    seed: int,
+) -> tuple[list[tuple[Path, Any]], list[tuple[Path, Any]]]:
+    if labels and isinstance(labels[0], tuple):  # multi-label: label sets do not stratify
+        train_idx, valid_idx = split_random(len(labels), valid_pct, seed)
+    else:
+        train_idx, valid_idx = split_stratified(labels, valid_pct, seed)
     return (
         [(files[i], labels[i]) for i in train_idx],
         [(files[i], labels[i]) for i in valid_idx],
@@ -947,15 +1075,22 @@ def _parse_bool(value: str) -> bool | None:
 
 
 class ImageDataLoaders:
-    """Training and validation loaders for single-label image classification.
+    """Training and validation loaders for image classification.
 
-    Build one with `from_folder`, `from_name_re` or `from_csv`. Files whose
-    header is unreadable are left out (and reported) at construction; files that
-    fail to decode later are skipped when met. Both end up in ``skipped``.
+    Build one with `from_folder`, `from_name_re`, `from_csv`, `from_lists` or
+    `from_path_func`. Files whose header is unreadable are left out (and
+    reported) at construction; files that fail to decode later are skipped when
+    met. Both end up in ``skipped``.
+
+    Multi-label data (``multi_label=True``: `from_csv` with ``label_delim``, or
+    a label function returning lists) has a set of classes per image, possibly
+    empty; its targets are multi-hot float32 ``(B, C)`` tensors and a learner
+    trains it with sigmoid outputs and binary cross-entropy.
 
     Args:
-        train_items: ``(path, label index)`` pairs for training.
-        valid_items: ``(path, label index)`` pairs for validation.
+        train_items: ``(path, label index)`` pairs for training (multi-label:
+            ``(path, tuple of label indices)``).
+        valid_items: The same for validation.
         vocab: Class names, indexed by label.
         path: Where the data came from (for messages).
         bs: Batch size.
@@ -983,6 +1118,8 @@ class ImageDataLoaders:
         unreadable: Files already known to be unreadable, path → reason (e.g.
             `snugfit.check.CheckReport.unreadable_files`): left out and put in
             ``skipped`` without being opened or reported again.
+        multi_label: Items carry tuples of label indices (see above); one class
+            is then enough.
     """
 
     def __init__(
@@ -1011,8 +1148,10 @@ class ImageDataLoaders:
         cache_root: str | os.PathLike | None = None,
         console: Console | None = None,
         unreadable: Mapping[str, str] | None = None,
+        multi_label: bool = False,
     ):
         self.path = Path(path) if path is not None else None
+        self.multi_label = bool(multi_label)
         self.bs = _check_positive_int("bs", bs)
         self.size = _check_positive_int("size", size)
         self.presize = presize
@@ -1050,7 +1189,12 @@ class ImageDataLoaders:
         self.console = console or Console(stderr=True)
 
         where = self.path if self.path is not None else "data"
-        if len(self.vocab) < 2:
+        if self.multi_label:
+            if not self.vocab:
+                raise SnugfitError(f"{where}: no labels found (every image has an empty label)")
+            train_items = self._label_sets(train_items)
+            valid_items = self._label_sets(valid_items)
+        elif len(self.vocab) < 2:
             only = f" ('{self.vocab[0]}')" if self.vocab else ""
             raise SnugfitError(f"{where}: found only one class{only}; need at least two")
         train_items = self._drop_unreadable(train_items)
@@ -1092,12 +1236,27 @@ class ImageDataLoaders:
             self.skipped[path] = reason
             logger.warning("skipping unreadable image %s: %s", path, reason)
 
-    def _drop_unreadable(self, items: Sequence[tuple[Path, int]]) -> list[tuple[Path, int]]:
+    def _label_sets(self, items: Sequence[tuple[Any, Any]]) -> list[tuple[Path, tuple]]:
+        """Multi-label items with their labels as sorted tuples of valid class indices."""
+        out = []
+        for p, lab in items:
+            if isinstance(lab, (str, bytes)) or not isinstance(lab, (Sequence, set, frozenset)):
+                raise SnugfitError(
+                    f"{p}: multi_label items need a list of class indices, got {lab!r}"
+                )
+            lab = tuple(sorted({int(c) for c in lab}))
+            if lab and not 0 <= lab[0] <= lab[-1] < self.c:
+                raise SnugfitError(f"{p}: class index out of range [0, {self.c}) in {lab}")
+            out.append((Path(p), lab))
+        return out
+
+    def _drop_unreadable(self, items: Sequence[tuple[Path, Any]]) -> list[tuple[Path, Any]]:
         """Items whose header parses; report the others (headers read in threads).
 
         Files already in ``skipped`` are left out without being opened.
         """
-        items = [(Path(p), int(lab)) for p, lab in items if str(p) not in self.skipped]
+        keep = (lambda lab: lab) if self.multi_label else int
+        items = [(Path(p), keep(lab)) for p, lab in items if str(p) not in self.skipped]
         if not items:
             return items
         # Opening a header is mostly waiting on the file system: threads overlap it.
@@ -1235,9 +1394,18 @@ class ImageDataLoaders:
         valid_pct: float = 0.2,
         header: bool = True,
         seed: int = 42,
+        label_delim: str | None = None,
         **kw: Any,
     ) -> ImageDataLoaders:
         """Loaders from a CSV file of ``(file, label)`` rows.
+
+        With ``label_delim`` (fastai's name) the data is multi-label: each label
+        cell lists any number of classes, e.g. ``"cat dog"`` with ``" "`` (a
+        whitespace delimiter splits on any run of whitespace; surrounding
+        whitespace and repeats are ignored). An empty cell means "none of the
+        classes" (an all-zero target). The validation split is then random, not
+        stratified (`split_random`). Without ``label_delim`` each cell is one
+        class name, as before.
 
         Args:
             path: Dataset folder.
@@ -1250,6 +1418,8 @@ class ImageDataLoaders:
             valid_pct: Validation fraction for the stratified random split.
             header: Whether the first row holds column names.
             seed: Seed for the split, shuffling and augmentation.
+            label_delim: Separator of the classes in a label cell (multi-label);
+                None: single-label.
             **kw: Further `ImageDataLoaders` settings (bs, size, ...).
 
         Raises:
@@ -1303,18 +1473,112 @@ class ImageDataLoaders:
                 f"{missing[0]}: listed in {csv_path} but not found "
                 f"({len(missing)} of {len(files)} files missing)"
             )
-        vocab, labels = _labelled(files, names_)
-        if len(vocab) < 2:
-            raise SnugfitError(
-                f"{csv_path}: found only one class ('{vocab[0]}'); need at least two"
-            )
+        if label_delim is not None:
+            if not label_delim:
+                raise SnugfitError("label_delim: must be a non-empty string or None")
+            vocab, labels = _labelled_multi([_split_labels(n, label_delim) for n in names_])
+            if not vocab:
+                raise SnugfitError(f"{csv_path}: no labels found (every label cell is empty)")
+        else:
+            vocab, labels = _labelled(files, names_)
+            if len(vocab) < 2:
+                raise SnugfitError(
+                    f"{csv_path}: found only one class ('{vocab[0]}'); need at least two"
+                )
         if valid_i is None:
             train_items, valid_items = _split_items(files, labels, valid_pct, seed)
         else:
             items = list(zip(files, labels, strict=True))
             train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
             valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
-        return cls(train_items, valid_items, vocab, path=path, seed=seed, **kw)
+        multi = label_delim is not None
+        return cls(train_items, valid_items, vocab, path=path, seed=seed, multi_label=multi, **kw)
+
+    @classmethod
+    def from_lists(
+        cls,
+        path: str | os.PathLike,
+        fnames: Sequence[str | os.PathLike],
+        labels: Sequence[Any],
+        valid_pct: float = 0.2,
+        seed: int = 42,
+        **kw: Any,
+    ) -> ImageDataLoaders:
+        """Loaders from a list of files and their labels (fastai's ``from_lists``).
+
+        Each label is a class name (single-label), or a list (tuple, set) of
+        class names, possibly empty (multi-label; then every label must be one).
+        Names are turned into strings with ``str``.
+
+        Args:
+            path: Dataset folder; relative ``fnames`` are under it.
+            fnames: Image files.
+            labels: One label per file.
+            valid_pct: Validation fraction of the random split (stratified by
+                class for single-label data).
+            seed: Seed for the split, shuffling and augmentation.
+            **kw: Further `ImageDataLoaders` settings (bs, size, ...).
+
+        Raises:
+            SnugfitError: No files, a count mismatch, mixed label kinds, a single
+                class (single-label).
+        """
+        root = Path(path)
+        files = [root / f for f in fnames]
+        labels = list(labels)
+        if not files:
+            raise SnugfitError("fnames: the list of files is empty")
+        if len(labels) != len(files):
+            raise SnugfitError(f"labels: expected {len(files)} (one per file), got {len(labels)}")
+
+        def is_list(lab: Any) -> bool:
+            return isinstance(lab, (list, tuple, set, frozenset))
+
+        multi = is_list(labels[0])
+        for f, lab in zip(files, labels, strict=True):
+            if is_list(lab) != multi:
+                kind = "a list of class names" if multi else "one class name"
+                raise SnugfitError(f"{f}: label {lab!r} is not {kind} like the first file's")
+        if multi:
+            vocab, idx = _labelled_multi([[str(c) for c in lab] for lab in labels])
+        else:
+            vocab, idx = _labelled(files, [str(lab) for lab in labels])
+        train_items, valid_items = _split_items(files, idx, valid_pct, seed)
+        return cls(train_items, valid_items, vocab, path=root, seed=seed, multi_label=multi, **kw)
+
+    @classmethod
+    def from_path_func(
+        cls,
+        path: str | os.PathLike,
+        fnames: Sequence[str | os.PathLike] | None,
+        label_func: Callable[[Path], Any],
+        valid_pct: float = 0.2,
+        seed: int = 42,
+        **kw: Any,
+    ) -> ImageDataLoaders:
+        """Loaders labelled by ``label_func(file path)`` (fastai's ``from_path_func``).
+
+        ``label_func`` returns a class name, or a list of class names for
+        multi-label data (see `from_lists`).
+
+        Args:
+            path: Dataset folder; relative ``fnames`` are under it.
+            fnames: Image files; None: every image under ``path`` (`get_image_files`).
+            label_func: File path → label.
+            valid_pct: Validation fraction of the random split.
+            seed: Seed for the split, shuffling and augmentation.
+            **kw: Further `ImageDataLoaders` settings (bs, size, ...).
+        """
+        root = Path(path)
+        if fnames is None:
+            if not root.is_dir():
+                raise SnugfitError(f"{root}: no such directory")
+            fnames = get_image_files(root)
+            if not fnames:
+                raise _no_images(root)
+        files = [root / f for f in fnames]
+        labels = [label_func(f) for f in files]
+        return cls.from_lists(root, files, labels, valid_pct=valid_pct, seed=seed, **kw)
 
     # -- use ----------------------------------------------------------------
 
@@ -1356,12 +1620,18 @@ class ImageDataLoaders:
         for i, (img, lab) in enumerate(zip(x, y, strict=True)):
             ax = fig.add_subplot(rows, cols, i + 1)
             ax.imshow(img.permute(1, 2, 0).numpy())
-            ax.set_title(self.vocab[lab], fontsize=9)
+            ax.set_title(self._title(lab), fontsize=9)
             ax.axis("off")
         fig.tight_layout()
         out = Path(path)
         fig.savefig(out, format="png", dpi=80)
         return out
+
+    def _title(self, target: int | list[float]) -> str:
+        if not self.multi_label:
+            return self.vocab[target]
+        names = [self.vocab[i] for i, on in enumerate(target) if on]
+        return ";".join(names) or "(none)"
 
     def cache_stats(self) -> dict[str, int]:
         """Items found in (``hits``) and missing from (``misses``) the cache, over all epochs."""
@@ -1378,6 +1648,6 @@ class ImageDataLoaders:
     def __repr__(self) -> str:
         return (
             f"ImageDataLoaders({len(self.train_items)} train, {len(self.valid_items)} valid, "
-            f"{self.c} classes, bs={self.bs}, size={self.size}, presize={self.presize}, "
+            f"{self.c} classes{' (multi-label)' if self.multi_label else ''}, bs={self.bs}, size={self.size}, presize={self.presize}, "
             f"device={self.device}, skipped={len(self.skipped)})"
         )

@@ -1,7 +1,8 @@
 """Exporting a model for prediction: safetensors weights + a JSON description.
 
 ``Learner.save(path)`` writes ``path/model.safetensors`` and ``path/snugfit.json``
-(architecture, classes, image size, crop and normalisation): enough to predict
+(architecture, classes, image size, crop and normalisation; ``multi_label`` and,
+for multi-label models, the ``threshold`` of `predict`): enough to predict
 with no training data, and nothing is pickled. ``load_learner(path)`` validates
 the JSON (types, class count against the weights) before building the model.
 """
@@ -68,6 +69,8 @@ def load_learner(path, device: str | torch.device | None = None):
     except Exception as e:  # safetensors raises plain RuntimeErrors on mismatch
         raise SnugfitError(f"{weights_file}: does not match {meta['arch']} ({e})") from None
     infer = {k: meta[k] for k in ("vocab", "size", "crop_pct", "mean", "std")}
+    if meta.get("multi_label"):
+        infer.update(multi_label=True, threshold=meta["threshold"])
     learn = Learner(None, model, arch=meta["arch"], infer=infer)
     if device is not None:
         from .data import resolve_device
@@ -113,6 +116,13 @@ def _check_meta(meta, where) -> None:
             raise SnugfitError(f"{where}: field {key!r} must be a list of 3 numbers")
     if not all(x > 0 for x in meta["std"]):
         raise SnugfitError(f"{where}: field 'std' must be positive")
+    # Optional (older files are single-label): multi_label, and then its threshold.
+    if not isinstance(meta.get("multi_label", False), bool):
+        raise SnugfitError(f"{where}: field 'multi_label' must be true or false")
+    if meta.get("multi_label"):
+        t = meta.get("threshold")
+        if not _is_number(t) or not 0 <= t <= 1:
+            raise SnugfitError(f"{where}: field 'threshold' must be a number in [0, 1]")
 
 
 def _is_number(x) -> bool:
@@ -145,3 +155,11 @@ def _check_classes(model, weights_file: Path, n_classes: int, meta_file: Path) -
             f"{meta_file}: lists {n_classes} classes but {weights_file.name} has a classifier "
             f"for {rows}"
         )
+
+
+def export_onnx(learn_or_path, path=None, **kwargs):
+    """Write an ONNX file of a Learner's model or of a saved model folder, checked
+    against PyTorch with onnxruntime: see `snugfit.onnx_export.export_onnx`."""
+    from .onnx_export import export_onnx as export
+
+    return export(learn_or_path, path, **kwargs)

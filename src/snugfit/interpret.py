@@ -102,7 +102,15 @@ class ClassificationInterpretation:
         come from the loader's ``items`` when it has them (an `ImageDataLoaders`
         loader); otherwise `plot_top_losses` shows the loader's own (denormalised)
         batches.
+
+        Raises:
+            SnugfitError: ``learn`` is a multi-label learner (not supported yet).
         """
+        if getattr(learn, "multi_label", False):
+            raise SnugfitError(
+                "from_learner: interpretation is for single-label classifiers; this learner "
+                "is multi-label (score learn.get_preds() with snugfit.metrics.f1_samples)"
+            )
         dl = _default_loader(learn, dl, "from_learner")
         outs, targs = learn.get_preds(dl)
         outs, targs = outs.float().cpu(), targs.cpu()

@@ -8,6 +8,7 @@ chooses the micro-batch size. The whole loop is `Learner._fit` and `_step`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -20,11 +21,12 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from . import models
+from . import distributed, models
 from .callbacks import Callback, ParamScheduler, ProgressCallback, Recorder
-from .errors import SnugfitError, check_count, check_positive, first_line
+from .errors import NonFiniteLoss, SnugfitError, check_count, check_positive, first_line
+from .events import EventLog
 from .interrupt import DeferredInterrupt
-from .metrics import METRICS, metric_name
+from .metrics import METRICS, MULTI_LABEL_DEFAULTS, SINGLE_LABEL, metric_name
 from .nonfinite import NonFiniteGuard
 from .oom import MemorySettings, StepSnapshot, is_oom, next_fallback, release_memory
 from .optim import decoupled_weight_decay, make_optimizer, param_groups, resolve_lrs
@@ -80,10 +82,13 @@ class Learner:
     Args:
         dls: an `ImageDataLoaders` (or None for a learner that only predicts).
         model: the network; it is moved to ``dls.device``.
-        loss_func: defaults to cross-entropy.
+        loss_func: defaults to cross-entropy; for multi-label data (``dls.multi_label``)
+            to ``BCEWithLogitsLoss`` (sigmoid outputs, the mean over samples and classes,
+            as fastai's ``BCEWithLogitsLossFlat``).
         opt: "adamw" (default), "sgd" or "rmsprop".
         wd: decoupled weight decay (none on norm layers and biases).
-        metrics: callables ``(preds, targs) -> 0-d tensor`` or names ("accuracy").
+        metrics: callables ``(preds, targs) -> 0-d tensor`` or names ("accuracy";
+            multi-label: "accuracy_multi", "f1_samples").
         cbs: extra callbacks.
         precision: "auto" (default), "fp32", "bf16" or "fp16" (see `snugfit.precision`).
         micro_bs: split each batch into micro-batches of this size (None: whole batch).
@@ -112,8 +117,18 @@ class Learner:
             the head with augmentation again.
         compile: compile the model's forward with ``torch.compile`` (in place, so
             weights and state-dict keys are unchanged); the first steps are slow.
+        sync_bn: under torchrun, BatchNorm statistics over the whole global batch
+            (SyncBatchNorm, CUDA only); it turns OOM recovery off, as the layers
+            communicate inside forward and backward (see `snugfit.distributed`).
         arch: the timm name of the architecture, kept for saving.
-        infer: inference settings (vocab, size, crop_pct, mean, std) when ``dls`` is None.
+        infer: inference settings (vocab, size, crop_pct, mean, std; multi_label and
+            threshold) when ``dls`` is None.
+
+    Attributes:
+        multi_label: the model scores each class on its own (sigmoid), from
+            ``dls.multi_label`` (or ``infer``).
+        threshold: multi-label: `predict` returns the classes whose probability is
+            above it (0.5 unless ``infer`` says otherwise); saved with the model.
     """
 
     def __init__(
@@ -136,12 +151,20 @@ class Learner:
         channels_last: bool | None = None,
         precompute: bool = False,
         compile: bool = False,
+        sync_bn: bool = False,
         arch: str | None = None,
         infer: dict | None = None,
         console=None,
     ):
         self.dls = dls
         self.device = dls.device if dls is not None else torch.device("cpu")
+        # Under torchrun: join the job; the loop then syncs, shards and reduces.
+        self.distributed = dls is not None and distributed.setup(self.device)
+        self.sync_bn = sync_bn and self.distributed
+        if self.sync_bn:
+            if self.device.type != "cuda":
+                raise SnugfitError("sync_bn: SyncBatchNorm needs CUDA devices")
+            model = distributed.convert_sync_bn(model)
         self.channels_last = _is_cnn(model) if channels_last is None else channels_last
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -149,8 +172,14 @@ class Learner:
             self.model.compile()  # nn.Module.compile: in place, keys unchanged
         self.net = self.model  # what the loop calls: the model, or only its head
         self.precompute = precompute
-        self.loss_func = loss_func or nn.CrossEntropyLoss()
-        self.metrics = [_resolve_metric(m) for m in metrics]
+        if dls is not None:
+            self.multi_label = bool(getattr(dls, "multi_label", False))
+        else:
+            self.multi_label = bool((infer or {}).get("multi_label", False))
+        self.threshold = float((infer or {}).get("threshold", 0.5))
+        default_loss = nn.BCEWithLogitsLoss if self.multi_label else nn.CrossEntropyLoss
+        self.loss_func = loss_func or default_loss()
+        self.metrics = [_resolve_metric(m, self.multi_label) for m in metrics]
         self.groups = models.layer_groups(model)
         self.group_names = models.group_names(model)
         self.wd = wd
@@ -166,9 +195,10 @@ class Learner:
         self.precision_request = check_precision(precision)
         self._set_precision(resolve_precision(precision, self.device))
         self.bn_freeze_below = bn_freeze_below
-        self.oom_recovery = oom_recovery
+        self.oom_recovery = oom_recovery and not self.sync_bn
         self.nonfinite = NonFiniteGuard(_optional_positive("max_nonfinite", max_nonfinite))
         self.oom_events: list[dict] = []
+        self.events = EventLog()  # phases, plans, OOMs, stops (see `snugfit.events`)
         self.eval_bs: int | None = None
         self.memory_budget = memory_budget
         self.memory_plan = None
@@ -181,6 +211,8 @@ class Learner:
         self.arch = arch
         self._infer = infer
         self.console = console or Console()
+        if not distributed.is_main():
+            self.console = Console(quiet=True)  # rank 0 prints for all
         if dls is not None and hasattr(dls, "console"):
             dls.console = self.console  # one console: the caching bar nests in fit's bar
         self.recorder = Recorder()
@@ -204,17 +236,23 @@ class Learner:
 
     @property
     def infer_config(self) -> dict:
-        """What predicting needs without training data: classes and image transform."""
+        """What predicting needs without training data: classes, image transform and,
+        for multi-label models, the threshold."""
         if self.dls is None:
-            return dict(self._infer)
-        d = self.dls
-        return {
-            "vocab": list(d.vocab),
-            "size": d.size,
-            "crop_pct": d.crop_pct,
-            "mean": list(d.mean),
-            "std": list(d.std),
-        }
+            cfg = dict(self._infer)
+        else:
+            d = self.dls
+            cfg = {
+                "vocab": list(d.vocab),
+                "size": d.size,
+                "crop_pct": d.crop_pct,
+                "mean": list(d.mean),
+                "std": list(d.std),
+            }
+        cfg["multi_label"] = self.multi_label
+        if self.multi_label:
+            cfg["threshold"] = self.threshold
+        return cfg
 
     # -- freezing -----------------------------------------------------------
     def freeze_to(self, n: int) -> None:
@@ -228,6 +266,7 @@ class Learner:
             for _, p in group:
                 p.requires_grad_(i >= n)
         self.frozen_to = n
+        self.events.emit("freeze", frozen_to=n, groups=n_groups)
 
     def freeze(self) -> None:
         """Train only the head (the last layer group)."""
@@ -242,7 +281,8 @@ class Learner:
         # Below `bn_freeze_below` samples per micro-batch all BN layers do, since
         # statistics of a few samples would make micro-batches differ from one batch.
         self.model.train()
-        small = self.bn_freeze_below and self._micro(self.dls.bs) < self.bn_freeze_below
+        per_rank = -(-self.dls.bs // distributed.world_size())  # under torchrun: a shard
+        small = self.bn_freeze_below and self._micro(per_rank) < self.bn_freeze_below
         trainable_bn = 0
         for m in self.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -250,7 +290,7 @@ class Learner:
                 trainable_bn += not frozen
                 if frozen or small:
                     m.eval()
-        note = (self._micro(self.dls.bs), self.bn_freeze_below) if small and trainable_bn else None
+        note = (self._micro(per_rank), self.bn_freeze_below) if small and trainable_bn else None
         if note and note != self._bn_note:
             log.info(
                 f"micro-batch {note[0]} < bn_freeze_below={note[1]}: BatchNorm running "
@@ -348,6 +388,7 @@ class Learner:
             self.micro_bs = c.micro_bs
             self.set_checkpointing(c.checkpointing)
         self.memory_plan = p
+        self.events.emit("plan", **p.to_dict(), applied=apply)
         if self.dls is not None:
             self._plan_key = self._phase_key()
         return p
@@ -457,11 +498,13 @@ class Learner:
         check_count("freeze_epochs", freeze_epochs)
         check_positive("base_lr", base_lr)  # fails before any training
         if freeze_epochs:
+            self.events.emit("phase", name="head (frozen body)")
             self.freeze()
             self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)
         base_lr /= 2
         self.unfreeze()
         if epochs:
+            self.events.emit("phase", name="unfrozen")
             self.fit_one_cycle(
                 epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs
             )
@@ -491,6 +534,16 @@ class Learner:
         self.total_iters = n_epoch * self.n_iter
         self.train_iter = start_epoch * self.n_iter + start_iter
         self.stop_training = False
+        self.events.emit(
+            "fit_start",
+            fit=self.fit_index,
+            epochs=n_epoch,
+            start_epoch=start_epoch,
+            frozen_to=self.frozen_to,
+            size=self.dls.size,
+            bs=self.dls.bs,
+            precompute=self.net is not self.model,
+        )
         self._maybe_replan()  # unfreezing or a new size moves memory: plan again
         if self._resume_at is not None and self.fit_index == self._resume_at["fit_index"]:
             _set_rng_state(self._resume_at["rng"])  # as at the checkpoint (see _load_resume)
@@ -524,8 +577,16 @@ class Learner:
                     raise KeyboardInterrupt
                 if self.stop_training:
                     break
+        except NonFiniteLoss as e:
+            at = vars(e.where) if e.where is not None else None
+            self.events.emit("nonfinite", message=str(e), value=e.value, at=at)
+            raise
+        except KeyboardInterrupt:
+            self.events.emit("interrupt", fit=self.fit_index, epoch=self.epoch, batch=self.iter)
+            raise
         finally:
             self._event("after_fit")
+            self.events.emit("fit_end", fit=self.fit_index, early_stop=self.stop_training)
             self.net = self.model
             for cb in added:
                 self.cbs.remove(cb)
@@ -533,6 +594,10 @@ class Learner:
     def _loaders(self):
         """Training and validation batches, and the module they go through: the
         images and the whole model, or precomputed features and only the head."""
+        if self.distributed:
+            # Every rank trains on its shard of each batch (precomputed features are
+            # not sharded: the head trains on images), through DDP.
+            return self.dls.train, self.dls.valid, distributed.wrap(self.model, self.device)
         if self.precompute and self.frozen_to == len(self.groups) - 1:
             from .precompute import feature_loaders
 
@@ -567,6 +632,7 @@ class Learner:
         if self.dls is not None:
             self._plan_key = self._phase_key()  # keep the checkpoint's memory settings
         log.info(f"resuming from {path} at {meta['position']}")
+        self.events.emit("resume", checkpoint=str(path), position=meta["position"])
         # A recipe may draw random numbers before it reaches the resumed fit (auto_fit
         # validates and precomputes features first): the first run drew those before
         # its checkpoint, so the generators are set again as that fit starts.
@@ -586,30 +652,45 @@ class Learner:
         The batch is split into micro-batches; each loss is weighted by its share of
         the samples, so the summed gradients equal the gradient of the batch's mean
         loss. On out-of-memory the *same batch* runs again with smaller settings.
+        Under torchrun ``xb`` is this rank's shard (maybe empty): the ranks agree on
+        OOMs, then sum their weighted gradients (see `snugfit.distributed`).
         """
         n = len(xb)
         start_mbs = self._micro(n)
         while True:
             snapshot = StepSnapshot(self.model, self.device) if self.oom_recovery else None
+            message = None
             try:
                 total = torch.zeros((), device=xb.device)
-                mbs = self._micro(n)
-                for x, y in zip(xb.split(mbs), yb.split(mbs), strict=True):
-                    with self.autocast():
-                        self.loss_mb = self.loss_func(self.net(x), y)
-                    self._event("after_loss")
-                    loss = self.loss_mb * (len(x) / n)
-                    (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    total += self.loss_mb.detach().float() * len(x)
-                break
+                mbs = max(self._micro(n), 1)
+                # DDP: no gradient sync in backward (see `snugfit.distributed`)
+                with getattr(self.net, "no_sync", contextlib.nullcontext)():
+                    for x, y in zip(xb.split(mbs), yb.split(mbs), strict=True) if n else ():
+                        with self.autocast():
+                            self.loss_mb = self.loss_func(self.net(x), y)
+                        self._event("after_loss")
+                        loss = self.loss_mb * (len(x) / n)
+                        (self.scaler.scale(loss) if self.scaler else loss).backward()
+                        total += self.loss_mb.detach().float() * len(x)
             except Exception as e:
                 if snapshot is None or not is_oom(e):
                     raise
                 message = first_line(e)
+            if self.distributed:  # every rank, every step: did any rank run out of memory?
+                failed, n_all = distributed.agree(message is not None, n)
+                if not failed:
+                    break
+            elif message is None:
+                break
             # Out of the except block, the traceback no longer pins the failed
             # step's tensors: drop our own references too, then free and retry.
             x = y = loss = total = self.loss_mb = None
             self._recover_from_oom(snapshot, start_mbs, message)
+        if self.distributed:  # the gradient of the global batch's mean loss, on every rank
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            total = distributed.reduce_gradients(params, n / n_all, total)
+            n = n_all
+        self.batch_n = n
         self._event("before_step")
         self._optimizer_step()
         self._event("after_step")
@@ -630,12 +711,14 @@ class Learner:
             self.scaler.update()
         self.opt.zero_grad(set_to_none=True)  # frees gradient memory until next backward
 
-    def _recover_from_oom(self, snapshot: StepSnapshot, start_mbs: int, message: str) -> None:
+    def _recover_from_oom(self, snapshot: StepSnapshot, start_mbs: int, message: str | None):
         self.opt.zero_grad(set_to_none=True)
         release_memory(self.device)
         snapshot.restore()
         now = MemorySettings(self._micro(len(self.xb)), self.checkpointing, self.precision)
         nxt = next_fallback(now, start_mbs, half_precision(self.device))
+        if self.distributed:  # all ranks take the most cautious of the failed ranks' settings
+            nxt, message = distributed.agree_fallback(nxt, message, _caution)
         if nxt is None:
             raise SnugfitError(
                 f"out of memory ({message}) even with a micro-batch of 1, activation "
@@ -655,6 +738,7 @@ class Learner:
             "error": message,
         }
         self.oom_events.append(event)
+        self.events.emit("oom", **event, fit=self.fit_index)
         steps = math.ceil(len(self.xb) / nxt.micro_bs)
         log.warning(
             f"out of memory at epoch {self.epoch} batch {self.iter} (micro-batch "
@@ -686,8 +770,12 @@ class Learner:
         self.model.eval()
         outs, targs = [], []
         for xb, yb in dl:
-            outs.append(self._eval_forward(self._input(xb)))
-            targs.append(yb)
+            empty = len(xb) == 0  # a rank's empty shard of a batch, under torchrun
+            outs.append(None if empty else self._eval_forward(self._input(xb)))
+            targs.append(None if empty else yb)
+        if distributed.active():  # every rank gets the whole set, in one process's order
+            return distributed.gather_batches(outs, targs)
+        outs, targs = [o for o in outs if o is not None], [t for t in targs if t is not None]
         if not outs:
             raise SnugfitError("the validation set yielded no images (all unreadable?)")
         return torch.cat(outs), torch.cat(targs)
@@ -706,10 +794,17 @@ class Learner:
             release_memory(self.device)
             self.eval_bs = chunk // 2
             self.oom_events.append({"phase": "eval", "from": chunk, "to": self.eval_bs})
+            self.events.emit("oom", **self.oom_events[-1], error=message)
             log.warning(f"out of memory in evaluation ({message}): chunks of {self.eval_bs}")
 
     def _validate(self, dl) -> tuple[float, dict[str, float]]:
+        if self.distributed:
+            distributed.average_buffers(self.model)  # BN statistics moved apart on the shards
         preds, targs = self.get_preds(dl)
+        if self.distributed:  # means over the whole set from each rank's shard
+            values = [self.loss_func(preds, targs), *(m(preds, targs) for m in self.metrics)]
+            loss, *means = distributed.weighted_means(values, len(targs))
+            return loss, {metric_name(m): v for m, v in zip(self.metrics, means, strict=True)}
         loss = self.loss_func(preds, targs).item()
         return loss, {metric_name(m): m(preds, targs).item() for m in self.metrics}
 
@@ -719,20 +814,34 @@ class Learner:
         return {"valid_loss": loss, **metrics}
 
     @torch.no_grad()
-    def predict(self, image) -> tuple[str, torch.Tensor]:
-        """Classify one image (a path or a PIL image): ``(label, probabilities)``."""
+    def predict(self, image) -> tuple[str | list[str], torch.Tensor]:
+        """Classify one image (a path or a PIL image): ``(label, probabilities)``.
+
+        Multi-label: ``(labels, probabilities)``, the labels being the classes whose
+        probability is above ``threshold``, in vocabulary order (possibly none).
+        """
         labels, probs = self.predict_many([image])
         return labels[0], probs[0]
 
     @torch.no_grad()
-    def predict_many(self, images: Sequence) -> tuple[list[str], torch.Tensor]:
+    def predict_many(self, images: Sequence) -> tuple[list, torch.Tensor]:
+        """`predict` for several images: a label (or list of labels) per image, and
+        the ``(N, C)`` probabilities."""
         from .data import prepare_for_predict
 
         cfg = self.infer_config
         x = prepare_for_predict(images, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
         self.model.eval()
-        probs = self._eval_forward(self._input(x.to(self.device))).softmax(dim=-1).cpu()
-        return [cfg["vocab"][i] for i in probs.argmax(dim=-1).tolist()], probs
+        probs = self.activation(self._eval_forward(self._input(x.to(self.device)))).cpu()
+        vocab = cfg["vocab"]
+        if self.multi_label:
+            above = (probs > self.threshold).tolist()
+            return [[c for c, on in zip(vocab, row, strict=True) if on] for row in above], probs
+        return [vocab[i] for i in probs.argmax(dim=-1).tolist()], probs
+
+    def activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities from model outputs: softmax, or sigmoid for multi-label models."""
+        return outputs.sigmoid() if self.multi_label else outputs.softmax(dim=-1)
 
     def tta(self, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
         """Test-time augmentation (fastai's): ``(probs, targets)`` of ``dl`` (the
@@ -759,6 +868,8 @@ class Learner:
         """Write ``path/model.safetensors`` and ``path/snugfit.json``: no pickle."""
         from .export import save_learner
 
+        if not distributed.is_main():
+            return Path(path)  # rank 0 writes for all
         return save_learner(self, path)
 
 
@@ -772,6 +883,11 @@ def _set_rng_state(state: tuple) -> None:
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _caution(s: MemorySettings) -> tuple:
+    """Order of `next_fallback`'s settings: later ones need less memory."""
+    return (s.precision != "fp32", s.checkpointing, -s.micro_bs)
 
 
 def _grads_finite(opt: torch.optim.Optimizer) -> bool:
@@ -795,10 +911,15 @@ def _is_cnn(model: nn.Module) -> bool:
     return convs > 1
 
 
-def _resolve_metric(m):
+def _resolve_metric(m, multi_label: bool = False):
     if isinstance(m, str):
         if m not in METRICS:
             raise SnugfitError(f"metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
+        if multi_label and m in SINGLE_LABEL:
+            raise SnugfitError(
+                f"metrics: {m!r} needs single-label data; for multi-label use "
+                f"{' or '.join(repr(n) for n in MULTI_LABEL_DEFAULTS)}"
+            )
         return METRICS[m]
     return m
 
@@ -815,7 +936,7 @@ def vision_learner(
     arch: str | nn.Module,
     pretrained: bool = True,
     weights=None,
-    metrics: Sequence = ("error_rate",),
+    metrics: Sequence | None = None,
     head_init: str = "auto",
     **kwargs,
 ) -> Learner:
@@ -831,14 +952,21 @@ def vision_learner(
         pretrained: start from pretrained weights (timm's hub unless ``weights``).
         weights: a local weights file (timm state dict in safetensors or .pth, or
             an efficientnet-pytorch state dict, converted by tensor order).
-        metrics: metric callables or names.
+        metrics: metric callables or names; None: "error_rate", or "accuracy_multi"
+            and "f1_samples" for multi-label data.
         head_init: "auto" starts the new head from the pretrained ImageNet
             classifier's rows when every class is an ImageNet class (e.g. ants,
-            bees); "random" always starts from a fresh head.
+            bees); "random" always starts from a fresh head. Multi-label data
+            always gets a fresh head: ImageNet's rows are logits of a softmax over
+            1000 classes, not of independent sigmoids.
         **kwargs: passed to `Learner` (loss_func, opt, wd, cbs, micro_bs, ...).
     """
+    multi = bool(getattr(dls, "multi_label", False))
+    if metrics is None:
+        metrics = MULTI_LABEL_DEFAULTS if multi else ("error_rate",)
+    vocab = None if multi else dls.vocab
     model = models.create_model(
-        arch, dls.c, pretrained=pretrained, weights=weights, vocab=dls.vocab, head_init=head_init
+        arch, dls.c, pretrained=pretrained, weights=weights, vocab=vocab, head_init=head_init
     )
     cfg = models.model_config(model)
     dls.mean, dls.std, dls.crop_pct = tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"]

@@ -30,7 +30,7 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from rich.table import Table
@@ -47,12 +47,15 @@ __all__ = [
     "activation_bytes",
     "autocast_for",
     "checkpoint_units",
+    "eval_batch_size",
     "format_bytes",
+    "forward_peak_bytes",
     "make_plan",
     "micro_batches",
     "model_stages",
     "parse_bytes",
     "profile_activations",
+    "profile_eval",
     "saved_tensor_bytes",
     "set_grad_checkpointing",
     "static_bytes",
@@ -599,6 +602,21 @@ class MemoryPlan:
             )
         return table
 
+    def to_dict(self) -> dict:
+        """The plan as plain types: the settings, `summary`, each candidate (with its
+        ``label``) and ``chosen``, the chosen candidate's index (None: nothing fits)."""
+        return {
+            "summary": self.summary(),
+            "budget": self.budget,
+            "reserved": self.reserved,
+            "bs": self.bs,
+            "size": self.size,
+            "device_type": self.device_type,
+            "frozen_to": self.frozen_to,
+            "candidates": [{"label": c.label, **asdict(c)} for c in self.candidates],
+            "chosen": next((i for i, c in enumerate(self.candidates) if c is self.chosen), None),
+        }
+
     def summary(self) -> str:
         """One line: the chosen configuration and its predicted peak, or what would be needed."""
         available = self.budget - self.reserved
@@ -771,3 +789,125 @@ def enforce_budget(budget: str | int | float, device: torch.device | str) -> int
         )
     torch.cuda.set_per_process_memory_fraction(nbytes / total, index)
     return nbytes
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def forward_peak_bytes(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> int:
+    """Peak bytes of the tensors alive at once during one ``no_grad`` forward of ``model(x)``.
+
+    Without a graph nothing is saved for backward: what counts is how many
+    intermediate results are alive together (a residual branch keeps its input
+    while the block runs). Every op's outputs are seen through a
+    ``TorchDispatchMode`` and counted until the last tensor on their storage dies;
+    the model's parameters and buffers and ``x`` itself are not counted.
+
+    >>> m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    >>> forward_peak_bytes(m, torch.randn(2, 8))  # 2 x 16 floats before ReLU, 2 x 16 after
+    256
+    """
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    static = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), x)}
+    live: dict[int, list[int]] = {}  # storage pointer -> [tensors alive, bytes]
+    count = {"now": 0, "peak": 0}
+
+    def release(ptr: int) -> None:
+        entry = live[ptr]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del live[ptr]
+            count["now"] -= entry[1]
+
+    class Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if not isinstance(t, Tensor):
+                    continue
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr == 0 or ptr in static:
+                    continue
+                if ptr not in live:
+                    live[ptr] = [0, storage.nbytes()]
+                    count["now"] += storage.nbytes()
+                    count["peak"] = max(count["peak"], count["now"])
+                live[ptr][0] += 1
+                weakref.finalize(t, release, ptr)  # in-place ops return t again: +1, -1
+            return out
+
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), autocast(), Track():
+            out = model(x)
+        del out
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return count["peak"]
+
+
+def profile_eval(
+    model: nn.Module,
+    size: int,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    device: str | torch.device = "cpu",
+) -> ActivationProfile:
+    """`forward_peak_bytes` at batch 1 and 2 as a line ``fixed + per_sample * n``."""
+    _check_precision(precision)
+    device = torch.device(device)
+    autocast = autocast_for(precision, device.type)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def probe(n: int) -> int:
+        x = torch.randn(n, 3, size, size, device=device).to(memory_format=memory_format)
+        return forward_peak_bytes(model, x, autocast=autocast)
+
+    with _on_device(model, device):
+        a, b = probe(1), probe(2)
+    per_sample = float(max(0, b - a))
+    return ActivationProfile(
+        fixed=max(0.0, a - per_sample), per_sample=per_sample, precision=precision
+    )
+
+
+def eval_batch_size(
+    static: int,
+    profile: ActivationProfile,
+    size: int,
+    budget: int,
+    *,
+    reserved: int = 0,
+    max_bs: int = 256,
+) -> int:
+    """The largest prediction batch (1 to ``max_bs``) whose predicted peak fits ``budget``.
+
+    The peak of a batch of ``n`` is ``static`` (parameters and buffers) + the
+    forward's live activations (`profile_eval`) + the batch itself on the device
+    (uint8 pixels and the normalised floats) + a margin (15% of the activations
+    plus 64 MiB, as in `make_plan`). When not even one image fits the answer is 1
+    (the OOM fallback of `Learner._eval_forward` has the last word).
+
+    >>> prof = ActivationProfile(fixed=0, per_sample=10 * MiB)
+    >>> eval_batch_size(100 * MiB, prof, 224, budget=2 * GiB, reserved=512 * MiB)
+    112
+    >>> eval_batch_size(100 * MiB, prof, 224, budget=2 * GiB, max_bs=32)
+    32
+    """
+    input_per_sample = 3 * size * size * (1 + 4)
+    room = budget - reserved - static - 1.15 * profile.fixed - 64 * MiB
+    per_sample = 1.15 * profile.per_sample + input_per_sample
+    return max(1, min(max_bs, math.floor(room / per_sample)))

@@ -41,6 +41,12 @@ def _log(learn, text: str) -> None:
     learn.console.print(text, highlight=False)
 
 
+def _phase(learn, name: str) -> None:
+    """Print a phase's start and put it in the event log (``learn.events``)."""
+    _log(learn, f"phase: {name}")
+    learn.events.emit("phase", name=name)
+
+
 def _decide_lr(learn, key: str, phase: str, default: float, run_sweep: bool) -> float:
     """An LR from lr_find's valley (or ``default``), remembered for resuming."""
     state = learn.recipe_state
@@ -55,6 +61,7 @@ def _decide_lr(learn, key: str, phase: str, default: float, run_sweep: bool) -> 
         lr, why = default, "rule"
     state[key] = lr
     _log(learn, f"  {phase}: learning rate {lr:.2e} ({why})")
+    learn.events.emit("lr", phase=phase, lr=lr, why=why)
     return lr
 
 
@@ -135,11 +142,12 @@ def auto_fit(
     learn.freeze()
     best = _Best(learn)
     _log(learn, f"auto_fit: starting validation loss {best.loss:.4f}")
+    learn.events.emit("recipe_start", recipe="auto_fit", valid_loss=best.loss)
 
     # 1-3: the head on precomputed features
     learn.precompute = precompute
     if head_epochs:
-        _log(learn, "phase: head on " + ("precomputed features" if precompute else "images"))
+        _phase(learn, "head on " + ("precomputed features" if precompute else "images"))
         lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
         learn.fit_one_cycle(head_epochs, lr_head, cbs=cbs)
         best.update(learn, "head")
@@ -149,7 +157,7 @@ def auto_fit(
 
     # 4: the head with augmentation
     if head_aug_epochs:
-        _log(learn, "phase: head with data augmentation")
+        _phase(learn, "head with data augmentation")
         learn.fit_one_cycle(head_aug_epochs, lr_head / 2, pct_start=0.3, cbs=cbs)
         best.update(learn, "head with augmentation")
 
@@ -160,13 +168,14 @@ def auto_fit(
             "phase: unfrozen skipped: training the head did not improve on the pretrained "
             "start (stop_if_no_gain=False runs it anyway)",
         )
+        learn.events.emit("phase", name="unfrozen", skipped="no gain from training the head")
         unfreeze = False
     if unfreeze and epochs:
         learn.unfreeze()
         n_steps = epochs * len(learn.dls.train)
         cheap = 0.25 * n_steps >= 100  # a sweep is 100 steps
         sweep = lr_find_unfrozen is True or (lr_find_unfrozen == "auto" and cheap)
-        _log(learn, "phase: unfrozen, discriminative learning rates")
+        _phase(learn, "unfrozen, discriminative learning rates")
         # A high head LR (a random head on easy features) would wreck a pretrained
         # body: measured on hymenoptera, 9e-3 fell to 85% where 1e-3 kept 96%.
         default = min(lr_head * unfrozen_lr_ratio, max_unfrozen_lr)
@@ -183,6 +192,7 @@ def auto_fit(
 
     kept = best.restore(learn)
     state["best_phase"] = kept
+    learn.events.emit("kept", phase=kept, valid_loss=best.loss)
     _log(
         learn,
         f"auto_fit: kept the weights after phase '{kept}' (validation loss {best.loss:.4f}); "

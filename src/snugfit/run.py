@@ -4,7 +4,15 @@ Shared by ``snugfit train`` and ``snugfit demo``. Everything a run produces goes
 to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``check.json``
 (`snugfit.check`: the data check run first), ``metrics.csv``,
 ``checkpoint.safetensors`` (resumable with ``--resume``),
-``batch.png`` (an augmented batch), ``loss.png``, ``lr.png`` and, when some files could not be read, ``skipped.txt``.
+``batch.png`` (an augmented batch), ``loss.png``, ``lr.png``, ``events.jsonl`` (the
+event log, `snugfit.events`), ``report.html`` (`snugfit.report`), ``tensorboard/``
+(with ``cfg.tensorboard``) and, when some files could not be read, ``skipped.txt``.
+
+When training stops on an error (a non-finite loss, Ctrl-C, an out-of-memory
+error nothing fixes), the plots, ``skipped.txt`` and the report are still
+written, with what exists: the report then has no confusion matrix or top
+losses, which would need a pass over the validation set (not what Ctrl-C asks
+for) and describe weights that are not a finished model.
 """
 
 from __future__ import annotations
@@ -15,11 +23,15 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from .callbacks import SaveCheckpoint
+from . import distributed
+from .callbacks import SaveCheckpoint, TensorBoardCallback
 from .check import check_folder
 from .config import TrainConfig
-from .data import ImageDataLoaders
+from .data import ImageDataLoaders, resolve_device
+from .errors import NonFiniteLoss, SnugfitError, first_line
+from .events import JsonLinesSink
 from .learner import Learner, vision_learner
+from .report import EVENTS, write_report
 
 log = logging.getLogger("snugfit")
 
@@ -28,6 +40,13 @@ CHECKPOINT = "checkpoint.safetensors"  # in the run folder; what --resume takes
 
 def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     console = console or Console()
+    # Under torchrun: join the job first; rank 0 prints and writes the run's files.
+    main = not distributed.setup(resolve_device(cfg.device)) or distributed.is_main()
+    if not main:
+        console = Console(quiet=True)
+    out = Path(cfg.out)
+    # Before the data check: a missing tensorboard package fails at once.
+    tensorboard = TensorBoardCallback(out / "tensorboard") if cfg.tensorboard and main else None
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     # Decode every file once up front: problems are reported before any model is
     # built, and the loaders skip the unreadable files without opening them again.
@@ -63,20 +82,61 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         micro_bs=cfg.micro_bs,
         accumulate=cfg.accumulate,
         checkpointing=cfg.checkpointing,
+        sync_bn=cfg.sync_bn,
         console=console,
     )
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.to_json(out / "config.json")
-    report.to_json(out / "check.json")
-    dls.show_batch(out / "batch.png")  # what the model sees: augmented, presized
-    csv_path = out / "metrics.csv"
-    if cfg.resume is None:
-        csv_path.unlink(missing_ok=True)  # a resumed run appends to its history
-    learn.recorder.csv_path = csv_path
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out / "config.json")
+        report.to_json(out / "check.json")
+        dls.show_batch(out / "batch.png")  # what the model sees: augmented, presized
+        csv_path, events_path = out / "metrics.csv", out / EVENTS
+        if cfg.resume is None:
+            csv_path.unlink(missing_ok=True)  # a resumed run appends to its history
+            events_path.unlink(missing_ok=True)
+        learn.recorder.csv_path = csv_path
+        learn.events.add_sink(JsonLinesSink(events_path))  # the events so far, then each new
+    learn.events.emit("run_start", out=str(out), resume=cfg.resume)
+    learn.events.emit(
+        "data",
+        train=len(dls.train_items),
+        valid=len(dls.valid_items),
+        classes=dls.c,
+        unreadable=len(report.unreadable),
+    )
     # One resumable checkpoint, rewritten atomically after every epoch (and every
     # N batches, and on Ctrl-C).
     cbs = [SaveCheckpoint(out / CHECKPOINT, every_batches=cfg.checkpoint_every)]
+    if tensorboard is not None:
+        cbs.append(tensorboard)
+    try:
+        _fit(learn, cfg, cbs)
+        learn.save(out / "model")
+    except BaseException as e:
+        status = _stopped(e)
+        learn.events.emit("run_end", status=status)
+        try:  # what exists; the error that stopped the run stays the one raised
+            _write_outputs(learn, out, console, status, interpret=False)
+        except Exception as report_error:
+            log.warning(f"could not write the report: {first_line(report_error)}")
+        raise
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+    learn.events.emit("run_end", status="completed")
+    _write_outputs(learn, out, console, "completed", interpret=True)
+    if learn.oom_events:
+        console.print(
+            f"recovered from {len(learn.oom_events)} out-of-memory error(s); "
+            f"now micro-batch {learn.micro_bs}, {learn.precision}"
+            f"{', checkpointing' if learn.checkpointing else ''} (counts in metrics.csv)",
+            highlight=False,
+        )
+    console.print(f"saved model, config, metrics, plots and report.html to {out}", highlight=False)
+    return learn
+
+
+def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
     if cfg.recipe == "auto":
         learn.auto_fit(
             cfg.epochs,
@@ -92,19 +152,35 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         learn.fine_tune(
             cfg.epochs, base_lr=cfg.lr, freeze_epochs=cfg.freeze_epochs, cbs=cbs, resume=cfg.resume
         )
-    learn.save(out / "model")
-    learn.recorder.plot_loss(out / "loss.png")
-    learn.recorder.plot_lr(out / "lr.png")
-    write_skipped(dls.skipped, out / "skipped.txt", console)
-    if learn.oom_events:
-        console.print(
-            f"recovered from {len(learn.oom_events)} out-of-memory error(s); "
-            f"now micro-batch {learn.micro_bs}, {learn.precision}"
-            f"{', checkpointing' if learn.checkpointing else ''} (counts in metrics.csv)",
-            highlight=False,
-        )
-    console.print(f"saved model, config, metrics and plots to {out}", highlight=False)
-    return learn
+
+
+def _stopped(e: BaseException) -> str:
+    """How a run that raised ``e`` ended, in words for the report."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(e, NonFiniteLoss):
+        return f"stopped: {e}"
+    return f"failed: {first_line(e)}"
+
+
+def _write_outputs(learn: Learner, out: Path, console: Console, status: str, interpret: bool):
+    """Plots, ``skipped.txt`` and ``report.html`` (with the interpretation of the
+    final model when ``interpret``)."""
+    interp = None
+    if interpret:  # on every rank: under torchrun the predictions are gathered
+        from .interpret import ClassificationInterpretation
+
+        try:
+            interp = ClassificationInterpretation.from_learner(learn)
+        except SnugfitError as e:  # e.g. no readable validation image: the report without it
+            log.warning(f"report: no interpretation ({e})")
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 writes them
+    if learn.recorder.losses:
+        learn.recorder.plot_loss(out / "loss.png")
+        learn.recorder.plot_lr(out / "lr.png")
+    write_skipped(learn.dls.skipped, out / "skipped.txt", console)
+    write_report(out, interp, status=status)
 
 
 def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None:

@@ -1,8 +1,9 @@
 """Test-time augmentation: average the predictions over augmented copies of each image.
 
 fastai's ``Learner.tta``: the images go through the *training* augmentation
-``n`` times, the softmax outputs are averaged, and the average is blended with
-the predictions of the plain validation transform (``torch.lerp`` in fastai)::
+``n`` times, the softmax outputs (sigmoid for a multi-label learner) are averaged,
+and the average is blended with the predictions of the plain validation
+transform (``torch.lerp`` in fastai)::
 
     probs = (1 - beta) * mean_i softmax(model(augment_i(x))) + beta * softmax(model(x))
 
@@ -43,7 +44,8 @@ def tta(learn, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
 
     Returns:
         ``(probs, targets)``: ``(N, C)`` probabilities (rows sum to 1) and ``(N,)``
-        targets, on the learner's device, as ``get_preds`` orders them.
+        targets, on the learner's device, as ``get_preds`` orders them. Multi-label:
+        per-class probabilities and ``(N, C)`` multi-hot targets.
     """
     n = check_count("n", n, 1)
     if beta is not None and (isinstance(beta, bool) or not 0 <= beta <= 1):
@@ -63,7 +65,7 @@ def tta(learn, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
             xb = batch_augment(
                 x, cfg["size"], generator=gen, mean=cfg["mean"], std=cfg["std"], **settings
             )
-            p = learn._eval_forward(learn._input(xb)).softmax(dim=-1)
+            p = learn.activation(learn._eval_forward(learn._input(xb)))
             total = p if total is None else total.add_(p)
         probs.append(total.div_(n))
         targs.append(y)
@@ -75,7 +77,7 @@ def tta(learn, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
     plain, plain_targets = learn.get_preds(dl)
     if not torch.equal(plain_targets.to(targets.device), targets):
         raise SnugfitError("tta: the augmented and plain passes saw different items")
-    return torch.lerp(aug, plain.softmax(dim=-1).to(aug.device), float(beta)), targets
+    return torch.lerp(aug, learn.activation(plain).to(aug.device), float(beta)), targets
 
 
 def _augment_settings(dls) -> dict:
@@ -97,7 +99,8 @@ def _source_batches(learn, dl) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return
     dls = dl.dls
     # The files decoded as for training (and cached under the training key).
-    ds = ImageDataset(dl.items, train=True, size=dls.presize, cache=dls.cache)
+    n_classes = dls.c if getattr(dls, "multi_label", False) else None
+    ds = ImageDataset(dl.items, train=True, size=dls.presize, cache=dls.cache, n_classes=n_classes)
     loader = DataLoader(
         ds,
         batch_size=dl.bs,

@@ -67,6 +67,7 @@ from .recorder import Recorder  # noqa: E402
 from .save_best import SaveBest  # noqa: E402
 from .schedule import ParamScheduler  # noqa: E402
 from .snapshots import CycleSnapshots  # noqa: E402
+from .tensorboard import TensorBoardCallback  # noqa: E402
 
 __all__ = [
     "EVENTS",
@@ -78,4 +79,5 @@ __all__ = [
     "Recorder",
     "SaveBest",
     "SaveCheckpoint",
+    "TensorBoardCallback",
 ]

@@ -32,6 +32,7 @@ class SaveCheckpoint(Callback):
 
     def _save(self, learn, position: dict) -> None:
         save_checkpoint(learn, self.path, position)
+        learn.events.emit("checkpoint", path=str(self.path), position=position)
         if learn.interrupted:
             p = position
             learn.console.print(

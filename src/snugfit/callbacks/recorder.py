@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write
+from ..distributed import is_main
 from . import Callback
 
 
@@ -55,7 +56,7 @@ class Recorder(Callback):
         self.losses, self.lrs, self.moms = state["losses"], state["lrs"], state["moms"]
         self.rows = state["rows"]
         self._resume_partial = state["partial"]  # picked up by the resumed epoch
-        if self.csv_path is not None:
+        if self.csv_path is not None and is_main():
             self._rewrite_csv()
 
     def record_hypers(self, lrs, mom) -> None:
@@ -82,7 +83,7 @@ class Recorder(Callback):
     def after_batch(self, learn) -> None:
         loss = learn.loss.detach()
         self._epoch_losses.append(loss)
-        n = learn.yb.shape[0]
+        n = getattr(learn, "batch_n", learn.yb.shape[0])  # under torchrun: the global batch
         self._sum_train += loss * n
         self._n_train += n
 
@@ -97,8 +98,11 @@ class Recorder(Callback):
         row["time"] = time.perf_counter() - self._start
         row["ooms"] = len(learn.oom_events) - self._ooms_before  # OOM retries this epoch
         self.rows.append(row)
-        if self.csv_path is not None:
+        if self.csv_path is not None and is_main():  # under torchrun, rank 0 writes
             self._append_csv(row)
+        lrs = self.lrs[-1] if self.lrs else None  # each layer group's at the epoch's last batch
+        fields = {("seconds" if k == "time" else k): v for k, v in row.items()}
+        learn.events.emit("epoch", fit=learn.fit_index, **fields, lrs=lrs)
         # The epoch is complete: a checkpoint written now has no partial epoch to resume.
         self._epoch_losses, self._sum_train, self._n_train = [], 0.0, 0.0
         self._start = time.perf_counter()

@@ -1,0 +1,127 @@
+"""What happened during training, as a list of events: phases, plans, OOMs, stops.
+
+The learner owns an `EventLog` (``learn.events``); the learner, its recipes and
+its callbacks call ``learn.events.emit(kind, **fields)`` where something worth
+keeping happens. Each event is a flat dict ``{"time", "kind", **fields}`` kept
+in ``records`` (the run report reads the memory plans and OOMs from there) and
+handed to each sink, such as `JsonLinesSink`, which ``snugfit train`` attaches
+to write ``events.jsonl`` into the run folder.
+
+>>> log = EventLog()
+>>> log.emit("phase", name="head")["kind"]
+'phase'
+>>> [e["name"] for e in log.of("phase")]
+['head']
+
+The kinds emitted, in the order a run meets them (fields after the colon):
+
+- ``run_start``: out, resume; ``data``: train, valid, classes, unreadable (`snugfit.run`);
+- ``freeze``: frozen_to, groups (`Learner.freeze_to`); ``resume``: checkpoint, position;
+- ``recipe_start``: recipe, valid_loss; ``phase``: name, and skipped when a phase is
+  left out; ``lr``: phase, lr, why (a learning rate a recipe chose); ``kept``: phase,
+  valid_loss (the weights auto_fit kept) (`snugfit.recipe`, `Learner.fine_tune`);
+- ``fit_start``: fit, epochs, start_epoch, frozen_to, size, bs, precompute;
+  ``fit_end``: fit, early_stop (`Learner._fit`);
+- ``plan``: `MemoryPlan.to_dict` and applied (`Learner.plan`);
+- ``epoch``: fit, the ``metrics.csv`` row (its time as ``seconds``), lrs (`Recorder`);
+- ``checkpoint``: path, position (`SaveCheckpoint`);
+- ``oom``: as in ``learn.oom_events`` (phase, from, to, error...);
+- ``nonfinite``: message, value, at; ``interrupt``: fit, epoch, batch (`Learner._fit`);
+- ``run_end``: status (`snugfit.run`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class EventLog:
+    """Events in the order they happened, and the sinks that receive them."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+        self.sinks: list[Callable[[dict], None]] = []
+
+    def emit(self, kind: str, **fields) -> dict:
+        """Record an event and pass it to every sink; returns it.
+
+        ``time`` (seconds since the epoch) and ``kind`` are the event's own keys.
+        """
+        if "time" in fields or "kind" in fields:
+            raise ValueError(f"event {kind!r}: 'time' and 'kind' are not field names")
+        event = {"time": round(time.time(), 3), "kind": kind, **fields}
+        self.records.append(event)
+        for sink in self.sinks:
+            sink(event)
+        return event
+
+    def add_sink(self, sink: Callable[[dict], None], replay: bool = True) -> None:
+        """Send events to ``sink`` too; with ``replay``, the ones recorded so far first."""
+        if replay:
+            for event in self.records:
+                sink(event)
+        self.sinks.append(sink)
+
+    def remove_sink(self, sink: Callable[[dict], None]) -> None:
+        self.sinks.remove(sink)
+
+    def of(self, *kinds: str) -> list[dict]:
+        """The events of these kinds, in order."""
+        return [e for e in self.records if e["kind"] in kinds]
+
+
+class JsonLinesSink:
+    """Append each event to ``path`` as one JSON object per line.
+
+    The file is opened, written and closed per event, so every line is on disk
+    (in the OS's hands) before training goes on: a killed run keeps its log up to
+    its last event. Events come a few per epoch, never per batch, so this costs
+    nothing measurable. Values JSON cannot hold become plain ones: NaN and
+    infinities the strings ``"nan"``, ``"inf"``, ``"-inf"`` (strict JSON has no
+    such numbers), paths and other objects their ``str``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __call__(self, event: dict) -> None:
+        line = json.dumps(_plain(event), ensure_ascii=False, allow_nan=False, default=str)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def read_events(path: str | os.PathLike) -> list[dict]:
+    """The events of a JSON-lines file (none when it does not exist).
+
+    A last line cut short by a crash is left out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def _plain(value):
+    """``value`` with non-finite floats as strings, recursively.
+
+    >>> _plain({"a": [float("nan"), 1.5], "b": (float("-inf"),)})
+    {'a': ['nan', 1.5], 'b': ['-inf']}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

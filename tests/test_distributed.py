@@ -1,0 +1,189 @@
+"""DDP on the CPU: 2 processes on gloo train like 1 process with the same global batch.
+
+One spawn of two ranks runs every scenario (starting processes costs more than
+training the tiny model); each rank saves what it ended with, and the tests
+compare that with single-process runs made here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from rich.console import Console
+from torch import nn
+
+from fixtures import make_image_folder
+from snugfit import Learner
+from snugfit.data import ImageDataLoaders, _EpochShuffle, _ShardBatches
+from snugfit.distributed import shard
+
+WORLD = 2
+BS = 7  # global batch: 18 images give batches of 7, 7, 4, split 3+4, 3+4, 2+2
+TIMEOUT = 120
+
+
+class TinyNet(nn.Module):
+    """A conv net without BatchNorm: micro-batches and shards are exact."""
+
+    def __init__(self, n_classes: int = 2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU())
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, n_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(self.body(x)))
+
+
+def _train(root: Path, csv: Path | None = None, fail=None, epochs: int = 2) -> dict:
+    dls = ImageDataLoaders.from_folder(
+        root, bs=BS, size=16, num_workers=0, device="cpu", cache=False, augment=False
+    )
+    torch.manual_seed(0)
+    learn = Learner(
+        dls,
+        TinyNet(),
+        metrics=["accuracy"],
+        precision="fp32",
+        console=Console(file=io.StringIO(), force_terminal=False),
+    )
+    learn.recorder.csv_path = csv
+    if fail is not None:
+
+        def hook(module, args):
+            if fail(learn, args[0]):
+                raise torch.OutOfMemoryError("CUDA out of memory. (injected)")
+
+        learn.model.register_forward_pre_hook(hook)
+    learn.fit(epochs, lr=1e-2)
+    return {
+        "preds": learn.get_preds(),
+        "params": {k: v.detach().clone() for k, v in learn.model.state_dict().items()},
+        "rows": learn.recorder.rows,
+        "micro_bs": learn.micro_bs,
+        "oom_events": learn.oom_events,
+        "distributed": learn.distributed,
+    }
+
+
+def _fail_on_rank1(learn, x):
+    return int(os.environ["RANK"]) == 1 and learn.model.training and len(x) > 2
+
+
+def _worker(rank: int, port: int, root: str, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    out = Path(out)
+    results = {
+        "plain": _train(Path(root), csv=out / "metrics.csv"),
+        "oom": _train(Path(root), fail=_fail_on_rank1),
+    }
+    torch.save(results, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """Two ranks trained (bounded by a timeout), and the single-process reference."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    root = make_image_folder(tmp / "data", n_train=9, n_valid=5)
+    out = tmp / "out"
+    out.mkdir()
+    start = time.perf_counter()
+    ctx = mp.start_processes(
+        _worker, args=(_free_port(), str(root), str(out)), nprocs=WORLD, join=False,
+        start_method="spawn",
+    )  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"DDP workers still running after {TIMEOUT} s: a hang")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = _train(root)
+    return {
+        "ranks": ranks,
+        "single": single,
+        "out": out,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _assert_same_params(a: dict, b: dict, atol: float = 1e-5) -> None:
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, (a[k] - b[k]).abs().max())
+
+
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(ddp_runs):
+    single = ddp_runs["single"]
+    assert not single["distributed"]
+    for r in ddp_runs["ranks"]:
+        assert r["plain"]["distributed"]
+        _assert_same_params(r["plain"]["params"], single["params"])
+    # metrics reduced over the ranks: the whole validation set, each sample once
+    for row, ref in zip(ddp_runs["ranks"][0]["plain"]["rows"], single["rows"], strict=True):
+        assert row["valid_loss"] == pytest.approx(ref["valid_loss"], abs=1e-6)
+        assert row["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-6)
+        assert row["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-6)
+    rows = [[{**row, "time": 0} for row in r["plain"]["rows"]] for r in ddp_runs["ranks"]]
+    assert rows[0] == rows[1]  # every rank knows the same numbers
+
+
+def test_only_rank_0_writes_the_metrics_file(ddp_runs):
+    lines = (ddp_runs["out"] / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2  # a header and one row per epoch, not one per rank
+
+
+def test_an_oom_on_one_rank_is_recovered_on_both_with_the_same_math(ddp_runs):
+    rank0, rank1 = (r["oom"] for r in ddp_runs["ranks"])
+    # rank 1 ran out of memory with micro-batches of 4 (and 3): both ranks went to 2
+    assert rank0["micro_bs"] == rank1["micro_bs"] == 2
+    assert [e["to"] for e in rank0["oom_events"]] == [e["to"] for e in rank1["oom_events"]]
+    assert rank0["oom_events"] and "rank 1" in rank0["oom_events"][0]["error"]
+    for r in (rank0, rank1):
+        _assert_same_params(r["params"], ddp_runs["single"]["params"])
+
+
+def test_shards_split_each_global_batch_without_overlap():
+    order = _EpochShuffle(18, seed=3)
+    parts = [list(_ShardBatches(order, BS, r, 3)) for r in range(3)]
+    whole = [list(order)[i : i + BS] for i in range(0, 18, BS)]
+    for b, batch in enumerate(whole):
+        assert [i for p in parts for i in p[b]] == batch  # contiguous, in order, disjoint
+    assert [len(p[2]) for p in parts] == [1, 1, 2]  # a short batch: sizes differ by one
+    assert shard(1, 0, 2) == slice(0, 0) and shard(1, 1, 2) == slice(0, 1)
+
+
+def test_get_preds_gathers_the_whole_validation_set_on_every_rank(ddp_runs):
+    # Validation is sharded; the report's interpretation needs every image, in order.
+    outs, targs = ddp_runs["single"]["preds"]
+    assert len(targs) == 10
+    for rank in ddp_runs["ranks"]:
+        r_outs, r_targs = rank["plain"]["preds"]
+        assert torch.equal(r_targs, targs)
+        assert torch.allclose(r_outs, outs, atol=1e-5, rtol=0)

@@ -1,0 +1,189 @@
+"""Batch prediction: `snugfit predict --csv`, its batch size (given, or fitted to a
+memory budget) and its report of unreadable files."""
+
+import csv
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from snugfit import memory
+from snugfit.errors import SnugfitError
+from snugfit.learner import load_learner
+from snugfit.memory import MiB, eval_batch_size, forward_peak_bytes, profile_eval
+from snugfit.models import create_model
+from snugfit.predict import CPU_BS, MAX_BS, predict_batch_size, predict_to_csv
+from test_cli import run_cli
+from test_train import colour_learner
+
+
+@pytest.fixture
+def saved(image_folder, tmp_path):
+    """A colour learner (untrained: deterministic, and its classes are far from ties)
+    saved to ``tmp_path/model``, and its validation files."""
+    learn = colour_learner(image_folder)
+    learn.save(tmp_path / "model")
+    return tmp_path / "model", sorted(str(p) for p, _ in learn.dls.valid_items)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_matches_predict_and_reports_unreadable(saved, image_folder, tmp_path, capsys):
+    model, files = saved
+    bad = image_folder / "val" / "red" / "broken.jpg"
+    bad.write_text("not a jpeg")
+    out = tmp_path / "out.csv"
+    args = ("predict", str(model), str(image_folder / "val"), "--csv", str(out), "--bs", "3")
+    code, stdout, err = run_cli(capsys, *args, "--device", "cpu")
+    assert code == 1  # a file was skipped
+    rows = read_csv(out)
+    assert list(rows[0]) == [
+        "path", "label", "probability", "prob_green", "prob_red", "error",
+    ]  # fmt: skip
+    assert sorted(r["path"] for r in rows) == sorted([*files, str(bad)])
+    learn = load_learner(model)
+    for r in rows:
+        if r["path"] == str(bad):
+            assert r["label"] == "" and r["probability"] == "" and r["error"] == "not an image"
+            continue
+        label, probs = learn.predict(r["path"])
+        assert r["label"] == label and r["error"] == ""
+        got = torch.tensor([float(r["prob_green"]), float(r["prob_red"])])
+        assert torch.allclose(got, probs, atol=1e-5)
+        assert abs(got.sum().item() - 1) < 1e-5
+        assert r["probability"] == r[f"prob_{label}"]
+    assert stdout.strip() == f"predicted 8 of 9 images, 1 unreadable (rows with an error): {out}"
+    assert f"snugfit: skipping {bad}: not an image" in err and "batch 3 (--bs)" in err
+
+
+def test_all_readable_exits_0_and_keeps_the_order_given(saved, tmp_path, capsys):
+    model, files = saved
+    out = tmp_path / "out.csv"
+    given = files[::-1]
+    code, _, err = run_cli(capsys, "predict", str(model), *given, "--csv", str(out))
+    assert code == 0, err
+    assert [r["path"] for r in read_csv(out)] == given
+
+
+def test_missing_file_is_a_row_and_an_empty_folder_an_error(saved, tmp_path, capsys):
+    model, files = saved
+    out = tmp_path / "out.csv"
+    missing = str(tmp_path / "gone.jpg")
+    code, _, _ = run_cli(capsys, "predict", str(model), files[0], missing, "--csv", str(out))
+    rows = read_csv(out)
+    assert code == 1 and [r["error"] for r in rows] == ["", "no such file"]
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "predict", str(model), str(tmp_path / "empty"), "--csv", "x")
+    assert code == 2 and "no image files" in err
+
+
+def test_without_csv_prints_one_line_per_image_of_a_folder(saved, image_folder, capsys):
+    model, files = saved
+    code, stdout, err = run_cli(capsys, "predict", str(model), str(image_folder / "val"))
+    assert code == 0, err
+    lines = [line.split("\t") for line in stdout.strip().splitlines()]
+    assert [p for p, _, _ in lines] == files
+    assert all(label in ("red", "green") and 0.5 <= float(p) <= 1 for _, label, p in lines)
+
+
+def test_bs_sets_the_forward_batches(saved, image_folder, tmp_path):
+    learn = load_learner(saved[0])
+    sizes = []
+    learn.model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    summary = predict_to_csv(learn, [image_folder / "val"], tmp_path / "o.csv", bs=3)
+    assert sizes == [3, 3, 2] and summary.bs == 3 and summary.n_predicted == 8
+
+
+def test_out_of_memory_halves_the_chunks(saved, image_folder, tmp_path):
+    learn = load_learner(saved[0])
+    sizes = []
+
+    def small_device(module, args):
+        if len(args[0]) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. (injected)")
+        sizes.append(len(args[0]))
+
+    learn.model.register_forward_pre_hook(small_device)
+    predict_to_csv(learn, [image_folder / "val"], tmp_path / "o.csv", bs=8)
+    assert learn.eval_bs == 2 and sum(sizes) == 8 and max(sizes) == 2
+    rows = read_csv(tmp_path / "o.csv")
+    assert all(r["label"] in ("red", "green") for r in rows)
+
+
+def test_forward_peak_is_linear_in_the_batch():
+    torch.manual_seed(0)
+    model = create_model("test_resnet", 2, pretrained=False)
+    prof = profile_eval(model, 64)
+    assert prof.per_sample > 0
+    measured = forward_peak_bytes(model, torch.randn(6, 3, 64, 64))
+    assert measured == pytest.approx(prof.fixed + 6 * prof.per_sample, rel=0.1)
+
+
+def test_eval_batch_size_fits_the_budget():
+    prof = memory.ActivationProfile(fixed=0, per_sample=10 * MiB)
+    sizes = [eval_batch_size(100 * MiB, prof, 224, budget=b * 2**30) for b in (1, 2, 4)]
+    assert sizes[0] < sizes[1] < sizes[2] <= MAX_BS
+
+    def peak(n):  # static + activations with their 15% margin + input + 64 MiB
+        return 100 * MiB + 1.15 * 10 * MiB * n + n * 3 * 224 * 224 * 5 + 64 * MiB
+
+    assert peak(sizes[1]) <= 2 * 2**30 < peak(sizes[1] + 1)
+    assert eval_batch_size(100 * MiB, prof, 224, budget=50 * MiB) == 1  # the OOM fallback decides
+    assert eval_batch_size(0, prof, 224, budget=2**40, max_bs=64) == 64
+
+
+def test_batch_from_budget_on_cpu_and_default(saved):
+    learn = load_learner(saved[0])
+    assert predict_batch_size(learn)[0] == CPU_BS
+    small, why = predict_batch_size(learn, "80MB")
+    large, _ = predict_batch_size(learn, "120MB")
+    assert 1 <= small < large <= MAX_BS and "fits" in why
+
+
+def test_batch_from_budget_on_cuda(saved, monkeypatch):
+    """CUDA faked: the whole card by default, a fraction of it, and the context reserved."""
+    learn = load_learner(saved[0])
+    total = 2**30
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=total)
+    )
+    real_profile = memory.profile_eval
+
+    def probe_on_cpu(*args, **kwargs):
+        return real_profile(*args, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(memory, "profile_eval", probe_on_cpu)
+    learn.device = torch.device("cuda")
+    whole, why = predict_batch_size(learn)
+    half, _ = predict_batch_size(learn, 0.5)
+    assert half < whole and "1.00 GiB" in why
+    # 512 MiB of a 1 GiB card is the CUDA context: a half-card budget fits less than
+    # the same bytes on the CPU
+    learn.device = torch.device("cpu")
+    assert predict_batch_size(learn, total // 2)[0] > half
+
+
+def test_nothing_to_predict():
+    from snugfit.predict import image_inputs
+
+    with pytest.raises(SnugfitError, match="nothing to predict"):
+        image_inputs([])
+
+
+def test_multi_label_rows_list_the_classes_above_the_threshold(image_folder, tmp_path):
+    from snugfit.learner import Learner
+
+    torch.manual_seed(0)
+    infer = {"vocab": ["green", "red"], "size": 32, "crop_pct": 0.875}
+    infer.update(mean=[0.5] * 3, std=[0.25] * 3, multi_label=True, threshold=0.5)
+    model = create_model("test_efficientnet", 2, pretrained=False)
+    learn = Learner(None, model, arch="test_efficientnet", infer=infer, precision="fp32")
+    predict_to_csv(learn, [image_folder / "val"], tmp_path / "o.csv", bs=4)
+    for r in read_csv(tmp_path / "o.csv"):
+        labels, probs = learn.predict(r["path"])
+        assert r["label"] == " ".join(labels)
+        got = torch.tensor([float(r["prob_green"]), float(r["prob_red"])])
+        assert torch.allclose(got, probs, atol=1e-5)  # sigmoids: no need to sum to 1
