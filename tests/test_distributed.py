@@ -21,6 +21,7 @@ from torch import nn
 
 from fixtures import make_image_folder
 from snugfit import Learner
+from snugfit.callbacks import Callback
 from snugfit.data import ImageDataLoaders, _EpochShuffle, _ShardBatches
 from snugfit.distributed import shard
 
@@ -73,6 +74,29 @@ def _train(root: Path, csv: Path | None = None, fail=None, epochs: int = 2) -> d
     }
 
 
+class _CtrlCOnRank1(Callback):
+    """Ctrl-C reaching rank 1 only, during the second batch (a terminal's signal
+    reaches the ranks at different moments)."""
+
+    def before_batch(self, learn):
+        if int(os.environ["RANK"]) == 1 and learn.train_iter == 1:
+            learn._interrupt.requested = True
+
+
+def _ctrl_c_on_rank1(root: Path) -> dict:
+    dls = ImageDataLoaders.from_folder(
+        root, bs=BS, size=16, num_workers=0, device="cpu", cache=False, augment=False
+    )
+    learn = Learner(
+        dls, TinyNet(), precision="fp32", console=Console(file=io.StringIO()), cbs=[_CtrlCOnRank1()]
+    )
+    try:
+        learn.fit(2, lr=1e-2)
+    except KeyboardInterrupt:
+        return {"stopped_after": learn.train_iter}
+    return {"stopped_after": None}
+
+
 def _fail_on_rank1(learn, x):
     return int(os.environ["RANK"]) == 1 and learn.model.training and len(x) > 2
 
@@ -92,6 +116,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
     results = {
         "plain": _train(Path(root), csv=out / "metrics.csv"),
         "oom": _train(Path(root), fail=_fail_on_rank1),
+        "ctrl_c": _ctrl_c_on_rank1(Path(root)),
     }
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -187,3 +212,8 @@ def test_get_preds_gathers_the_whole_validation_set_on_every_rank(ddp_runs):
         r_outs, r_targs = rank["plain"]["preds"]
         assert torch.equal(r_targs, targs)
         assert torch.allclose(r_outs, outs, atol=1e-5, rtol=0)
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(ddp_runs):
+    # Without agreeing, rank 0 would train on and wait forever for rank 1.
+    assert [r["ctrl_c"]["stopped_after"] for r in ddp_runs["ranks"]] == [2, 2]

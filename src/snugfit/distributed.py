@@ -162,11 +162,24 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     return ddp(net, device_ids=ids, **no_sync_in_forward)
 
 
-def agree(oomed: bool, n: int) -> tuple[int, int]:
-    """After a step's micro-batches: ``(ranks that ran out of memory, global samples)``."""
-    t = torch.tensor([int(oomed), n], dtype=torch.int64)
+def agree(oomed: bool, n: int, stop: bool = False) -> tuple[int, int, int]:
+    """After a step's micro-batches: ``(ranks that ran out of memory, global samples,
+    ranks asked to stop)``.
+
+    ``stop`` is Ctrl-C: each rank gets the signal at its own moment, so the ranks
+    must agree on the step after which they all stop, or those still training
+    would wait forever for the ones that left. It rides in the same message.
+    """
+    t = torch.tensor([int(oomed), n, int(stop)], dtype=torch.int64)
     dist.all_reduce(t, group=_control_group())
-    return int(t[0]), int(t[1])
+    return int(t[0]), int(t[1]), int(t[2])
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (a collective: every rank must call it)."""
+    t = torch.tensor([int(flag)], dtype=torch.int64)
+    dist.all_reduce(t, group=_control_group())
+    return bool(t[0])
 
 
 def agree_fallback(mine, message: str | None, key) -> tuple[object | None, str]:

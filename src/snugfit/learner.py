@@ -227,6 +227,7 @@ class Learner:
         self.recipe_state: dict = {}  # decisions a recipe made (LRs), kept in checkpoints
         self.recipe_tensors: dict[str, torch.Tensor] = {}  # weights it keeps, likewise
         self._interrupt = DeferredInterrupt()
+        self._stop_agreed = False  # under torchrun: some rank was asked to stop (Ctrl-C)
         self.interrupted = False  # Ctrl-C was pressed: training stops after this event
 
     # -- properties the loop and callbacks read ------------------------------
@@ -561,7 +562,10 @@ class Learner:
                     self._event("before_batch")
                     self.loss = self._step(self.xb, self.yb)
                     self.nonfinite.check(self)  # NaN/inf: restore the last good weights, stop
-                    self.interrupted = self._interrupt.requested  # callbacks may save on it
+                    # callbacks may save on it; under torchrun every rank stops at the same step
+                    self.interrupted = (
+                        self._stop_agreed if self.distributed else self._interrupt.requested
+                    )
                     self._event("after_batch")
                     self.train_iter += 1
                     if self.interrupted:
@@ -572,6 +576,8 @@ class Learner:
                 self.valid_loss, self.metric_values = self._validate(self.valid_dl)
                 self._event("after_validate")
                 self.interrupted = self._interrupt.requested
+                if self.distributed:
+                    self.interrupted = distributed.any_rank(self.interrupted)
                 self._event("after_epoch")
                 if self.interrupted:
                     raise KeyboardInterrupt
@@ -677,7 +683,10 @@ class Learner:
                     raise
                 message = first_line(e)
             if self.distributed:  # every rank, every step: did any rank run out of memory?
-                failed, n_all = distributed.agree(message is not None, n)
+                failed, n_all, stops = distributed.agree(
+                    message is not None, n, self._interrupt.requested
+                )
+                self._stop_agreed = stops > 0  # Ctrl-C on any rank: all stop after this step
                 if not failed:
                     break
             elif message is None:
