@@ -176,7 +176,7 @@ def _fails_json(root, tmp_path, capsys) -> str:
     return err
 
 
-def test_train_on_a_messy_folder_uses_the_readable_images(messy, tmp_path, capsys):
+def test_train_on_a_messy_folder_uses_the_readable_images(messy, tmp_path, capsys, caplog):
     out = tmp_path / "run"
     code = main(["train", str(messy.root), *TRAIN, "--recipe", "fine_tune", "--epochs", "1",
                  "--freeze-epochs", "0", "--out", str(out)])  # fmt: skip
@@ -194,6 +194,8 @@ def test_train_on_a_messy_folder_uses_the_readable_images(messy, tmp_path, capsy
     assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
     # the skips were known from the check: no warning per file while loading
     assert "skipping unreadable image" not in captured.err
+    # a class whose every training file is unreadable is said, not trained in silence
+    assert "class(es) 'moths' have no readable training image" in caplog.text
 
 
 @pytest.mark.slow

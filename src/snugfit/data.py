@@ -1203,6 +1203,14 @@ class ImageDataLoaders:
             raise SnugfitError(f"{where}: the training set is empty (no readable images)")
         if not valid_items:
             raise SnugfitError(f"{where}: the validation set is empty (no readable images)")
+        if not self.multi_label:
+            seen = {int(label) for _, label in train_items}
+            untrained = [c for i, c in enumerate(self.vocab) if i not in seen]
+            if untrained:
+                logger.warning(
+                    f"{where}: class(es) {', '.join(map(repr, untrained))} have no readable "
+                    "training image: the model keeps an output for them that never learns"
+                )
         self.train_items, self.valid_items = train_items, valid_items
         self.train = DeviceLoader(self, train_items, train=True)
         self.valid = DeviceLoader(self, valid_items, train=False)
