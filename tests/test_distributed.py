@@ -217,3 +217,13 @@ def test_get_preds_gathers_the_whole_validation_set_on_every_rank(ddp_runs):
 def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(ddp_runs):
     # Without agreeing, rank 0 would train on and wait forever for rank 1.
     assert [r["ctrl_c"]["stopped_after"] for r in ddp_runs["ranks"]] == [2, 2]
+
+
+def test_the_memory_plan_is_for_one_ranks_shard(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "data", n_train=4, n_valid=2)
+    dls = ImageDataLoaders.from_folder(root, bs=8, size=16, num_workers=0, device="cpu")
+    learn = Learner(dls, TinyNet(), precision="fp32", console=Console(file=io.StringIO()))
+    assert learn.plan("1GB", apply=False).bs == 8
+    learn.distributed = True  # as under torchrun with 3 ranks
+    monkeypatch.setattr("snugfit.distributed.world_size", lambda: 3)
+    assert learn.plan("1GB", apply=False).bs == 3  # ceil(8 / 3): the largest shard

@@ -349,7 +349,8 @@ class Learner:
         The plan is computed for the model as it is now (frozen or not), before
         training: exact parameter, gradient and optimizer bytes, activations
         measured on the real model at micro-batch 1 and 2 and extrapolated, and a
-        margin. With ``apply`` the fastest candidate that fits is used.
+        margin. With ``apply`` the fastest candidate that fits is used. Under
+        torchrun ``bs`` is the global batch and the plan is for one rank's shard.
         ``device_type="cuda"`` on a machine without that GPU makes it a what-if: the
         probe runs on this device, the budget is the GPU's.
         """
@@ -369,9 +370,12 @@ class Learner:
             precisions = ("fp32", half)
         else:
             precisions = (self.precision,)
+        bs = bs or self.dls.bs
+        if self.distributed:  # each GPU holds its shard of the global batch
+            bs = math.ceil(bs / distributed.world_size())
         p = make_plan(
             self.model,
-            bs=bs or self.dls.bs,
+            bs=bs,
             size=size or self.dls.size,
             budget=budget,
             device_type=device_type,
