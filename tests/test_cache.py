@@ -16,7 +16,8 @@ import snugfit.data
 from fixtures import colour_image, make_image_folder
 from snugfit.augment import center_batch
 from snugfit.cache import PixelCache, cache_dir, cache_size
-from snugfit.data import ImageDataLoaders, decode_train, decode_valid
+from snugfit.data import ImageDataLoaders
+from snugfit.decode import decode_train, decode_valid
 from snugfit.errors import SnugfitError
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 4, "size": 32}
@@ -49,6 +50,8 @@ def _count_decodes(monkeypatch) -> list[str]:
         calls.append(str(path))
         return decode_valid(path, size, crop_pct)
 
+    # Patched in snugfit.data, where ImageDataset looks them up (it imports them
+    # from snugfit.decode).
     monkeypatch.setattr(snugfit.data, "decode_train", train)
     monkeypatch.setattr(snugfit.data, "decode_valid", valid)
     return calls

@@ -12,7 +12,8 @@ from fixtures import colour_image, make_image_folder
 from messy import UNICODE_NAME, make_messy_folder
 from snugfit.check import LEAK, REPEAT, TWO_LABELS, check_folder
 from snugfit.cli import main
-from snugfit.data import ImageDataLoaders, open_image
+from snugfit.data import ImageDataLoaders
+from snugfit.decode import open_image
 from snugfit.errors import SnugfitError
 
 TRAIN = [

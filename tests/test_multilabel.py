@@ -11,10 +11,10 @@ from torch import nn
 from fixtures import SQUARES, make_image_folder, make_multilabel_csv
 from snugfit import ImageDataLoaders, load_learner, vision_learner
 from snugfit.cli import main
-from snugfit.data import split_random
 from snugfit.errors import SnugfitError
 from snugfit.export import META_FILE
 from snugfit.interpret import ClassificationInterpretation
+from snugfit.items import split_random
 from snugfit.metrics import accuracy_multi, f1_samples, metric_name
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 8, "size": 32}

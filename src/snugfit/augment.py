@@ -52,7 +52,7 @@ def affine_params(
     inside the image at the sampled area; with ``min_scale=1`` the crop is the
     whole image. Rotated corners may fall outside; the sampler reflects them.
     Aspect ratios are relative to the input, which is square when it comes from
-    `snugfit.data.decode_train`.
+    `snugfit.decode.decode_train`.
 
     Args:
         n: Number of matrices.

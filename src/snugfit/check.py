@@ -7,7 +7,7 @@ reduced scale (``draft``), which still reads every byte, so truncated files are
 found. It reports:
 
 * usable images per class and split;
-* unreadable files, with the reason training would give (`snugfit.data.open_image`);
+* unreadable files, with the reason training would give (`snugfit.decode.open_image`);
 * duplicates, files with the same bytes: across train and validation (a
   leak that inflates validation scores), under two labels, or twice in a class;
 * class imbalance: the largest over the smallest class (training images),
@@ -41,8 +41,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .data import _folder_items, _FolderItems, _progress, _reason, open_image
+from .data import _progress
+from .decode import _reason, open_image
 from .errors import SnugfitError, UnreadableImage
+from .items import _folder_items, _FolderItems
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
 MIN_SIDE = 32  # pixels: an image with a shorter side is reported as tiny

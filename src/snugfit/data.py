@@ -16,6 +16,10 @@ decoding in workers.
 Unreadable files never stop training: they are found at construction time (a
 cheap header check) or at decode time (truncated data), reported once through the
 ``snugfit`` logger and recorded in ``ImageDataLoaders.skipped``.
+
+Decoding one file is `snugfit.decode`; finding the items and their labels and
+splitting them is `snugfit.items`. This module holds the datasets, batching,
+sampling and loaders built on them.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
@@ -51,309 +55,28 @@ from snugfit.augment import (
 )
 from snugfit.cache import PixelCache
 from snugfit.cache import cache_size as cache_size_bytes
+from snugfit.decode import _header_problem, decode_train, decode_valid, prepare_for_predict
+from snugfit.decode import open_image as open_image
 from snugfit.errors import SnugfitError, UnreadableImage
+from snugfit.items import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from snugfit.items import (
+    _folder_items,
+    _labelled,
+    _labelled_multi,
+    _no_images,
+    _parse_bool,
+    _split_items,
+    _split_labels,
+    get_image_files,
+)
+from snugfit.items import split_random as split_random
+from snugfit.items import split_stratified as split_stratified
+
+# The ``X as X`` imports above are re-exports: those public names lived here
+# before decode.py and items.py were split out, and `from snugfit.data import
+# open_image` (IMAGE_EXTENSIONS, split_random, split_stratified) keeps working.
 
 logger = logging.getLogger("snugfit")
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_EXTENSIONS_HINT = ", ".join(sorted(IMAGE_EXTENSIONS))
-
-# ---------------------------------------------------------------------------
-# Decoding
-# ---------------------------------------------------------------------------
-
-
-def _reason(exc: BaseException) -> str:
-    """A short human reason for a failure to open or decode an image."""
-    if isinstance(exc, FileNotFoundError):
-        return "no such file"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image"
-    if isinstance(exc, Image.DecompressionBombError):
-        return "image too large (possible decompression bomb)"
-    msg = str(exc)
-    lower = msg.lower()  # Pillow says "image file is truncated" and "Truncated File Read"
-    if "truncated" in lower or "broken data stream" in lower:
-        return "truncated image data"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if "unsupported" in lower or "not supported" in lower:
-        # e.g. "Unsupported BMP pixel depth (7)", "conversion from X to RGB not supported"
-        return f"unsupported mode or encoding ({msg})"
-    return f"cannot decode ({type(exc).__name__}: {msg})" if msg else "cannot decode"
-
-
-def _is_empty(path: str | os.PathLike) -> bool:
-    try:
-        return os.path.getsize(path) == 0
-    except OSError:
-        return False  # let Image.open report the real problem
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert a Pillow image of any mode to 8-bit RGB."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I") or mode == "F":
-        # 16/32-bit and float greyscale: a plain convert("L") clips at 255, so
-        # scale the value range to 8 bits instead.
-        a = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            top = 65535.0
-        elif mode == "F":
-            top = 1.0 if a.size and a.max() <= 1.0 else 255.0
-        else:  # "I": often a 16-bit PNG; pick the smallest range that holds the data
-            peak = float(a.max()) if a.size else 0.0
-            top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
-        a = np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        # Transparent pixels often hold arbitrary colours (frequently black):
-        # show them as white, like a viewer would.
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
-    """Open an image file as an upright 8-bit RGB Pillow image.
-
-    JPEGs are decoded at a reduced scale (Pillow's ``draft``, a DCT-domain
-    downscale that is much faster for big photos) when ``size`` is given; the
-    decoded image keeps both sides at least ``size``. EXIF orientation is applied;
-    palette, alpha (composited on white), greyscale, 16-bit and CMYK images are
-    converted to RGB.
-
-    Args:
-        path: Image file.
-        size: Smallest side length the caller needs, or None for full resolution.
-
-    Returns:
-        A loaded RGB image, independent of the file.
-
-    Raises:
-        UnreadableImage: The file is empty, not an image, truncated, too large
-            or otherwise cannot be decoded.
-    """
-    if _is_empty(path):
-        raise UnreadableImage(path, "empty file")
-    try:
-        with Image.open(path) as img:
-            if size is not None and img.format == "JPEG":
-                img.draft("RGB", (size, size))
-            img.load()  # decode now, so errors surface here
-            upright = ImageOps.exif_transpose(img)  # a new image
-        return _to_rgb(upright)
-    except UnreadableImage:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(path, _reason(e)) from e
-
-
-def _crop_resize(img: Image.Image, out: int, crop_frac: float) -> Tensor:
-    """Center-crop a square of ``crop_frac`` × the shorter side, resize to ``out``.
-
-    Cropping via ``resize(box=...)`` resamples only the pixels kept (and at
-    sub-pixel precision); ``reducing_gap`` first shrinks big images by an integer
-    factor, which is fast and, at a gap of 3, visually identical to a full
-    antialiased resize.
-    """
-    w, h = img.size
-    side = min(w, h) * crop_frac
-    left, top = (w - side) / 2, (h - side) / 2
-    img = img.resize(
-        (out, out),
-        Image.Resampling.BILINEAR,
-        box=(left, top, left + side, top + side),
-        reducing_gap=3.0,
-    )
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def decode_train(path: str | os.PathLike, presize: int) -> Tensor:
-    """Decode a training image: shorter side to ``presize``, center-crop a square.
-
-    Args:
-        path: Image file.
-        presize: Side of the square output.
-
-    Returns:
-        A uint8 tensor ``(3, presize, presize)``.
-
-    Raises:
-        UnreadableImage: The file cannot be decoded.
-    """
-    return _crop_resize(open_image(path, presize), presize, 1.0)
-
-
-def _valid_resize(size: int, crop_pct: float) -> int:
-    return round(size / crop_pct)
-
-
-def decode_valid(path: str | os.PathLike, size: int, crop_pct: float = 0.875) -> Tensor:
-    """Decode an evaluation image the timm/ImageNet way.
-
-    The shorter side is resized to ``round(size / crop_pct)`` and the central
-    ``size`` × ``size`` square is kept (done as one resampling of the crop).
-
-    Args:
-        path: Image file.
-        size: Side of the square output.
-        crop_pct: Fraction of the resized shorter side kept by the crop.
-
-    Returns:
-        A uint8 tensor ``(3, size, size)``.
-
-    Raises:
-        UnreadableImage: The file cannot be decoded.
-    """
-    img = open_image(path, _valid_resize(size, crop_pct))
-    return _crop_resize(img, size, size / _valid_resize(size, crop_pct))
-
-
-def _valid_tensor(image: str | os.PathLike | Image.Image, size: int, crop_pct: float) -> Tensor:
-    if isinstance(image, Image.Image):
-        img = _to_rgb(ImageOps.exif_transpose(image))
-        return _crop_resize(img, size, size / _valid_resize(size, crop_pct))
-    return decode_valid(image, size, crop_pct)
-
-
-def prepare_for_predict(
-    images: str | os.PathLike | Image.Image | Sequence[str | os.PathLike | Image.Image],
-    size: int,
-    crop_pct: float = 0.875,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> Tensor:
-    """Turn image files or PIL images into a normalised batch (validation transform).
-
-    Needs no dataloaders, so a learner loaded from disk can predict.
-
-    Args:
-        images: One path or PIL image, or a sequence of them.
-        size: Side of the square model input.
-        crop_pct: Center-crop fraction, as in `decode_valid`.
-        mean: Per-channel normalisation mean.
-        std: Per-channel normalisation standard deviation.
-
-    Returns:
-        A float32 CPU tensor ``(N, 3, size, size)``.
-
-    Raises:
-        UnreadableImage: A file cannot be decoded.
-        SnugfitError: ``images`` is empty.
-    """
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        images = [images]
-    images = list(images)
-    if not images:
-        raise SnugfitError("images: nothing to predict (empty sequence)")
-    x = torch.stack([_valid_tensor(im, size, crop_pct) for im in images])
-    return center_batch(x, size, mean, std)
-
-
-# ---------------------------------------------------------------------------
-# Items and splitting
-# ---------------------------------------------------------------------------
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def get_image_files(path: str | os.PathLike) -> list[Path]:
-    """All image files under ``path``, recursively, sorted; matched by extension.
-
-    Hidden files and folders (``.ipynb_checkpoints``, ``._x.jpg`` from macOS) are
-    not images of the dataset and are left out.
-    """
-    # os.walk + followlinks: datasets are often symlinked into place.
-    found = []
-    for root, dirs, files in os.walk(path, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f)))
-    return sorted(found)
-
-
-def split_stratified(
-    labels: Sequence[Any], valid_pct: float, seed: int = 42
-) -> tuple[list[int], list[int]]:
-    """Randomly split indices into train and validation, class by class.
-
-    Each class with ``n`` items sends ``round(valid_pct * n)`` of them to the
-    validation set (rounding halves up), at least one when ``n >= 2`` and never
-    all of them, so every class is seen in both sets when it can be.
-
-    Args:
-        labels: One label (any hashable) per item.
-        valid_pct: Fraction for validation, in ``(0, 1)``.
-        seed: Seed; the same seed and labels give the same split.
-
-    Returns:
-        ``(train_idx, valid_idx)``, each sorted.
-
-    Raises:
-        SnugfitError: ``valid_pct`` is not in ``(0, 1)``.
-    """
-    if not 0 < valid_pct < 1:
-        raise SnugfitError(f"valid_pct: must be between 0 and 1 (exclusive), got {valid_pct}")
-    by_class: dict[Any, list[int]] = {}
-    for i, lab in enumerate(labels):
-        by_class.setdefault(lab, []).append(i)
-    rng = np.random.default_rng(seed)
-    train, valid = [], []
-    # Visit classes in a fixed order so the split does not depend on item order.
-    for lab in sorted(by_class, key=repr):
-        idx = by_class[lab]
-        n = len(idx)
-        n_valid = math.floor(valid_pct * n + 0.5)
-        if n >= 2:
-            n_valid = min(max(n_valid, 1), n - 1)
-        perm = rng.permutation(n)
-        valid.extend(idx[j] for j in perm[:n_valid])
-        train.extend(idx[j] for j in perm[n_valid:])
-    return sorted(train), sorted(valid)
-
-
-def split_random(n: int, valid_pct: float, seed: int = 42) -> tuple[list[int], list[int]]:
-    """Randomly split ``range(n)`` into train and validation (multi-label data).
-
-    Stratifying by label *sets* would leave most items alone in their group (and
-    so never in validation): the split is plain random instead, with
-    ``round(valid_pct * n)`` items in validation, at least one and never all
-    when ``n >= 2``.
-
-    Returns:
-        ``(train_idx, valid_idx)``, each sorted; the same for the same seed.
-
-    Raises:
-        SnugfitError: ``valid_pct`` is not in ``(0, 1)``.
-    """
-    if not 0 < valid_pct < 1:
-        raise SnugfitError(f"valid_pct: must be between 0 and 1 (exclusive), got {valid_pct}")
-    n_valid = math.floor(valid_pct * n + 0.5)
-    if n >= 2:
-        n_valid = min(max(n_valid, 1), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return sorted(perm[n_valid:].tolist()), sorted(perm[:n_valid].tolist())
-
-
-def _header_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be an image, judging by its header only; None if it looks fine."""
-    if _is_empty(path):
-        return "empty file"
-    try:
-        with Image.open(path):
-            pass  # parses the header; pixel data is not decoded
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        return _reason(e)
-    return None
-
 
 # ---------------------------------------------------------------------------
 # Dataset, collate, loader
@@ -939,139 +662,6 @@ def _auto_presize(size: int) -> int:
     # decoding and copying stay cheap; and the one bilinear resample on the
     # device shrinks by only ~1.15x, too little to alias.
     return max(size, round(size * 1.15 / 8) * 8)
-
-
-def _labelled(files: Sequence[Path], labels: Sequence[str]) -> tuple[list[str], list[int]]:
-    vocab = sorted(set(labels))
-    index = {c: i for i, c in enumerate(vocab)}
-    return vocab, [index[lab] for lab in labels]
-
-
-def _labelled_multi(label_sets: Sequence[Sequence[str]]) -> tuple[list[str], list[tuple[int, ...]]]:
-    """Vocabulary and sorted class-index tuples of multi-label items (repeats dropped)."""
-    vocab = sorted({lab for labels in label_sets for lab in labels})
-    index = {c: i for i, c in enumerate(vocab)}
-    return vocab, [tuple(sorted({index[lab] for lab in labels})) for labels in label_sets]
-
-
-def _split_labels(text: str, delim: str) -> list[str]:
-    """``"a  b "`` → ``["a", "b"]``: split on ``delim``, strip each, drop empty parts.
-
-    A whitespace ``delim`` splits on any run of whitespace (tabs too).
-    """
-    parts = text.split() if delim.isspace() else text.split(delim)
-    return [part.strip() for part in parts if part.strip()]
-
-
-def _split_items(
-    files: Sequence[Path],
-    labels: Sequence[int] | Sequence[tuple[int, ...]],
-    valid_pct: float,
-    seed: int,
-) -> tuple[list[tuple[Path, Any]], list[tuple[Path, Any]]]:
-    if labels and isinstance(labels[0], tuple):  # multi-label: label sets do not stratify
-        train_idx, valid_idx = split_random(len(labels), valid_pct, seed)
-    else:
-        train_idx, valid_idx = split_stratified(labels, valid_pct, seed)
-    return (
-        [(files[i], labels[i]) for i in train_idx],
-        [(files[i], labels[i]) for i in valid_idx],
-    )
-
-
-def _class_files(root: Path) -> dict[str, list[Path]]:
-    """Image files under each immediate subfolder of ``root`` (the class), non-empty only."""
-    out = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = get_image_files(d)
-        if files:
-            out[d.name] = files
-    return out
-
-
-class _FolderItems(NamedTuple):
-    """What `_folder_items` found: the items, and the folders they came from."""
-
-    train: list[tuple[Path, int]]
-    valid: list[tuple[Path, int]]
-    vocab: list[str]
-    train_dir: Path  # the class folders' parent (``path`` itself without a train folder)
-    valid_dir: Path | None  # None: the validation set is a random split of train_dir
-    valid_pct: float | None  # the fraction of that split (None with a validation folder)
-
-
-def _folder_items(
-    path: Path,
-    train: str = "train",
-    valid: str | None = None,
-    valid_pct: float | None = None,
-    seed: int = 42,
-) -> _FolderItems:
-    """The split items of a class-folder dataset (the layouts of `ImageDataLoaders.from_folder`).
-
-    Files are not opened: unreadable ones are among the items. Class folders
-    without any image file are left out of ``vocab``.
-
-    Raises:
-        SnugfitError: Missing folder, no images, a single class, a validation
-            class unknown to training, an empty validation folder.
-    """
-    if not path.is_dir():
-        raise SnugfitError(f"{path}: no such directory")
-    train_dir = path / train
-    if valid is not None:
-        valid_dir: Path | None = path / valid
-        if not valid_dir.is_dir():
-            raise SnugfitError(f"{valid_dir}: no such directory")
-    else:
-        valid_dir = next((path / v for v in ("val", "valid") if (path / v).is_dir()), None)
-    if not train_dir.is_dir():
-        if valid_dir is not None:
-            raise SnugfitError(f"{train_dir}: no such directory")
-        train_dir = path  # path/<class>/* directly
-
-    by_class = _class_files(train_dir)
-    if not by_class:
-        if any(_is_image(f) for f in train_dir.iterdir() if f.is_file()):
-            raise SnugfitError(
-                f"{train_dir}: images must be in one subfolder per class "
-                f"({train_dir}/<class>/*.jpg)"
-            )
-        raise _no_images(path)
-    if len(by_class) < 2:
-        only = next(iter(by_class))
-        raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
-    vocab = sorted(by_class)
-    index = {c: i for i, c in enumerate(vocab)}
-    files = [f for c in vocab for f in by_class[c]]
-    labels = [index[c] for c in vocab for _ in by_class[c]]
-
-    if valid_dir is None or valid_pct is not None:
-        valid_pct = 0.2 if valid_pct is None else valid_pct
-        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
-        return _FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct)
-    train_items = list(zip(files, labels, strict=True))
-    valid_items = []
-    for c, vfiles in _class_files(valid_dir).items():
-        if c not in index:
-            raise SnugfitError(f"{valid_dir / c}: class '{c}' has no images in {train_dir}")
-        valid_items.extend((f, index[c]) for f in vfiles)
-    if not valid_items:
-        raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
-    return _FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None)
-
-
-def _no_images(path: Path) -> SnugfitError:
-    return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT})")
-
-
-def _parse_bool(value: str) -> bool | None:
-    v = value.strip().lower()
-    if v in ("1", "true", "t", "yes", "y", "valid", "1.0"):
-        return True
-    if v in ("0", "false", "f", "no", "n", "train", "0.0", ""):
-        return False
-    return None
 
 
 class ImageDataLoaders:

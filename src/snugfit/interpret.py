@@ -301,7 +301,7 @@ class ClassificationInterpretation:
     def _images_at(self, idx: list[int]) -> torch.Tensor:
         """Images of items ``idx`` as floats in [0, 1], ``(k, 3, H, W)``."""
         if self.items is not None:
-            from .data import decode_valid
+            from .decode import decode_valid
 
             decoded = [decode_valid(self.items[i], self.size, self.crop_pct) for i in idx]
             return torch.stack(decoded).float() / 255

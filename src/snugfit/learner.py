@@ -840,7 +840,7 @@ class Learner:
     def predict_many(self, images: Sequence) -> tuple[list, torch.Tensor]:
         """`predict` for several images: a label (or list of labels) per image, and
         the ``(N, C)`` probabilities."""
-        from .data import prepare_for_predict
+        from .decode import prepare_for_predict
 
         cfg = self.infer_config
         x = prepare_for_predict(images, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])

@@ -67,7 +67,7 @@ def image_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
 
     A file that does not exist stays in the list, so that it is reported as unreadable.
     """
-    from .data import get_image_files
+    from .items import get_image_files
 
     files: list[str] = []
     for item in inputs:

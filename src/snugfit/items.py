@@ -1,0 +1,237 @@
+"""Finding a dataset's items and splitting them into training and validation.
+
+An item is ``(image file, label)``. This module finds the image files (by
+extension), reads labels from class folders, CSV cells or lists, turns class
+names into indices, and splits the items (stratified by class, or plainly
+random for multi-label data). Files are not opened here: unreadable ones are
+among the items, and `snugfit.data.ImageDataLoaders` leaves them out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from snugfit.errors import SnugfitError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_EXTENSIONS_HINT = ", ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def get_image_files(path: str | os.PathLike) -> list[Path]:
+    """All image files under ``path``, recursively, sorted; matched by extension.
+
+    Hidden files and folders (``.ipynb_checkpoints``, ``._x.jpg`` from macOS) are
+    not images of the dataset and are left out.
+    """
+    # os.walk + followlinks: datasets are often symlinked into place.
+    found = []
+    for root, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f)))
+    return sorted(found)
+
+
+def split_stratified(
+    labels: Sequence[Any], valid_pct: float, seed: int = 42
+) -> tuple[list[int], list[int]]:
+    """Randomly split indices into train and validation, class by class.
+
+    Each class with ``n`` items sends ``round(valid_pct * n)`` of them to the
+    validation set (rounding halves up), at least one when ``n >= 2`` and never
+    all of them, so every class is seen in both sets when it can be.
+
+    Args:
+        labels: One label (any hashable) per item.
+        valid_pct: Fraction for validation, in ``(0, 1)``.
+        seed: Seed; the same seed and labels give the same split.
+
+    Returns:
+        ``(train_idx, valid_idx)``, each sorted.
+
+    Raises:
+        SnugfitError: ``valid_pct`` is not in ``(0, 1)``.
+    """
+    if not 0 < valid_pct < 1:
+        raise SnugfitError(f"valid_pct: must be between 0 and 1 (exclusive), got {valid_pct}")
+    by_class: dict[Any, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    # Visit classes in a fixed order so the split does not depend on item order.
+    for lab in sorted(by_class, key=repr):
+        idx = by_class[lab]
+        n = len(idx)
+        n_valid = math.floor(valid_pct * n + 0.5)
+        if n >= 2:
+            n_valid = min(max(n_valid, 1), n - 1)
+        perm = rng.permutation(n)
+        valid.extend(idx[j] for j in perm[:n_valid])
+        train.extend(idx[j] for j in perm[n_valid:])
+    return sorted(train), sorted(valid)
+
+
+def split_random(n: int, valid_pct: float, seed: int = 42) -> tuple[list[int], list[int]]:
+    """Randomly split ``range(n)`` into train and validation (multi-label data).
+
+    Stratifying by label *sets* would leave most items alone in their group (and
+    so never in validation): the split is plain random instead, with
+    ``round(valid_pct * n)`` items in validation, at least one and never all
+    when ``n >= 2``.
+
+    Returns:
+        ``(train_idx, valid_idx)``, each sorted; the same for the same seed.
+
+    Raises:
+        SnugfitError: ``valid_pct`` is not in ``(0, 1)``.
+    """
+    if not 0 < valid_pct < 1:
+        raise SnugfitError(f"valid_pct: must be between 0 and 1 (exclusive), got {valid_pct}")
+    n_valid = math.floor(valid_pct * n + 0.5)
+    if n >= 2:
+        n_valid = min(max(n_valid, 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(perm[n_valid:].tolist()), sorted(perm[:n_valid].tolist())
+
+
+def _labelled(files: Sequence[Path], labels: Sequence[str]) -> tuple[list[str], list[int]]:
+    vocab = sorted(set(labels))
+    index = {c: i for i, c in enumerate(vocab)}
+    return vocab, [index[lab] for lab in labels]
+
+
+def _labelled_multi(label_sets: Sequence[Sequence[str]]) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Vocabulary and sorted class-index tuples of multi-label items (repeats dropped)."""
+    vocab = sorted({lab for labels in label_sets for lab in labels})
+    index = {c: i for i, c in enumerate(vocab)}
+    return vocab, [tuple(sorted({index[lab] for lab in labels})) for labels in label_sets]
+
+
+def _split_labels(text: str, delim: str) -> list[str]:
+    """``"a  b "`` → ``["a", "b"]``: split on ``delim``, strip each, drop empty parts.
+
+    A whitespace ``delim`` splits on any run of whitespace (tabs too).
+    """
+    parts = text.split() if delim.isspace() else text.split(delim)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _split_items(
+    files: Sequence[Path],
+    labels: Sequence[int] | Sequence[tuple[int, ...]],
+    valid_pct: float,
+    seed: int,
+) -> tuple[list[tuple[Path, Any]], list[tuple[Path, Any]]]:
+    if labels and isinstance(labels[0], tuple):  # multi-label: label sets do not stratify
+        train_idx, valid_idx = split_random(len(labels), valid_pct, seed)
+    else:
+        train_idx, valid_idx = split_stratified(labels, valid_pct, seed)
+    return (
+        [(files[i], labels[i]) for i in train_idx],
+        [(files[i], labels[i]) for i in valid_idx],
+    )
+
+
+def _class_files(root: Path) -> dict[str, list[Path]]:
+    """Image files under each immediate subfolder of ``root`` (the class), non-empty only."""
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = get_image_files(d)
+        if files:
+            out[d.name] = files
+    return out
+
+
+class _FolderItems(NamedTuple):
+    """What `_folder_items` found: the items, and the folders they came from."""
+
+    train: list[tuple[Path, int]]
+    valid: list[tuple[Path, int]]
+    vocab: list[str]
+    train_dir: Path  # the class folders' parent (``path`` itself without a train folder)
+    valid_dir: Path | None  # None: the validation set is a random split of train_dir
+    valid_pct: float | None  # the fraction of that split (None with a validation folder)
+
+
+def _folder_items(
+    path: Path,
+    train: str = "train",
+    valid: str | None = None,
+    valid_pct: float | None = None,
+    seed: int = 42,
+) -> _FolderItems:
+    """The split items of a class-folder dataset (the layouts of `ImageDataLoaders.from_folder`).
+
+    Files are not opened: unreadable ones are among the items. Class folders
+    without any image file are left out of ``vocab``.
+
+    Raises:
+        SnugfitError: Missing folder, no images, a single class, a validation
+            class unknown to training, an empty validation folder.
+    """
+    if not path.is_dir():
+        raise SnugfitError(f"{path}: no such directory")
+    train_dir = path / train
+    if valid is not None:
+        valid_dir: Path | None = path / valid
+        if not valid_dir.is_dir():
+            raise SnugfitError(f"{valid_dir}: no such directory")
+    else:
+        valid_dir = next((path / v for v in ("val", "valid") if (path / v).is_dir()), None)
+    if not train_dir.is_dir():
+        if valid_dir is not None:
+            raise SnugfitError(f"{train_dir}: no such directory")
+        train_dir = path  # path/<class>/* directly
+
+    by_class = _class_files(train_dir)
+    if not by_class:
+        if any(_is_image(f) for f in train_dir.iterdir() if f.is_file()):
+            raise SnugfitError(
+                f"{train_dir}: images must be in one subfolder per class "
+                f"({train_dir}/<class>/*.jpg)"
+            )
+        raise _no_images(path)
+    if len(by_class) < 2:
+        only = next(iter(by_class))
+        raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
+    vocab = sorted(by_class)
+    index = {c: i for i, c in enumerate(vocab)}
+    files = [f for c in vocab for f in by_class[c]]
+    labels = [index[c] for c in vocab for _ in by_class[c]]
+
+    if valid_dir is None or valid_pct is not None:
+        valid_pct = 0.2 if valid_pct is None else valid_pct
+        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
+        return _FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct)
+    train_items = list(zip(files, labels, strict=True))
+    valid_items = []
+    for c, vfiles in _class_files(valid_dir).items():
+        if c not in index:
+            raise SnugfitError(f"{valid_dir / c}: class '{c}' has no images in {train_dir}")
+        valid_items.extend((f, index[c]) for f in vfiles)
+    if not valid_items:
+        raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
+    return _FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None)
+
+
+def _no_images(path: Path) -> SnugfitError:
+    return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT})")
+
+
+def _parse_bool(value: str) -> bool | None:
+    v = value.strip().lower()
+    if v in ("1", "true", "t", "yes", "y", "valid", "1.0"):
+        return True
+    if v in ("0", "false", "f", "no", "n", "train", "0.0", ""):
+        return False
+    return None
