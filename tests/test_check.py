@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import colour_image, make_image_folder
+from fixtures import SQUARES, colour_image, make_image_folder, make_multilabel_csv
 from messy import UNICODE_NAME, make_messy_folder
 from snugfit.check import LEAK, REPEAT, TWO_LABELS, check_folder
 from snugfit.cli import main
@@ -16,6 +16,7 @@ from snugfit.data import ImageDataLoaders
 from snugfit.decode import open_image
 from snugfit.errors import SnugfitError
 
+VOCAB = sorted(SQUARES)
 TRAIN = [
     "--arch", "test_efficientnet", "--no-pretrained", "--bs", "8", "--size", "32",
     "--workers", "0",
@@ -219,3 +220,41 @@ def test_colour_images_are_not_tiny_at_the_minimum(tmp_path):
     assert sorted(Path(t.path).relative_to(root).as_posix() for t in report.tiny) == [
         "train/a/y.png", "train/b/y.png", "val/a/y.png", "val/b/y.png",
     ]  # fmt: skip
+
+
+def test_check_csv_shares_the_folder_checks(tmp_path):
+    """A multi-label CSV: a file listed in both splits (a leak), an unreadable file,
+    a tiny image and a missing file, each reported once; counts per label."""
+    from snugfit.check import check_csv
+
+    root = make_multilabel_csv(tmp_path / "d", n=6)
+    (root / "broken.png").write_bytes(b"not a png")
+    Image.new("RGB", (40, 8)).save(root / "thin.png")
+    rows = [
+        "fname,labels,is_valid",
+        "img_000.png,red green,0",
+        "img_000.png,red,1",  # the same file in validation, with another label set
+        "img_001.png,,0",  # no label at all
+        "img_002.png,blue,0",
+        "img_003.png,green,1",
+        "broken.png,blue,0",
+        "thin.png,red,0",
+        "gone.png,green,1",
+    ]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    report = check_csv(root, fn_col="fname", label_col="labels", valid_col="is_valid",
+                       label_delim=" ", workers=1)  # fmt: skip
+    assert report.multi_label and report.layout == "column" and report.classes == VOCAB
+    assert report.files == 8 and report.images == {"train": 4, "valid": 2}
+    assert report.counts == {"train": {"blue": 1, "green": 1, "red": 2},
+                             "valid": {"blue": 0, "green": 1, "red": 1}}  # fmt: skip
+    [bad] = report.unreadable
+    assert bad.path == str(root / "broken.png") and bad.label == "blue"
+    [missing] = report.missing
+    assert missing.reason == "no such file (listed in labels.csv, line 9)"
+    assert report.unreadable_files.keys() == {str(root / "broken.png"), str(root / "gone.png")}
+    assert report.unusable == {"blue": 1, "green": 1, "red": 0}
+    [dup] = report.duplicates
+    assert dup.kinds == [LEAK, TWO_LABELS] and dup.labels == ["green red", "red"]
+    assert [t.path for t in report.tiny] == [str(root / "thin.png")]
+    assert "counts once under each of its labels" in report.table().caption

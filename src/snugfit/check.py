@@ -1,26 +1,31 @@
-"""Check an image folder before training: what is in it, and what is wrong with it.
+"""Check a dataset before training: what is in it, and what is wrong with it.
 
 `check_folder` reads a dataset in the layouts `ImageDataLoaders.from_folder`
-accepts (the same rules, the same split) and fully decodes every file, in
-threads: Pillow releases the GIL while it decodes, and JPEGs are decoded at a
-reduced scale (``draft``), which still reads every byte, so truncated files are
-found. It reports:
+accepts, `check_csv` one listed in a CSV file as `ImageDataLoaders.from_csv`
+reads it (the same rules, the same split); both hand the split items to
+`check_items`, which fully decodes every file, in threads: Pillow releases the
+GIL while it decodes, and JPEGs are decoded at a reduced scale (``draft``),
+which still reads every byte, so truncated files are found. It reports:
 
-* usable images per class and split;
+* usable images per class and split (multi-label: per label, so an image with
+  several labels counts once under each, and per split);
 * unreadable files, with the reason training would give (`snugfit.decode.open_image`);
+* CSV rows naming files that do not exist (skipped like unreadable files);
 * duplicates, files with the same bytes: across train and validation (a
-  leak that inflates validation scores), under two labels, or twice in a class;
+  leak that inflates validation scores), under two labels (label sets), or
+  twice in a class;
 * class imbalance: the largest over the smallest class (training images),
   flagged from `IMBALANCE_RATIO`;
 * tiny images, with a side under `MIN_SIDE` pixels;
 * class folders with no image file, or none that can be read.
 
-``snugfit check DATA`` prints the report; ``snugfit train`` runs the check first,
-writes ``check.json`` into the run folder and gives the unreadable files to the
-loaders, which skip them without opening them again.
+``snugfit check DATA [--csv FILE]`` prints the report; ``snugfit train`` runs the
+check first, writes ``check.json`` into the run folder and gives the unreadable
+and missing files to the loaders, which skip them without opening them again.
 
-A dataset training cannot start from (no readable image, a single class with
-readable training images, no readable validation image) raises `SnugfitError`.
+A dataset training cannot start from (no usable image, a single class with
+readable training images for single-label data, no readable validation image)
+raises `SnugfitError`.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .config import TrainConfig
 from .data import _progress
 from .decode import _reason, open_image
 from .errors import SnugfitError, UnreadableImage
-from .items import _folder_items, _FolderItems
+from .items import _csv_items, _folder_items, _FolderItems
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
 MIN_SIDE = 32  # pixels: an image with a shorter side is reported as tiny
@@ -59,13 +65,22 @@ TWO_LABELS = "two labels"
 REPEAT = "repeat in a class"
 
 
+class Item(NamedTuple):
+    """One file of a dataset, where training would use it."""
+
+    path: Path
+    split: str  # "train" or "valid"
+    labels: tuple[str, ...]  # its class; multi-label: its classes (possibly none)
+
+
 @dataclass(frozen=True)
 class BadImage:
-    """A file that cannot be decoded; training skips it."""
+    """A file that cannot be decoded, or that a CSV row names but does not exist;
+    training skips it."""
 
     path: str
     split: str  # "train" or "valid"
-    label: str
+    label: str  # multi-label: the labels, joined by spaces (for reading)
     reason: str
 
 
@@ -105,17 +120,25 @@ class EmptyFolder:
 
 @dataclass
 class CheckReport:
-    """What `check_folder` found. Every field is a plain type (see `to_json`).
+    """What `check_folder` or `check_csv` found. Every field is a plain type (see `to_json`).
 
     Attributes:
         root: The dataset folder.
-        layout: ``"folders"`` (train and validation folders) or ``"split"``
-            (validation split off at random, ``valid_pct``).
+        layout: ``"folders"`` (train and validation folders), ``"split"``
+            (validation split off at random, ``valid_pct``) or ``"column"``
+            (a CSV column marks the validation rows).
         valid_pct: The split fraction, for ``"split"``.
         classes: Class names (training labels, sorted).
-        counts: Usable images, ``counts[split][class]``, splits ``train`` and ``valid``.
-        files: Image files found (usable or not).
+        counts: Usable images, ``counts[split][class]``, splits ``train`` and
+            ``valid``; multi-label: per label, so an image counts once under
+            each of its labels (and under none when it has none).
+        files: Image files found or listed (usable or not).
+        images: Usable images per split (each image once).
+        csv: The CSV file the items were read from (None: class folders).
+        multi_label: Whether an image has a set of labels.
         unreadable: Files that cannot be decoded.
+        missing: Files a CSV row names that do not exist (the reason says which row).
+        unusable: Unreadable or missing files per class (multi-label: per label).
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
         empty: Class folders with nothing usable.
@@ -132,7 +155,12 @@ class CheckReport:
     classes: list[str]
     counts: dict[str, dict[str, int]]
     files: int
+    images: dict[str, int] = field(default_factory=dict)
+    csv: str | None = None
+    multi_label: bool = False
     unreadable: list[BadImage] = field(default_factory=list)
+    missing: list[BadImage] = field(default_factory=list)
+    unusable: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
     empty: list[EmptyFolder] = field(default_factory=list)
@@ -144,7 +172,7 @@ class CheckReport:
     @property
     def usable(self) -> int:
         """Images training can use."""
-        return sum(n for split in self.counts.values() for n in split.values())
+        return sum(self.images.values())
 
     @property
     def imbalanced(self) -> bool:
@@ -153,14 +181,16 @@ class CheckReport:
 
     @property
     def unreadable_files(self) -> dict[str, str]:
-        """Unreadable files, path → reason (what `ImageDataLoaders` takes as ``unreadable``)."""
-        return {b.path: b.reason for b in self.unreadable}
+        """Files training must skip, unreadable or missing, path → reason (what
+        `ImageDataLoaders` takes as ``unreadable``)."""
+        return {b.path: b.reason for b in self.unreadable + self.missing}
 
     @property
     def problems(self) -> int:
         """Number of things reported (files, groups, folders, and the imbalance)."""
         return (
             len(self.unreadable)
+            + len(self.missing)
             + len(self.duplicates)
             + len(self.tiny)
             + len(self.empty)
@@ -179,24 +209,27 @@ class CheckReport:
 
     def table(self) -> Table:
         """Usable images per class (rows) and split (columns), and unreadable files."""
-        t = Table(title=f"{self.usable} of {self.files} images usable")
-        for name in ("class", "train", "valid", "unreadable"):
-            t.add_column(name, justify="left" if name == "class" else "right")
-        bad = defaultdict(int)
-        for b in self.unreadable:
-            bad[b.label] += 1
+        caption = None
+        if self.multi_label:
+            caption = "multi-label: an image counts once under each of its labels"
+        t = Table(title=f"{self.usable} of {self.files} images usable", caption=caption)
+        first = "label" if self.multi_label else "class"
+        bad_name = "unreadable or missing" if self.csv is not None else "unreadable"
+        for name in (first, "train", "valid", bad_name):
+            t.add_column(name, justify="left" if name == first else "right")
+        bad = self.unusable
         for c in self.classes:
             t.add_row(
                 Text(c),
                 str(self.counts["train"][c]),
                 str(self.counts["valid"][c]),
-                str(bad[c]),
+                str(bad.get(c, 0)),
             )
         t.add_row(
-            "total",
-            str(sum(self.counts["train"].values())),
-            str(sum(self.counts["valid"].values())),
-            str(len(self.unreadable)),
+            "images" if self.multi_label else "total",
+            str(self.images.get("train", 0)),
+            str(self.images.get("valid", 0)),
+            str(len(self.unreadable) + len(self.missing)),
             style="bold",
         )
         return t
@@ -208,6 +241,9 @@ class CheckReport:
         if self.unreadable:
             out.append(f"unreadable: {len(self.unreadable)} file(s), skipped by training")
             out += _listed([f"  {rel(b.path)}: {b.reason}" for b in self.unreadable])
+        if self.missing:
+            out.append(f"missing: {len(self.missing)} file(s) listed but not found, skipped")
+            out += _listed([f"  {rel(b.path)}: {b.reason}" for b in self.missing])
         if self.duplicates:
             out.append(f"duplicates: {len(self.duplicates)} group(s) of identical files")
             out += _listed(
@@ -237,17 +273,26 @@ class CheckReport:
 
     def print(self, console: Console) -> None:
         """Print `table` and `lines` (lines unwrapped, so paths stay whole in a log)."""
-        if self.layout == "folders":
-            how = "train and validation folders"
-        else:
-            how = f"validation split off at random, {self.valid_pct:g}"
         # markup off: file names may hold "[...]"
         plain = {"markup": False, "highlight": False, "soft_wrap": True}
-        console.print(f"check: {self.root} ({how})", **plain)
+        console.print(f"check: {self.root} ({self.describe()})", **plain)
         console.print(self.table())
         for line in self.lines():
             console.print(line, **plain)
         console.print(f"checked {self.files} files in {self.seconds:.1f} s", **plain)
+
+    def describe(self) -> str:
+        """Where the items and the split come from, in words."""
+        if self.layout == "folders":
+            how = "train and validation folders"
+        elif self.layout == "column":
+            how = "validation rows marked in a column"
+        else:
+            how = f"validation split off at random, {self.valid_pct:g}"
+        if self.csv is not None:
+            kind = "multi-label" if self.multi_label else "single-label"
+            how = f"{self._relative(self.csv)}, {kind}; {how}"
+        return how
 
     def _relative(self, path: str) -> str:
         try:
@@ -346,47 +391,227 @@ def check_folder(
     root = Path(path)
     found = _folder_items(root, train, valid, valid_pct, seed)
     vocab = found.vocab
-    entries = [(Path(p), "train", vocab[lab]) for p, lab in found.train]
-    entries += [(Path(p), "valid", vocab[lab]) for p, lab in found.valid]
+    items = [Item(Path(p), "train", (vocab[lab],)) for p, lab in found.train]
+    items += [Item(Path(p), "valid", (vocab[lab],)) for p, lab in found.valid]
+    report = check_items(
+        items,
+        vocab,
+        root,
+        layout="split" if found.valid_dir is None else "folders",
+        valid_pct=found.valid_pct,
+        min_side=min_side,
+        max_imbalance=max_imbalance,
+        workers=workers,
+        console=console,
+    )
+    report.empty = _empty_folders(found, report.counts)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def check_csv(
+    path: str | os.PathLike,
+    csv_fname: str | os.PathLike = "labels.csv",
+    folder: str | None = None,
+    fn_col: int | str = 0,
+    label_col: int | str = 1,
+    valid_col: int | str | None = None,
+    valid_pct: float | None = None,
+    seed: int = 42,
+    label_delim: str | None = None,
+    *,
+    header: bool = True,
+    min_side: int = MIN_SIDE,
+    max_imbalance: float = IMBALANCE_RATIO,
+    workers: int | None = None,
+    console: Console | None = None,
+) -> CheckReport:
+    """Check a dataset listed in a CSV file, as `ImageDataLoaders.from_csv` reads it.
+
+    The arguments up to ``label_delim`` are those of ``from_csv`` (``valid_pct``
+    None: 0.2); with ``label_delim`` the data is multi-label and the counts are
+    per label. Rows naming files that do not exist are reported in ``missing``
+    (and skipped by training), not raised, unless no image is usable.
+
+    Raises:
+        SnugfitError: CSV errors (as ``from_csv``), no usable image, usable
+            training images in one class only (single-label), or no usable
+            validation image.
+    """
+    start = time.perf_counter()
+    root = Path(path)
+    found = _csv_items(
+        root,
+        csv_fname,
+        folder,
+        fn_col,
+        label_col,
+        valid_col,
+        0.2 if valid_pct is None else valid_pct,
+        header,
+        seed,
+        label_delim,
+    )
+    vocab = found.vocab
+
+    def names(lab) -> tuple[str, ...]:
+        return tuple(vocab[i] for i in lab) if found.multi_label else (vocab[lab],)
+
+    items = [Item(Path(p), "train", names(lab)) for p, lab in found.train]
+    items += [Item(Path(p), "valid", names(lab)) for p, lab in found.valid]
+    lines = {str(f): n for f, n in found.missing}
+    csv_name = found.csv_path.name
+    report = check_items(
+        items,
+        vocab,
+        root,
+        layout="split" if found.valid_pct is not None else "column",
+        valid_pct=found.valid_pct,
+        csv=str(found.csv_path),
+        multi_label=found.multi_label,
+        missing={p: f"no such file (listed in {csv_name}, line {n})" for p, n in lines.items()},
+        min_side=min_side,
+        max_imbalance=max_imbalance,
+        workers=workers,
+        console=console,
+    )
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def check_items(
+    items: Sequence[Item],
+    classes: Sequence[str],
+    root: str | os.PathLike,
+    *,
+    layout: str = "split",
+    valid_pct: float | None = None,
+    csv: str | None = None,
+    multi_label: bool = False,
+    missing: dict[str, str] | None = None,
+    min_side: int = MIN_SIDE,
+    max_imbalance: float = IMBALANCE_RATIO,
+    workers: int | None = None,
+    console: Console | None = None,
+) -> CheckReport:
+    """Decode, measure and hash split items: what `check_folder` and `check_csv` share.
+
+    Args:
+        items: The dataset's files, with their split and labels.
+        classes: Class names, in label order.
+        root: The dataset folder (paths are shown relative to it).
+        layout: How the validation set was chosen (see `CheckReport.layout`).
+        valid_pct: The random split's fraction, for ``layout="split"``.
+        csv: The CSV file the items were read from, if any.
+        multi_label: An item may have any number of labels.
+        missing: Files listed but absent, path → reason: reported, not opened.
+        min_side: Images with a shorter side (pixels) are reported as tiny.
+        max_imbalance: Largest/smallest class ratio flagged above this.
+        workers: Decoding threads (default: twice the CPU count, at most 16).
+        console: Where the progress bar is shown (default: stderr, on a terminal).
+
+    Raises:
+        SnugfitError: See `check_folder` and `check_csv`.
+    """
+    start = time.perf_counter()
+    missing = missing or {}
     if workers is None:
         workers = min(16, 2 * (os.cpu_count() or 1))
-    seen = _inspect_all(
-        [p for p, _, _ in entries], _DRAFT, workers, console or Console(stderr=True)
+    present = [it for it in items if str(it.path) not in missing]
+    seen = iter(
+        _inspect_all([it.path for it in present], _DRAFT, workers, console or Console(stderr=True))
     )
 
-    counts = {s: dict.fromkeys(vocab, 0) for s in ("train", "valid")}
-    unreadable, tiny = [], []
+    counts = {s: dict.fromkeys(classes, 0) for s in ("train", "valid")}
+    images = dict.fromkeys(counts, 0)
+    unusable = dict.fromkeys(classes, 0)
+    absent, unreadable, tiny = [], [], []
     by_digest: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
-    usable_in: dict[Path, int] = defaultdict(int)  # class folder -> usable images
-    for (p, split, label), s in zip(entries, seen, strict=True):
-        if s.reason is not None:
-            unreadable.append(BadImage(str(p), split, label, s.reason))
+    for p, split, labels in items:
+        label = " ".join(labels)
+        if str(p) in missing:
+            absent.append(BadImage(str(p), split, label, missing[str(p)]))
+            s = None
+        else:
+            s = next(seen)
+            if s.reason is not None:
+                unreadable.append(BadImage(str(p), split, label, s.reason))
+        if s is None or s.reason is not None:
+            for lab in labels:
+                unusable[lab] += 1
             continue
-        counts[split][label] += 1
-        usable_in[_class_folder(found, split, label)] += 1
+        images[split] += 1
+        for lab in labels:
+            counts[split][lab] += 1
         by_digest[s.digest].append((p, split, label))
         if min(s.width, s.height) < min_side:
             tiny.append(TinyImage(str(p), split, label, s.width, s.height))
 
     report = CheckReport(
         root=str(root),
-        layout="split" if found.valid_dir is None else "folders",
-        valid_pct=found.valid_pct,
-        classes=vocab,
+        layout=layout,
+        valid_pct=valid_pct,
+        classes=list(classes),
         counts=counts,
-        files=len(entries),
+        files=len(items),
+        images=images,
+        csv=csv,
+        multi_label=multi_label,
         unreadable=unreadable,
+        missing=absent,
+        unusable=unusable,
         duplicates=[_duplicate(g) for g in by_digest.values() if len(g) > 1],
         tiny=tiny,
-        empty=_empty_folders(found, usable_in),
         max_imbalance=max_imbalance,
         min_side=min_side,
     )
     _fatal(report)
     trained = [n for n in counts["train"].values() if n]
-    report.imbalance = max(trained) / min(trained)
+    report.imbalance = max(trained) / min(trained) if trained else 1.0
     report.seconds = time.perf_counter() - start
     return report
+
+
+def check_data(cfg: TrainConfig, console: Console | None = None) -> CheckReport:
+    """The data check of a run's dataset (``cfg.data``): class folders, or ``cfg.csv``.
+
+    Raises:
+        SnugfitError: As `check_folder` or `check_csv`; CSV options without
+            ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
+    """
+    _check_data_options(cfg)
+    if cfg.csv is None:
+        return check_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
+    return check_csv(cfg.data, **csv_args(cfg), console=console)
+
+
+def _check_data_options(cfg: TrainConfig) -> None:
+    """CSV options without a CSV, or two ways of choosing the validation set, are errors."""
+    defaults = TrainConfig("")
+    if cfg.csv is None:
+        given = [
+            "--" + name.replace("_", "-")
+            for name in ("folder", "fn_col", "label_col", "label_delim", "valid_col")
+            if getattr(cfg, name) != getattr(defaults, name)
+        ]
+        if given:
+            raise SnugfitError(f"{', '.join(given)}: only with --csv (the data is class folders)")
+    elif cfg.valid_col is not None and cfg.valid_pct is not None:
+        raise SnugfitError("--valid-col and --valid-pct: give one (a column, or a random split)")
+
+
+def csv_args(cfg: TrainConfig) -> dict:
+    """``ImageDataLoaders.from_csv``'s (and `check_csv`'s) arguments from a run's ``cfg``."""
+    return {
+        "csv_fname": cfg.csv,
+        "folder": cfg.folder,
+        "fn_col": cfg.fn_col,
+        "label_col": cfg.label_col,
+        "valid_col": cfg.valid_col,
+        "valid_pct": 0.2 if cfg.valid_pct is None else cfg.valid_pct,
+        "seed": cfg.seed,
+        "label_delim": cfg.label_delim,
+    }
 
 
 def _class_folder(found: _FolderItems, split: str, label: str) -> Path:
@@ -413,8 +638,12 @@ def _subfolders(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _empty_folders(found: _FolderItems, usable_in: dict[Path, int]) -> list[EmptyFolder]:
+def _empty_folders(found: _FolderItems, counts: dict[str, dict[str, int]]) -> list[EmptyFolder]:
     """Class folders with no image file (left out of the classes), or none readable."""
+    usable_in: dict[Path, int] = defaultdict(int)  # class folder -> usable images
+    for split, per_class in counts.items():
+        for label, n in per_class.items():
+            usable_in[_class_folder(found, split, label)] += n
     with_files = {_class_folder(found, "train", c) for c in found.vocab}
     if found.valid_dir is not None:
         with_files |= {found.valid_dir / found.vocab[lab] for _, lab in found.valid}
@@ -430,20 +659,27 @@ def _empty_folders(found: _FolderItems, usable_in: dict[Path, int]) -> list[Empt
 
 def _fatal(report: CheckReport) -> None:
     """Raise when training cannot start from what the check found."""
-    where = report.root
+    where = report.csv or report.root
     if not report.usable:
+        if not report.unreadable:
+            bad = report.missing[0]
+            raise SnugfitError(
+                f"{where}: no usable images (none of the {report.files} files listed exists; "
+                f"e.g. {bad.path})"
+            )
         bad = report.unreadable[0]
+        missing = f", {len(report.missing)} missing" if report.missing else ""
         raise SnugfitError(
-            f"{where}: no readable images ({report.files} image files, none can be decoded; "
-            f"e.g. {bad.path}: {bad.reason})"
+            f"{where}: no readable images ({report.files} image files{missing}, none can be "
+            f"decoded; e.g. {bad.path}: {bad.reason})"
         )
-    trained = [c for c, n in report.counts["train"].items() if n]
-    if not trained:
+    if not report.images["train"]:
         raise SnugfitError(f"{where}: the training set is empty (no readable images)")
-    if len(trained) < 2:
+    trained = [c for c, n in report.counts["train"].items() if n]
+    if len(trained) < 2 and not report.multi_label:
         raise SnugfitError(
             f"{where}: only one class ('{trained[0]}') has readable training images; "
             "need at least two"
         )
-    if not sum(report.counts["valid"].values()):
+    if not report.images["valid"]:
         raise SnugfitError(f"{where}: the validation set is empty (no readable images)")

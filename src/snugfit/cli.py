@@ -51,6 +51,65 @@ def _non_negative_float(name):
 _fraction = _number("--valid-pct", float, lambda v: 0 < v < 1, "between 0 and 1")
 
 
+def _column(text: str) -> int | str:
+    """A CSV column: its index (0, 1, ...) or its name in the header row."""
+    return int(text) if text.isdigit() else text
+
+
+def _delimiter(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must be a non-empty string, e.g. ' ' or ';'")
+    return text
+
+
+_DATA_HELP = (
+    "folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*); "
+    "with --csv, the folder the CSV's file names are relative to"
+)
+
+
+def _csv_args(p: argparse.ArgumentParser) -> None:
+    """The options of a dataset listed in a CSV file (those of ImageDataLoaders.from_csv)."""
+    g = p.add_argument_group(
+        "data from a CSV file",
+        "one row per image: a file name (relative to DATA, or to --folder) and its label(s)",
+    )
+    g.add_argument(
+        "--csv",
+        default=None,
+        metavar="FILE",
+        help="read the images and labels from this CSV file (relative to DATA, or absolute; "
+        "the first row names the columns) instead of class folders",
+    )
+    g.add_argument("--folder", default=None, help="the images' folder, relative to DATA")
+    g.add_argument(
+        "--fn-col",
+        type=_column,
+        default=0,
+        help="column of file names: header name or index (default 0)",
+    )
+    g.add_argument(
+        "--label-col",
+        type=_column,
+        default=1,
+        help="column of labels: header name or index (default 1)",
+    )
+    g.add_argument(
+        "--label-delim",
+        type=_delimiter,
+        default=None,
+        help="multi-label: the labels of a cell are separated by this (' ' splits on any "
+        "whitespace); sigmoid outputs, BCE loss, accuracy_multi and f1_samples",
+    )
+    g.add_argument(
+        "--valid-col",
+        type=_column,
+        default=None,
+        help="column of booleans (1/0, true/false, yes/no) marking validation rows "
+        "(instead of a random --valid-pct split, 0.2 by default)",
+    )
+
+
 def _memory_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument(
         "--precision",
@@ -94,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = TrainConfig("")
 
-    t = sub.add_parser("train", help="fine-tune a classifier on a folder of images")
-    t.add_argument(
-        "data", help="folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*)"
+    t = sub.add_parser(
+        "train", help="fine-tune a classifier on a folder of images (or a CSV of labels)"
     )
+    t.add_argument("data", help=_DATA_HELP)
     t.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
     t.add_argument(
         "--epochs",
@@ -176,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--valid-pct",
         type=_fraction,
         default=None,
-        help="split this fraction off train for validation (default: use DATA/val)",
+        help="split this fraction off train for validation (default: use DATA/val; 0.2 with --csv)",
     )
+    _csv_args(t)
     t.add_argument(
         "--no-flip",
         dest="flip",
@@ -258,21 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser(
         "check",
-        help="check an image folder: counts, unreadable files, duplicates, imbalance",
+        help="check an image folder or CSV dataset: counts, unreadable files, duplicates, "
+        "imbalance",
         description="Decode every image of DATA (as train would split it) and report usable "
-        "images per class and split, unreadable files with the reason, identical files "
-        "(train/valid leaks, two labels, repeats), class imbalance, tiny images and empty "
-        "class folders. Exit status 0 when training can use the folder.",
+        "images per class (multi-label: per label) and split, unreadable files with the "
+        "reason, CSV rows naming missing files, identical files (train/valid leaks, two "
+        "labels, repeats), class imbalance, tiny images and empty class folders. Exit status "
+        "0 when training can use the data.",
     )
-    ck.add_argument(
-        "data", help="folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*)"
-    )
+    ck.add_argument("data", help=_DATA_HELP)
     ck.add_argument(
         "--valid-pct",
         type=_fraction,
         default=None,
-        help="split this fraction off train for validation (default: use DATA/val)",
+        help="split this fraction off train for validation (default: use DATA/val; 0.2 with --csv)",
     )
+    _csv_args(ck)
     ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")
     ck.add_argument("--json", default=None, help="also write the report as JSON to this file")
 
@@ -416,9 +477,10 @@ def _without_resume(argv: list[str]) -> list[str]:
 def _check(args) -> None:
     from rich.console import Console
 
-    from .check import check_folder
+    from .check import check_data
 
-    report = check_folder(args.data, valid_pct=args.valid_pct, seed=args.seed)
+    keys = ("valid_pct", "seed", "csv", "folder", "fn_col", "label_col", "label_delim", "valid_col")
+    report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))
     report.print(Console())
     if args.json is not None:
         try:

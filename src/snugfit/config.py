@@ -31,7 +31,15 @@ class TrainConfig:
     weights: str | None = None
     pretrained: bool = True
     out: str = "runs/latest"
-    valid_pct: float | None = None
+    valid_pct: float | None = None  # random validation split (folders: when no DATA/val)
+    # Training from a CSV of (file, labels) rows instead of class folders, as
+    # ImageDataLoaders.from_csv reads it: paths in the CSV are relative to data (or folder).
+    csv: str | None = None  # the CSV file, relative to data (or absolute)
+    folder: str | None = None  # the images' folder, relative to data (None: data)
+    fn_col: int | str = 0  # column of file names: index, or header name
+    label_col: int | str = 1  # column of labels
+    label_delim: str | None = None  # labels separated by this in a cell: multi-label
+    valid_col: int | str | None = None  # column of booleans marking validation rows
     flip: bool = True  # random horizontal flips (off for data that flipping changes, e.g. digits)
     seed: int = 42
     num_workers: int | None = None

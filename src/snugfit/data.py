@@ -24,7 +24,6 @@ sampling and loaders built on them.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -60,13 +59,12 @@ from snugfit.decode import open_image as open_image
 from snugfit.errors import SnugfitError, UnreadableImage
 from snugfit.items import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from snugfit.items import (
+    _csv_items,
     _folder_items,
     _labelled,
     _labelled_multi,
     _no_images,
-    _parse_bool,
     _split_items,
-    _split_labels,
     get_image_files,
 )
 from snugfit.items import split_random as split_random
@@ -1018,79 +1016,37 @@ class ImageDataLoaders:
             seed: Seed for the split, shuffling and augmentation.
             label_delim: Separator of the classes in a label cell (multi-label);
                 None: single-label.
-            **kw: Further `ImageDataLoaders` settings (bs, size, ...).
+            **kw: Further `ImageDataLoaders` settings (bs, size, ...). Files
+                listed but missing that are in ``unreadable`` (as
+                `snugfit.check.check_csv` reports them) are skipped.
 
         Raises:
             SnugfitError: Missing folder or CSV, bad columns or values, files
-                listed but missing.
+                listed but missing (and not in ``unreadable``).
         """
         path = Path(path)
-        if not path.is_dir():
-            raise SnugfitError(f"{path}: no such directory")
-        csv_path = path / csv_fname
-        if not csv_path.is_file():
-            raise SnugfitError(f"{csv_path}: no such file")
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
-        names = rows.pop(0) if header and rows else []
-        if not rows:
-            raise SnugfitError(f"{csv_path}: no rows")
-
-        def column(col: int | str, arg: str) -> int:
-            if isinstance(col, str):
-                stripped = [n.strip() for n in names]
-                if col not in stripped:
-                    raise SnugfitError(
-                        f"{arg}: no column {col!r} in {csv_path} (columns: {stripped})"
-                    )
-                return stripped.index(col)
-            return col
-
-        fn_i, lab_i = column(fn_col, "fn_col"), column(label_col, "label_col")
-        valid_i = column(valid_col, "valid_col") if valid_col is not None else None
-        needed = max(i for i in (fn_i, lab_i, valid_i) if i is not None)
-        image_dir = path / folder if folder else path
-        files, names_, is_valid = [], [], []
-        for n, row in enumerate(rows, start=2 if header else 1):
-            if len(row) <= needed:
-                raise SnugfitError(
-                    f"{csv_path}, line {n}: expected {needed + 1} columns, got {len(row)}"
-                )
-            files.append(image_dir / row[fn_i].strip())
-            names_.append(row[lab_i].strip())
-            if valid_i is not None:
-                flag = _parse_bool(row[valid_i])
-                if flag is None:
-                    raise SnugfitError(
-                        f"{csv_path}, line {n}: valid column value {row[valid_i]!r} is not a boolean"
-                    )
-                is_valid.append(flag)
-        missing = [f for f in files if not f.is_file()]
+        found = _csv_items(
+            path,
+            csv_fname,
+            folder,
+            fn_col,
+            label_col,
+            valid_col,
+            valid_pct,
+            header,
+            seed,
+            label_delim,
+        )
+        known = kw.get("unreadable") or {}
+        missing = [f for f, _ in found.missing if str(f) not in known]
         if missing:
+            n_files = len(found.train) + len(found.valid)
             raise SnugfitError(
-                f"{missing[0]}: listed in {csv_path} but not found "
-                f"({len(missing)} of {len(files)} files missing)"
+                f"{missing[0]}: listed in {found.csv_path} but not found "
+                f"({len(missing)} of {n_files} files missing)"
             )
-        if label_delim is not None:
-            if not label_delim:
-                raise SnugfitError("label_delim: must be a non-empty string or None")
-            vocab, labels = _labelled_multi([_split_labels(n, label_delim) for n in names_])
-            if not vocab:
-                raise SnugfitError(f"{csv_path}: no labels found (every label cell is empty)")
-        else:
-            vocab, labels = _labelled(files, names_)
-            if len(vocab) < 2:
-                raise SnugfitError(
-                    f"{csv_path}: found only one class ('{vocab[0]}'); need at least two"
-                )
-        if valid_i is None:
-            train_items, valid_items = _split_items(files, labels, valid_pct, seed)
-        else:
-            items = list(zip(files, labels, strict=True))
-            train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
-            valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
-        multi = label_delim is not None
-        return cls(train_items, valid_items, vocab, path=path, seed=seed, multi_label=multi, **kw)
+        multi = found.multi_label
+        return cls(*found[:3], path=path, seed=seed, multi_label=multi, **kw)  # train, valid, vocab
 
     @classmethod
     def from_lists(

@@ -170,31 +170,9 @@ class ClassificationInterpretation:
             the averages' "support" is the number of items. Zero divisions give 0.
         """
         cm = self.confusion_matrix()
-        tp, predicted, support = cm.diag().tolist(), cm.sum(0).tolist(), cm.sum(1).tolist()
-        rows = []
-        for name, t, p_n, s in zip(self.vocab, tp, predicted, support, strict=True):
-            precision = t / p_n if p_n else 0.0
-            recall = t / s if s else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            rows.append(
-                {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": s}
-            )
-        total = len(self)
-
-        def average(weights: list[float]) -> dict:
-            norm = sum(weights)
-            avg = {
-                key: sum(w * r[key] for w, r in zip(weights, rows, strict=True)) / norm
-                for key in ("precision", "recall", "f1")
-            }
-            return {**avg, "support": total}
-
-        return {
-            "classes": rows,
-            "macro": average([1.0] * len(rows)),
-            "weighted": average([float(s) for s in support]),
-            "accuracy": sum(tp) / total,
-        }
+        tp, support = cm.diag().tolist(), cm.sum(1).tolist()
+        report = _scores(self.vocab, tp, cm.sum(0).tolist(), support, len(self))
+        return {**report, "accuracy": sum(tp) / len(self)}
 
     def report_table(self) -> Table:
         """`per_class_report` as a rich table."""
@@ -310,6 +288,74 @@ class ClassificationInterpretation:
         raise SnugfitError(
             "plot_top_losses: no images to show; pass items=[image files] or use from_learner"
         )
+
+
+def per_label_report(probs, targets, vocab: Sequence[str], thresh: float = 0.5) -> dict:
+    """Precision, recall, F1 and support per label of multi-label predictions.
+
+    A label is predicted when its probability is above ``thresh`` (as `Learner.predict`
+    and the metrics decide); each label is scored as its own yes/no question.
+
+    >>> probs = torch.tensor([[0.9, 0.2], [0.7, 0.6], [0.1, 0.8]])
+    >>> targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    >>> r = per_label_report(probs, targets, ["cat", "dog"])
+    >>> [(c["class"], c["precision"], c["recall"], c["support"]) for c in r["classes"]]
+    [('cat', 0.5, 1.0, 1), ('dog', 1.0, 1.0, 2)]
+    >>> round(r["f1_samples"], 4)  # (1 + 2/3 + 1) / 3
+    0.8889
+
+    Returns:
+        ``{"classes": [{"class", "precision", "recall", "f1", "support"}, ...],
+        "macro": {...}, "weighted": {...}, "f1_samples": float, "accuracy_multi":
+        float, "threshold": float}`` of plain Python numbers, as
+        `ClassificationInterpretation.per_class_report`; the averages' "support"
+        is the number of images. Zero divisions give 0.
+    """
+    from .metrics import accuracy_multi, f1_samples
+
+    probs = torch.as_tensor(probs).detach().float().cpu()
+    targets = torch.as_tensor(targets).detach().float().cpu()
+    if probs.ndim != 2 or probs.shape != targets.shape or probs.shape[1] != len(vocab):
+        raise SnugfitError(
+            f"probs and targets: expected two (N, {len(vocab)}) tensors, "
+            f"got {tuple(probs.shape)} and {tuple(targets.shape)}"
+        )
+    pred, true = probs > thresh, targets.bool()
+    tp = (pred & true).sum(0).tolist()
+    report = _scores(vocab, tp, pred.sum(0).tolist(), true.sum(0).tolist(), len(probs))
+    decided = {"thresh": thresh, "sigmoid": False}
+    return {
+        **report,
+        "f1_samples": f1_samples(probs, targets, **decided).item(),
+        "accuracy_multi": accuracy_multi(probs, targets, **decided).item(),
+        "threshold": thresh,
+    }
+
+
+def _scores(vocab: Sequence[str], tp: list, predicted: list, support: list, total: int) -> dict:
+    """Per-class precision, recall and F1 from counts, with macro and weighted averages."""
+    rows = []
+    for name, t, p_n, s in zip(vocab, tp, predicted, support, strict=True):
+        precision = t / p_n if p_n else 0.0
+        recall = t / s if s else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(
+            {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": s}
+        )
+
+    def average(weights: list[float]) -> dict:
+        norm = sum(weights)
+        avg = {
+            key: sum(w * r[key] for w, r in zip(weights, rows, strict=True)) / norm if norm else 0.0
+            for key in ("precision", "recall", "f1")
+        }
+        return {**avg, "support": total}
+
+    return {
+        "classes": rows,
+        "macro": average([1.0] * len(rows)),
+        "weighted": average([float(s) for s in support]),
+    }
 
 
 def _default_loader(learn, dl, what: str):

@@ -9,6 +9,7 @@ among the items, and `snugfit.data.ImageDataLoaders` leaves them out.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Sequence
@@ -222,6 +223,104 @@ def _folder_items(
     if not valid_items:
         raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
     return _FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None)
+
+
+class _CsvItems(NamedTuple):
+    """What `_csv_items` found: the split items, and the rows naming missing files."""
+
+    train: list[tuple[Path, Any]]  # (file, class index), or (file, tuple of indices)
+    valid: list[tuple[Path, Any]]
+    vocab: list[str]
+    multi_label: bool
+    csv_path: Path
+    valid_pct: float | None  # the random split's fraction (None with a valid column)
+    missing: list[tuple[Path, int]]  # (file, CSV line) of listed files that do not exist
+
+
+def _csv_items(
+    path: Path,
+    csv_fname: str | os.PathLike,
+    folder: str | None,
+    fn_col: int | str,
+    label_col: int | str,
+    valid_col: int | str | None,
+    valid_pct: float,
+    header: bool,
+    seed: int,
+    label_delim: str | None,
+) -> _CsvItems:
+    """The split items of a CSV dataset (the arguments of `ImageDataLoaders.from_csv`).
+
+    Files are not opened, and files listed but missing stay among the items
+    (``missing`` names them with their line): the caller reports or skips them.
+
+    Raises:
+        SnugfitError: Missing folder or CSV, no rows, a bad column or value, no
+            labels (multi-label) or a single class (single-label).
+    """
+    if not path.is_dir():
+        raise SnugfitError(f"{path}: no such directory")
+    csv_path = path / csv_fname
+    if not csv_path.is_file():
+        raise SnugfitError(f"{csv_path}: no such file")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise SnugfitError(f"{csv_path}: not a readable CSV file ({e})") from None
+    names = rows.pop(0) if header and rows else []
+    if not rows:
+        raise SnugfitError(f"{csv_path}: no rows")
+
+    def column(col: int | str, arg: str) -> int:
+        if isinstance(col, str):
+            stripped = [n.strip() for n in names]
+            if col not in stripped:
+                raise SnugfitError(f"{arg}: no column {col!r} in {csv_path} (columns: {stripped})")
+            return stripped.index(col)
+        return col
+
+    fn_i, lab_i = column(fn_col, "fn_col"), column(label_col, "label_col")
+    valid_i = column(valid_col, "valid_col") if valid_col is not None else None
+    needed = max(i for i in (fn_i, lab_i, valid_i) if i is not None)
+    image_dir = path / folder if folder else path
+    files, cells, is_valid, missing = [], [], [], []
+    for n, row in enumerate(rows, start=2 if header else 1):
+        if len(row) <= needed:
+            raise SnugfitError(
+                f"{csv_path}, line {n}: expected {needed + 1} columns, got {len(row)}"
+            )
+        files.append(image_dir / row[fn_i].strip())
+        if not files[-1].is_file():
+            missing.append((files[-1], n))
+        cells.append(row[lab_i].strip())
+        if valid_i is not None:
+            flag = _parse_bool(row[valid_i])
+            if flag is None:
+                raise SnugfitError(
+                    f"{csv_path}, line {n}: valid column value {row[valid_i]!r} is not a boolean"
+                )
+            is_valid.append(flag)
+    if label_delim is not None:
+        if not label_delim:
+            raise SnugfitError("label_delim: must be a non-empty string or None")
+        vocab, labels = _labelled_multi([_split_labels(c, label_delim) for c in cells])
+        if not vocab:
+            raise SnugfitError(f"{csv_path}: no labels found (every label cell is empty)")
+    else:
+        vocab, labels = _labelled(files, cells)
+        if len(vocab) < 2:
+            raise SnugfitError(
+                f"{csv_path}: found only one class ('{vocab[0]}'); need at least two"
+            )
+    multi = label_delim is not None
+    if valid_i is None:
+        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
+        return _CsvItems(train_items, valid_items, vocab, multi, csv_path, valid_pct, missing)
+    items = list(zip(files, labels, strict=True))
+    train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
+    valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
+    return _CsvItems(train_items, valid_items, vocab, multi, csv_path, None, missing)
 
 
 def _no_images(path: Path) -> SnugfitError:

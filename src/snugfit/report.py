@@ -12,8 +12,11 @@ of the final model, and writes one page with a section for each:
 * ``curves``: the loss and learning-rate plots;
 * ``metrics``: the metrics of each epoch (``metrics.csv``);
 * ``confusion``: the confusion matrix, plotted and as numbers, and the most confused pairs;
-* ``classes``: precision, recall and F1 per class;
+* ``classes``: precision, recall and F1 per class (multi-label: per label);
 * ``top-losses``: the validation images with the largest losses, as thumbnails;
+
+(the confusion matrix and top losses are for single-label runs; a multi-label
+run's page says so, and has the per-label report);
 * ``oom``: out-of-memory events and the settings each retry moved to;
 * ``skipped``: files training could not read;
 * ``events``: the whole event log (see `snugfit.events`).
@@ -85,6 +88,7 @@ def write_report(
     status: str = "completed",
     events: Sequence[dict] | None = None,
     top_k: int = 9,
+    per_label: dict | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
@@ -95,9 +99,11 @@ def write_report(
         status: how the run ended: "completed", or the reason it stopped.
         events: the event log; default ``run_dir/events.jsonl``.
         top_k: images in the top-losses section.
+        per_label: a multi-label run's `snugfit.interpret.per_label_report` of
+            the final model (None: not computed, or a single-label run).
     """
     run_dir = Path(run_dir)
-    page = build_report(run_dir, interp, status, events, top_k)
+    page = build_report(run_dir, interp, status, events, top_k, per_label)
     path = run_dir / REPORT
 
     def write(tmp):
@@ -113,10 +119,12 @@ def build_report(
     status: str = "completed",
     events: Sequence[dict] | None = None,
     top_k: int = 9,
+    per_label: dict | None = None,
 ) -> str:
     """The page `write_report` writes, as a string."""
     events = list(read_events(run_dir / EVENTS) if events is None else events)
     config = _read_json(run_dir / "config.json")
+    multi = per_label is not None or config.get("label_delim") is not None
     body = {
         "run": _run(run_dir, status, config, events),
         "config": _config(config),
@@ -124,9 +132,9 @@ def build_report(
         "memory": _memory(events),
         "curves": _curves(run_dir),
         "metrics": _metrics(run_dir / "metrics.csv"),
-        "confusion": _confusion(interp),
-        "classes": _classes(interp),
-        "top-losses": _top_losses(interp, top_k),
+        "confusion": _none(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
+        "classes": _labels(per_label) if multi else _classes(interp),
+        "top-losses": _none(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),
         "oom": _ooms(events),
         "skipped": _skipped(run_dir / "skipped.txt"),
         "events": _event_log(events),
@@ -173,28 +181,54 @@ def _data(check: dict, batch_png: Path) -> str:
     if not check:
         return _none("no check.json in the run folder")
     classes, counts = check.get("classes", []), check.get("counts", {})
-    bad: dict[str, int] = {}
-    for b in check.get("unreadable", []):
-        bad[b["label"]] = bad.get(b["label"], 0) + 1
     train, valid = counts.get("train", {}), counts.get("valid", {})
+    bad = check.get("unusable")
+    if bad is None:  # a check.json from before per-class counts were stored
+        bad = {}
+        for b in check.get("unreadable", []):
+            bad[b["label"]] = bad.get(b["label"], 0) + 1
+    n_bad = len(check.get("unreadable", [])) + len(check.get("missing", []))
+    images = check.get("images") or {"train": sum(train.values()), "valid": sum(valid.values())}
     rows = [[c, train.get(c, 0), valid.get(c, 0), bad.get(c, 0)] for c in classes]
-    rows.append(["total", sum(train.values()), sum(valid.values()), len(check["unreadable"])])
-    how = (
-        "train and validation folders"
-        if check.get("layout") == "folders"
-        else f"validation split off at random ({check.get('valid_pct')})"
-    )
+    multi = check.get("multi_label", False)
+    rows.append(["images" if multi else "total", images["train"], images["valid"], n_bad])
+    if check.get("layout") == "folders":
+        how = "train and validation folders"
+    elif check.get("layout") == "column":
+        how = "validation rows marked in a column"
+    else:
+        how = f"validation split off at random ({check.get('valid_pct')})"
+    if check.get("csv"):
+        how = f"{check['csv']} ({'multi-label' if multi else 'single-label'}); {how}"
     out = [
         f"<p>{_e(check.get('root', ''))}: {_e(how)}; {check.get('usable', '?')} of "
         f"{check.get('files', '?')} image files usable.</p>",
-        _table(["class", "train", "valid", "unreadable"], rows, left=1),
+        _table(
+            [
+                "label" if multi else "class",
+                "train",
+                "valid",
+                "unreadable or missing" if check.get("csv") else "unreadable",
+            ],
+            rows,
+            left=1,
+        ),
     ]
+    if multi:
+        out.append("<p>Multi-label: an image counts once under each of its labels.</p>")
     problems = []
     if check.get("unreadable"):
         problems.append(
             (
                 f"unreadable: {len(check['unreadable'])} file(s), skipped by training",
                 [f"{b['path']}: {b['reason']}" for b in check["unreadable"]],
+            )
+        )
+    if check.get("missing"):
+        problems.append(
+            (
+                f"missing: {len(check['missing'])} file(s) listed but not found, skipped",
+                [f"{b['path']}: {b['reason']}" for b in check["missing"]],
             )
         )
     if check.get("duplicates"):
@@ -341,23 +375,34 @@ def _classes(interp) -> str:
     if interp is None:
         return _none("not computed: the run did not complete")
     report = interp.per_class_report()
-    rows = [
-        [r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
-        for r in report["classes"]
-    ]
-    for name in ("macro", "weighted"):
-        r = report[name]
-        rows.append(
-            [
-                f"{name} avg",
-                f"{r['precision']:.4f}",
-                f"{r['recall']:.4f}",
-                f"{r['f1']:.4f}",
-                r["support"],
-            ]
-        )
+    rows = [_score_row(r["class"], r) for r in report["classes"]]
+    rows += [_score_row(f"{name} avg", report[name]) for name in ("macro", "weighted")]
     rows.append(["accuracy", "", "", f"{report['accuracy']:.4f}", len(interp)])
     return _table(["class", "precision", "recall", "f1", "support"], rows, left=1)
+
+
+_SINGLE_LABEL_ONLY = (
+    "for single-label runs only: this run is multi-label (each image has a set of labels); "
+    "see the per-label report"
+)
+
+
+def _labels(report: dict | None) -> str:
+    if report is None:
+        return _none("not computed: the run did not complete")
+    rows = [_score_row(r["class"], r) for r in report["classes"]]
+    rows += [_score_row(f"{name} avg", report[name]) for name in ("macro", "weighted")]
+    rows.append(["f1 (samples avg)", "", "", f"{report['f1_samples']:.4f}", rows[-1][-1]])
+    rows.append(["accuracy_multi", "", "", f"{report['accuracy_multi']:.4f}", rows[-1][-1]])
+    return (
+        f"<p>Multi-label: each label scored on its own (predicted when its probability is "
+        f"above {report['threshold']:g}); support is the images that have the label.</p>\n"
+        + _table(["label", "precision", "recall", "f1", "support"], rows, left=1)
+    )
+
+
+def _score_row(name: str, r: dict) -> list:
+    return [name, f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
 
 
 def _top_losses(interp, k: int) -> str:

@@ -1,6 +1,9 @@
 """A whole training run from a `TrainConfig`: data, model, fine_tune, outputs.
 
-Shared by ``snugfit train`` and ``snugfit demo``. Everything a run produces goes
+Shared by ``snugfit train`` and ``snugfit demo``. The data are class folders
+(`ImageDataLoaders.from_folder`) or, with ``cfg.csv``, a CSV of files and labels
+(`ImageDataLoaders.from_csv`; multi-label with ``cfg.label_delim``: BCE loss,
+``accuracy_multi`` and ``f1_samples``). Everything a run produces goes
 to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``check.json``
 (`snugfit.check`: the data check run first), ``metrics.csv``,
 ``checkpoint.safetensors`` (resumable with ``--resume``),
@@ -12,7 +15,9 @@ When training stops on an error (a non-finite loss, Ctrl-C, an out-of-memory
 error nothing fixes), the plots, ``skipped.txt`` and the report are still
 written, with what exists: the report then has no confusion matrix or top
 losses, which would need a pass over the validation set (not what Ctrl-C asks
-for) and describe weights that are not a finished model.
+for) and describe weights that are not a finished model. A multi-label run's
+report has a per-label precision/recall/F1 table instead (confusion matrix and
+top losses are for single-label runs).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from rich.console import Console
 
 from . import distributed
 from .callbacks import SaveCheckpoint, TensorBoardCallback
-from .check import check_folder
+from .check import CheckReport, check_data, csv_args
 from .config import TrainConfig
 from .data import ImageDataLoaders, resolve_device
 from .errors import NonFiniteLoss, SnugfitError, first_line
@@ -50,22 +55,13 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     # Decode every file once up front: problems are reported before any model is
     # built, and the loaders skip the unreadable files without opening them again.
-    report = check_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
+    report = check_data(cfg, console)
     report.print(console)
-    dls = ImageDataLoaders.from_folder(
-        cfg.data,
-        valid_pct=cfg.valid_pct,
-        seed=cfg.seed,
-        bs=cfg.bs,
-        size=cfg.size,
-        num_workers=cfg.num_workers,
-        device=cfg.device,
-        flip=cfg.flip,
-        unreadable=report.unreadable_files,
-    )
+    dls = _loaders(cfg, report)
+    kind = "labels (multi-label)" if dls.multi_label else "classes"
     console.print(
         f"data: {len(dls.train_items)} train / {len(dls.valid_items)} valid images, "
-        f"{dls.c} classes ({', '.join(dls.vocab[:8])}{', ...' if dls.c > 8 else ''}), "
+        f"{dls.c} {kind} ({', '.join(dls.vocab[:8])}{', ...' if dls.c > 8 else ''}), "
         f"device {dls.device}",
         highlight=False,
     )
@@ -74,7 +70,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         cfg.arch,
         pretrained=cfg.pretrained,
         weights=cfg.weights,
-        metrics=("accuracy", "error_rate"),
+        # None: the multi-label defaults, accuracy_multi and f1_samples
+        metrics=None if dls.multi_label else ("accuracy", "error_rate"),
         opt=cfg.opt,
         wd=cfg.wd,
         precision=cfg.precision,
@@ -102,7 +99,9 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         train=len(dls.train_items),
         valid=len(dls.valid_items),
         classes=dls.c,
+        multi_label=dls.multi_label,
         unreadable=len(report.unreadable),
+        missing=len(report.missing),
     )
     # One resumable checkpoint, rewritten atomically after every epoch (and every
     # N batches, and on Ctrl-C).
@@ -136,6 +135,21 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     return learn
 
 
+def _loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
+    """The loaders of ``cfg``'s data; files the check found unusable are skipped unopened."""
+    kw = {
+        "bs": cfg.bs,
+        "size": cfg.size,
+        "num_workers": cfg.num_workers,
+        "device": cfg.device,
+        "flip": cfg.flip,
+        "unreadable": report.unreadable_files,
+    }
+    if cfg.csv is None:
+        return ImageDataLoaders.from_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, **kw)
+    return ImageDataLoaders.from_csv(cfg.data, **csv_args(cfg), **kw)
+
+
 def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
     if cfg.recipe == "auto":
         learn.auto_fit(
@@ -165,13 +179,19 @@ def _stopped(e: BaseException) -> str:
 
 def _write_outputs(learn: Learner, out: Path, console: Console, status: str, interpret: bool):
     """Plots, ``skipped.txt`` and ``report.html`` (with the interpretation of the
-    final model when ``interpret``)."""
-    interp = None
+    final model when ``interpret``: single-label, a `ClassificationInterpretation`;
+    multi-label, precision, recall and F1 per label)."""
+    interp = per_label = None
     if interpret:  # on every rank: under torchrun the predictions are gathered
-        from .interpret import ClassificationInterpretation
+        from .interpret import ClassificationInterpretation, per_label_report
 
         try:
-            interp = ClassificationInterpretation.from_learner(learn)
+            if learn.multi_label:
+                outs, targs = learn.get_preds()
+                probs = outs.float().sigmoid()
+                per_label = per_label_report(probs, targs, learn.dls.vocab, learn.threshold)
+            else:
+                interp = ClassificationInterpretation.from_learner(learn)
         except SnugfitError as e:  # e.g. no readable validation image: the report without it
             log.warning(f"report: no interpretation ({e})")
     if not distributed.is_main():
@@ -180,7 +200,7 @@ def _write_outputs(learn: Learner, out: Path, console: Console, status: str, int
         learn.recorder.plot_loss(out / "loss.png")
         learn.recorder.plot_lr(out / "lr.png")
     write_skipped(learn.dls.skipped, out / "skipped.txt", console)
-    write_report(out, interp, status=status)
+    write_report(out, interp, status=status, per_label=per_label)
 
 
 def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None:
