@@ -52,3 +52,12 @@ def check_positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e308:
         raise SnugfitError(f"{name}: expected a positive number, got {value!r}")
     return float(value)
+
+
+def check_optional_count(name: str, value):
+    """``value`` if it is None or an ``int >= 1``; else a `SnugfitError` naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SnugfitError(f"{name}: expected a positive integer or None, got {value!r}")
+    return value

@@ -4,12 +4,15 @@ The unit of work is one *optimizer step over one batch*. A batch may be split
 into micro-batches whose losses are weighted by their share of the batch, so
 the accumulated gradient equals the full-batch gradient; the memory planner
 chooses the micro-batch size. The whole loop is `Learner._fit` and `_step`.
+What the loop calls on the side lives in its own module, the methods here being
+its entry points: `snugfit.planning` (the memory plan), `snugfit.resume` (fit
+numbering, resuming), `snugfit.oom` (recovery), `snugfit.inference` (evaluation,
+prediction), `snugfit.recipe` (fine_tune, auto_fit).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import math
@@ -21,59 +24,40 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from . import distributed, models
-from .callbacks import Callback, ParamScheduler, ProgressCallback, Recorder
-from .errors import NonFiniteLoss, SnugfitError, check_count, check_positive, first_line
+from . import (
+    checkpoint,
+    distributed,
+    export,
+    inference,
+    lr_find,
+    memory,
+    models,
+    planning,
+    recipe,
+    resume,
+    tta,
+)
+from .callbacks import Callback, CycleSnapshots, ParamScheduler, ProgressCallback, Recorder
+from .callbacks.auto_precision import AutoPrecision
+from .errors import NonFiniteLoss, SnugfitError, check_optional_count, first_line
 from .events import EventLog
 from .interrupt import DeferredInterrupt
-from .metrics import METRICS, MULTI_LABEL_DEFAULTS, SINGLE_LABEL, metric_name
+from .metrics import MULTI_LABEL_DEFAULTS, metric_name, resolve_metric
 from .nonfinite import NonFiniteGuard
-from .oom import MemorySettings, StepSnapshot, is_oom, next_fallback, release_memory
-from .optim import decoupled_weight_decay, make_optimizer, param_groups, resolve_lrs
+from .oom import StepSnapshot, is_oom, recover_from_oom
+from .optim import decoupled_weight_decay, grads_finite, make_optimizer, param_groups, resolve_lrs
 from .precision import (
     autocast,
     check_precision,
     cpu_has_native_bf16,
-    half_precision,
     make_scaler,
     resolve_precision,
 )
-from .schedules import combine, constant, cos_anneal, one_cycle, one_cycle_mom
+from .precompute import feature_loaders
+from .resume import resumable
+from .schedules import combine, constant, cos_anneal, one_cycle, one_cycle_mom, sgdr, sgdr_epochs
 
 log = logging.getLogger("snugfit")
-
-
-def _recipe(method):
-    """Mark a public training method: it takes ``resume=path`` and numbers its fits.
-
-    A recipe (``fine_tune``, ``auto_fit``...) runs a fixed sequence of fits; each
-    ``_fit`` call gets the next index. Resuming loads a checkpoint that records
-    (fit index, epoch, batch): fits before it are skipped (their effect is in the
-    weights), that one continues from the recorded batch, later ones run as usual.
-    While the outermost call runs, Ctrl-C stops training at the next batch
-    boundary, after the callbacks have run (see `snugfit.interrupt`).
-    """
-
-    @functools.wraps(method)
-    def wrapper(self, *args, resume=None, **kwargs):
-        outer = self._recipe_depth == 0
-        if outer:
-            self._fit_index = 0
-            self._resume_at = self._load_resume(resume) if resume is not None else None
-        elif resume is not None:
-            raise SnugfitError("resume: pass it to the outermost training call only")
-        self._recipe_depth += 1
-        try:
-            if not outer:
-                return method(self, *args, **kwargs)
-            with self._interrupt:
-                return method(self, *args, **kwargs)
-        finally:
-            self._recipe_depth -= 1
-            if outer:
-                self._resume_at = None
-
-    return wrapper
 
 
 class Learner:
@@ -165,7 +149,7 @@ class Learner:
             if self.device.type != "cuda":
                 raise SnugfitError("sync_bn: SyncBatchNorm needs CUDA devices")
             model = distributed.convert_sync_bn(model)
-        self.channels_last = _is_cnn(model) if channels_last is None else channels_last
+        self.channels_last = models.is_cnn(model) if channels_last is None else channels_last
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         if compile:
@@ -179,7 +163,7 @@ class Learner:
         self.threshold = float((infer or {}).get("threshold", 0.5))
         default_loss = nn.BCEWithLogitsLoss if self.multi_label else nn.CrossEntropyLoss
         self.loss_func = loss_func or default_loss()
-        self.metrics = [_resolve_metric(m, self.multi_label) for m in metrics]
+        self.metrics = [resolve_metric(m, self.multi_label) for m in metrics]
         self.groups = models.layer_groups(model)
         self.group_names = models.group_names(model)
         self.wd = wd
@@ -187,8 +171,8 @@ class Learner:
         self.opt = make_optimizer(
             opt, param_groups(self.groups, models.norm_and_bias_param_names(model), wd)
         )
-        self.micro_bs = _optional_positive("micro_bs", micro_bs)
-        self.accumulate = _optional_positive("accumulate", accumulate)
+        self.micro_bs = check_optional_count("micro_bs", micro_bs)
+        self.accumulate = check_optional_count("accumulate", accumulate)
         self.checkpointing = False
         if checkpointing:
             self.set_checkpointing(True)
@@ -196,7 +180,7 @@ class Learner:
         self._set_precision(resolve_precision(precision, self.device))
         self.bn_freeze_below = bn_freeze_below
         self.oom_recovery = oom_recovery and not self.sync_bn
-        self.nonfinite = NonFiniteGuard(_optional_positive("max_nonfinite", max_nonfinite))
+        self.nonfinite = NonFiniteGuard(check_optional_count("max_nonfinite", max_nonfinite))
         self.oom_events: list[dict] = []
         self.events = EventLog()  # phases, plans, OOMs, stops (see `snugfit.events`)
         self.eval_bs: int | None = None
@@ -205,9 +189,7 @@ class Learner:
         self._plan_key = None
         self._bn_note = None
         if memory_budget is not None:
-            from .memory import enforce_budget
-
-            enforce_budget(memory_budget, self.device)
+            memory.enforce_budget(memory_budget, self.device)
         self.arch = arch
         self._infer = infer
         self.console = console or Console()
@@ -218,8 +200,6 @@ class Learner:
         self.recorder = Recorder()
         self.cbs: list = [self.recorder, ProgressCallback(self.console), *cbs]
         if precision == "auto" and self.device.type == "cpu" and cpu_has_native_bf16():
-            from .callbacks.auto_precision import AutoPrecision
-
             self.cbs.insert(0, AutoPrecision())
         self.frozen_to = 0
         self.epoch = self.iter = self.train_iter = 0
@@ -239,35 +219,13 @@ class Learner:
     def infer_config(self) -> dict:
         """What predicting needs without training data: classes, image transform and,
         for multi-label models, the threshold."""
-        if self.dls is None:
-            cfg = dict(self._infer)
-        else:
-            d = self.dls
-            cfg = {
-                "vocab": list(d.vocab),
-                "size": d.size,
-                "crop_pct": d.crop_pct,
-                "mean": list(d.mean),
-                "std": list(d.std),
-            }
-        cfg["multi_label"] = self.multi_label
-        if self.multi_label:
-            cfg["threshold"] = self.threshold
-        return cfg
+        return inference.infer_config(self)
 
     # -- freezing -----------------------------------------------------------
     def freeze_to(self, n: int) -> None:
         """Freeze layer groups ``[:n]``; the groups from ``n`` on train."""
-        n_groups = len(self.groups)
-        if n < 0:
-            n += n_groups
-        if not 0 <= n < n_groups:
-            raise SnugfitError(f"freeze_to: n must be in [-{n_groups}, {n_groups - 1}], got {n}")
-        for i, group in enumerate(self.groups):
-            for _, p in group:
-                p.requires_grad_(i >= n)
-        self.frozen_to = n
-        self.events.emit("freeze", frozen_to=n, groups=n_groups)
+        self.frozen_to = models.freeze_groups(self.groups, n)
+        self.events.emit("freeze", frozen_to=self.frozen_to, groups=len(self.groups))
 
     def freeze(self) -> None:
         """Train only the head (the last layer group)."""
@@ -282,16 +240,10 @@ class Learner:
         # Below `bn_freeze_below` samples per micro-batch all BN layers do, since
         # statistics of a few samples would make micro-batches differ from one batch.
         self.model.train()
-        per_rank = -(-self.dls.bs // distributed.world_size())  # under torchrun: a shard
-        small = self.bn_freeze_below and self._micro(per_rank) < self.bn_freeze_below
-        trainable_bn = 0
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                frozen = m.weight is not None and not m.weight.requires_grad
-                trainable_bn += not frozen
-                if frozen or small:
-                    m.eval()
-        note = (self._micro(per_rank), self.bn_freeze_below) if small and trainable_bn else None
+        micro = self._micro(-(-self.dls.bs // distributed.world_size()))  # torchrun: a shard
+        small = bool(self.bn_freeze_below) and micro < self.bn_freeze_below
+        trainable_bn = models.batchnorm_to_eval(self.model, everywhere=small)
+        note = (micro, self.bn_freeze_below) if small and trainable_bn else None
         if note and note != self._bn_note:
             log.info(
                 f"micro-batch {note[0]} < bn_freeze_below={note[1]}: BatchNorm running "
@@ -312,28 +264,25 @@ class Learner:
         self.precision = precision
         self.scaler = make_scaler(precision, self.device)
 
+    def _request_precision(self, precision: str) -> Learner:
+        self.precision_request = precision  # what plans keep to (no "auto" choice)
+        self._set_precision(precision)
+        return self
+
     def to_fp16(self) -> Learner:
         """Mixed precision with float16 and a GradScaler (fastai's name)."""
-        self.precision_request = "fp16"
-        self._set_precision("fp16")
-        return self
+        return self._request_precision("fp16")
 
     def to_bf16(self) -> Learner:
         """Mixed precision with bfloat16 (no loss scaling needed)."""
-        self.precision_request = "bf16"
-        self._set_precision("bf16")
-        return self
+        return self._request_precision("bf16")
 
     def to_fp32(self) -> Learner:
-        self.precision_request = "fp32"
-        self._set_precision("fp32")
-        return self
+        return self._request_precision("fp32")
 
     def set_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing through timm (or a generic fallback over stages)."""
-        from .memory import set_grad_checkpointing
-
-        how = set_grad_checkpointing(self.model, enable)
+        how = memory.set_grad_checkpointing(self.model, enable)
         self.checkpointing = enable and how != "none"
 
     def plan(
@@ -354,67 +303,19 @@ class Learner:
         ``device_type="cuda"`` on a machine without that GPU makes it a what-if: the
         probe runs on this device, the budget is the GPU's.
         """
-        from .memory import make_plan, parse_bytes
-
-        budget = self.memory_budget if budget is None else budget
-        device_type = device_type or self.device.type
-        on_cuda = self.device.type == "cuda"
-        total = torch.cuda.get_device_properties(self.device).total_memory if on_cuda else None
-        if budget is None:
-            if total is None:
-                raise SnugfitError("plan: give a budget, e.g. learn.plan('8GB')")
-            budget = total
-        budget = parse_bytes(budget, total=total)
-        if self.precision_request == "auto":
-            half = half_precision(self.device) if device_type == self.device.type else "bf16"
-            precisions = ("fp32", half)
-        else:
-            precisions = (self.precision,)
-        bs = bs or self.dls.bs
-        if self.distributed:  # each GPU holds its shard of the global batch
-            bs = math.ceil(bs / distributed.world_size())
-        p = make_plan(
-            self.model,
-            bs=bs,
-            size=size or self.dls.size,
-            budget=budget,
-            device_type=device_type,
-            opt=self.opt_name,
-            precisions=precisions,
-            channels_last=self.channels_last,
-            probe_device=self.device,
-        )
-        p.frozen_to = self.frozen_to
-        self.console.print(p.table())
-        self.console.print(p.summary(), highlight=False)
-        if apply and p.chosen is not None:
-            c = p.chosen
-            self._set_precision(c.precision)
-            self.micro_bs = c.micro_bs
-            self.set_checkpointing(c.checkpointing)
-        self.memory_plan = p
-        self.events.emit("plan", **p.to_dict(), applied=apply)
-        if self.dls is not None:
-            self._plan_key = self._phase_key()
-        return p
-
-    def _phase_key(self) -> tuple:
-        # What moves memory: the frozen groups, the image size and the batch size.
-        return (self.frozen_to, self.dls.size, self.dls.bs)
+        return planning.plan(self, budget, bs, size, apply, device_type)
 
     def _maybe_replan(self) -> None:
-        wants_plan = self.memory_budget is not None or self.device.type == "cuda"
-        if wants_plan and self._phase_key() != self._plan_key:
-            self.plan()
+        planning.maybe_replan(self)
 
     # -- fitting --------------------------------------------------------------
-    @_recipe
+    @resumable
     def fit(self, n_epoch: int, lr=1e-3, cbs: Sequence[Callback] = ()) -> None:
         """Train ``n_epoch`` epochs at a constant learning rate (float, slice or list)."""
         lrs = self._lrs(lr)
         self._fit(n_epoch, ParamScheduler([constant(x) for x in lrs]), cbs)
 
-    @_recipe
+    @resumable
     def fit_one_cycle(
         self,
         n_epoch: int,
@@ -432,7 +333,7 @@ class Learner:
         mom_sched = partial(one_cycle_mom, moms=moms, pct_start=pct_start) if moms else None
         self._fit(n_epoch, ParamScheduler(lr_scheds, mom_sched), cbs)
 
-    @_recipe
+    @resumable
     def fit_flat_cos(self, n_epoch: int, lr=1e-3, pct_start: float = 0.75, cbs=()) -> None:
         """Flat learning rate, then cosine annealing to zero over the last part."""
         lr_scheds = [
@@ -441,7 +342,7 @@ class Learner:
         ]
         self._fit(n_epoch, ParamScheduler(lr_scheds), cbs)
 
-    @_recipe
+    @resumable
     def fit_sgdr(
         self,
         n_cycles: int,
@@ -454,9 +355,6 @@ class Learner:
         """SGD with warm restarts: ``n_cycles`` cosine cycles, each ``cycle_mult`` times
         longer than the last, starting with a short warm-up (see `schedules.sgdr`).
         With ``snapshot_dir``, the weights at the end of each cycle are saved there."""
-        from .callbacks.snapshots import CycleSnapshots
-        from .schedules import sgdr, sgdr_epochs
-
         n_epoch = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
         lrs = self._lrs(1e-3 if lr_max is None else lr_max)
         lr_scheds = [
@@ -471,18 +369,14 @@ class Learner:
     def lr_find(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, suggest="valley"):
         """fastai's learning-rate finder; the model, optimizer and BN buffers are
         restored afterwards. Returns the suggestions (see `snugfit.lr_find`)."""
-        from .lr_find import lr_find
+        return lr_find.lr_find(self, start_lr, end_lr, num_it, stop_div, suggest)
 
-        return lr_find(self, start_lr, end_lr, num_it, stop_div, suggest)
-
-    @_recipe
+    @resumable
     def auto_fit(self, epochs: int = 2, **kwargs) -> None:
         """The automated transfer-learning checklist (see `snugfit.recipe`)."""
-        from .recipe import auto_fit
+        recipe.auto_fit(self, epochs, **kwargs)
 
-        auto_fit(self, epochs, **kwargs)
-
-    @_recipe
+    @resumable
     def fine_tune(
         self,
         epochs: int,
@@ -499,20 +393,12 @@ class Learner:
         halve ``base_lr``, unfreeze, and train everything for ``epochs`` with
         discriminative rates from ``base_lr / lr_mult`` (first group) to ``base_lr``.
         """
-        check_count("epochs", epochs)
-        check_count("freeze_epochs", freeze_epochs)
-        check_positive("base_lr", base_lr)  # fails before any training
-        if freeze_epochs:
-            self.events.emit("phase", name="head (frozen body)")
-            self.freeze()
-            self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)
-        base_lr /= 2
-        self.unfreeze()
-        if epochs:
-            self.events.emit("phase", name="unfrozen")
-            self.fit_one_cycle(
-                epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs
-            )
+        recipe.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, cbs)
+
+    # -- the loop -------------------------------------------------------------
+    def position(self, after_batch: bool) -> dict:
+        """Where training stands: the next (fit, epoch, batch) to run."""
+        return resume.position(self, after_batch)
 
     def _lrs(self, lr) -> list[float]:
         return resolve_lrs(lr, len(self.groups))
@@ -528,7 +414,7 @@ class Learner:
         if not isinstance(n_epoch, int) or n_epoch < 1:
             raise SnugfitError(f"n_epoch: expected a positive integer, got {n_epoch!r}")
         self.fit_index, self._fit_index = self._fit_index, self._fit_index + 1
-        start_epoch, start_iter = self._resume_point()
+        start_epoch, start_iter = resume.resume_point(self)
         if start_epoch is None:
             return  # done before the checkpoint we resume from
         added = [scheduler, *cbs]
@@ -550,8 +436,7 @@ class Learner:
             precompute=self.net is not self.model,
         )
         self._maybe_replan()  # unfreezing or a new size moves memory: plan again
-        if self._resume_at is not None and self.fit_index == self._resume_at["fit_index"]:
-            _set_rng_state(self._resume_at["rng"])  # as at the checkpoint (see _load_resume)
+        resume.rewind_rng(self)  # in the fit resumed from: as at the checkpoint
         try:
             self.nonfinite.start(self)  # a host copy of the weights to fall back to
             self._event("before_fit")
@@ -609,8 +494,6 @@ class Learner:
             # not sharded: the head trains on images), through DDP.
             return self.dls.train, self.dls.valid, distributed.wrap(self.model, self.device)
         if self.precompute and self.frozen_to == len(self.groups) - 1:
-            from .precompute import feature_loaders
-
             train, valid = feature_loaders(self)
             return train, valid, self.model.get_classifier()
         return self.dls.train, self.dls.valid, self.model
@@ -623,38 +506,6 @@ class Learner:
         if skip and hasattr(dl, "iter_from"):
             return dl.iter_from(skip)  # skips without decoding the skipped images
         return itertools.islice(iter(dl), skip, None)
-
-    # -- resuming -------------------------------------------------------------
-    def position(self, after_batch: bool) -> dict:
-        """Where training stands: the next (fit, epoch, batch) to run."""
-        if after_batch:
-            epoch, it = self.epoch, self.iter + 1
-        else:
-            epoch, it = self.epoch + 1, 0
-        if epoch >= self.n_epoch:
-            return {"fit_index": self.fit_index + 1, "epoch": 0, "iter": 0}
-        return {"fit_index": self.fit_index, "epoch": epoch, "iter": it}
-
-    def _load_resume(self, path) -> dict:
-        from .checkpoint import load_checkpoint
-
-        meta = load_checkpoint(self, path, resume=True)
-        if self.dls is not None:
-            self._plan_key = self._phase_key()  # keep the checkpoint's memory settings
-        log.info(f"resuming from {path} at {meta['position']}")
-        self.events.emit("resume", checkpoint=str(path), position=meta["position"])
-        # A recipe may draw random numbers before it reaches the resumed fit (auto_fit
-        # validates and precomputes features first): the first run drew those before
-        # its checkpoint, so the generators are set again as that fit starts.
-        return {**meta["position"], "rng": _rng_state()}
-
-    def _resume_point(self) -> tuple[int | None, int]:
-        at = self._resume_at
-        if at is None or self.fit_index > at["fit_index"]:
-            return 0, 0
-        if self.fit_index < at["fit_index"]:
-            return None, 0
-        return at["epoch"], at["iter"]
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """One optimizer step over one batch; returns the batch's mean loss (on device).
@@ -698,7 +549,7 @@ class Learner:
             # Out of the except block, the traceback no longer pins the failed
             # step's tensors: drop our own references too, then free and retry.
             x = y = loss = total = self.loss_mb = None
-            self._recover_from_oom(snapshot, start_mbs, message)
+            recover_from_oom(self, snapshot, start_mbs, message)
         if self.distributed:  # the gradient of the global batch's mean loss, on every rank
             params = [p for p in self.net.parameters() if p.requires_grad]
             total = distributed.reduce_gradients(params, n / n_all, total)
@@ -718,53 +569,11 @@ class Learner:
             # inf/NaN is skipped by the scaler (which lowers its scale), and so
             # is its weight decay.
             self.scaler.unscale_(self.opt)
-            if _grads_finite(self.opt):
+            if grads_finite(self.opt):
                 decoupled_weight_decay(self.opt)
             self.scaler.step(self.opt)
             self.scaler.update()
         self.opt.zero_grad(set_to_none=True)  # frees gradient memory until next backward
-
-    def _recover_from_oom(self, snapshot: StepSnapshot, start_mbs: int, message: str | None):
-        self.opt.zero_grad(set_to_none=True)
-        release_memory(self.device)
-        snapshot.restore()
-        now = MemorySettings(self._micro(len(self.xb)), self.checkpointing, self.precision)
-        nxt = next_fallback(now, start_mbs, half_precision(self.device))
-        if self.distributed:  # all ranks take the most cautious of the failed ranks' settings
-            nxt, message = distributed.agree_fallback(nxt, message, _caution)
-        if nxt is None:
-            raise SnugfitError(
-                f"out of memory ({message}) even with a micro-batch of 1, activation "
-                f"checkpointing and {self.precision}; {self._what_would_fit()}"
-            )
-        self.micro_bs = nxt.micro_bs
-        if nxt.checkpointing != self.checkpointing:
-            self.set_checkpointing(nxt.checkpointing)
-        if nxt.precision != self.precision:
-            self._set_precision(nxt.precision)
-        event = {
-            "phase": "train",
-            "epoch": self.epoch,
-            "batch": self.iter,
-            "from": vars(now),
-            "to": vars(nxt),
-            "error": message,
-        }
-        self.oom_events.append(event)
-        self.events.emit("oom", **event, fit=self.fit_index)
-        steps = math.ceil(len(self.xb) / nxt.micro_bs)
-        log.warning(
-            f"out of memory at epoch {self.epoch} batch {self.iter} (micro-batch "
-            f"{now.micro_bs}, {now.precision}{', checkpointing' if now.checkpointing else ''}): "
-            f"retrying the same batch with micro-batch {nxt.micro_bs} x {steps} steps, "
-            f"{nxt.precision}{', checkpointing' if nxt.checkpointing else ''}"
-        )
-        self._train_mode()  # a smaller micro-batch may cross bn_freeze_below
-
-    def _what_would_fit(self) -> str:
-        if self.memory_plan is not None:
-            return self.memory_plan.summary()
-        return "try a smaller image size, a smaller model, or freeze more layers"
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -775,58 +584,23 @@ class Learner:
         """The mixed-precision context of forward passes (a no-op in fp32)."""
         return autocast(self.precision, self.device)
 
-    # -- evaluation -----------------------------------------------------------
-    @torch.no_grad()
+    # -- evaluation and prediction (see `snugfit.inference`) ------------------
     def get_preds(self, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs and targets over a loader (the validation set by default)."""
-        dl = self.dls.valid if dl is None else dl
-        self.model.eval()
-        outs, targs = [], []
-        for xb, yb in dl:
-            empty = len(xb) == 0  # a rank's empty shard of a batch, under torchrun
-            outs.append(None if empty else self._eval_forward(self._input(xb)))
-            targs.append(None if empty else yb)
-        if distributed.active():  # every rank gets the whole set, in one process's order
-            return distributed.gather_batches(outs, targs)
-        outs, targs = [o for o in outs if o is not None], [t for t in targs if t is not None]
-        if not outs:
-            raise SnugfitError("the validation set yielded no images (all unreadable?)")
-        return torch.cat(outs), torch.cat(targs)
+        return inference.get_preds(self, dl)
 
     def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Outputs (float32) without a graph, in chunks of ``eval_bs``; halved on OOM."""
-        while True:
-            chunk = min(self.eval_bs or len(x), len(x))
-            try:
-                with self.autocast():
-                    return torch.cat([self.net(c).float() for c in x.split(chunk)])
-            except Exception as e:
-                if not (self.oom_recovery and is_oom(e)) or chunk == 1:
-                    raise
-                message = first_line(e)
-            release_memory(self.device)
-            self.eval_bs = chunk // 2
-            self.oom_events.append({"phase": "eval", "from": chunk, "to": self.eval_bs})
-            self.events.emit("oom", **self.oom_events[-1], error=message)
-            log.warning(f"out of memory in evaluation ({message}): chunks of {self.eval_bs}")
+        return inference.eval_forward(self, x)
 
     def _validate(self, dl) -> tuple[float, dict[str, float]]:
-        if self.distributed:
-            distributed.average_buffers(self.model)  # BN statistics moved apart on the shards
-        preds, targs = self.get_preds(dl)
-        if self.distributed:  # means over the whole set from each rank's shard
-            values = [self.loss_func(preds, targs), *(m(preds, targs) for m in self.metrics)]
-            loss, *means = distributed.weighted_means(values, len(targs))
-            return loss, {metric_name(m): v for m, v in zip(self.metrics, means, strict=True)}
-        loss = self.loss_func(preds, targs).item()
-        return loss, {metric_name(m): m(preds, targs).item() for m in self.metrics}
+        return inference.evaluate(self, dl)
 
     def validate(self) -> dict[str, float]:
         """Validation loss and metrics of the current weights."""
         loss, metrics = self._validate(self.dls.valid)
         return {"valid_loss": loss, **metrics}
 
-    @torch.no_grad()
     def predict(self, image) -> tuple[str | list[str], torch.Tensor]:
         """Classify one image (a path or a PIL image): ``(label, probabilities)``.
 
@@ -836,112 +610,40 @@ class Learner:
         labels, probs = self.predict_many([image])
         return labels[0], probs[0]
 
-    @torch.no_grad()
     def predict_many(self, images: Sequence) -> tuple[list, torch.Tensor]:
         """`predict` for several images: a label (or list of labels) per image, and
         the ``(N, C)`` probabilities."""
-        from .decode import prepare_for_predict
-
-        cfg = self.infer_config
-        x = prepare_for_predict(images, cfg["size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
-        self.model.eval()
-        probs = self.activation(self._eval_forward(self._input(x.to(self.device)))).cpu()
-        vocab = cfg["vocab"]
-        if self.multi_label:
-            above = (probs > self.threshold).tolist()
-            return [[c for c, on in zip(vocab, row, strict=True) if on] for row in above], probs
-        return [vocab[i] for i in probs.argmax(dim=-1).tolist()], probs
+        return inference.predict_many(self, images)
 
     def activation(self, outputs: torch.Tensor) -> torch.Tensor:
         """Probabilities from model outputs: softmax, or sigmoid for multi-label models."""
-        return outputs.sigmoid() if self.multi_label else outputs.softmax(dim=-1)
+        return inference.activation(outputs, self.multi_label)
 
     def tta(self, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
         """Test-time augmentation (fastai's): ``(probs, targets)`` of ``dl`` (the
         validation set), ``(1 - beta) *`` the mean over ``n`` augmented passes ``+ beta *``
         the plain predictions; ``beta=None``: the augmented mean only (see `snugfit.tta`)."""
-        from .tta import tta
-
-        return tta(self, n=n, dl=dl, beta=beta, seed=seed)
+        return tta.tta(self, n=n, dl=dl, beta=beta, seed=seed)
 
     # -- saving ---------------------------------------------------------------
     def save_checkpoint(self, path) -> Path:
         """Training state (weights, optimizer, GradScaler, memory settings, freeze
         state) in one safetensors file, written atomically."""
-        from .checkpoint import save_checkpoint
-
-        return save_checkpoint(self, path)
+        return checkpoint.save_checkpoint(self, path)
 
     def load_checkpoint(self, path) -> dict:
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(self, path)
+        return checkpoint.load_checkpoint(self, path)
 
     def save(self, path) -> Path:
         """Write ``path/model.safetensors`` and ``path/snugfit.json``: no pickle."""
-        from .export import save_learner
-
         if not distributed.is_main():
             return Path(path)  # rank 0 writes for all
-        return save_learner(self, path)
-
-
-def _rng_state() -> tuple:
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None
-
-
-def _set_rng_state(state: tuple) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _caution(s: MemorySettings) -> tuple:
-    """Order of `next_fallback`'s settings: later ones need less memory."""
-    return (s.precision != "fp32", s.checkpointing, -s.micro_bs)
-
-
-def _grads_finite(opt: torch.optim.Optimizer) -> bool:
-    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-    if not grads or not any(g.get("decoupled_wd") for g in opt.param_groups):
-        return True  # only decoupled decay needs to know (AdamW decays inside its step)
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
-
-def _optional_positive(name: str, value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SnugfitError(f"{name}: expected a positive integer or None, got {value!r}")
-    return value
-
-
-def _is_cnn(model: nn.Module) -> bool:
-    """More than one 2-d convolution: a CNN (a ViT has just its patch embedding)."""
-    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    return convs > 1
-
-
-def _resolve_metric(m, multi_label: bool = False):
-    if isinstance(m, str):
-        if m not in METRICS:
-            raise SnugfitError(f"metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
-        if multi_label and m in SINGLE_LABEL:
-            raise SnugfitError(
-                f"metrics: {m!r} needs single-label data; for multi-label use "
-                f"{' or '.join(repr(n) for n in MULTI_LABEL_DEFAULTS)}"
-            )
-        return METRICS[m]
-    return m
+        return export.save_learner(self, path)
 
 
 def load_learner(path, device: str | torch.device | None = None) -> Learner:
     """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
-    from .export import load_learner as load
-
-    return load(path, device)
+    return export.load_learner(path, device)
 
 
 def vision_learner(

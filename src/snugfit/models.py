@@ -578,3 +578,35 @@ def norm_and_bias_param_names(model: nn.Module) -> set[str]:
         if param.ndim <= 1 or name.endswith("bias"):
             names.add(name)
     return names
+
+
+def is_cnn(model: nn.Module) -> bool:
+    """More than one 2-d convolution: a CNN (a ViT has just its patch embedding)."""
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return convs > 1
+
+
+def freeze_groups(groups: Sequence[NamedParams], n: int) -> int:
+    """Freeze layer groups ``[:n]`` (``n < 0`` counts from the end); returns ``n`` >= 0."""
+    n_groups = len(groups)
+    if n < 0:
+        n += n_groups
+    if not 0 <= n < n_groups:
+        raise SnugfitError(f"freeze_to: n must be in [-{n_groups}, {n_groups - 1}], got {n}")
+    for i, group in enumerate(groups):
+        for _, p in group:
+            p.requires_grad_(i >= n)
+    return n
+
+
+def batchnorm_to_eval(model: nn.Module, everywhere: bool = False) -> int:
+    """Put frozen BatchNorm layers (all of them with ``everywhere``) in eval mode, so
+    they use and keep their running statistics; returns the number of trainable ones."""
+    trainable = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            frozen = m.weight is not None and not m.weight.requires_grad
+            trainable += not frozen
+            if frozen or everywhere:
+                m.eval()
+    return trainable

@@ -10,6 +10,8 @@ When a step runs out of memory the loop (``Learner._step``):
    after all micro-batches succeed, so it needs nothing;
 4. takes the next fallback (`next_fallback`): half the micro-batch (twice the
    accumulation steps), then activation checkpointing, then 16-bit precision;
+   under torchrun all ranks take the most cautious of the failed ranks' settings
+   (`recover_from_oom` does 2 to 4 for the learner);
 5. runs the *same batch* again: no sample is skipped and the effective batch,
    and so the learning-rate schedule, are unchanged.
 """
@@ -17,10 +19,18 @@ When a step runs out of memory the loop (``Learner._step``):
 from __future__ import annotations
 
 import gc
+import logging
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from . import distributed
+from .errors import SnugfitError
+from .precision import half_precision
+
+log = logging.getLogger("snugfit")
 
 _OOM_MARKERS = (
     "out of memory",
@@ -99,3 +109,55 @@ def next_fallback(current: MemorySettings, restart_bs: int, half: str) -> Memory
     if current.precision == "fp32":
         return MemorySettings(restart_bs, True, half)
     return None
+
+
+def caution(s: MemorySettings) -> tuple:
+    """Order of `next_fallback`'s settings: later ones need less memory."""
+    return (s.precision != "fp32", s.checkpointing, -s.micro_bs)
+
+
+def recover_from_oom(learn, snapshot: StepSnapshot, start_mbs: int, message: str | None) -> None:
+    """After an OOM in ``learn``'s step: free, restore, move to the next fallback.
+
+    The failed step's gradients and memory are released, ``snapshot`` restored,
+    and the learner's micro-batch, checkpointing and precision set to the next
+    fallback (agreed by all ranks under torchrun); the event is logged and
+    recorded. Raises a `SnugfitError` when no fallback is left.
+    """
+    learn.opt.zero_grad(set_to_none=True)
+    release_memory(learn.device)
+    snapshot.restore()
+    now = MemorySettings(learn._micro(len(learn.xb)), learn.checkpointing, learn.precision)
+    nxt = next_fallback(now, start_mbs, half_precision(learn.device))
+    if learn.distributed:  # all ranks take the most cautious of the failed ranks' settings
+        nxt, message = distributed.agree_fallback(nxt, message, caution)
+    if nxt is None:
+        from .planning import what_would_fit
+
+        raise SnugfitError(
+            f"out of memory ({message}) even with a micro-batch of 1, activation "
+            f"checkpointing and {learn.precision}; {what_would_fit(learn)}"
+        )
+    learn.micro_bs = nxt.micro_bs
+    if nxt.checkpointing != learn.checkpointing:
+        learn.set_checkpointing(nxt.checkpointing)
+    if nxt.precision != learn.precision:
+        learn._set_precision(nxt.precision)
+    event = {
+        "phase": "train",
+        "epoch": learn.epoch,
+        "batch": learn.iter,
+        "from": vars(now),
+        "to": vars(nxt),
+        "error": message,
+    }
+    learn.oom_events.append(event)
+    learn.events.emit("oom", **event, fit=learn.fit_index)
+    steps = math.ceil(len(learn.xb) / nxt.micro_bs)
+    log.warning(
+        f"out of memory at epoch {learn.epoch} batch {learn.iter} (micro-batch "
+        f"{now.micro_bs}, {now.precision}{', checkpointing' if now.checkpointing else ''}): "
+        f"retrying the same batch with micro-batch {nxt.micro_bs} x {steps} steps, "
+        f"{nxt.precision}{', checkpointing' if nxt.checkpointing else ''}"
+    )
+    learn._train_mode()  # a smaller micro-batch may cross bn_freeze_below

@@ -121,3 +121,11 @@ def set_hypers(opt: torch.optim.Optimizer, lrs: Sequence[float], mom: float | No
             g["betas"] = (mom, g["betas"][1])
         elif "momentum" in g and (g["momentum"] or isinstance(opt, torch.optim.SGD)):
             g["momentum"] = mom
+
+
+def grads_finite(opt: torch.optim.Optimizer) -> bool:
+    """Are all gradients finite? Only asked when some group has decoupled weight decay."""
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if not grads or not any(g.get("decoupled_wd") for g in opt.param_groups):
+        return True  # only decoupled decay needs to know (AdamW decays inside its step)
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())

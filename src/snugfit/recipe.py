@@ -1,7 +1,10 @@
-"""The automated checklist: ``learn.auto_fit()``, the default of ``snugfit train``.
+"""The recipes: fastai's ``learn.fine_tune()``, and the automated checklist
+``learn.auto_fit()``, the default of ``snugfit train``.
 
-The seed recipe for "a world-class image classifier", each step visible in the
-output and each one switchable:
+`fine_tune` trains the head, then everything at discriminative rates.
+
+`auto_fit` is the seed recipe for "a world-class image classifier", each step
+visible in the output and each one switchable:
 
 1. precompute the frozen body's features (``precompute``);
 2. find the learning rate of the head (``lr_find``, on the features: instant);
@@ -105,6 +108,24 @@ def _host_copy(model) -> dict:
     # In host memory: a second copy of the weights on the device would take
     # memory the plan gave to training.
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fine_tune(learn, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, cbs) -> None:
+    """`Learner.fine_tune` (its defaults): the head for ``freeze_epochs``, then all."""
+    check_count("epochs", epochs)
+    check_count("freeze_epochs", freeze_epochs)
+    check_positive("base_lr", base_lr)  # fails before any training
+    if freeze_epochs:
+        learn.events.emit("phase", name="head (frozen body)")
+        learn.freeze()
+        learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)
+    base_lr /= 2
+    learn.unfreeze()
+    if epochs:
+        learn.events.emit("phase", name="unfrozen")
+        learn.fit_one_cycle(
+            epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs
+        )
 
 
 def auto_fit(
