@@ -43,10 +43,13 @@ class TinyNet(nn.Module):
         return self.head(self.pool(self.body(x)))
 
 
-def _train(root: Path, csv: Path | None = None, fail=None, epochs: int = 2) -> dict:
+def _train(
+    root: Path, csv: Path | None = None, fail=None, epochs: int = 2, cache_root=None
+) -> dict:
     dls = ImageDataLoaders.from_folder(
-        root, bs=BS, size=16, num_workers=0, device="cpu", cache=False, augment=False
-    )
+        root, bs=BS, size=16, num_workers=0, device="cpu", augment=False,
+        cache=cache_root is not None, cache_root=cache_root,
+    )  # fmt: skip
     torch.manual_seed(0)
     learn = Learner(
         dls,
@@ -71,6 +74,7 @@ def _train(root: Path, csv: Path | None = None, fail=None, epochs: int = 2) -> d
         "micro_bs": learn.micro_bs,
         "oom_events": learn.oom_events,
         "distributed": learn.distributed,
+        "decoded": dls.train.cache_filled + dls.valid.cache_filled,
     }
 
 
@@ -117,6 +121,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
         "plain": _train(Path(root), csv=out / "metrics.csv"),
         "oom": _train(Path(root), fail=_fail_on_rank1),
         "ctrl_c": _ctrl_c_on_rank1(Path(root)),
+        "cached": _train(Path(root), cache_root=out / "cache"),
     }
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -227,3 +232,12 @@ def test_the_memory_plan_is_for_one_ranks_shard(tmp_path, monkeypatch):
     learn.distributed = True  # as under torchrun with 3 ranks
     monkeypatch.setattr("snugfit.distributed.world_size", lambda: 3)
     assert learn.plan("1GB", apply=False).bs == 3  # ceil(8 / 3): the largest shard
+
+
+def test_ranks_share_the_cache_pre_pass(ddp_runs):
+    # Each rank decodes about half of the 28 files into the shared pixel cache
+    # (not all of them each), and training from the cache is unchanged.
+    decoded = [r["cached"]["decoded"] for r in ddp_runs["ranks"]]
+    assert sum(decoded) == 18 + 10 and max(decoded) <= 15, decoded
+    for rank in ddp_runs["ranks"]:
+        _assert_same_params(rank["cached"]["params"], ddp_runs["single"]["params"])

@@ -45,6 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, get_worker_info
 
+from snugfit import distributed
 from snugfit.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -365,6 +366,7 @@ class DeviceLoader:
         self._slot: list[DataLoader] = []
         self._key: tuple | None = None
         self.cache_hits = self.cache_misses = 0
+        self.cache_filled = 0  # files this process decoded into the cache
         weakref.finalize(self, self._slot.clear).atexit = False
 
     @property
@@ -518,7 +520,15 @@ class DeviceLoader:
         ]
         self.cache_hits += sum(present)
         self.cache_misses += len(missing)
-        if missing and prepass:
+        if prepass and distributed.active():
+            # Under torchrun the ranks share the pre-pass: each decodes every
+            # world-th missing file, then all look again once every rank is done.
+            stored = self._fill(ds, missing[distributed.rank() :: distributed.world_size()], keys)
+            distributed.barrier()
+            for i in missing:
+                present[i] = i in stored or cache.touch(keys[i])
+            missing = [i for i in missing if not present[i] and ds.path(i) not in skipped]
+        elif missing and prepass:
             stored = self._fill(ds, missing, keys)
             missing = [i for i in missing if i not in stored]
             # Unreadable files found by the pre-pass are now in `skipped`: not missing.
@@ -548,6 +558,7 @@ class DeviceLoader:
         missing = missing[:fits]
         if not missing:
             return set()
+        self.cache_filled += len(missing)
         workers = min(self.dls.num_workers, len(missing))
         loader = DataLoader(
             _Fill(ds, [(i, keys[i]) for i in missing]),

@@ -175,6 +175,21 @@ def agree(oomed: bool, n: int, stop: bool = False) -> tuple[int, int, int]:
     return int(t[0]), int(t[1]), int(t[2])
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (on the CPU control group: no GPU wait)."""
+    dist.barrier(group=_control_group())
+
+
+def from_main(obj):
+    """``obj`` as rank 0 has it, on every rank (every rank must call it).
+
+    Pickled over the job's own process group: data the ranks produced, never a file.
+    """
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0, group=_control_group())
+    return box[0]
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is set on any rank (a collective: every rank must call it)."""
     t = torch.tensor([int(flag)], dtype=torch.int64)

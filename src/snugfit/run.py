@@ -55,7 +55,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     # Decode every file once up front: problems are reported before any model is
     # built, and the loaders skip the unreadable files without opening them again.
-    report = check_data(cfg, console)
+    report = _check(cfg, console)
     report.print(console)
     dls = _loaders(cfg, report)
     kind = "labels (multi-label)" if dls.multi_label else "classes"
@@ -148,6 +148,23 @@ def _loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
     if cfg.csv is None:
         return ImageDataLoaders.from_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, **kw)
     return ImageDataLoaders.from_csv(cfg.data, **csv_args(cfg), **kw)
+
+
+def _check(cfg: TrainConfig, console: Console) -> CheckReport:
+    """The data check; under torchrun rank 0 runs it and the others get its report
+    (or its error), instead of every rank decoding every file."""
+    if not distributed.active():
+        return check_data(cfg, console)
+    result: CheckReport | SnugfitError | None = None
+    if distributed.is_main():
+        try:
+            result = check_data(cfg, console)
+        except SnugfitError as e:  # every rank must stop with it, not wait for a report
+            result = SnugfitError(str(e))
+    result = distributed.from_main(result)
+    if isinstance(result, SnugfitError):
+        raise result
+    return result
 
 
 def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
