@@ -44,10 +44,11 @@ class TinyNet(nn.Module):
 
 
 def _train(
-    root: Path, csv: Path | None = None, fail=None, epochs: int = 2, cache_root=None
-) -> dict:
+    root: Path, csv: Path | None = None, fail=None, epochs: int = 2, cache_root=None,
+    augment=False,
+) -> dict:  # fmt: skip
     dls = ImageDataLoaders.from_folder(
-        root, bs=BS, size=16, num_workers=0, device="cpu", augment=False,
+        root, bs=BS, size=16, num_workers=0, device="cpu", augment=augment,
         cache=cache_root is not None, cache_root=cache_root,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -122,6 +123,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
         "oom": _train(Path(root), fail=_fail_on_rank1),
         "ctrl_c": _ctrl_c_on_rank1(Path(root)),
         "cached": _train(Path(root), cache_root=out / "cache"),
+        "augmented": _train(Path(root), augment=True),
     }
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -159,6 +161,7 @@ def ddp_runs(tmp_path_factory):
     return {
         "ranks": ranks,
         "single": single,
+        "single_augmented": _train(root, augment=True),
         "out": out,
         "seconds": time.perf_counter() - start,
     }
@@ -241,3 +244,14 @@ def test_ranks_share_the_cache_pre_pass(ddp_runs):
     assert sum(decoded) == 18 + 10 and max(decoded) <= 15, decoded
     for rank in ddp_runs["ranks"]:
         _assert_same_params(rank["cached"]["params"], ddp_runs["single"]["params"])
+
+
+def test_ranks_augment_their_shards_exactly_as_one_process(ddp_runs):
+    # Every rank draws each global batch's crops, flips, rotations and lighting from
+    # one stream and applies its shard's rows: the same images as one process.
+    single = ddp_runs["single_augmented"]
+    assert not all(
+        torch.equal(single["params"][k], ddp_runs["single"]["params"][k]) for k in single["params"]
+    ), "augmentation should change the run"
+    for rank in ddp_runs["ranks"]:
+        _assert_same_params(rank["augmented"]["params"], single["params"])

@@ -49,6 +49,7 @@ from snugfit import distributed
 from snugfit.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    augment_params,
     batch_augment,
     center_batch,
     denormalize,
@@ -314,12 +315,21 @@ class _ShardBatches(Sampler[list[int]]):
         return math.ceil(len(self.sampler) / self.bs)
 
     def __iter__(self) -> Iterator[list[int]]:
-        from .distributed import shard
-
         order = list(self.sampler)
         for start in range(0, len(order), self.bs):
             batch = order[start : start + self.bs]
-            yield batch[shard(len(batch), self.rank, self.world)]
+            yield batch[distributed.shard(len(batch), self.rank, self.world)]
+
+    def draw(self, b: int, n: int) -> tuple[int, slice]:
+        """``(global batch size, this shard's rows)`` of batch ``b``, for `batch_augment`.
+
+        ``n`` is how many of the shard's images were readable: a shard that lost
+        some takes the first ``n`` rows of its slice (exact again once every file
+        reads).
+        """
+        size = min(self.bs, len(self.sampler) - b * self.bs)
+        rows = distributed.shard(size, self.rank, self.world)
+        return size, slice(rows.start, rows.start + n)
 
 
 class DeviceLoader:
@@ -456,35 +466,31 @@ class DeviceLoader:
         dl = self._loader()
         if isinstance(dl.batch_sampler.sampler, _EpochShuffle):
             dl.batch_sampler.sampler.epoch = epoch
-        # Under torchrun each rank augments its own shard: its own stream (rank 0's
-        # is one process's), so shards do not share their random draws.
-        rank = self._key[-1][0] if isinstance(dl.batch_sampler, _ShardBatches) else 0
-        gen = torch.Generator().manual_seed(_mix_seed(dls.seed, epoch, 1 + 2 * rank))
+        # One stream for the epoch's augmentations. Under torchrun every rank draws
+        # each *global* batch's parameters from the same stream and applies its
+        # shard's rows: the ranks together augment exactly as one process would.
+        gen = torch.Generator().manual_seed(_mix_seed(dls.seed, epoch, 1))
+        shards = dl.batch_sampler if isinstance(dl.batch_sampler, _ShardBatches) else None
         device, size, mean, std = self.device, dls.size, dls.mean, dls.std
         augment = self.train and dls.augment
+        settings = {"min_scale": dls.min_scale, "max_rotate": dls.max_rotate, "flip": dls.flip,
+                    "max_lighting": dls.max_lighting}  # fmt: skip
         keys = self._cached_keys(dl.dataset, prepass)
         source = dl if keys is None else self._read_cached(dl, keys)
-        for x, y, bad in source:
+        for b, (x, y, bad) in enumerate(source):
             for path, reason in bad:
                 dls._skip(path, reason)
+            draw = shards.draw(b, 0 if x is None else len(x)) if shards is not None else None
             if x is None:
-                if isinstance(dl.batch_sampler, _ShardBatches):
+                if shards is not None:
+                    if augment:  # keep this rank's stream in step with the others
+                        augment_params(draw[0], generator=gen, **settings)
                     yield self._empty_batch()  # every rank takes every step together
                 continue
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if augment:
-                x = batch_augment(
-                    x,
-                    size,
-                    generator=gen,
-                    min_scale=dls.min_scale,
-                    max_rotate=dls.max_rotate,
-                    flip=dls.flip,
-                    max_lighting=dls.max_lighting,
-                    mean=mean,
-                    std=std,
-                )
+                x = batch_augment(x, size, generator=gen, mean=mean, std=std, draw=draw, **settings)
             else:
                 x = center_batch(x, size, mean, std)
             yield x, y
@@ -521,13 +527,17 @@ class DeviceLoader:
         self.cache_hits += sum(present)
         self.cache_misses += len(missing)
         if prepass and distributed.active():
-            # Under torchrun the ranks share the pre-pass: each decodes every
-            # world-th missing file, then all look again once every rank is done.
+            # Under torchrun the ranks share the pre-pass: rank 0's list of missing
+            # files (ranks look at slightly different moments, while others write)
+            # is split, each rank decodes every world-th, and all look again once
+            # every rank is done.
+            mine, missing = missing, distributed.from_main(missing)
             stored = self._fill(ds, missing[distributed.rank() :: distributed.world_size()], keys)
             distributed.barrier()
-            for i in missing:
+            looked = sorted(set(mine) | set(missing))
+            for i in looked:
                 present[i] = i in stored or cache.touch(keys[i])
-            missing = [i for i in missing if not present[i] and ds.path(i) not in skipped]
+            missing = [i for i in looked if not present[i] and ds.path(i) not in skipped]
         elif missing and prepass:
             stored = self._fill(ds, missing, keys)
             missing = [i for i in missing if i not in stored]
