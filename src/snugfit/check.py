@@ -35,7 +35,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -236,40 +236,11 @@ class CheckReport:
 
     def lines(self) -> list[str]:
         """The problems, as plain text lines (paths relative to ``root``)."""
-        rel = self._relative
         out = []
-        if self.unreadable:
-            out.append(f"unreadable: {len(self.unreadable)} file(s), skipped by training")
-            out += _listed([f"  {rel(b.path)}: {b.reason}" for b in self.unreadable])
-        if self.missing:
-            out.append(f"missing: {len(self.missing)} file(s) listed but not found, skipped")
-            out += _listed([f"  {rel(b.path)}: {b.reason}" for b in self.missing])
-        if self.duplicates:
-            out.append(f"duplicates: {len(self.duplicates)} group(s) of identical files")
-            out += _listed(
-                [
-                    f"  {', '.join(d.kinds)}: {' = '.join(map(rel, d.paths))}"
-                    for d in self.duplicates
-                ]
-            )
-        if self.imbalanced:
-            train = self.counts["train"]
-            used = {c: n for c, n in train.items() if n}
-            big, small = max(used, key=used.get), min(used, key=used.get)
-            out.append(
-                f"imbalance: {self.imbalance:.1f}x between the largest and the smallest class "
-                f"({big}: {used[big]}, {small}: {used[small]} training images; "
-                f"flagged above {self.max_imbalance:g}x)"
-            )
-        if self.tiny:
-            out.append(f"tiny images: {len(self.tiny)} with a side under {self.min_side} px")
-            out += _listed([f"  {rel(t.path)}: {t.width}x{t.height}" for t in self.tiny])
-        if self.empty:
-            out.append(f"empty class folders: {len(self.empty)}")
-            out += _listed([f"  {rel(e.path)}: {e.reason}" for e in self.empty])
-        if not out:
-            out.append("no problems found")
-        return out
+        for head, items in problem_groups(self.to_dict(), self._relative):
+            out.append(head)
+            out += _listed([f"  {item}" for item in items])
+        return out or ["no problems found"]
 
     def print(self, console: Console) -> None:
         """Print `table` and `lines` (lines unwrapped, so paths stay whole in a log)."""
@@ -283,22 +254,66 @@ class CheckReport:
 
     def describe(self) -> str:
         """Where the items and the split come from, in words."""
-        if self.layout == "folders":
-            how = "train and validation folders"
-        elif self.layout == "column":
-            how = "validation rows marked in a column"
-        else:
-            how = f"validation split off at random, {self.valid_pct:g}"
-        if self.csv is not None:
-            kind = "multi-label" if self.multi_label else "single-label"
-            how = f"{self._relative(self.csv)}, {kind}; {how}"
-        return how
+        return describe(self.to_dict(), self._relative)
 
     def _relative(self, path: str) -> str:
         try:
             return str(Path(path).relative_to(self.root))
         except ValueError:
             return path
+
+
+def describe(report: dict, rel: Callable[[str], str] = str) -> str:
+    """Where a report's items and split come from, in words (``report``: `CheckReport.to_dict`)."""
+    if report.get("layout") == "folders":
+        how = "train and validation folders"
+    elif report.get("layout") == "column":
+        how = "validation rows marked in a column"
+    else:
+        how = f"validation split off at random, {report['valid_pct']:g}"
+    if report.get("csv") is not None:
+        kind = "multi-label" if report.get("multi_label") else "single-label"
+        how = f"{rel(report['csv'])}, {kind}; {how}"
+    return how
+
+
+def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[str, list[str]]]:
+    """A report's problems as ``(heading, items)``, for the terminal and for report.html.
+
+    ``report`` is `CheckReport.to_dict` (or check.json read back); ``rel`` shortens paths.
+    """
+    groups = []
+
+    def files(key: str, head: str) -> None:
+        if report.get(key):
+            items = [f"{rel(b['path'])}: {b['reason']}" for b in report[key]]
+            groups.append((head.format(n=len(items)), items))
+
+    files("unreadable", "unreadable: {n} file(s), skipped by training")
+    files("missing", "missing: {n} file(s) listed but not found, skipped")
+    if report.get("duplicates"):
+        items = [
+            f"{', '.join(d['kinds'])}: {' = '.join(map(rel, d['paths']))}"
+            for d in report["duplicates"]
+        ]
+        groups.append((f"duplicates: {len(items)} group(s) of identical files", items))
+    if report.get("imbalanced"):
+        used = {c: n for c, n in report["counts"]["train"].items() if n}
+        big, small = max(used, key=used.get), min(used, key=used.get)
+        groups.append(
+            (
+                f"imbalance: {report['imbalance']:.1f}x between the largest and the smallest "
+                f"class ({big}: {used[big]}, {small}: {used[small]} training images; "
+                f"flagged above {report['max_imbalance']:g}x)",
+                [],
+            )
+        )
+    if report.get("tiny"):
+        items = [f"{rel(t['path'])}: {t['width']}x{t['height']}" for t in report["tiny"]]
+        groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px",
+                       items))  # fmt: skip
+    files("empty", "empty class folders: {n}")
+    return groups
 
 
 def _listed(lines: list[str]) -> list[str]:

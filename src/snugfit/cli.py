@@ -17,8 +17,9 @@ from .config import TrainConfig
 from .errors import SnugfitError
 
 
-def _number(name: str, cast, ok, accepted: str):
-    """An argparse type that names the argument and the accepted form on bad input."""
+def _number(cast, ok, accepted: str):
+    """An argparse type that says the accepted form on bad input (argparse names the
+    argument: "argument --bs: must be a positive integer, got '0'")."""
 
     def parse(text):
         try:
@@ -32,23 +33,11 @@ def _number(name: str, cast, ok, accepted: str):
     return parse
 
 
-def _positive_int(name):
-    return _number(name, int, lambda v: v >= 1, "a positive integer")
-
-
-def _non_negative_int(name):
-    return _number(name, int, lambda v: v >= 0, "an integer ≥ 0")
-
-
-def _positive_float(name):
-    return _number(name, float, lambda v: 0 < v < float("inf"), "a positive number")
-
-
-def _non_negative_float(name):
-    return _number(name, float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
-
-
-_fraction = _number("--valid-pct", float, lambda v: 0 < v < 1, "between 0 and 1")
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer ≥ 0")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+_non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
+_fraction = _number(float, lambda v: 0 < v < 1, "between 0 and 1")
 
 
 def _column(text: str) -> int | str:
@@ -160,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
     t.add_argument(
         "--epochs",
-        type=_non_negative_int("--epochs"),
+        type=_non_negative_int,
         default=d.epochs,
         help="epochs with the whole network unfrozen",
     )
     t.add_argument(
         "--freeze-epochs",
-        type=_non_negative_int("--freeze-epochs"),
+        type=_non_negative_int,
         default=d.freeze_epochs,
         help="fine_tune: epochs training only the head first",
     )
@@ -179,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--head-epochs",
-        type=_non_negative_int("--head-epochs"),
+        type=_non_negative_int,
         default=d.head_epochs,
         help="auto: head epochs on precomputed features",
     )
@@ -203,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--sizes",
-        type=_positive_int("--sizes"),
+        type=_positive_int,
         nargs="+",
         default=None,
         help="auto: progressive resizing of the unfrozen phase, e.g. 128 176 224",
@@ -213,16 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--checkpoint-every",
-        type=_positive_int("--checkpoint-every"),
+        type=_positive_int,
         default=None,
         metavar="N",
         help="also write the checkpoint every N batches (default: after each epoch)",
     )
-    t.add_argument("--bs", type=_positive_int("--bs"), default=d.bs, help="batch size")
-    t.add_argument("--size", type=_positive_int("--size"), default=d.size, help="image size (px)")
-    t.add_argument(
-        "--lr", type=_positive_float("--lr"), default=d.lr, help="fine_tune: base learning rate"
-    )
+    t.add_argument("--bs", type=_positive_int, default=d.bs, help="batch size")
+    t.add_argument("--size", type=_positive_int, default=d.size, help="image size (px)")
+    t.add_argument("--lr", type=_positive_float, default=d.lr, help="fine_tune: base learning rate")
     t.add_argument(
         "--weights",
         default=None,
@@ -248,20 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--workers",
         dest="num_workers",
-        type=_non_negative_int("--workers"),
+        type=_non_negative_int,
         default=None,
         help="decoding worker processes",
     )
     _memory_args(t)
     t.add_argument(
         "--micro-bs",
-        type=_positive_int("--micro-bs"),
+        type=_positive_int,
         default=None,
         help="micro-batch size (--bs stays the effective batch)",
     )
     t.add_argument(
         "--accumulate",
-        type=_positive_int("--accumulate"),
+        type=_positive_int,
         default=None,
         help="micro-batches per batch (gradient accumulation steps)",
     )
@@ -273,9 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "turns OOM recovery off",
     )
     t.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
-    t.add_argument(
-        "--wd", type=_non_negative_float("--wd"), default=d.wd, help="decoupled weight decay"
-    )
+    t.add_argument("--wd", type=_non_negative_float, default=d.wd, help="decoupled weight decay")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     t.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     t.add_argument(
@@ -300,13 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument(
         "--classes",
-        type=_positive_int("--classes"),
+        type=_positive_int,
         default=2,
         help="number of classes when no DATA is given (default 2)",
     )
     pl.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
-    pl.add_argument("--size", type=_positive_int("--size"), default=d.size)
-    pl.add_argument("--bs", type=_positive_int("--bs"), default=d.bs, help="effective batch size")
+    pl.add_argument("--size", type=_positive_int, default=d.size)
+    pl.add_argument("--bs", type=_positive_int, default=d.bs, help="effective batch size")
     pl.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
     pl.add_argument(
         "--device-type",
@@ -350,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", default=None, help="write the predictions to this CSV file")
     pr.add_argument(
         "--bs",
-        type=_positive_int("--bs"),
+        type=_positive_int,
         default=None,
         help="batch size (default: the largest that fits --memory-budget on CUDA, 32 on CPU)",
     )
@@ -361,9 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="device memory the batches must fit: 2GB, 2GiB, or 0.5 of the card",
     )
-    pr.add_argument(
-        "--workers", dest="num_workers", type=_non_negative_int("--workers"), default=None
-    )
+    pr.add_argument("--workers", dest="num_workers", type=_non_negative_int, default=None)
     pr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
 
     ex = sub.add_parser(
@@ -377,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
     ex.add_argument("--onnx", action="store_true", required=True, help="export to ONNX")
     ex.add_argument("--out", default=None, help="the .onnx file (default MODEL/model.onnx)")
-    ex.add_argument("--opset", type=_positive_int("--opset"), default=None, help="ONNX opset")
+    ex.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset")
     ex.add_argument(
         "--dynamic-batch", action="store_true", help="any batch size (default: fixed at 1)"
     )
@@ -394,13 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument(
         "--no-pretrained", dest="pretrained", action="store_false", help="start from random weights"
     )
-    lf.add_argument("--bs", type=_positive_int("--bs"), default=d.bs)
-    lf.add_argument("--size", type=_positive_int("--size"), default=d.size)
+    lf.add_argument("--bs", type=_positive_int, default=d.bs)
+    lf.add_argument("--size", type=_positive_int, default=d.size)
     lf.add_argument("--unfrozen", action="store_true", help="sweep with every layer training")
-    lf.add_argument("--num-it", type=_positive_int("--num-it"), default=100)
-    lf.add_argument(
-        "--workers", dest="num_workers", type=_non_negative_int("--workers"), default=None
-    )
+    lf.add_argument("--num-it", type=_positive_int, default=100)
+    lf.add_argument("--workers", dest="num_workers", type=_non_negative_int, default=None)
     lf.add_argument("--plot", default="lr_find.png", help="PNG to write (default lr_find.png)")
     _memory_args(lf)
 

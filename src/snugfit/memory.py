@@ -420,6 +420,19 @@ def _on_device(model: nn.Module, device: torch.device):
         model.to(home)
 
 
+def _probe_setup(size: int, precision: str, channels_last: bool, device):
+    """What a memory probe needs: the device, its autocast context factory, and
+    ``inputs(n)``, random ``(n, 3, size, size)`` images in the model's memory format."""
+    _check_precision(precision)
+    device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def inputs(n: int) -> torch.Tensor:
+        return torch.randn(n, 3, size, size, device=device).to(memory_format=memory_format)
+
+    return device, autocast_for(precision, device.type), inputs
+
+
 def profile_activations(
     model: nn.Module,
     size: int,
@@ -444,17 +457,13 @@ def profile_activations(
         channels_last: Give the inputs NHWC memory format.
         device: Where the probe runs.
     """
-    _check_precision(precision)
-    device = torch.device(device)
-    autocast = autocast_for(precision, device.type)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    device, autocast, inputs = _probe_setup(size, precision, channels_last, device)
     # Profile per checkpointed block, so that the checkpointed prediction keeps the
     # inputs checkpointing really keeps and recomputes the block it really recomputes.
     stages = checkpoint_units(model)
 
     def probe(n: int) -> SavedBytes:
-        x = torch.randn(n, 3, size, size, device=device).to(memory_format=memory_format)
-        return saved_tensor_bytes(model, x, autocast=autocast, stages=stages)
+        return saved_tensor_bytes(model, inputs(n), autocast=autocast, stages=stages)
 
     rng_devices = [device] if device.type == "cuda" else []
     with _on_device(model, device), torch.random.fork_rng(devices=rng_devices):
@@ -867,14 +876,10 @@ def profile_eval(
     device: str | torch.device = "cpu",
 ) -> ActivationProfile:
     """`forward_peak_bytes` at batch 1 and 2 as a line ``fixed + per_sample * n``."""
-    _check_precision(precision)
-    device = torch.device(device)
-    autocast = autocast_for(precision, device.type)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    device, autocast, inputs = _probe_setup(size, precision, channels_last, device)
 
     def probe(n: int) -> int:
-        x = torch.randn(n, 3, size, size, device=device).to(memory_format=memory_format)
-        return forward_peak_bytes(model, x, autocast=autocast)
+        return forward_peak_bytes(model, inputs(n), autocast=autocast)
 
     with _on_device(model, device):
         a, b = probe(1), probe(2)

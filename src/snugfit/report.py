@@ -39,6 +39,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .check import describe, problem_groups
 from .checkpoint import atomic_write
 from .events import read_events
 
@@ -182,24 +183,13 @@ def _data(check: dict, batch_png: Path) -> str:
         return _none("no check.json in the run folder")
     classes, counts = check.get("classes", []), check.get("counts", {})
     train, valid = counts.get("train", {}), counts.get("valid", {})
-    bad = check.get("unusable")
-    if bad is None:  # a check.json from before per-class counts were stored
-        bad = {}
-        for b in check.get("unreadable", []):
-            bad[b["label"]] = bad.get(b["label"], 0) + 1
+    bad = check.get("unusable", {})
     n_bad = len(check.get("unreadable", [])) + len(check.get("missing", []))
     images = check.get("images") or {"train": sum(train.values()), "valid": sum(valid.values())}
     rows = [[c, train.get(c, 0), valid.get(c, 0), bad.get(c, 0)] for c in classes]
     multi = check.get("multi_label", False)
     rows.append(["images" if multi else "total", images["train"], images["valid"], n_bad])
-    if check.get("layout") == "folders":
-        how = "train and validation folders"
-    elif check.get("layout") == "column":
-        how = "validation rows marked in a column"
-    else:
-        how = f"validation split off at random ({check.get('valid_pct')})"
-    if check.get("csv"):
-        how = f"{check['csv']} ({'multi-label' if multi else 'single-label'}); {how}"
+    how = describe(check)
     out = [
         f"<p>{_e(check.get('root', ''))}: {_e(how)}; {check.get('usable', '?')} of "
         f"{check.get('files', '?')} image files usable.</p>",
@@ -216,50 +206,7 @@ def _data(check: dict, batch_png: Path) -> str:
     ]
     if multi:
         out.append("<p>Multi-label: an image counts once under each of its labels.</p>")
-    problems = []
-    if check.get("unreadable"):
-        problems.append(
-            (
-                f"unreadable: {len(check['unreadable'])} file(s), skipped by training",
-                [f"{b['path']}: {b['reason']}" for b in check["unreadable"]],
-            )
-        )
-    if check.get("missing"):
-        problems.append(
-            (
-                f"missing: {len(check['missing'])} file(s) listed but not found, skipped",
-                [f"{b['path']}: {b['reason']}" for b in check["missing"]],
-            )
-        )
-    if check.get("duplicates"):
-        problems.append(
-            (
-                f"duplicates: {len(check['duplicates'])} group(s) of identical files",
-                [f"{', '.join(d['kinds'])}: {' = '.join(d['paths'])}" for d in check["duplicates"]],
-            )
-        )
-    if check.get("imbalanced"):
-        problems.append(
-            (
-                f"imbalance: {check['imbalance']:.1f}x between the largest and the smallest "
-                f"class (flagged above {check['max_imbalance']:g}x)",
-                [],
-            )
-        )
-    if check.get("tiny"):
-        problems.append(
-            (
-                f"tiny images: {len(check['tiny'])} with a side under {check['min_side']} px",
-                [f"{t['path']}: {t['width']}x{t['height']}" for t in check["tiny"]],
-            )
-        )
-    if check.get("empty"):
-        problems.append(
-            (
-                f"empty class folders: {len(check['empty'])}",
-                [f"{x['path']}: {x['reason']}" for x in check["empty"]],
-            )
-        )
+    problems = problem_groups(check)
     if problems:
         out.append("<h3>Problems</h3>\n<ul>")
         for head, lines in problems:
