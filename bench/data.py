@@ -36,7 +36,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from snugfit.data import ImageDataLoaders
+from snugfit.data.loaders import ImageDataLoaders
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/hymenoptera_data"
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from snugfit.memory import (
+from snugfit.memory.plan import (
     ActivationProfile,
     Candidate,
     MemoryPlan,

@@ -7,10 +7,10 @@ would lose the user's time.
 
 import pytest
 
-from snugfit.data import ImageDataLoaders
+from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import SnugfitError
-from snugfit.learner import vision_learner
-from snugfit.memory import parse_bytes
+from snugfit.memory.plan import parse_bytes
+from snugfit.train.learner import vision_learner
 
 
 @pytest.mark.parametrize(

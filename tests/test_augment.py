@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snugfit.augment import (
+from snugfit.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     affine_params,
@@ -120,7 +120,7 @@ def test_normalize_denormalize_round_trip(shape):
 
 
 def test_sampling_grid_equals_affine_grid():
-    from snugfit.augment import _sampling_grid
+    from snugfit.data.augment import _sampling_grid
 
     theta = affine_params(5, generator=torch.Generator().manual_seed(1))
     for size in (7, 32):

@@ -12,12 +12,12 @@ import pytest
 import torch
 from rich.console import Console
 
-import snugfit.data
+import snugfit.data.loaders
 from fixtures import colour_image, make_image_folder
-from snugfit.augment import center_batch
-from snugfit.cache import PixelCache, cache_dir, cache_size
-from snugfit.data import ImageDataLoaders
-from snugfit.decode import decode_train, decode_valid
+from snugfit.data.augment import center_batch
+from snugfit.data.cache import PixelCache, cache_dir, cache_size
+from snugfit.data.decode import decode_train, decode_valid
+from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import SnugfitError
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 4, "size": 32}
@@ -50,10 +50,10 @@ def _count_decodes(monkeypatch) -> list[str]:
         calls.append(str(path))
         return decode_valid(path, size, crop_pct)
 
-    # Patched in snugfit.data, where ImageDataset looks them up (it imports them
+    # Patched in snugfit.data.loaders, where ImageDataset looks them up (it imports them
     # from snugfit.decode).
-    monkeypatch.setattr(snugfit.data, "decode_train", train)
-    monkeypatch.setattr(snugfit.data, "decode_valid", valid)
+    monkeypatch.setattr(snugfit.data.loaders, "decode_train", train)
+    monkeypatch.setattr(snugfit.data.loaders, "decode_valid", valid)
     return calls
 
 
@@ -283,7 +283,7 @@ def test_default_root_size_and_env(image_folder, monkeypatch, tmp_path):
         image_folder, **FAST, cache_root=tmp_path / "elsewhere", cache_size="1GB"
     )
     assert custom.cache.root == tmp_path / "elsewhere" and custom.cache.max_bytes == 10**9
-    from snugfit import demo
+    from snugfit.app import demo
 
     assert demo.cache_dir is cache_dir
 

@@ -10,10 +10,10 @@ from PIL import Image
 
 from fixtures import SQUARES, colour_image, make_image_folder, make_multilabel_csv
 from messy import UNICODE_NAME, make_messy_folder
-from snugfit.check import LEAK, REPEAT, TWO_LABELS, check_folder
-from snugfit.cli import main
-from snugfit.data import ImageDataLoaders
-from snugfit.decode import open_image
+from snugfit.app.cli import main
+from snugfit.data.check import LEAK, REPEAT, TWO_LABELS, check_folder
+from snugfit.data.decode import open_image
+from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import SnugfitError
 
 VOCAB = sorted(SQUARES)
@@ -225,7 +225,7 @@ def test_colour_images_are_not_tiny_at_the_minimum(tmp_path):
 def test_check_csv_shares_the_folder_checks(tmp_path):
     """A multi-label CSV: a file listed in both splits (a leak), an unreadable file,
     a tiny image and a missing file, each reported once; counts per label."""
-    from snugfit.check import check_csv
+    from snugfit.data.check import check_csv
 
     root = make_multilabel_csv(tmp_path / "d", n=6)
     (root / "broken.png").write_bytes(b"not a png")

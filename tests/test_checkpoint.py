@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from snugfit.checkpoint import read_checkpoint
 from snugfit.errors import SnugfitError
+from snugfit.saving.checkpoint import read_checkpoint
 from test_learner import make_learner, snapshot
 
 

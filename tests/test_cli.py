@@ -6,7 +6,7 @@ import json
 import pytest
 
 from fixtures import make_image_folder
-from snugfit.cli import main
+from snugfit.app.cli import main
 
 
 def run_cli(capsys, *argv):
@@ -141,7 +141,7 @@ def test_bad_arguments_name_themselves(image_folder, capsys, arg, value, expecte
 
 @pytest.mark.parametrize("budget", ["8GB", "8GiB", "7500MB", "0.5", "512 MiB"])
 def test_budget_forms_are_accepted(budget):
-    from snugfit.cli import build_parser
+    from snugfit.app.cli import build_parser
 
     args = build_parser().parse_args(["plan", "--memory-budget", budget])
     assert args.memory_budget == budget

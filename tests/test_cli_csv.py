@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fixtures import SQUARES, colour_image, make_multilabel_csv
-from snugfit.cli import main
-from snugfit.export import META_FILE
+from snugfit.app.cli import main
+from snugfit.saving.model_files import META_FILE
 
 VOCAB = sorted(SQUARES)  # blue, green, red
 TRAIN = [

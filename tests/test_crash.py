@@ -28,10 +28,10 @@ import torch
 from safetensors.torch import load_file
 
 from fixtures import make_image_folder
-from snugfit import checkpoint
 from snugfit.callbacks import Callback, SaveCheckpoint
-from snugfit.checkpoint import read_checkpoint
-from snugfit.interrupt import DeferredInterrupt
+from snugfit.saving import checkpoint
+from snugfit.saving.checkpoint import read_checkpoint
+from snugfit.train.interrupt import DeferredInterrupt
 from test_learner import snapshot
 from test_resume import learner
 
@@ -110,7 +110,7 @@ def _forked_cli(argv: list[str], log: str, env: dict) -> None:
     sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     logging.getLogger().handlers.clear()  # pytest's: let the CLI log to the file
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from snugfit.cli import main
+    from snugfit.app.cli import main
 
     sys.exit(main(argv))
 
@@ -376,7 +376,7 @@ def test_a_process_killed_mid_write_leaves_the_previous_checkpoint(tmp_path, mon
 
 
 def _sleep_without_sigint(ready):
-    from snugfit.data import ignore_sigint
+    from snugfit.data.loaders import ignore_sigint
 
     ignore_sigint(0)
     ready.set()
@@ -384,7 +384,7 @@ def _sleep_without_sigint(ready):
 
 
 def test_loader_workers_leave_ctrl_c_to_the_main_process(image_folder):
-    from snugfit.data import ImageDataLoaders, ignore_sigint
+    from snugfit.data.loaders import ImageDataLoaders, ignore_sigint
 
     dls = ImageDataLoaders.from_folder(image_folder, num_workers=1, cache=False)
     assert dls.train._loader().worker_init_fn is ignore_sigint

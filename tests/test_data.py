@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from fixtures import COLOURS, colour_image, make_image_folder
-from snugfit.augment import center_batch
-from snugfit.data import ImageDataLoaders
-from snugfit.decode import decode_train, decode_valid, open_image, prepare_for_predict
+from snugfit.data.augment import center_batch
+from snugfit.data.decode import decode_train, decode_valid, open_image, prepare_for_predict
+from snugfit.data.items import IMAGE_EXTENSIONS, get_image_files, split_stratified
+from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import SnugfitError, UnreadableImage
-from snugfit.items import IMAGE_EXTENSIONS, get_image_files, split_stratified
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 4, "size": 32}
 COLOUR_CLASSES = ("a_red", "b_green", "c_blue", "d_yellow")  # sorted = COLOURS order

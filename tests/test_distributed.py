@@ -22,7 +22,7 @@ from torch import nn
 from fixtures import make_image_folder
 from snugfit import Learner
 from snugfit.callbacks import Callback
-from snugfit.data import ImageDataLoaders, _EpochShuffle, _ShardBatches
+from snugfit.data.loaders import ImageDataLoaders, _EpochShuffle, _ShardBatches
 from snugfit.distributed import shard
 
 WORLD = 2

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from snugfit.cli import main
+from snugfit.app.cli import main
 from snugfit.errors import NonFiniteLoss
 from snugfit.events import EventLog, JsonLinesSink, read_events
 from test_cli import TRAIN

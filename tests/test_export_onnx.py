@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from snugfit import onnx_export
 from snugfit.errors import SnugfitError
-from snugfit.export import export_onnx
-from snugfit.learner import Learner
-from snugfit.models import create_model
+from snugfit.models.create import create_model
+from snugfit.saving import onnx as onnx_export
+from snugfit.saving.model_files import export_onnx
+from snugfit.train.learner import Learner
 from test_cli import run_cli
 
 INFER = {"vocab": ["ant", "bee", "wasp"], "size": 32, "crop_pct": 0.875}

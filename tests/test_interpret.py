@@ -10,7 +10,7 @@ from PIL import Image
 from fixtures import make_image_folder
 from snugfit import ImageDataLoaders, vision_learner
 from snugfit.errors import SnugfitError
-from snugfit.interpret import ClassificationInterpretation
+from snugfit.infer.interpret import ClassificationInterpretation
 from test_learner import make_learner
 
 # A fixed prediction set: 7 items, 3 classes; "fox" is never predicted.

@@ -11,8 +11,8 @@ from torch import nn
 from snugfit import Learner
 from snugfit.callbacks import EVENTS, Callback
 from snugfit.errors import SnugfitError
-from snugfit.models import create_model
-from snugfit.schedules import one_cycle
+from snugfit.models.create import create_model
+from snugfit.train.schedules import one_cycle
 
 
 def fake_dls(n_batches=3, bs=8, size=32, n_classes=3, seed=0):

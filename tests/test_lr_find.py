@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from snugfit.errors import SnugfitError
-from snugfit.lr_find import (
+from snugfit.train.lr_find import (
     LRFindResult,
     lr_find,
     smooth,

@@ -10,7 +10,7 @@ from rich.console import Console
 from torch import nn
 
 from snugfit.errors import SnugfitError
-from snugfit.memory import (
+from snugfit.memory.plan import (
     ActivationProfile,
     activation_bytes,
     checkpoint_units,
@@ -454,7 +454,7 @@ def test_plan_table_renders(big_plan):
 def test_enforce_budget_caps_the_cuda_allocator(monkeypatch):
     from types import SimpleNamespace
 
-    from snugfit.memory import enforce_budget
+    from snugfit.memory.plan import enforce_budget
 
     calls = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)

@@ -10,12 +10,12 @@ from torch import nn
 
 from fixtures import SQUARES, make_image_folder, make_multilabel_csv
 from snugfit import ImageDataLoaders, load_learner, vision_learner
-from snugfit.cli import main
+from snugfit.app.cli import main
+from snugfit.data.items import split_random
 from snugfit.errors import SnugfitError
-from snugfit.export import META_FILE
-from snugfit.interpret import ClassificationInterpretation
-from snugfit.items import split_random
-from snugfit.metrics import accuracy_multi, f1_samples, metric_name
+from snugfit.infer.interpret import ClassificationInterpretation
+from snugfit.saving.model_files import META_FILE
+from snugfit.tasks.metrics import accuracy_multi, f1_samples, metric_name
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 8, "size": 32}
 VOCAB = sorted(SQUARES)  # blue, green, red

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from snugfit.callbacks import Callback, SaveCheckpoint
-from snugfit.checkpoint import read_checkpoint
 from snugfit.errors import NonFiniteLoss, SnugfitError
-from snugfit.nonfinite import StepInfo, nonfinite_message
+from snugfit.saving.checkpoint import read_checkpoint
+from snugfit.train.nonfinite import StepInfo, nonfinite_message
 from test_learner import fake_dls, make_learner, snapshot
 
 NAN, INF = float("nan"), float("inf")
@@ -222,7 +222,7 @@ def test_an_update_that_overflows_the_weights_stops_at_the_epoch_end(tmp_path):
 
 
 def test_cli_prints_one_error_line_and_keeps_the_checkpoint(image_folder, tmp_path, capsys):
-    from snugfit.cli import main
+    from snugfit.app.cli import main
 
     out = tmp_path / "run"
     args = ["--arch", "test_efficientnet", "--no-pretrained", "--bs", "8", "--size", "32"]

@@ -5,7 +5,7 @@ import torch
 
 from snugfit.callbacks import Callback
 from snugfit.errors import SnugfitError
-from snugfit.oom import MemorySettings, is_oom, next_fallback
+from snugfit.memory.oom import MemorySettings, is_oom, next_fallback
 from test_learner import fake_dls, make_learner, snapshot
 
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from snugfit.errors import SnugfitError
-from snugfit.optim import (
+from snugfit.train.optim import (
     decoupled_weight_decay,
     make_optimizer,
     param_groups,

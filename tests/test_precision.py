@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from snugfit import precision as prec
 from snugfit.callbacks import Callback
 from snugfit.errors import SnugfitError
+from snugfit.memory import precision as prec
 from test_learner import fake_dls, make_learner, snapshot
 
 
@@ -73,7 +73,7 @@ def test_fp16_scaler_skips_a_step_with_an_inf_gradient(opt):
 @pytest.mark.parametrize("fast", ["bf16", "fp32"])
 def test_auto_precision_on_cpu_keeps_the_faster(monkeypatch, fast):
     import snugfit.callbacks.auto_precision as ap
-    import snugfit.learner as learner_mod
+    import snugfit.train.learner as learner_mod
 
     monkeypatch.setattr(learner_mod, "cpu_has_native_bf16", lambda: True)
     learn = make_learner(precision="auto", dls=fake_dls(n_batches=8))

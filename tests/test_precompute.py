@@ -3,7 +3,7 @@
 import torch
 
 from snugfit import ImageDataLoaders, vision_learner
-from snugfit import precompute as pre
+from snugfit.train import precompute as pre
 
 
 def colour_learner(folder, **kw):

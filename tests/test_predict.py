@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from snugfit import memory
 from snugfit.errors import SnugfitError
-from snugfit.learner import load_learner
-from snugfit.memory import MiB, eval_batch_size, forward_peak_bytes, profile_eval
-from snugfit.models import create_model
-from snugfit.predict import CPU_BS, MAX_BS, predict_batch_size, predict_to_csv
+from snugfit.infer.predict import CPU_BS, MAX_BS, predict_batch_size, predict_to_csv
+from snugfit.memory import plan as memory
+from snugfit.memory.plan import MiB, eval_batch_size, forward_peak_bytes, profile_eval
+from snugfit.models.create import create_model
+from snugfit.train.learner import load_learner
 from test_cli import run_cli
 from test_train import colour_learner
 
@@ -167,14 +167,14 @@ def test_batch_from_budget_on_cuda(saved, monkeypatch):
 
 
 def test_nothing_to_predict():
-    from snugfit.predict import image_inputs
+    from snugfit.infer.predict import image_inputs
 
     with pytest.raises(SnugfitError, match="nothing to predict"):
         image_inputs([])
 
 
 def test_multi_label_rows_list_the_classes_above_the_threshold(image_folder, tmp_path):
-    from snugfit.learner import Learner
+    from snugfit.train.learner import Learner
 
     torch.manual_seed(0)
     infer = {"vocab": ["green", "red"], "size": 32, "crop_pct": 0.875}

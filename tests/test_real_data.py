@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from snugfit import ImageDataLoaders, load_learner, vision_learner
-from snugfit.models import packaged_lite0_weights
+from snugfit.models.create import packaged_lite0_weights
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_fine_tune_hymenoptera_reaches_95_percent(hymenoptera, tmp_path):
 
 
 def test_demo_runs_offline_and_learns(tmp_path, monkeypatch):
-    from snugfit.demo import run_demo
+    from snugfit.app.demo import run_demo
 
     monkeypatch.setenv("SNUGFIT_CACHE", str(tmp_path / "cache"))
     learn = run_demo(tmp_path / "demo")

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import snugfit.run
+import snugfit.app.run
 from fixtures import make_image_folder
+from snugfit.app.cli import main
+from snugfit.app.report import SECTIONS, write_report
 from snugfit.callbacks import Callback
-from snugfit.cli import main
-from snugfit.interpret import ClassificationInterpretation
-from snugfit.report import SECTIONS, write_report
+from snugfit.infer.interpret import ClassificationInterpretation
 from test_cli import TRAIN
 from test_oom import inject_oom
 
@@ -165,14 +165,14 @@ def train(capsys, data: Path, out: Path, *extra: str) -> tuple[int, str]:
 
 def with_learner(monkeypatch, setup):
     """Make `snugfit train` call ``setup(learn)`` on the learner it builds."""
-    build = snugfit.run.vision_learner
+    build = snugfit.app.run.vision_learner
 
     def patched(*args, **kwargs):
         learn = build(*args, **kwargs)
         setup(learn)
         return learn
 
-    monkeypatch.setattr(snugfit.run, "vision_learner", patched)
+    monkeypatch.setattr(snugfit.app.run, "vision_learner", patched)
 
 
 def test_report_renders_its_sections_and_images_in_chromium(

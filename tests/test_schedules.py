@@ -4,7 +4,7 @@ import math
 import pytest
 
 from snugfit.errors import SnugfitError
-from snugfit.schedules import (
+from snugfit.train.schedules import (
     combine,
     cos_anneal,
     one_cycle,

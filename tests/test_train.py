@@ -7,7 +7,7 @@ import torch
 
 from snugfit import ImageDataLoaders, load_learner, vision_learner
 from snugfit.errors import SnugfitError
-from snugfit.export import META_FILE
+from snugfit.saving.model_files import META_FILE
 
 
 def colour_learner(folder, arch="test_efficientnet", **kw):

@@ -16,10 +16,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from snugfit.checkpoint import read_checkpoint
-from snugfit.cli import main
+from snugfit.app.cli import main
 from snugfit.errors import SnugfitError
-from snugfit.export import META_FILE, WEIGHTS_FILE, load_learner
+from snugfit.saving.checkpoint import read_checkpoint
+from snugfit.saving.model_files import META_FILE, WEIGHTS_FILE, load_learner
 from test_learner import make_learner
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "snugfit"

@@ -1,11 +1,11 @@
 """snugfit: fine-tune pretrained image classifiers that fit your machine."""
 
-from .callbacks import Callback
-from .config import TrainConfig
-from .data import ImageDataLoaders
-from .errors import NonFiniteLoss, SnugfitError, UnreadableImage
-from .learner import Learner, load_learner, vision_learner
-from .metrics import accuracy, accuracy_multi, error_rate, f1_samples
+from snugfit.app.config import TrainConfig
+from snugfit.callbacks import Callback
+from snugfit.data.loaders import ImageDataLoaders
+from snugfit.errors import NonFiniteLoss, SnugfitError, UnreadableImage
+from snugfit.tasks.metrics import accuracy, accuracy_multi, error_rate, f1_samples
+from snugfit.train.learner import Learner, load_learner, vision_learner
 
 __version__ = "0.1.0"
 

@@ -60,14 +60,14 @@ def _noop(learn) -> None:
     return None
 
 
-from .checkpoints import SaveCheckpoint  # noqa: E402
-from .early_stopping import EarlyStopping  # noqa: E402
-from .progress import ProgressCallback  # noqa: E402
-from .recorder import Recorder  # noqa: E402
-from .save_best import SaveBest  # noqa: E402
-from .schedule import ParamScheduler  # noqa: E402
-from .snapshots import CycleSnapshots  # noqa: E402
-from .tensorboard import TensorBoardCallback  # noqa: E402
+from snugfit.callbacks.checkpoints import SaveCheckpoint  # noqa: E402
+from snugfit.callbacks.early_stopping import EarlyStopping  # noqa: E402
+from snugfit.callbacks.progress import ProgressCallback  # noqa: E402
+from snugfit.callbacks.recorder import Recorder  # noqa: E402
+from snugfit.callbacks.save_best import SaveBest  # noqa: E402
+from snugfit.callbacks.schedule import ParamScheduler  # noqa: E402
+from snugfit.callbacks.snapshots import CycleSnapshots  # noqa: E402
+from snugfit.callbacks.tensorboard import TensorBoardCallback  # noqa: E402
 
 __all__ = [
     "EVENTS",

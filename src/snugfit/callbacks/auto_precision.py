@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from time import perf_counter
 
-from . import Callback
+from snugfit.callbacks import Callback
 
 log = logging.getLogger("snugfit")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import save_checkpoint
-from . import Callback
+from snugfit.callbacks import Callback
+from snugfit.saving.checkpoint import save_checkpoint
 
 
 class SaveCheckpoint(Callback):

@@ -11,8 +11,8 @@ import math
 import operator
 from collections.abc import Callable
 
-from ..errors import SnugfitError
-from . import Callback
+from snugfit.callbacks import Callback
+from snugfit.errors import SnugfitError
 
 log = logging.getLogger("snugfit")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import Callback
+from snugfit.callbacks import Callback
 
 
 def format_time(seconds: float) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import SnugfitError
-from . import Callback
+from snugfit.callbacks import Callback
+from snugfit.errors import SnugfitError
 
 
 def size_at(epoch: int, n_epoch: int, sizes: Sequence[int]) -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
-from ..distributed import is_main
-from . import Callback
+from snugfit.callbacks import Callback
+from snugfit.distributed import is_main
+from snugfit.saving.checkpoint import atomic_write
 
 
 class Recorder(Callback):

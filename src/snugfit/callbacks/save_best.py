@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import _dedupe_storage, atomic_write
-from . import Callback
-from .early_stopping import Monitor
+from snugfit.callbacks import Callback
+from snugfit.callbacks.early_stopping import Monitor
+from snugfit.saving.checkpoint import _dedupe_storage, atomic_write
 
 log = logging.getLogger("snugfit")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..optim import set_hypers
-from ..schedules import Schedule
-from . import Callback
+from snugfit.callbacks import Callback
+from snugfit.train.optim import set_hypers
+from snugfit.train.schedules import Schedule
 
 
 class ParamScheduler(Callback):

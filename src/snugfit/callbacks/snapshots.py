@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..checkpoint import atomic_write
-from ..schedules import sgdr_cycle_ends
-from . import Callback
+from snugfit.callbacks import Callback
+from snugfit.saving.checkpoint import atomic_write
+from snugfit.train.schedules import sgdr_cycle_ends
 
 log = logging.getLogger("snugfit")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SnugfitError
-from . import Callback
+from snugfit.callbacks import Callback
+from snugfit.errors import SnugfitError
 
 
 class TensorBoardCallback(Callback):

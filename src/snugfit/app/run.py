@@ -1,0 +1,229 @@
+"""A whole training run from a `TrainConfig`: data, model, fine_tune, outputs.
+
+Shared by ``snugfit train`` and ``snugfit demo``. The data are class folders
+(`ImageDataLoaders.from_folder`) or, with ``cfg.csv``, a CSV of files and labels
+(`ImageDataLoaders.from_csv`; multi-label with ``cfg.label_delim``: BCE loss,
+``accuracy_multi`` and ``f1_samples``). Everything a run produces goes
+to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``check.json``
+(`snugfit.check`: the data check run first), ``metrics.csv``,
+``checkpoint.safetensors`` (resumable with ``--resume``),
+``batch.png`` (an augmented batch), ``loss.png``, ``lr.png``, ``events.jsonl`` (the
+event log, `snugfit.events`), ``report.html`` (`snugfit.report`), ``tensorboard/``
+(with ``cfg.tensorboard``) and, when some files could not be read, ``skipped.txt``.
+
+When training stops on an error (a non-finite loss, Ctrl-C, an out-of-memory
+error nothing fixes), the plots, ``skipped.txt`` and the report are still
+written, with what exists: the report then has no confusion matrix or top
+losses, which would need a pass over the validation set (not what Ctrl-C asks
+for) and describe weights that are not a finished model. A multi-label run's
+report has a per-label precision/recall/F1 table instead (confusion matrix and
+top losses are for single-label runs).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from snugfit import distributed
+from snugfit.app.config import TrainConfig
+from snugfit.app.report import EVENTS, write_report
+from snugfit.callbacks import SaveCheckpoint, TensorBoardCallback
+from snugfit.data.check import CheckReport, check_data, csv_args
+from snugfit.data.loaders import ImageDataLoaders, resolve_device
+from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
+from snugfit.events import JsonLinesSink
+from snugfit.train.learner import Learner, vision_learner
+
+log = logging.getLogger("snugfit")
+
+CHECKPOINT = "checkpoint.safetensors"  # in the run folder; what --resume takes
+
+
+def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
+    console = console or Console()
+    # Under torchrun: join the job first; rank 0 prints and writes the run's files.
+    main = not distributed.setup(resolve_device(cfg.device)) or distributed.is_main()
+    if not main:
+        console = Console(quiet=True)
+    out = Path(cfg.out)
+    # Before the data check: a missing tensorboard package fails at once.
+    tensorboard = TensorBoardCallback(out / "tensorboard") if cfg.tensorboard and main else None
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
+    # Decode every file once up front: problems are reported before any model is
+    # built, and the loaders skip the unreadable files without opening them again.
+    report = _check(cfg, console)
+    report.print(console)
+    dls = _loaders(cfg, report)
+    kind = "labels (multi-label)" if dls.multi_label else "classes"
+    console.print(
+        f"data: {len(dls.train_items)} train / {len(dls.valid_items)} valid images, "
+        f"{dls.c} {kind} ({', '.join(dls.vocab[:8])}{', ...' if dls.c > 8 else ''}), "
+        f"device {dls.device}",
+        highlight=False,
+    )
+    learn = vision_learner(
+        dls,
+        cfg.arch,
+        pretrained=cfg.pretrained,
+        weights=cfg.weights,
+        # None: the multi-label defaults, accuracy_multi and f1_samples
+        metrics=None if dls.multi_label else ("accuracy", "error_rate"),
+        opt=cfg.opt,
+        wd=cfg.wd,
+        precision=cfg.precision,
+        memory_budget=cfg.memory_budget,
+        micro_bs=cfg.micro_bs,
+        accumulate=cfg.accumulate,
+        checkpointing=cfg.checkpointing,
+        sync_bn=cfg.sync_bn,
+        console=console,
+    )
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out / "config.json")
+        report.to_json(out / "check.json")
+        dls.show_batch(out / "batch.png")  # what the model sees: augmented, presized
+        csv_path, events_path = out / "metrics.csv", out / EVENTS
+        if cfg.resume is None:
+            csv_path.unlink(missing_ok=True)  # a resumed run appends to its history
+            events_path.unlink(missing_ok=True)
+        learn.recorder.csv_path = csv_path
+        learn.events.add_sink(JsonLinesSink(events_path))  # the events so far, then each new
+    learn.events.emit("run_start", out=str(out), resume=cfg.resume)
+    learn.events.emit(
+        "data",
+        train=len(dls.train_items),
+        valid=len(dls.valid_items),
+        classes=dls.c,
+        multi_label=dls.multi_label,
+        unreadable=len(report.unreadable),
+        missing=len(report.missing),
+    )
+    # One resumable checkpoint, rewritten atomically after every epoch (and every
+    # N batches, and on Ctrl-C).
+    cbs = [SaveCheckpoint(out / CHECKPOINT, every_batches=cfg.checkpoint_every)]
+    if tensorboard is not None:
+        cbs.append(tensorboard)
+    try:
+        _fit(learn, cfg, cbs)
+        learn.save(out / "model")
+    except BaseException as e:
+        status = _stopped(e)
+        learn.events.emit("run_end", status=status)
+        try:  # what exists; the error that stopped the run stays the one raised
+            _write_outputs(learn, out, console, status, interpret=False)
+        except Exception as report_error:
+            log.warning(f"could not write the report: {first_line(report_error)}")
+        raise
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+    learn.events.emit("run_end", status="completed")
+    _write_outputs(learn, out, console, "completed", interpret=True)
+    if learn.oom_events:
+        console.print(
+            f"recovered from {len(learn.oom_events)} out-of-memory error(s); "
+            f"now micro-batch {learn.micro_bs}, {learn.precision}"
+            f"{', checkpointing' if learn.checkpointing else ''} (counts in metrics.csv)",
+            highlight=False,
+        )
+    console.print(f"saved model, config, metrics, plots and report.html to {out}", highlight=False)
+    return learn
+
+
+def _loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
+    """The loaders of ``cfg``'s data; files the check found unusable are skipped unopened."""
+    kw = {
+        "bs": cfg.bs,
+        "size": cfg.size,
+        "num_workers": cfg.num_workers,
+        "device": cfg.device,
+        "flip": cfg.flip,
+        "unreadable": report.unreadable_files,
+    }
+    if cfg.csv is None:
+        return ImageDataLoaders.from_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, **kw)
+    return ImageDataLoaders.from_csv(cfg.data, **csv_args(cfg), **kw)
+
+
+def _check(cfg: TrainConfig, console: Console) -> CheckReport:
+    """The data check; under torchrun rank 0 runs it and the others get its report
+    (or its error), instead of every rank decoding every file."""
+    if not distributed.active():
+        return check_data(cfg, console)
+    result: CheckReport | SnugfitError | None = None
+    if distributed.is_main():
+        try:
+            result = check_data(cfg, console)
+        except SnugfitError as e:  # every rank must stop with it, not wait for a report
+            result = SnugfitError(str(e))
+    result = distributed.from_main(result)
+    if isinstance(result, SnugfitError):
+        raise result
+    return result
+
+
+def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
+    if cfg.recipe == "auto":
+        learn.auto_fit(
+            cfg.epochs,
+            head_epochs=cfg.head_epochs,
+            precompute=cfg.precompute,
+            lr_find=cfg.lr_find,
+            schedule=cfg.schedule,
+            sizes=cfg.sizes,
+            cbs=cbs,
+            resume=cfg.resume,
+        )
+    else:
+        learn.fine_tune(
+            cfg.epochs, base_lr=cfg.lr, freeze_epochs=cfg.freeze_epochs, cbs=cbs, resume=cfg.resume
+        )
+
+
+def _stopped(e: BaseException) -> str:
+    """How a run that raised ``e`` ended, in words for the report."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(e, NonFiniteLoss):
+        return f"stopped: {e}"
+    return f"failed: {first_line(e)}"
+
+
+def _write_outputs(learn: Learner, out: Path, console: Console, status: str, interpret: bool):
+    """Plots, ``skipped.txt`` and ``report.html`` (with the interpretation of the
+    final model when ``interpret``: single-label, a `ClassificationInterpretation`;
+    multi-label, precision, recall and F1 per label)."""
+    interp = per_label = None
+    if interpret:  # on every rank: under torchrun the predictions are gathered
+        from snugfit.infer.interpret import ClassificationInterpretation, per_label_report
+
+        try:
+            if learn.multi_label:
+                outs, targs = learn.get_preds()
+                probs = outs.float().sigmoid()
+                per_label = per_label_report(probs, targs, learn.dls.vocab, learn.threshold)
+            else:
+                interp = ClassificationInterpretation.from_learner(learn)
+        except SnugfitError as e:  # e.g. no readable validation image: the report without it
+            log.warning(f"report: no interpretation ({e})")
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 writes them
+    if learn.recorder.losses:
+        learn.recorder.plot_loss(out / "loss.png")
+        learn.recorder.plot_lr(out / "lr.png")
+    write_skipped(learn.dls.skipped, out / "skipped.txt", console)
+    write_report(out, interp, status=status, per_label=per_label)
+
+
+def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None:
+    """List unreadable files (never dropped silently) in ``path``."""
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())))
+    console.print(f"skipped {len(skipped)} unreadable file(s); list in {path}", highlight=False)

@@ -1,0 +1,133 @@
+"""Precomputed frozen features: run the frozen body once, train the head in seconds.
+
+fastai 0.7's ``precompute=True``: while everything but the head is frozen and
+augmentation is off, the body's output for an image never changes, so it is
+computed once per image and the head trains on those features. The features
+are what the classifier receives (captured by a hook on it, so any head
+arrangement works); they are kept in memory, or memory-mapped from the cache
+folder when large, and keyed by the body's weights, the image size and
+transform, and the data (paths, sizes, modification times, labels). When any of
+those change, the key changes and the features are computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("snugfit")
+
+# Above this many bytes of features, keep them in a memory-mapped file instead of RAM.
+IN_MEMORY_LIMIT = 1 << 30
+
+
+class FeatureLoader:
+    """Batches of precomputed features, shuffled per epoch from ``(seed, epoch)``.
+
+    A new one is made for each fit, so its ``epoch`` is the fit's epoch (the loop
+    sets it: ``per_fit_epochs``), which makes a resumed fit shuffle the same way.
+    """
+
+    per_fit_epochs = True
+
+    def __init__(self, feats, targs: torch.Tensor, bs: int, shuffle: bool, seed: int, device):
+        self.feats, self.targs = feats, targs
+        self.bs, self.shuffle, self.seed, self.device = bs, shuffle, seed, device
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.targs) / self.bs)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self._batches(epoch, 0)
+
+    def iter_from(self, skip: int):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self._batches(epoch, skip)
+
+    def _batches(self, epoch: int, skip: int):
+        n = len(self.targs)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for start in range(skip * self.bs, n, self.bs):
+            idx = order[start : start + self.bs]
+            x = torch.as_tensor(self.feats[idx.numpy()]) if isinstance(self.feats, np.ndarray) else (
+                self.feats[idx]
+            )  # fmt: skip
+            yield x.to(self.device, non_blocking=True), self.targs[idx].to(self.device)
+
+
+def features_key(learn, split: str) -> str:
+    """A digest of everything the features depend on."""
+    h = hashlib.sha1()
+    frozen = [p for group in learn.groups[:-1] for _, p in group]
+    for t in [*frozen, *learn.model.buffers()]:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    d = learn.dls
+    h.update(repr((learn.arch, split, d.size, d.presize, d.crop_pct, d.mean, d.std)).encode())
+    items = d.train_items if split == "train" else d.valid_items
+    for path, label in items:
+        st = Path(path).stat()
+        h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+    return h.hexdigest()[:32]
+
+
+@torch.no_grad()
+def compute_features(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's inputs and the targets over ``dl`` (model in eval mode)."""
+    head: nn.Module = learn.model.get_classifier()
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda m, args: captured.append(args[0].float()))
+    targs = []
+    learn.model.eval()
+    try:
+        for xb, yb in dl:
+            learn._eval_forward(learn._input(xb))
+            targs.append(yb)
+    finally:
+        hook.remove()
+    return torch.cat(captured).cpu(), torch.cat(targs).cpu()
+
+
+def feature_loaders(learn) -> tuple[FeatureLoader, FeatureLoader]:
+    """Train and validation loaders over precomputed features, computing them if needed."""
+    from snugfit.data.cache import cache_dir
+
+    d = learn.dls
+    store = learn.__dict__.setdefault("_features", {})
+    loaders = []
+    for split in ("train", "valid"):
+        key = features_key(learn, split)
+        if key not in store:
+            dl = d.train if split == "train" else d.valid
+            saved_epoch, saved_aug = getattr(dl, "epoch", None), d.augment
+            d.augment = False  # features of the images themselves
+            if saved_epoch is not None:
+                dl.epoch = 0  # a fixed order: the same features array in every run
+            try:
+                feats, targs = compute_features(learn, dl)
+            finally:
+                d.augment = saved_aug
+                if saved_epoch is not None:
+                    dl.epoch = saved_epoch  # the training that follows sees the same data order
+            if feats.numel() * 4 > IN_MEMORY_LIMIT:
+                path = cache_dir() / "features" / f"{key}.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=feats.shape)
+                mm[:] = feats.numpy()
+                feats = np.load(path, mmap_mode="r")
+            store[key] = (feats, targs)
+            log.info(f"precomputed {split} features: {tuple(store[key][0].shape)}")
+        feats, targs = store[key]
+        loaders.append(FeatureLoader(feats, targs, d.bs, split == "train", d.seed, learn.device))
+    return loaders[0], loaders[1]

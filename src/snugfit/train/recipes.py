@@ -1,0 +1,230 @@
+"""The recipes: fastai's ``learn.fine_tune()``, and the automated checklist
+``learn.auto_fit()``, the default of ``snugfit train``.
+
+`fine_tune` trains the head, then everything at discriminative rates.
+
+`auto_fit` is the seed recipe for "a world-class image classifier", each step
+visible in the output and each one switchable:
+
+1. precompute the frozen body's features (``precompute``);
+2. find the learning rate of the head (``lr_find``, on the features: instant);
+3. train the head on the features (``head_epochs``);
+4. train the head with data augmentation (``head_aug_epochs``);
+5. unfreeze, with discriminative learning rates (each layer group a fixed
+   factor below the next, spanning ``lr_mult`` in all) -- unless no phase so
+   far improved on the starting point (``stop_if_no_gain``: a head that starts
+   from ImageNet's own rows for these classes and cannot be improved on this
+   data; measured on hymenoptera, unfreezing then only lost accuracy);
+6. find the learning rate again (``lr_find_unfrozen``: on a CPU a sweep costs
+   about as much as training, so "auto" runs it only when it is cheap compared
+   with the epochs it tunes, and otherwise uses the head's rate times
+   ``unfrozen_lr_ratio``, at most ``max_unfrozen_lr``);
+7. train the whole network with one-cycle or SGDR (``schedule``), early
+   stopping and, optionally, progressive resizing (``sizes``).
+
+After every phase the validation loss is compared with the best so far; the
+weights of the best phase are restored at the end (a phase that did not help,
+such as unfreezing on a tiny data set, costs time but not accuracy).
+
+Decisions (learning rates) are kept in ``learn.recipe_state``, which checkpoints
+carry, so a resumed run takes the same ones instead of sweeping again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from snugfit.callbacks.early_stopping import EarlyStopping
+from snugfit.callbacks.progressive import ProgressiveResize
+from snugfit.errors import SnugfitError, check_count, check_positive
+
+
+def _log(learn, text: str) -> None:
+    learn.console.print(text, highlight=False)
+
+
+def _phase(learn, name: str) -> None:
+    """Print a phase's start and put it in the event log (``learn.events``)."""
+    _log(learn, f"phase: {name}")
+    learn.events.emit("phase", name=name)
+
+
+def _decide_lr(learn, key: str, phase: str, default: float, run_sweep: bool) -> float:
+    """An LR from lr_find's valley (or ``default``), remembered for resuming."""
+    state = learn.recipe_state
+    if key in state:
+        _log(learn, f"  {phase}: learning rate {state[key]:.2e} (from the checkpoint)")
+        return state[key]
+    if run_sweep:
+        result = learn.lr_find()
+        lr = result.suggested
+        why = f"lr_find valley (minimum/10 {result.suggestions['minimum']:.1e})"
+    else:
+        lr, why = default, "rule"
+    state[key] = lr
+    _log(learn, f"  {phase}: learning rate {lr:.2e} ({why})")
+    learn.events.emit("lr", phase=phase, lr=lr, why=why)
+    return lr
+
+
+class _Best:
+    """The weights of the phase with the lowest validation loss so far.
+
+    Kept in ``learn.recipe_state`` and ``learn.recipe_tensors``, which checkpoints
+    carry: a resumed run compares with the same best, not with the weights it
+    resumed from. (Updates for the phases a resumed run skips change nothing:
+    they were made before its checkpoint.)
+    """
+
+    def __init__(self, learn):
+        self.learn = learn
+        saved = learn.recipe_state
+        if "best_loss" in saved:  # resumed
+            self.loss, self.phase = saved["best_loss"], saved["best_phase"]
+            self.state = {k[5:]: v for k, v in learn.recipe_tensors.items() if k[:5] == "best."}
+        else:
+            self._keep(learn.validate()["valid_loss"], "start")
+
+    def _keep(self, loss: float, phase: str) -> None:
+        self.loss, self.phase, self.state = loss, phase, _host_copy(self.learn.model)
+        self.learn.recipe_state.update(best_loss=loss, best_phase=phase)
+        self.learn.recipe_tensors.update({f"best.{k}": v for k, v in self.state.items()})
+
+    def update(self, learn, phase: str) -> None:
+        loss = learn.recorder.rows[-1]["valid_loss"] if learn.recorder.rows else float("inf")
+        if loss < self.loss:
+            self._keep(loss, phase)
+
+    def restore(self, learn) -> str:
+        learn.model.load_state_dict(self.state)
+        # done: a later auto_fit starts afresh
+        del learn.recipe_state["best_loss"]
+        learn.recipe_tensors = {k: v for k, v in learn.recipe_tensors.items() if k[:5] != "best."}
+        return self.phase
+
+
+def _host_copy(model) -> dict:
+    # In host memory: a second copy of the weights on the device would take
+    # memory the plan gave to training.
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fine_tune(learn, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, cbs) -> None:
+    """`Learner.fine_tune` (its defaults): the head for ``freeze_epochs``, then all."""
+    check_count("epochs", epochs)
+    check_count("freeze_epochs", freeze_epochs)
+    check_positive("base_lr", base_lr)  # fails before any training
+    if freeze_epochs:
+        learn.events.emit("phase", name="head (frozen body)")
+        learn.freeze()
+        learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)
+    base_lr /= 2
+    learn.unfreeze()
+    if epochs:
+        learn.events.emit("phase", name="unfrozen")
+        learn.fit_one_cycle(
+            epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs
+        )
+
+
+def auto_fit(
+    learn,
+    epochs: int = 2,
+    head_epochs: int = 4,
+    head_aug_epochs: int = 1,
+    precompute: bool = True,
+    lr_find: bool = True,
+    lr_find_unfrozen: str | bool = "auto",
+    lr_mult: float = 10.0,
+    unfrozen_lr_ratio: float = 1.0,
+    max_unfrozen_lr: float = 2e-3,
+    stop_if_no_gain: bool = True,
+    unfreeze: bool = True,
+    schedule: str = "one_cycle",
+    patience: int = 1,
+    sizes: Sequence[int] | None = None,
+    cbs=(),
+) -> None:
+    """Run the checklist (module docstring); print each phase and the LR it chose."""
+    if schedule not in ("one_cycle", "sgdr"):
+        raise SnugfitError(f"schedule: expected 'one_cycle' or 'sgdr', got {schedule!r}")
+    # Bad arguments fail now, not after minutes of the phases before them.
+    for name, value in (("epochs", epochs), ("head_epochs", head_epochs),
+                        ("head_aug_epochs", head_aug_epochs), ("patience", patience)):  # fmt: skip
+        check_count(name, value)
+    for name, value in (("lr_mult", lr_mult), ("unfrozen_lr_ratio", unfrozen_lr_ratio),
+                        ("max_unfrozen_lr", max_unfrozen_lr)):  # fmt: skip
+        check_positive(name, value)
+    for s in sizes or ():
+        check_count("sizes", s, minimum=1)
+    start = time.perf_counter()
+    state = learn.recipe_state
+    learn.freeze()
+    best = _Best(learn)
+    _log(learn, f"auto_fit: starting validation loss {best.loss:.4f}")
+    learn.events.emit("recipe_start", recipe="auto_fit", valid_loss=best.loss)
+
+    # 1-3: the head on precomputed features
+    learn.precompute = precompute
+    if head_epochs:
+        _phase(learn, "head on " + ("precomputed features" if precompute else "images"))
+        lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
+        learn.fit_one_cycle(head_epochs, lr_head, cbs=cbs)
+        best.update(learn, "head")
+    else:
+        lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
+    learn.precompute = False
+
+    # 4: the head with augmentation
+    if head_aug_epochs:
+        _phase(learn, "head with data augmentation")
+        learn.fit_one_cycle(head_aug_epochs, lr_head / 2, pct_start=0.3, cbs=cbs)
+        best.update(learn, "head with augmentation")
+
+    # 5-7: everything, with discriminative learning rates
+    if unfreeze and epochs and stop_if_no_gain and best.phase == "start":
+        _log(
+            learn,
+            "phase: unfrozen skipped: training the head did not improve on the pretrained "
+            "start (stop_if_no_gain=False runs it anyway)",
+        )
+        learn.events.emit("phase", name="unfrozen", skipped="no gain from training the head")
+        unfreeze = False
+    if unfreeze and epochs:
+        learn.unfreeze()
+        n_steps = epochs * len(learn.dls.train)
+        cheap = 0.25 * n_steps >= 100  # a sweep is 100 steps
+        sweep = lr_find_unfrozen is True or (lr_find_unfrozen == "auto" and cheap)
+        _phase(learn, "unfrozen, discriminative learning rates")
+        # A high head LR (a random head on easy features) would wreck a pretrained
+        # body: measured on hymenoptera, 9e-3 fell to 85% where 1e-3 kept 96%.
+        default = min(lr_head * unfrozen_lr_ratio, max_unfrozen_lr)
+        lr = _decide_lr(learn, "lr_unfrozen", "unfrozen (last group)", default, sweep)
+        lrs = slice(lr / lr_mult, lr)
+        extra = [EarlyStopping("valid_loss", patience=patience)]
+        if sizes:
+            extra.append(ProgressiveResize(sizes))
+        if schedule == "sgdr":
+            learn.fit_sgdr(_cycles(epochs), 1, lr_max=lrs, cycle_mult=2, cbs=[*extra, *cbs])
+        else:
+            learn.fit_one_cycle(epochs, lrs, pct_start=0.3, div=5, cbs=[*extra, *cbs])
+        best.update(learn, "unfrozen")
+
+    kept = best.restore(learn)
+    state["best_phase"] = kept
+    learn.events.emit("kept", phase=kept, valid_loss=best.loss)
+    _log(
+        learn,
+        f"auto_fit: kept the weights after phase '{kept}' (validation loss {best.loss:.4f}); "
+        f"{time.perf_counter() - start:.0f} s",
+    )
+
+
+def _cycles(epochs: int) -> int:
+    """SGDR cycles of 1, 2, 4... epochs that fit in ``epochs`` (at least one)."""
+    n, total = 0, 0
+    while total + 2**n <= epochs:
+        total += 2**n
+        n += 1
+    return max(n, 1)
