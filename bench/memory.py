@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from snugfit.memory.plan import (
+from snugfit.memory import (
     ActivationProfile,
     Candidate,
     MemoryPlan,

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from snugfit import ImageDataLoaders, TrainConfig, vision_learner
 from snugfit.app.run import train
-from snugfit.models.create import packaged_lite0_weights
+from snugfit.models import packaged_lite0_weights
 
 ARCH = "tf_efficientnet_lite0"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/hymenoptera_data"
@@ -75,7 +75,7 @@ def run_fastai(data: Path) -> tuple[float, float] | None:
         return None
     import timm
 
-    from snugfit.models.create import load_weights
+    from snugfit.models import load_weights
 
     start = time.perf_counter()
     dls = FastaiDls.from_folder(

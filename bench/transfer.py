@@ -26,7 +26,7 @@ from torchvision import datasets, transforms
 
 from snugfit import ImageDataLoaders, vision_learner
 from snugfit.memory.precision import resolve_precision
-from snugfit.models.create import load_weights, model_config, packaged_lite0_weights
+from snugfit.models import load_weights, model_config, packaged_lite0_weights
 
 ARCH = "tf_efficientnet_lite0"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/hymenoptera_data"

@@ -9,7 +9,7 @@ import pytest
 
 from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import SnugfitError
-from snugfit.memory.plan import parse_bytes
+from snugfit.memory import parse_bytes
 from snugfit.train.learner import vision_learner
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from snugfit.errors import SnugfitError
-from snugfit.models.create import create_model
+from snugfit.models import create_model
 from snugfit.saving import onnx as onnx_export
 from snugfit.saving.model_files import export_onnx
 from snugfit.train.learner import Learner

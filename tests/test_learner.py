@@ -11,7 +11,7 @@ from torch import nn
 from snugfit import Learner
 from snugfit.callbacks import EVENTS, Callback
 from snugfit.errors import SnugfitError
-from snugfit.models.create import create_model
+from snugfit.models import create_model
 from snugfit.train.schedules import one_cycle
 
 

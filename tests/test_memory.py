@@ -10,20 +10,18 @@ from rich.console import Console
 from torch import nn
 
 from snugfit.errors import SnugfitError
-from snugfit.memory.plan import (
+from snugfit.memory import (
     ActivationProfile,
     activation_bytes,
-    checkpoint_units,
     format_bytes,
     make_plan,
     micro_batches,
-    model_stages,
     parse_bytes,
     profile_activations,
     saved_tensor_bytes,
-    set_grad_checkpointing,
     static_bytes,
 )
+from snugfit.models import checkpoint_units, model_stages, set_grad_checkpointing
 
 MiB = 2**20
 
@@ -454,7 +452,7 @@ def test_plan_table_renders(big_plan):
 def test_enforce_budget_caps_the_cuda_allocator(monkeypatch):
     from types import SimpleNamespace
 
-    from snugfit.memory.plan import enforce_budget
+    from snugfit.memory import enforce_budget
 
     calls = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)

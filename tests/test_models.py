@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from snugfit.errors import SnugfitError
-from snugfit.models.create import (
+from snugfit.models import (
     convert_by_order,
     create_model,
     group_names,
@@ -450,7 +450,7 @@ def test_pretrained_lite0_uses_the_packaged_weights_offline():
 
 
 def test_imagenet_rows_match_class_names():
-    from snugfit.models.create import imagenet_rows
+    from snugfit.models import imagenet_rows
 
     assert imagenet_rows(["ants", "bees"]) == [310, 309]
     assert imagenet_rows(["tench", "English_springer", "n03888257"]) == [0, 217, 701]

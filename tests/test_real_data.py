@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from snugfit import ImageDataLoaders, load_learner, vision_learner
-from snugfit.models.create import packaged_lite0_weights
+from snugfit.models import packaged_lite0_weights
 
 pytestmark = pytest.mark.slow
 

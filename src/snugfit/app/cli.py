@@ -118,7 +118,7 @@ def _memory_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def _budget(text: str) -> str:
-    from snugfit.memory.plan import parse_bytes
+    from snugfit.memory import parse_bytes
 
     try:
         parse_bytes(text, total=1, name="")
@@ -474,7 +474,7 @@ def _plan(args) -> None:
     """Print the memory plan of both phases of fine_tune (frozen body, then all)."""
     from rich.console import Console
 
-    from snugfit.models.create import create_model
+    from snugfit.models import create_model
     from snugfit.train.learner import Learner
 
     n_classes = args.classes

@@ -43,7 +43,7 @@ def write_digits(root: Path) -> Path:
 
 
 def demo_config(out: Path) -> TrainConfig:
-    from snugfit.models.create import packaged_lite0_weights
+    from snugfit.models import packaged_lite0_weights
 
     return TrainConfig(
         data=str(write_digits(cache_dir() / "digits")),

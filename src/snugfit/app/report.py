@@ -533,7 +533,7 @@ def _settings(s) -> str:
 
 
 def _bytes(n) -> str:
-    from snugfit.memory.plan import format_bytes
+    from snugfit.memory import format_bytes
 
     return format_bytes(int(n))
 

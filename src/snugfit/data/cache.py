@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snugfit.memory.plan import format_bytes, parse_bytes
+from snugfit.memory.units import format_bytes, parse_bytes
 
 logger = logging.getLogger("snugfit")
 

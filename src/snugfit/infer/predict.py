@@ -89,7 +89,7 @@ def predict_batch_size(learn, memory_budget: str | int | float | None = None) ->
     On CUDA the budget defaults to the whole card; on the CPU, without a budget, the
     batch is `CPU_BS`.
     """
-    from snugfit.memory.plan import (
+    from snugfit.memory import (
         GiB,
         MiB,
         eval_batch_size,

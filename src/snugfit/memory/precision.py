@@ -22,7 +22,7 @@ import torch
 from snugfit.errors import SnugfitError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @functools.cache
@@ -36,11 +36,12 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise SnugfitError(
-            f"precision: unknown value {precision!r}; use one of {', '.join(PRECISIONS)}"
-        )
+def check_precision(precision: str, allow_auto: bool = True) -> str:
+    """``precision`` if it is one of `PRECISIONS` (``"auto"`` only with ``allow_auto``)."""
+    allowed = PRECISIONS if allow_auto else PRECISIONS[1:]
+    if precision not in allowed:
+        what = "unknown value" if allow_auto else "unknown"
+        raise SnugfitError(f"precision: {what} {precision!r}; use one of {', '.join(allowed)}")
     return precision
 
 
@@ -64,11 +65,13 @@ def half_precision(device: torch.device | str) -> str:
     return "bf16"
 
 
-def autocast(precision: str, device: torch.device):
-    """The autocast context for forward passes (a no-op for fp32)."""
+def autocast(precision: str, device: torch.device | str):
+    """The autocast context of forward passes (a no-op for fp32): the one rule, for
+    training, evaluation and the memory probe alike. ``device`` may be a type ("cpu")."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
+    device_type = device if isinstance(device, str) else device.type
+    return torch.autocast(device_type, dtype=DTYPES[precision])
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:

@@ -1,1 +1,45 @@
-"""snugfit.models."""
+"""Models: creation, weight loading and conversion, layer groups, activation checkpointing.
+
+Owns everything that knows a network's structure (timm's model contract: heads,
+``group_matcher``, ``set_grad_checkpointing``). May import ``snugfit.errors``,
+torch, timm and safetensors; nothing else of snugfit.
+"""
+
+from snugfit.models.checkpointing import checkpoint_units, model_stages, set_grad_checkpointing
+from snugfit.models.create import (
+    PACKAGED_ARCH,
+    create_model,
+    imagenet_rows,
+    model_config,
+    packaged_lite0_weights,
+)
+from snugfit.models.groups import (
+    batchnorm_to_eval,
+    freeze_groups,
+    group_names,
+    is_cnn,
+    is_norm,
+    layer_groups,
+    norm_and_bias_param_names,
+)
+from snugfit.models.weights import convert_by_order, load_weights
+
+__all__ = [
+    "PACKAGED_ARCH",
+    "batchnorm_to_eval",
+    "checkpoint_units",
+    "convert_by_order",
+    "create_model",
+    "freeze_groups",
+    "group_names",
+    "imagenet_rows",
+    "is_cnn",
+    "is_norm",
+    "layer_groups",
+    "load_weights",
+    "model_config",
+    "model_stages",
+    "norm_and_bias_param_names",
+    "packaged_lite0_weights",
+    "set_grad_checkpointing",
+]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from snugfit import models
 from snugfit.errors import SnugfitError
-from snugfit.models import create as models
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"

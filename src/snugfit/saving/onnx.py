@@ -137,7 +137,7 @@ def _fp32_copy(learn) -> nn.Module:
     the training-time state (activation checkpointing, ``torch.compile``,
     channels-last weights) that could change what the exporter traces.
     """
-    from snugfit.models import create as models
+    from snugfit import models
 
     if learn.arch is not None:
         model = models.create_model(learn.arch, len(learn.infer_config["vocab"]), pretrained=False)

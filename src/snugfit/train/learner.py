@@ -24,14 +24,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from snugfit import distributed
+from snugfit import distributed, memory, models
 from snugfit.callbacks import Callback, CycleSnapshots, ParamScheduler, ProgressCallback, Recorder
 from snugfit.callbacks.auto_precision import AutoPrecision
 from snugfit.errors import NonFiniteLoss, SnugfitError, check_optional_count, first_line
 from snugfit.events import EventLog
 from snugfit.infer import evaluate as inference
 from snugfit.infer import tta
-from snugfit.memory import plan as memory
 from snugfit.memory.oom import StepSnapshot, is_oom, recover_from_oom
 from snugfit.memory.precision import (
     autocast,
@@ -40,7 +39,6 @@ from snugfit.memory.precision import (
     make_scaler,
     resolve_precision,
 )
-from snugfit.models import create as models
 from snugfit.saving import checkpoint
 from snugfit.saving import model_files as export
 from snugfit.tasks.metrics import MULTI_LABEL_DEFAULTS, metric_name, resolve_metric
@@ -292,7 +290,7 @@ class Learner:
 
     def set_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing through timm (or a generic fallback over stages)."""
-        how = memory.set_grad_checkpointing(self.model, enable)
+        how = models.set_grad_checkpointing(self.model, enable)
         self.checkpointing = enable and how != "none"
 
     def plan(

@@ -22,7 +22,7 @@ from snugfit.memory.precision import half_precision
 def plan(learn, budget, bs: int | None, size: int | None, apply: bool, device_type: str | None):
     """`Learner.plan` (its defaults): plan ``learn``'s memory settings, print the table,
     apply the choice."""
-    from snugfit.memory.plan import make_plan, parse_bytes
+    from snugfit.memory import make_plan, parse_bytes
 
     budget = learn.memory_budget if budget is None else budget
     device_type = device_type or learn.device.type
