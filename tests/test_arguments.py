@@ -10,7 +10,7 @@ import pytest
 from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import SnugfitError
 from snugfit.memory import parse_bytes
-from snugfit.train.learner import vision_learner
+from snugfit.train.factory import vision_learner
 
 
 @pytest.mark.parametrize(

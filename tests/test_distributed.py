@@ -85,7 +85,7 @@ class _CtrlCOnRank1(Callback):
 
     def before_batch(self, learn):
         if int(os.environ["RANK"]) == 1 and learn.train_iter == 1:
-            learn._interrupt.requested = True
+            learn.ctrl_c.requested = True
 
 
 def _ctrl_c_on_rank1(root: Path) -> dict:

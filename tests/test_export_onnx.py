@@ -14,7 +14,7 @@ import torch
 from snugfit.errors import SnugfitError
 from snugfit.models import create_model
 from snugfit.saving import onnx as onnx_export
-from snugfit.saving.model_files import export_onnx
+from snugfit.saving.onnx import export_onnx
 from snugfit.train.learner import Learner
 from test_cli import run_cli
 

@@ -78,7 +78,7 @@ def test_freeze_to_and_unfreeze():
     learn.freeze_to(2)
     trains = [all(p.requires_grad for _, p in g) for g in learn.groups]
     assert trains == [False, False] + [True] * (n - 2)
-    learn._train_mode()
+    learn.train_mode()
     frozen_bn = [m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert any(not m.training for m in frozen_bn) and any(m.training for m in frozen_bn)
     learn.unfreeze()
@@ -243,9 +243,9 @@ def test_small_micro_batches_freeze_batchnorm_with_one_log_line(caplog):
 
 def test_accumulate_sets_micro_batches():
     learn = make_learner("test_vit", accumulate=3)
-    assert learn._micro(8) == 3
+    assert learn.memory.micro(8) == 3
     learn = make_learner("test_vit", micro_bs=5)
-    assert learn._micro(8) == 5 and learn._micro(4) == 4
+    assert learn.memory.micro(8) == 5 and learn.memory.micro(4) == 4
     with pytest.raises(SnugfitError, match="micro_bs: expected a positive integer"):
         make_learner("test_vit", micro_bs=0)
 

@@ -12,7 +12,7 @@ from snugfit.errors import SnugfitError
 from snugfit.infer.predict import CPU_BS, MAX_BS, predict_batch_size, predict_to_csv
 from snugfit.memory import MiB, eval_batch_size, forward_peak_bytes, profile_eval
 from snugfit.models import create_model
-from snugfit.train.learner import load_learner
+from snugfit.train.factory import load_learner
 from test_cli import run_cli
 from test_train import colour_learner
 

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from snugfit.app.cli import main
 from snugfit.errors import SnugfitError
 from snugfit.saving.checkpoint import read_checkpoint
-from snugfit.saving.model_files import META_FILE, WEIGHTS_FILE, load_learner
+from snugfit.saving.model_files import META_FILE, WEIGHTS_FILE
+from snugfit.train.factory import load_learner
 from test_learner import make_learner
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "snugfit"

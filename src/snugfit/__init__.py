@@ -5,7 +5,8 @@ from snugfit.callbacks import Callback
 from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import NonFiniteLoss, SnugfitError, UnreadableImage
 from snugfit.tasks.metrics import accuracy, accuracy_multi, error_rate, f1_samples
-from snugfit.train.learner import Learner, load_learner, vision_learner
+from snugfit.train.factory import load_learner, vision_learner
+from snugfit.train.learner import Learner
 
 __version__ = "0.1.0"
 

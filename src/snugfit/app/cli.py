@@ -503,7 +503,7 @@ def _plan(args) -> None:
 
 def _lr_find(args) -> None:
     from snugfit.data.loaders import ImageDataLoaders
-    from snugfit.train.learner import vision_learner
+    from snugfit.train.factory import vision_learner
 
     dls = ImageDataLoaders.from_folder(
         args.data, bs=args.bs, size=args.size, num_workers=args.num_workers
@@ -529,7 +529,7 @@ def _predict(args) -> int:
     from snugfit.data.loaders import resolve_device
     from snugfit.errors import UnreadableImage
     from snugfit.infer.predict import image_inputs
-    from snugfit.train.learner import load_learner
+    from snugfit.train.factory import load_learner
 
     learn = load_learner(args.model, resolve_device(args.device))
     if args.csv is not None:
@@ -569,7 +569,7 @@ def _predict_csv(learn, args) -> int:
 
 
 def _export(args) -> None:
-    from snugfit.saving.model_files import export_onnx
+    from snugfit.saving.onnx import export_onnx
 
     result = export_onnx(args.model, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
     batch = "dynamic batch" if result.dynamic_batch else "batch 1"

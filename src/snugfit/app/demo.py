@@ -76,7 +76,7 @@ def run_demo(out: Path, console: Console | None = None):
     acc = learn.validate()["accuracy"]  # the kept (best) weights
     console.print(f"final validation accuracy: {acc:.2%}", highlight=False)
 
-    from snugfit.train.learner import load_learner
+    from snugfit.train.factory import load_learner
 
     path, true_label = learn.dls.valid_items[0]
     loaded = load_learner(Path(cfg.out) / "model")

@@ -358,7 +358,7 @@ def _top_losses(interp, k: int) -> str:
     losses, idx = interp.top_losses(k)
     idx = idx.tolist()
     try:
-        images = interp._images_at(idx)
+        images = interp.images_at(idx)
     except Exception as e:  # no files and no loader: the numbers alone
         images = [None] * len(idx)
         note = _none(f"no thumbnails: {e}")

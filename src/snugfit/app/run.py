@@ -36,7 +36,8 @@ from snugfit.data.check import CheckReport, check_data, csv_args
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
 from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
 from snugfit.events import JsonLinesSink
-from snugfit.train.learner import Learner, vision_learner
+from snugfit.train.factory import vision_learner
+from snugfit.train.learner import Learner
 
 log = logging.getLogger("snugfit")
 

@@ -48,14 +48,14 @@ class AutoPrecision(Callback):
         self.times = {"fp32": [], "bf16": []}
         self.n = 0
         if self.key in self.chosen:
-            learn._set_precision(self.chosen[self.key])
+            learn.set_memory("auto precision", precision=self.chosen[self.key])
 
     def before_batch(self, learn) -> None:
         if self.key in self.chosen:
             return
         precision = ("fp32", "bf16")[self.n % 2]
         if learn.precision != precision:
-            learn._set_precision(precision)
+            learn.set_memory("auto precision: timing", precision=precision)
         self._start = perf_counter()
 
     def after_batch(self, learn) -> None:
@@ -67,7 +67,7 @@ class AutoPrecision(Callback):
         if self.n == 2 * (self.warmup + self.timed):
             choice = pick(self.times)
             self.chosen[self.key] = choice
-            learn._set_precision(choice)
+            learn.set_memory("auto precision", precision=choice)
             ms = {p: 1e3 * min(t) for p, t in self.times.items()}
             log.info(
                 f"precision auto: a step took {ms['bf16']:.0f} ms in bf16, "

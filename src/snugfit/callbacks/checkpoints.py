@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from snugfit.callbacks import Callback
-from snugfit.saving.checkpoint import save_checkpoint
 
 
 class SaveCheckpoint(Callback):
@@ -31,7 +30,7 @@ class SaveCheckpoint(Callback):
         self._save(learn, learn.position(after_batch=False))
 
     def _save(self, learn, position: dict) -> None:
-        save_checkpoint(learn, self.path, position)
+        learn.save_checkpoint(self.path, position)
         learn.events.emit("checkpoint", path=str(self.path), position=position)
         if learn.interrupted:
             p = position

@@ -65,4 +65,4 @@ class ProgressiveResize(Callback):
             size = size_steps(self.start, self.end, learn.n_epoch)[learn.epoch]
         if size != learn.dls.size:
             learn.dls.set_size(size)
-            learn._maybe_replan()
+            learn.replan_if_needed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import time
@@ -11,7 +12,7 @@ import torch
 
 from snugfit.callbacks import Callback
 from snugfit.distributed import is_main
-from snugfit.saving.checkpoint import atomic_write
+from snugfit.saving.atomic import atomic_write
 
 
 class Recorder(Callback):
@@ -59,6 +60,19 @@ class Recorder(Callback):
         if self.csv_path is not None and is_main():
             self._rewrite_csv()
 
+    def snapshot(self) -> dict:
+        """Everything recorded so far, to put back with `restore` (a trial run's
+        history, as lr_find's, must not stay): the same objects, and their contents."""
+        return {k: (v, copy.copy(v)) for k, v in vars(self).items()}
+
+    def restore(self, saved: dict) -> None:
+        """Put back what `snapshot` saved."""
+        vars(self).clear()
+        for k, (obj, content) in saved.items():
+            if isinstance(obj, list):
+                obj[:] = content
+            setattr(self, k, obj)
+
     def record_hypers(self, lrs, mom) -> None:
         self.lrs.append(list(lrs))
         self.moms.append(mom)
@@ -78,7 +92,7 @@ class Recorder(Callback):
             self._epoch_losses = [torch.tensor(x, device=learn.device) for x in partial["losses"]]
             self._n_train += partial["n"]
             self._sum_train += partial["sum"]
-        self._ooms_before = len(learn.oom_events)
+        self._ooms_before = len(learn.events.of("oom"))
 
     def after_batch(self, learn) -> None:
         loss = learn.loss.detach()
@@ -96,7 +110,7 @@ class Recorder(Callback):
         row = {"epoch": learn.epoch, "train_loss": train_loss, "valid_loss": learn.valid_loss}
         row.update(learn.metric_values)
         row["time"] = time.perf_counter() - self._start
-        row["ooms"] = len(learn.oom_events) - self._ooms_before  # OOM retries this epoch
+        row["ooms"] = len(learn.events.of("oom")) - self._ooms_before  # OOM retries this epoch
         self.rows.append(row)
         if self.csv_path is not None and is_main():  # under torchrun, rank 0 writes
             self._append_csv(row)
@@ -128,7 +142,7 @@ class Recorder(Callback):
     # -- plots -------------------------------------------------------------
     def plot_loss(self, path="loss.png", skip_start: int = 0, with_valid: bool = True) -> Path:
         """Save training loss per batch (and validation loss per epoch) as a PNG."""
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(range(skip_start, len(self.losses)), self.losses[skip_start:], label="train")
         if with_valid and self.rows:
@@ -137,11 +151,11 @@ class Recorder(Callback):
         ax.set_xlabel("batch")
         ax.set_ylabel("loss")
         ax.legend()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
     def plot_lr(self, path="lr.png") -> Path:
         """Save the learning rate of each layer group per batch as a PNG."""
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4))
         if self.lrs:
             for g in range(len(self.lrs[0])):
@@ -150,7 +164,7 @@ class Recorder(Callback):
             ax.legend(fontsize="small")
         ax.set_xlabel("batch")
         ax.set_ylabel("learning rate")
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 def _write_rows(f, rows: list[dict], header: bool) -> None:
@@ -168,7 +182,8 @@ def _epoch_end_iters(rec: Recorder) -> list[int]:
     return [round(per * (i + 1)) - 1 for i in range(n_epochs)]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -177,10 +192,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` (its folder made) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

@@ -11,7 +11,7 @@ import torch
 
 from snugfit.callbacks import Callback
 from snugfit.callbacks.early_stopping import Monitor
-from snugfit.saving.checkpoint import _dedupe_storage, atomic_write
+from snugfit.saving.atomic import atomic_write, dedupe_storage
 
 log = logging.getLogger("snugfit")
 
@@ -56,7 +56,7 @@ class SaveBest(Callback):
         else:
             from safetensors.torch import save_file
 
-            tensors = _dedupe_storage({k: v.contiguous() for k, v in state.items()})
+            tensors = dedupe_storage({k: v.contiguous() for k, v in state.items()})
             atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp)))
 
     def after_fit(self, learn) -> None:

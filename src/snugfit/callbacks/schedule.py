@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from snugfit.callbacks import Callback
-from snugfit.train.optim import set_hypers
 from snugfit.train.schedules import Schedule
 
 
@@ -27,5 +26,5 @@ class ParamScheduler(Callback):
         pct = learn.pct_train
         lrs = [s(pct) for s in self.lr_scheds]
         mom = self.mom_sched(pct) if self.mom_sched else None
-        set_hypers(learn.opt, lrs, mom)
+        learn.set_hypers(lrs, mom)
         learn.recorder.record_hypers(lrs, mom)

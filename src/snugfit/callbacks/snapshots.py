@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from snugfit.callbacks import Callback
-from snugfit.saving.checkpoint import atomic_write
+from snugfit.saving.atomic import atomic_write
 from snugfit.train.schedules import sgdr_cycle_ends
 
 log = logging.getLogger("snugfit")

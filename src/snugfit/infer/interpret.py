@@ -52,6 +52,8 @@ class ClassificationInterpretation:
         losses: ``(N,)`` per-item losses; default cross-entropy, ``-log probs[i, targets[i]]``.
         size: side of the images `plot_top_losses` decodes from ``items``.
         crop_pct: their center-crop fraction (the validation transform).
+        images: where `plot_top_losses` gets images when there are no files:
+            ``images(indices) -> (k, 3, H, W)`` floats in [0, 1].
 
     Attributes:
         preds: ``(N,)`` the predicted classes (arg-max; ties go to the lower index).
@@ -66,6 +68,7 @@ class ClassificationInterpretation:
         losses=None,
         size: int = 224,
         crop_pct: float = 0.875,
+        images: Callable[[list[int]], torch.Tensor] | None = None,
     ):
         self.probs = torch.as_tensor(probs).detach().float().cpu()
         self.targets = torch.as_tensor(targets).detach().long().cpu()
@@ -91,8 +94,7 @@ class ClassificationInterpretation:
             raise SnugfitError(f"losses: expected shape ({n},), got {tuple(self.losses.shape)}")
         self.preds = self.probs.argmax(dim=-1)
         self.size, self.crop_pct = size, crop_pct
-        # Where plot_top_losses gets images when there are no files: (indices) -> images
-        self._images: Callable[[list[int]], torch.Tensor] | None = None
+        self._images = images
 
     @classmethod
     def from_learner(cls, learn, dl=None) -> ClassificationInterpretation:
@@ -114,20 +116,21 @@ class ClassificationInterpretation:
         dl = _default_loader(learn, dl, "from_learner")
         outs, targs = learn.get_preds(dl)
         outs, targs = outs.float().cpu(), targs.cpu()
-        cfg = learn.infer_config
-        interp = cls(
+        pre, items = learn.preprocessing, _item_paths(dl, targs)
+        images = None
+        if items is None:
+            mean, std = pre.mean, pre.std
+            images = lambda idx: _images_from_loader(dl, idx, mean, std)  # noqa: E731
+        return cls(
             outs.softmax(dim=-1),
             targs,
-            cfg["vocab"],
-            items=_item_paths(dl, targs),
+            learn.vocab,
+            items=items,
             losses=F.cross_entropy(outs, targs, reduction="none"),
-            size=cfg["size"],
-            crop_pct=cfg["crop_pct"],
+            size=pre.size,
+            crop_pct=pre.crop_pct,
+            images=images,
         )
-        if interp.items is None:
-            mean, std = cfg["mean"], cfg["std"]
-            interp._images = lambda idx: _images_from_loader(dl, idx, mean, std)
-        return interp
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -258,7 +261,7 @@ class ClassificationInterpretation:
 
         losses, idx = self.top_losses(k, largest)
         idx = idx.tolist()
-        images = self._images_at(idx)
+        images = self.images_at(idx)
         cols = math.ceil(math.sqrt(len(idx)))
         rows = math.ceil(len(idx) / cols)
         fig = Figure(figsize=(2.4 * cols, 2.6 * rows + 0.6))
@@ -276,7 +279,7 @@ class ClassificationInterpretation:
         fig.tight_layout()
         return _save_or_return(fig, path)
 
-    def _images_at(self, idx: list[int]) -> torch.Tensor:
+    def images_at(self, idx: list[int]) -> torch.Tensor:
         """Images of items ``idx`` as floats in [0, 1], ``(k, 3, H, W)``."""
         if self.items is not None:
             from snugfit.data.decode import decode_valid

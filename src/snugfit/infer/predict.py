@@ -158,7 +158,7 @@ def predict_files(
         worker_init_fn=ignore_sigint,
     )
     learn.model.eval()
-    learn.eval_bs = min(bs, learn.eval_bs or bs)  # _eval_forward halves it on OOM
+    learn.set_memory("prediction batch", eval_bs=min(bs, learn.eval_bs or bs))  # halved on OOM
     console = console or Console(stderr=True)
     with _progress(console, len(files), "predicting") as advance:
         for k, (x, index, bad) in enumerate(loader):
@@ -168,7 +168,7 @@ def predict_files(
                 x = x.to(learn.device, non_blocking=True)
                 x = center_batch(x, cfg["size"], cfg["mean"], cfg["std"])
                 with torch.no_grad():
-                    probs = learn.activation(learn._eval_forward(learn._input(x))).cpu()
+                    probs = learn.activation(learn.eval_outputs(x)).cpu()
                 for i, p in zip(index.tolist(), probs, strict=True):
                     rows[i] = (files[i], p, None)
             # collate keeps the failures in order: they fill the batch's other indices.
@@ -190,16 +190,10 @@ def csv_header(vocab: Sequence[str]) -> list[str]:
 
 def csv_row(learn, path: str, probs: Tensor | None, error: str | None) -> list[str]:
     """One CSV row; probabilities with 6 significant digits."""
-    vocab = learn.infer_config["vocab"]
+    vocab = learn.vocab
     if probs is None:
         return [path, "", "", *([""] * len(vocab)), error or ""]
-    if learn.multi_label:
-        chosen = [c for c, p in zip(vocab, probs.tolist(), strict=True) if p > learn.threshold]
-        label = " ".join(chosen)
-        top = probs.max().item()
-    else:
-        i = int(probs.argmax())
-        label, top = vocab[i], probs[i].item()
+    label, top = learn.task.csv_cells(probs, vocab)
     return [path, label, f"{top:.6g}", *(f"{p:.6g}" for p in probs.tolist()), ""]
 
 

@@ -65,7 +65,7 @@ def tta(learn, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
             xb = batch_augment(
                 x, cfg["size"], generator=gen, mean=cfg["mean"], std=cfg["std"], **settings
             )
-            p = learn.activation(learn._eval_forward(learn._input(xb)))
+            p = learn.activation(learn.eval_outputs(xb))
             total = p if total is None else total.add_(p)
         probs.append(total.div_(n))
         targs.append(y)

@@ -11,7 +11,7 @@ When a step runs out of memory the loop (``Learner._step``):
 4. takes the next fallback (`next_fallback`): half the micro-batch (twice the
    accumulation steps), then activation checkpointing, then 16-bit precision;
    under torchrun all ranks take the most cautious of the failed ranks' settings
-   (`recover_from_oom` does 2 to 4 for the learner);
+   (``caution`` orders them);
 5. runs the *same batch* again: no sample is skipped and the effective batch,
    and so the learning-rate schedule, are unchanged.
 """
@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from snugfit import distributed
-from snugfit.errors import SnugfitError
-from snugfit.memory.precision import half_precision
+from snugfit.memory.settings import MemorySettings
 
 log = logging.getLogger("snugfit")
 
@@ -82,15 +78,6 @@ class StepSnapshot:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
 
 
-@dataclass(frozen=True)
-class MemorySettings:
-    """The levers OOM recovery moves, in the order it moves them."""
-
-    micro_bs: int
-    checkpointing: bool
-    precision: str
-
-
 def next_fallback(current: MemorySettings, restart_bs: int, half: str) -> MemorySettings | None:
     """The next, smaller setting after an OOM, or None when nothing is left.
 
@@ -99,65 +86,20 @@ def next_fallback(current: MemorySettings, restart_bs: int, half: str) -> Memory
     micro-batch than 1, which is faster), halving again; then likewise with
     ``half`` (the device's 16-bit type) instead of fp32.
 
-    >>> next_fallback(MemorySettings(1, False, "fp32"), 8, "bf16")
-    MemorySettings(micro_bs=8, checkpointing=True, precision='fp32')
+    ``current.micro_bs`` is the micro-batch in use (not None).
+
+    >>> next_fallback(MemorySettings(1, False, "fp32"), 8, "bf16").levers()
+    {'micro_bs': 8, 'checkpointing': True, 'precision': 'fp32'}
     """
     if current.micro_bs > 1:
-        return MemorySettings(current.micro_bs // 2, current.checkpointing, current.precision)
+        return current.replace(micro_bs=current.micro_bs // 2, accumulate=None)
     if not current.checkpointing:
-        return MemorySettings(restart_bs, True, current.precision)
+        return current.replace(micro_bs=restart_bs, checkpointing=True, accumulate=None)
     if current.precision == "fp32":
-        return MemorySettings(restart_bs, True, half)
+        return current.replace(micro_bs=restart_bs, checkpointing=True, precision=half)
     return None
 
 
 def caution(s: MemorySettings) -> tuple:
     """Order of `next_fallback`'s settings: later ones need less memory."""
     return (s.precision != "fp32", s.checkpointing, -s.micro_bs)
-
-
-def recover_from_oom(learn, snapshot: StepSnapshot, start_mbs: int, message: str | None) -> None:
-    """After an OOM in ``learn``'s step: free, restore, move to the next fallback.
-
-    The failed step's gradients and memory are released, ``snapshot`` restored,
-    and the learner's micro-batch, checkpointing and precision set to the next
-    fallback (agreed by all ranks under torchrun); the event is logged and
-    recorded. Raises a `SnugfitError` when no fallback is left.
-    """
-    learn.opt.zero_grad(set_to_none=True)
-    release_memory(learn.device)
-    snapshot.restore()
-    now = MemorySettings(learn._micro(len(learn.xb)), learn.checkpointing, learn.precision)
-    nxt = next_fallback(now, start_mbs, half_precision(learn.device))
-    if learn.distributed:  # all ranks take the most cautious of the failed ranks' settings
-        nxt, message = distributed.agree_fallback(nxt, message, caution)
-    if nxt is None:
-        from snugfit.train.planning import what_would_fit
-
-        raise SnugfitError(
-            f"out of memory ({message}) even with a micro-batch of 1, activation "
-            f"checkpointing and {learn.precision}; {what_would_fit(learn)}"
-        )
-    learn.micro_bs = nxt.micro_bs
-    if nxt.checkpointing != learn.checkpointing:
-        learn.set_checkpointing(nxt.checkpointing)
-    if nxt.precision != learn.precision:
-        learn._set_precision(nxt.precision)
-    event = {
-        "phase": "train",
-        "epoch": learn.epoch,
-        "batch": learn.iter,
-        "from": vars(now),
-        "to": vars(nxt),
-        "error": message,
-    }
-    learn.oom_events.append(event)
-    learn.events.emit("oom", **event, fit=learn.fit_index)
-    steps = math.ceil(len(learn.xb) / nxt.micro_bs)
-    log.warning(
-        f"out of memory at epoch {learn.epoch} batch {learn.iter} (micro-batch "
-        f"{now.micro_bs}, {now.precision}{', checkpointing' if now.checkpointing else ''}): "
-        f"retrying the same batch with micro-batch {nxt.micro_bs} x {steps} steps, "
-        f"{nxt.precision}{', checkpointing' if nxt.checkpointing else ''}"
-    )
-    learn._train_mode()  # a smaller micro-batch may cross bn_freeze_below

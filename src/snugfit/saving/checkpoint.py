@@ -1,21 +1,22 @@
 """Training checkpoints: one safetensors file, no pickle, written atomically.
 
-A checkpoint holds what training needs to go on *exactly*: the model's weights,
-the optimizer's state (AdamW moments, steps), the fp16 GradScaler's state, the
-learner's memory settings and freeze state, and, for a resumable checkpoint, the
-position in the recipe (which fit, epoch and batch), the random number
-generators, the data loader's epoch counter and the recorder's history. Tensors go in the safetensors body
-(``model.<name>`` and ``opt.<param index>.<name>``); everything else is JSON in
-the safetensors header's metadata. The file is written to a temporary name,
-flushed to disk, then renamed, so a crash mid-write leaves the previous
-checkpoint intact.
+A checkpoint holds what training needs to go on *exactly* (`TrainingState`): the
+model's weights, the optimizer's state (AdamW moments, steps), the fp16
+GradScaler's state, the memory settings and freeze state, and, for a resumable
+checkpoint, the position in the recipe (which fit, epoch and batch), the random
+number generators, the data loader's epoch counter, the recorder's history and
+the recipe's decisions. Tensors go in the safetensors body (``model.<name>``,
+``opt.<param index>.<name>``, ``recipe.<name>``, ``rng.cpu``, ``rng.cuda.<i>``);
+everything else is JSON in the safetensors header's metadata, checked field by
+field when read (a checkpoint may come from someone else). The file is written to
+a temporary name, flushed to disk, then renamed (`snugfit.saving.atomic`), so a
+crash mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,13 +24,48 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from snugfit.errors import SnugfitError
+from snugfit.saving.atomic import atomic_write, dedupe_storage
 
 FORMAT_VERSION = 1
 _META_KEY = "snugfit"
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds, as a learner hands it over and takes it back.
+
+    Attributes:
+        model: The model's state dict.
+        optimizer: The optimizer's state dict.
+        scaler: The fp16 GradScaler's state dict (None without one).
+        precision, micro_bs, checkpointing: The memory settings.
+        frozen_to: The first trainable layer group.
+        arch: The timm architecture, if known.
+        position: The next ``{"fit_index", "epoch", "iter"}`` to run (None: not resumable).
+        data_epoch: The training loader's epoch counter to resume with.
+        recorder: The recorder's history (`Recorder.state`).
+        recipe_state, recipe_tensors: What a recipe decided and the weights it keeps.
+        rng_cpu, rng_cuda: The random number generators.
+    """
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    scaler: dict | None
+    precision: str
+    micro_bs: int | None
+    checkpointing: bool
+    frozen_to: int
+    arch: str | None = None
+    position: dict | None = None
+    data_epoch: int | None = None
+    recorder: dict = field(default_factory=dict)
+    recipe_state: dict = field(default_factory=dict)
+    recipe_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    rng_cpu: torch.Tensor | None = None
+    rng_cuda: list[torch.Tensor] = field(default_factory=list)
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
     for idx, entries in sd["state"].items():
         for name, value in entries.items():
@@ -53,117 +89,69 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``.
-
-    ``write`` must have flushed and closed the file when it returns (safetensors'
-    ``save_file`` does). The temporary file's name holds this process's id: one
-    left by a process killed mid-write is removed by the next write.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself is durable
-    finally:
-        os.close(dir_fd)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
-
-
-def save_checkpoint(learn, path, position: dict | None = None) -> Path:
-    """Write ``learn``'s training state to ``path`` (a ``.safetensors`` file).
-
-    Args:
-        learn: the Learner.
-        path: the file to write (atomically).
-        position: where training stands, ``{"fit_index", "epoch", "iter"}``: the
-            next batch to run. With it the checkpoint can resume a recipe exactly.
-    """
-    # A loss not checked yet (CUDA checks one step late) is checked first: a
-    # non-finite one raises with the last good weights restored, and nothing is written.
-    learn.nonfinite.resolve(learn)
+def write_checkpoint(path, state: TrainingState) -> Path:
+    """Write ``state`` to ``path`` (a ``.safetensors`` file), atomically."""
     path = Path(path)
-    from snugfit.distributed import is_main
-
-    if not is_main():
-        return path  # under torchrun the ranks hold the same state: rank 0 writes it
-    tensors = {
-        f"model.{k}": v.detach().contiguous().cpu() for k, v in learn.model.state_dict().items()
-    }
-    opt_tensors, opt_meta = _flatten_optimizer(learn.opt)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in state.model.items()}
+    opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
     tensors.update(opt_tensors)
     tensors.update(
-        {f"recipe.{k}": v.detach().contiguous().cpu() for k, v in learn.recipe_tensors.items()}
+        {f"recipe.{k}": v.detach().contiguous().cpu() for k, v in state.recipe_tensors.items()}
     )
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    train_dl = getattr(learn.dls, "train", None)
+    if state.rng_cpu is not None:
+        tensors["rng.cpu"] = state.rng_cpu
+    for i, rng in enumerate(state.rng_cuda):
+        tensors[f"rng.cuda.{i}"] = rng
     meta = {
         "format_version": FORMAT_VERSION,
-        "arch": learn.arch,
+        "arch": state.arch,
         "optimizer": opt_meta,
-        "scaler": learn.scaler.state_dict() if learn.scaler is not None else None,
-        "precision": learn.precision,
-        "micro_bs": learn.micro_bs,
-        "checkpointing": learn.checkpointing,
-        "frozen_to": learn.frozen_to,
-        "position": position,
-        "data_epoch": _data_epoch(train_dl, position, getattr(learn, "train_dl", train_dl)),
-        "recorder": learn.recorder.state(),
-        "recipe_state": learn.recipe_state,
+        "scaler": state.scaler,
+        "precision": state.precision,
+        "micro_bs": state.micro_bs,
+        "checkpointing": state.checkpointing,
+        "frozen_to": state.frozen_to,
+        "position": state.position,
+        "data_epoch": state.data_epoch,
+        "recorder": state.recorder,
+        "recipe_state": state.recipe_state,
     }
     metadata = {_META_KEY: json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(_dedupe_storage(tensors), str(tmp), metadata))
+    atomic_write(path, lambda tmp: save_file(dedupe_storage(tensors), str(tmp), metadata))
     return path
 
 
-def _data_epoch(train_dl, position: dict | None, training_dl) -> int | None:
-    """The loader epoch the resumed run must iterate first.
+def load_training_state(path, resume: bool = False) -> TrainingState:
+    """A checkpoint file as a `TrainingState`, every field checked.
 
-    A loader counts the epochs it has started: mid-epoch, the epoch in progress
-    is one less than its counter. Not so while the fit trains on precomputed
-    features (``training_dl``): the image loader then has no epoch in progress.
+    With ``resume`` the checkpoint must hold a training position.
     """
-    epoch = getattr(train_dl, "epoch", None)
-    if epoch is None or position is None:
-        return epoch
-    return epoch - 1 if position["iter"] > 0 and training_dl is train_dl else epoch
+    tensors, meta = read_checkpoint(path)
+    if resume and meta.get("position") is None:
+        raise SnugfitError(f"{path}: this checkpoint has no training position to resume from")
 
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-def _dedupe_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share memory (tied weights): give each its own.
-    seen, out = set(), {}
-    for k, v in tensors.items():
-        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
-    return out
+    return TrainingState(
+        model=part("model."),
+        optimizer=_unflatten_optimizer(
+            {k: v for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"]
+        ),
+        scaler=meta["scaler"] or None,
+        precision=meta["precision"],
+        micro_bs=meta["micro_bs"],
+        checkpointing=meta["checkpointing"],
+        frozen_to=meta["frozen_to"],
+        arch=meta["arch"],
+        position=meta["position"],
+        data_epoch=meta["data_epoch"],
+        recorder=meta["recorder"],
+        recipe_state=dict(meta.get("recipe_state") or {}),
+        recipe_tensors=part("recipe."),
+        rng_cpu=tensors.get("rng.cpu"),
+        rng_cuda=[v for _, v in sorted(part("rng.cuda.").items(), key=lambda kv: int(kv[0]))],
+    )
 
 
 def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -232,44 +220,3 @@ def _check_meta(meta: dict, path: Path) -> None:
             raise SnugfitError(
                 f"{path}: checkpoint field {key!r} is missing or invalid ({meta.get(key)!r:.60})"
             )
-
-
-def load_checkpoint(learn, path, resume: bool = False) -> dict:
-    """Restore ``learn``'s training state from ``path``; returns the metadata.
-
-    With ``resume`` also the RNGs, the data epoch and the recorder's history, for
-    an exact continuation (the position itself is returned in the metadata).
-    """
-    tensors, meta = read_checkpoint(path)
-    if resume and meta.get("position") is None:
-        raise SnugfitError(f"{path}: this checkpoint has no training position to resume from")
-    model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        learn.model.load_state_dict(model_sd)
-    except RuntimeError as e:
-        raise SnugfitError(f"{path}: weights do not match this model ({e})") from None
-    learn.freeze_to(meta["frozen_to"])
-    opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt.")}
-    learn.opt.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
-    learn._set_precision(meta["precision"])
-    if learn.scaler is not None and meta["scaler"]:
-        learn.scaler.load_state_dict(meta["scaler"])
-    learn.micro_bs = meta["micro_bs"]
-    learn.set_checkpointing(meta["checkpointing"])
-    if resume:
-        restore_position(learn, tensors, meta)
-    return meta
-
-
-def restore_position(learn, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Put back what makes the continuation exact: RNGs, data epoch, history."""
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
-    train_dl = getattr(learn.dls, "train", None)
-    if meta["data_epoch"] is not None and hasattr(train_dl, "epoch"):
-        train_dl.epoch = meta["data_epoch"]
-    learn.recorder.load_state(meta["recorder"])
-    learn.recipe_state = dict(meta.get("recipe_state") or {})
-    learn.recipe_tensors = {k[7:]: v for k, v in tensors.items() if k.startswith("recipe.")}

@@ -1,10 +1,11 @@
-"""Exporting a model for prediction: safetensors weights + a JSON description.
+"""A model saved for prediction: safetensors weights + a JSON description.
 
 ``Learner.save(path)`` writes ``path/model.safetensors`` and ``path/snugfit.json``
 (architecture, classes, image size, crop and normalisation; ``multi_label`` and,
 for multi-label models, the ``threshold`` of `predict`): enough to predict
-with no training data, and nothing is pickled. ``load_learner(path)`` validates
-the JSON (types, class count against the weights) before building the model.
+with no training data, and nothing is pickled. `read_model_folder` (used by
+``load_learner``) validates the JSON (types, class count against the weights)
+before building the model.
 """
 
 from __future__ import annotations
@@ -13,45 +14,36 @@ import json
 import math
 from pathlib import Path
 
-import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
 
 from snugfit import models
 from snugfit.errors import SnugfitError
+from snugfit.saving.atomic import atomic_write
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "snugfit.json"
 
 
-def save_learner(learn, path) -> Path:
-    """Write ``learn``'s model and inference settings into the folder ``path``.
+def write_model_folder(path, model: nn.Module, info: dict) -> Path:
+    """Write ``model``'s weights and ``info`` (``arch``, the classes, preprocessing and
+    task settings) into the folder ``path``.
 
     Each file is written atomically: a run killed while saving leaves the previous
     files (or none), never a truncated one.
     """
-    from safetensors.torch import save_model
-
-    from snugfit.saving.checkpoint import atomic_write
-
-    if learn.arch is None:
-        raise SnugfitError(
-            "save: this learner's model is not a timm architecture name; "
-            "save its state_dict yourself or build it with vision_learner(arch='...')"
-        )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_model(learn.model, str(tmp)))
-    meta = {"format_version": FORMAT_VERSION, "arch": learn.arch, **learn.infer_config}
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_model(model, str(tmp)))
+    meta = {"format_version": FORMAT_VERSION, **info}
     atomic_write(path / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return path
 
 
-def load_learner(path, device: str | torch.device | None = None):
-    """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
-    from safetensors.torch import load_model
-
-    from snugfit.train.learner import Learner  # the learner module imports this one
-
+def read_model_folder(path) -> tuple[nn.Module, dict]:
+    """The model (on the CPU) and its checked description from a folder written by
+    `write_model_folder` (``Learner.save``)."""
     path = Path(path)
     meta_file, weights_file = path / META_FILE, path / WEIGHTS_FILE
     for f in (meta_file, weights_file):
@@ -68,16 +60,7 @@ def load_learner(path, device: str | torch.device | None = None):
         load_model(model, str(weights_file))
     except Exception as e:  # safetensors raises plain RuntimeErrors on mismatch
         raise SnugfitError(f"{weights_file}: does not match {meta['arch']} ({e})") from None
-    infer = {k: meta[k] for k in ("vocab", "size", "crop_pct", "mean", "std")}
-    if meta.get("multi_label"):
-        infer.update(multi_label=True, threshold=meta["threshold"])
-    learn = Learner(None, model, arch=meta["arch"], infer=infer)
-    if device is not None:
-        from snugfit.data.loaders import resolve_device
-
-        learn.device = resolve_device(device)
-        learn.model.to(learn.device)
-    return learn
+    return model, meta
 
 
 def _check_meta(meta, where) -> None:
@@ -155,11 +138,3 @@ def _check_classes(model, weights_file: Path, n_classes: int, meta_file: Path) -
             f"{meta_file}: lists {n_classes} classes but {weights_file.name} has a classifier "
             f"for {rows}"
         )
-
-
-def export_onnx(learn_or_path, path=None, **kwargs):
-    """Write an ONNX file of a Learner's model or of a saved model folder, checked
-    against PyTorch with onnxruntime: see `snugfit.onnx_export.export_onnx`."""
-    from snugfit.saving.onnx import export_onnx as export
-
-    return export(learn_or_path, path, **kwargs)

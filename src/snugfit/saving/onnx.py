@@ -29,6 +29,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from snugfit import models
 from snugfit.errors import SnugfitError, first_line
+from snugfit.saving.model_files import read_model_folder
 
 log = logging.getLogger("snugfit")
 
@@ -86,8 +89,8 @@ def export_onnx(
     """Export a Learner's model, or a model folder written by `Learner.save`, to ONNX.
 
     Args:
-        learn_or_path: A `Learner`, or a folder with ``snugfit.json`` and
-            ``model.safetensors``.
+        learn_or_path: A `Learner` (anything with ``model``, ``arch`` and
+            ``infer_config``), or a folder with ``snugfit.json`` and ``model.safetensors``.
         path: The ``.onnx`` file to write (default for a folder: ``FOLDER/model.onnx``).
         opset: ONNX opset (default: the exporter's).
         dynamic_batch: Leave the batch dimension free (else it is 1).
@@ -101,25 +104,23 @@ def export_onnx(
         SnugfitError: onnx or onnxscript is missing, both exporters failed, or the
             check found the file's logits further than ``atol`` from PyTorch's.
     """
-    from snugfit.train.learner import Learner, load_learner
-
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise SnugfitError(f"exporter: use auto, dynamo or torchscript, got {exporter!r}")
-    if isinstance(learn_or_path, Learner):
-        learn = learn_or_path
+    if isinstance(learn_or_path, (str, os.PathLike)):
+        model, saved = read_model_folder(learn_or_path)
+        cfg = {k: v for k, v in saved.items() if k != "format_version"}
+        path = Path(learn_or_path) / "model.onnx" if path is None else path
+    else:
         if path is None:
             raise SnugfitError("export_onnx: give the path of the .onnx file to write")
-    else:
-        learn = load_learner(learn_or_path)
-        path = Path(learn_or_path) / "model.onnx" if path is None else path
+        model, cfg = learn_or_path.model, {"arch": learn_or_path.arch, **learn_or_path.infer_config}
     path = Path(path)
     try:
         import onnx  # noqa: F401 (needed by both exporters and for the metadata)
     except ImportError:
         raise SnugfitError(f"export --onnx needs the onnx package; {_INSTALL}") from None
-    cfg = learn.infer_config
-    model = _fp32_copy(learn)
-    meta = {"arch": learn.arch, **cfg, "input_format": INPUT_FORMAT, "output": OUTPUT_FORMAT}
+    model = _fp32_copy(model, cfg["arch"], len(cfg["vocab"]))
+    meta = {**cfg, "input_format": INPUT_FORMAT, "output": OUTPUT_FORMAT}
     props = {k: json.dumps(v) for k, v in meta.items()}
     # Dynamo specialises a dimension traced at size 1: trace a dynamic batch at 2.
     x = torch.randn(2 if dynamic_batch else 1, 3, cfg["size"], cfg["size"])
@@ -130,21 +131,19 @@ def export_onnx(
     return result
 
 
-def _fp32_copy(learn) -> nn.Module:
-    """The learner's model as a fresh float32 CPU module in eval mode.
+def _fp32_copy(model: nn.Module, arch: str | None, n_classes: int) -> nn.Module:
+    """``model`` as a fresh float32 CPU module in eval mode.
 
     Rebuilt from the architecture name when there is one: the copy then has none of
     the training-time state (activation checkpointing, ``torch.compile``,
     channels-last weights) that could change what the exporter traces.
     """
-    from snugfit import models
-
-    if learn.arch is not None:
-        model = models.create_model(learn.arch, len(learn.infer_config["vocab"]), pretrained=False)
-        model.load_state_dict(learn.model.state_dict())
+    if arch is not None:
+        copy_ = models.create_model(arch, n_classes, pretrained=False)
+        copy_.load_state_dict(model.state_dict())
     else:
-        model = copy.deepcopy(learn.model).cpu()
-    return model.float().eval().requires_grad_(False)
+        copy_ = copy.deepcopy(model).cpu()
+    return copy_.float().eval().requires_grad_(False)
 
 
 def _export(model, x, path: Path, props: dict, opset, dynamic: bool, exporter: str) -> str:

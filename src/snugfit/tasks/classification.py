@@ -87,6 +87,10 @@ class MultiLabel(Task):
     def __init__(self, threshold: float = 0.5):
         self.threshold = float(threshold)
 
+    def with_threshold(self, threshold: float) -> MultiLabel:
+        """The same task deciding at another threshold (tasks are shared: never edited)."""
+        return MultiLabel(threshold)
+
     def target(self, label: Sequence[int], n_classes: int) -> np.ndarray:
         t = np.zeros(n_classes, dtype=np.float32)
         t[list(label)] = 1.0

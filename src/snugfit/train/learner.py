@@ -3,11 +3,17 @@
 The unit of work is one *optimizer step over one batch*. A batch may be split
 into micro-batches whose losses are weighted by their share of the batch, so
 the accumulated gradient equals the full-batch gradient; the memory planner
-chooses the micro-batch size. The whole loop is `Learner._fit` and `_step`.
-What the loop calls on the side lives in its own module, the methods here being
-its entry points: `snugfit.planning` (the memory plan), `snugfit.resume` (fit
-numbering, resuming), `snugfit.oom` (recovery), `snugfit.inference` (evaluation,
-prediction), `snugfit.recipe` (fine_tune, auto_fit).
+chooses the micro-batch size. The whole loop is `Learner._fit` and `train_step`,
+in this file; the training calls that drive it (``fit_one_cycle``, ``fine_tune``,
+``auto_fit``, ``lr_find``...) are in `snugfit.train.fitting`.
+
+The Learner owns its state and hands its helpers what they need: the memory
+settings change only through `Learner.set_memory`; the plan is the `Planner`'s
+(`snugfit.train.planning`); fit numbering and resuming are the `RecipeProgress`'s
+(`snugfit.train.resume`); the non-finite guard gets the model and each step's
+loss (`snugfit.train.nonfinite`); OOM recovery's pieces take settings and return
+settings (`snugfit.memory.oom`). Evaluation and prediction are `snugfit.infer`'s,
+checkpoint and model files `snugfit.saving`'s.
 """
 
 from __future__ import annotations
@@ -15,60 +21,50 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 from collections.abc import Callable, Sequence
-from functools import partial
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from snugfit import distributed, memory, models
-from snugfit.callbacks import Callback, CycleSnapshots, ParamScheduler, ProgressCallback, Recorder
+from snugfit import distributed, models
+from snugfit.callbacks import Callback, ProgressCallback, Recorder
 from snugfit.callbacks.auto_precision import AutoPrecision
+from snugfit.data.preprocessing import Preprocessing
 from snugfit.errors import NonFiniteLoss, SnugfitError, check_optional_count, first_line
 from snugfit.events import EventLog
-from snugfit.infer import evaluate as inference
-from snugfit.infer import tta
-from snugfit.memory.oom import StepSnapshot, is_oom, recover_from_oom
+from snugfit.infer import evaluate
+from snugfit.memory.oom import StepSnapshot, is_oom
+from snugfit.memory.precision import autocast as autocast_for
 from snugfit.memory.precision import (
-    autocast,
     check_precision,
     cpu_has_native_bf16,
     make_scaler,
     resolve_precision,
 )
-from snugfit.saving import checkpoint
-from snugfit.saving import model_files as export
-from snugfit.tasks.metrics import MULTI_LABEL_DEFAULTS, metric_name, resolve_metric
-from snugfit.train import lr_find, planning, resume
-from snugfit.train import recipes as recipe
+from snugfit.memory.settings import MemorySettings
+from snugfit.tasks import MultiLabel, SingleLabel, Task, metric_name, task_from_config
+from snugfit.train.checkpoints import CheckpointIO
+from snugfit.train.fitting import Fitting
 from snugfit.train.interrupt import DeferredInterrupt
-from snugfit.train.nonfinite import NonFiniteGuard
+from snugfit.train.memory_control import MemoryControl
+from snugfit.train.nonfinite import NonFiniteGuard, StepInfo
 from snugfit.train.optim import (
     decoupled_weight_decay,
     grads_finite,
     make_optimizer,
     param_groups,
-    resolve_lrs,
+    set_hypers,
 )
+from snugfit.train.planning import Planner
 from snugfit.train.precompute import feature_loaders
-from snugfit.train.resume import resumable
-from snugfit.train.schedules import (
-    combine,
-    constant,
-    cos_anneal,
-    one_cycle,
-    one_cycle_mom,
-    sgdr,
-    sgdr_epochs,
-)
+from snugfit.train.predicting import Predicting
+from snugfit.train.resume import RecipeProgress, position
 
 log = logging.getLogger("snugfit")
 
 
-class Learner:
+class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
     """Train ``model`` on ``dls``.
 
     Args:
@@ -82,7 +78,7 @@ class Learner:
         metrics: callables ``(preds, targs) -> 0-d tensor`` or names ("accuracy";
             multi-label: "accuracy_multi", "f1_samples").
         cbs: extra callbacks.
-        precision: "auto" (default), "fp32", "bf16" or "fp16" (see `snugfit.precision`).
+        precision: "auto" (default), "fp32", "bf16" or "fp16" (see `snugfit.memory.precision`).
         micro_bs: split each batch into micro-batches of this size (None: whole batch).
             The batch size of the data stays the *effective* batch: what the optimizer
             and the schedule see.
@@ -100,12 +96,12 @@ class Learner:
         max_nonfinite: stop training when this many losses in a row are NaN or
             infinite in fp16 (its GradScaler skips isolated ones; fp32 and bf16 stop
             at the first), with the last good weights restored (see
-            `snugfit.nonfinite`). None: no checks.
+            `snugfit.train.nonfinite`). None: no checks.
         channels_last: NHWC memory format for model and inputs; None picks it for
             CNNs (measured: 1.6x faster training steps for EfficientNet-Lite0 on CPU).
         precompute: while only the head trains, run the frozen body once over the
             (un-augmented) images and train the head on the stored features
-            (see `snugfit.precompute`). Set ``learn.precompute = False`` to train
+            (see `snugfit.train.precompute`). Set ``learn.precompute = False`` to train
             the head with augmentation again.
         compile: compile the model's forward with ``torch.compile`` (in place, so
             weights and state-dict keys are unchanged); the first steps are slow.
@@ -117,10 +113,12 @@ class Learner:
             threshold) when ``dls`` is None.
 
     Attributes:
-        multi_label: the model scores each class on its own (sigmoid), from
-            ``dls.multi_label`` (or ``infer``).
-        threshold: multi-label: `predict` returns the classes whose probability is
-            above it (0.5 unless ``infer`` says otherwise); saved with the model.
+        task: what the model predicts (`snugfit.tasks`): ``dls.task`` (or from ``infer``).
+        memory: the `MemorySettings` (micro-batch, accumulation, checkpointing,
+            precision, evaluation chunks); changed only by `set_memory`.
+        planner: the memory budget and the last plan (`snugfit.train.planning`).
+        events: the event log (`snugfit.events`).
+        progress: the outermost training call's fits and resume point.
     """
 
     def __init__(
@@ -148,58 +146,35 @@ class Learner:
         infer: dict | None = None,
         console=None,
     ):
-        self.dls = dls
+        self.dls, self._infer, self.arch = dls, infer, arch
         self.device = dls.device if dls is not None else torch.device("cpu")
         # Under torchrun: join the job; the loop then syncs, shards and reduces.
         self.distributed = dls is not None and distributed.setup(self.device)
         self.sync_bn = sync_bn and self.distributed
-        if self.sync_bn:
-            if self.device.type != "cuda":
-                raise SnugfitError("sync_bn: SyncBatchNorm needs CUDA devices")
-            model = distributed.convert_sync_bn(model)
-        self.channels_last = models.is_cnn(model) if channels_last is None else channels_last
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
-        if compile:
-            self.model.compile()  # nn.Module.compile: in place, keys unchanged
+        self.model = self._placed(model, channels_last, compile)
         self.net = self.model  # what the loop calls: the model, or only its head
-        self.precompute = precompute
-        if dls is not None:
-            self.multi_label = bool(getattr(dls, "multi_label", False))
-        else:
-            self.multi_label = bool((infer or {}).get("multi_label", False))
-        self.threshold = float((infer or {}).get("threshold", 0.5))
-        default_loss = nn.BCEWithLogitsLoss if self.multi_label else nn.CrossEntropyLoss
-        self.loss_func = loss_func or default_loss()
-        self.metrics = [resolve_metric(m, self.multi_label) for m in metrics]
-        self.groups = models.layer_groups(model)
-        self.group_names = models.group_names(model)
-        self.wd = wd
-        self.opt_name = opt
-        self.opt = make_optimizer(
-            opt, param_groups(self.groups, models.norm_and_bias_param_names(model), wd)
-        )
-        self.micro_bs = check_optional_count("micro_bs", micro_bs)
-        self.accumulate = check_optional_count("accumulate", accumulate)
-        self.checkpointing = False
-        if checkpointing:
-            self.set_checkpointing(True)
+        self.task = _task_of(dls, infer)
+        self.loss_func = loss_func or self.task.loss()
+        self.metrics = [self.task.metric(m) for m in metrics]
+        self.groups, self.group_names = models.layer_groups(model), models.group_names(model)
+        self.wd, self.opt_name = wd, opt
+        no_decay = models.norm_and_bias_param_names(model)
+        self.opt = make_optimizer(opt, param_groups(self.groups, no_decay, wd))
         self.precision_request = check_precision(precision)
-        self._set_precision(resolve_precision(precision, self.device))
-        self.bn_freeze_below = bn_freeze_below
+        self.memory = MemorySettings(
+            micro_bs=check_optional_count("micro_bs", micro_bs),
+            accumulate=check_optional_count("accumulate", accumulate),
+            precision=resolve_precision(precision, self.device),
+        )
+        self.scaler = make_scaler(self.memory.precision, self.device)
+        self.events = EventLog()  # phases, plans, OOMs, stops (see `snugfit.events`)
+        if checkpointing:
+            self.set_memory("asked for", checkpointing=True)
+        self.bn_freeze_below, self._bn_note = bn_freeze_below, None
         self.oom_recovery = oom_recovery and not self.sync_bn
         self.nonfinite = NonFiniteGuard(check_optional_count("max_nonfinite", max_nonfinite))
-        self.oom_events: list[dict] = []
-        self.events = EventLog()  # phases, plans, OOMs, stops (see `snugfit.events`)
-        self.eval_bs: int | None = None
-        self.memory_budget = memory_budget
-        self.memory_plan = None
-        self._plan_key = None
-        self._bn_note = None
-        if memory_budget is not None:
-            memory.enforce_budget(memory_budget, self.device)
-        self.arch = arch
-        self._infer = infer
+        self.planner = Planner(memory_budget, self.device)
+        self.precompute, self._features = precompute, {}
         self.console = console or Console()
         if not distributed.is_main():
             self.console = Console(quiet=True)  # rank 0 prints for all
@@ -211,23 +186,64 @@ class Learner:
             self.cbs.insert(0, AutoPrecision())
         self.frozen_to = 0
         self.epoch = self.iter = self.train_iter = 0
-        self._recipe_depth, self._fit_index, self._resume_at = 0, 0, None
+        self.progress = RecipeProgress()
         self.recipe_state: dict = {}  # decisions a recipe made (LRs), kept in checkpoints
         self.recipe_tensors: dict[str, torch.Tensor] = {}  # weights it keeps, likewise
-        self._interrupt = DeferredInterrupt()
+        self.ctrl_c = DeferredInterrupt()
         self._stop_agreed = False  # under torchrun: some rank was asked to stop (Ctrl-C)
         self.interrupted = False  # Ctrl-C was pressed: training stops after this event
 
-    # -- properties the loop and callbacks read ------------------------------
+    def _placed(self, model: nn.Module, channels_last: bool | None, compile: bool) -> nn.Module:
+        """The model on the device, in its memory format (SyncBatchNorm, compiled)."""
+        if self.sync_bn:
+            if self.device.type != "cuda":
+                raise SnugfitError("sync_bn: SyncBatchNorm needs CUDA devices")
+            model = distributed.convert_sync_bn(model)
+        self.channels_last = models.is_cnn(model) if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = model.to(self.device, memory_format=self.memory_format)
+        if compile:
+            model.compile()  # nn.Module.compile: in place, keys unchanged
+        return model
+
+    # -- what the learner predicts ------------------------------------------------
     @property
     def metric_names(self) -> list[str]:
         return [metric_name(m) for m in self.metrics]
 
     @property
+    def vocab(self) -> list[str]:
+        """The class names: the data's, or the saved model's."""
+        return list(self.dls.vocab if self.dls is not None else self._infer["vocab"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become inputs: the data's now, or the saved model's."""
+        if self.dls is None:
+            return Preprocessing.from_config(self._infer)
+        return _preprocessing_of(self.dls)
+
+    @property
     def infer_config(self) -> dict:
-        """What predicting needs without training data: classes, image transform and,
-        for multi-label models, the threshold."""
-        return inference.infer_config(self)
+        """What predicting needs without training data (and what `save` writes): the
+        classes, the image transform and the task's settings."""
+        return {"vocab": self.vocab, **self.preprocessing.to_config(), **self.task.config()}
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task.multi_label
+
+    @property
+    def threshold(self) -> float:
+        """Multi-label: `predict` returns the classes whose probability is above it
+        (saved with the model)."""
+        return getattr(self.task, "threshold", 0.5)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if not self.task.multi_label:
+            raise SnugfitError("threshold: only multi-label models decide by a threshold")
+        self.task = self.task.with_threshold(value)
 
     # -- freezing -----------------------------------------------------------
     def freeze_to(self, n: int) -> None:
@@ -242,174 +258,10 @@ class Learner:
     def unfreeze(self) -> None:
         self.freeze_to(0)
 
-    def _train_mode(self) -> None:
-        # Frozen BatchNorm layers go to eval mode: their running statistics stay
-        # the pretrained ones, and nothing of the frozen body needs a graph.
-        # Below `bn_freeze_below` samples per micro-batch all BN layers do, since
-        # statistics of a few samples would make micro-batches differ from one batch.
-        self.model.train()
-        micro = self._micro(-(-self.dls.bs // distributed.world_size()))  # torchrun: a shard
-        small = bool(self.bn_freeze_below) and micro < self.bn_freeze_below
-        trainable_bn = models.batchnorm_to_eval(self.model, everywhere=small)
-        note = (micro, self.bn_freeze_below) if small and trainable_bn else None
-        if note and note != self._bn_note:
-            log.info(
-                f"micro-batch {note[0]} < bn_freeze_below={note[1]}: BatchNorm running "
-                "statistics are frozen (eval mode); pass bn_freeze_below=0 to keep them training"
-            )
-        self._bn_note = note
-
-    # -- memory: precision, micro-batches, checkpointing, plan ----------------
-    def _micro(self, n: int) -> int:
-        """The micro-batch size for a batch of ``n`` samples."""
-        if self.micro_bs:
-            return min(self.micro_bs, n)
-        if self.accumulate:
-            return math.ceil(n / self.accumulate)
-        return n
-
-    def _set_precision(self, precision: str) -> None:
-        self.precision = precision
-        self.scaler = make_scaler(precision, self.device)
-
-    def _request_precision(self, precision: str) -> Learner:
-        self.precision_request = precision  # what plans keep to (no "auto" choice)
-        self._set_precision(precision)
-        return self
-
-    def to_fp16(self) -> Learner:
-        """Mixed precision with float16 and a GradScaler (fastai's name)."""
-        return self._request_precision("fp16")
-
-    def to_bf16(self) -> Learner:
-        """Mixed precision with bfloat16 (no loss scaling needed)."""
-        return self._request_precision("bf16")
-
-    def to_fp32(self) -> Learner:
-        return self._request_precision("fp32")
-
-    def set_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing through timm (or a generic fallback over stages)."""
-        how = models.set_grad_checkpointing(self.model, enable)
-        self.checkpointing = enable and how != "none"
-
-    def plan(
-        self,
-        budget=None,
-        bs: int | None = None,
-        size: int | None = None,
-        apply: bool = True,
-        device_type: str | None = None,
-    ):
-        """Plan precision, micro-batch and checkpointing to fit ``budget``; print the table.
-
-        The plan is computed for the model as it is now (frozen or not), before
-        training: exact parameter, gradient and optimizer bytes, activations
-        measured on the real model at micro-batch 1 and 2 and extrapolated, and a
-        margin. With ``apply`` the fastest candidate that fits is used. Under
-        torchrun ``bs`` is the global batch and the plan is for one rank's shard.
-        ``device_type="cuda"`` on a machine without that GPU makes it a what-if: the
-        probe runs on this device, the budget is the GPU's.
-        """
-        return planning.plan(self, budget, bs, size, apply, device_type)
-
-    def _maybe_replan(self) -> None:
-        planning.maybe_replan(self)
-
-    # -- fitting --------------------------------------------------------------
-    @resumable
-    def fit(self, n_epoch: int, lr=1e-3, cbs: Sequence[Callback] = ()) -> None:
-        """Train ``n_epoch`` epochs at a constant learning rate (float, slice or list)."""
-        lrs = self._lrs(lr)
-        self._fit(n_epoch, ParamScheduler([constant(x) for x in lrs]), cbs)
-
-    @resumable
-    def fit_one_cycle(
-        self,
-        n_epoch: int,
-        lr_max=None,
-        div: float = 25.0,
-        div_final: float = 1e5,
-        pct_start: float = 0.25,
-        moms=(0.95, 0.85, 0.95),
-        cbs: Sequence[Callback] = (),
-    ) -> None:
-        """fastai's one-cycle policy: LR warms up to ``lr_max`` then anneals (cosine)."""
-        lrs = self._lrs(1e-3 if lr_max is None else lr_max)
-        sched = partial(one_cycle, div=div, div_final=div_final, pct_start=pct_start)
-        lr_scheds = [partial(sched, lr_max=x) for x in lrs]
-        mom_sched = partial(one_cycle_mom, moms=moms, pct_start=pct_start) if moms else None
-        self._fit(n_epoch, ParamScheduler(lr_scheds, mom_sched), cbs)
-
-    @resumable
-    def fit_flat_cos(self, n_epoch: int, lr=1e-3, pct_start: float = 0.75, cbs=()) -> None:
-        """Flat learning rate, then cosine annealing to zero over the last part."""
-        lr_scheds = [
-            combine([pct_start, 1 - pct_start], [constant(x), partial(cos_anneal, x, 0.0)])
-            for x in self._lrs(lr)
-        ]
-        self._fit(n_epoch, ParamScheduler(lr_scheds), cbs)
-
-    @resumable
-    def fit_sgdr(
-        self,
-        n_cycles: int,
-        cycle_len: int,
-        lr_max=None,
-        cycle_mult: int = 2,
-        snapshot_dir=None,
-        cbs: Sequence[Callback] = (),
-    ) -> None:
-        """SGD with warm restarts: ``n_cycles`` cosine cycles, each ``cycle_mult`` times
-        longer than the last, starting with a short warm-up (see `schedules.sgdr`).
-        With ``snapshot_dir``, the weights at the end of each cycle are saved there."""
-        n_epoch = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
-        lrs = self._lrs(1e-3 if lr_max is None else lr_max)
-        lr_scheds = [
-            partial(sgdr, lr_max=x, n_cycles=n_cycles, cycle_len=cycle_len, cycle_mult=cycle_mult)
-            for x in lrs
-        ]
-        extra = (
-            [CycleSnapshots(snapshot_dir, n_cycles, cycle_len, cycle_mult)] if snapshot_dir else []
-        )
-        self._fit(n_epoch, ParamScheduler(lr_scheds), [*extra, *cbs])
-
-    def lr_find(self, start_lr=1e-7, end_lr=10.0, num_it=100, stop_div=True, suggest="valley"):
-        """fastai's learning-rate finder; the model, optimizer and BN buffers are
-        restored afterwards. Returns the suggestions (see `snugfit.lr_find`)."""
-        return lr_find.lr_find(self, start_lr, end_lr, num_it, stop_div, suggest)
-
-    @resumable
-    def auto_fit(self, epochs: int = 2, **kwargs) -> None:
-        """The automated transfer-learning checklist (see `snugfit.recipe`)."""
-        recipe.auto_fit(self, epochs, **kwargs)
-
-    @resumable
-    def fine_tune(
-        self,
-        epochs: int,
-        base_lr: float = 2e-3,
-        freeze_epochs: int = 1,
-        lr_mult: float = 100,
-        pct_start: float = 0.3,
-        div: float = 5.0,
-        cbs: Sequence[Callback] = (),
-    ) -> None:
-        """fastai's transfer-learning recipe.
-
-        Train the head for ``freeze_epochs`` (one-cycle, ``pct_start=0.99``), then
-        halve ``base_lr``, unfreeze, and train everything for ``epochs`` with
-        discriminative rates from ``base_lr / lr_mult`` (first group) to ``base_lr``.
-        """
-        recipe.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, cbs)
-
     # -- the loop -------------------------------------------------------------
     def position(self, after_batch: bool) -> dict:
         """Where training stands: the next (fit, epoch, batch) to run."""
-        return resume.position(self, after_batch)
-
-    def _lrs(self, lr) -> list[float]:
-        return resolve_lrs(lr, len(self.groups))
+        return position(self.fit_index, self.epoch, self.iter, self.n_epoch, after_batch)
 
     def _event(self, name: str) -> None:
         for cb in self.cbs:
@@ -417,62 +269,39 @@ class Learner:
 
     def _fit(self, n_epoch: int, scheduler: Callback, cbs: Sequence[Callback] = ()) -> None:
         """The training loop; the event order is documented in `snugfit.callbacks`."""
-        if self.dls is None:
-            raise SnugfitError("this learner has no data: it was loaded for prediction only")
-        if not isinstance(n_epoch, int) or n_epoch < 1:
-            raise SnugfitError(f"n_epoch: expected a positive integer, got {n_epoch!r}")
-        self.fit_index, self._fit_index = self._fit_index, self._fit_index + 1
-        start_epoch, start_iter = resume.resume_point(self)
-        if start_epoch is None:
+        start = self._begin_fit(n_epoch, added := [scheduler, *cbs])
+        if start is None:
             return  # done before the checkpoint we resume from
-        added = [scheduler, *cbs]
-        self.cbs.extend(added)
-        self.cbs.sort(key=lambda c: c.order)  # stable: equal orders keep insertion order
-        self.train_dl, self.valid_dl, self.net = self._loaders()
-        self.n_epoch, self.n_iter = n_epoch, len(self.train_dl)
-        self.total_iters = n_epoch * self.n_iter
-        self.train_iter = start_epoch * self.n_iter + start_iter
-        self.stop_training = False
-        self.events.emit(
-            "fit_start",
-            fit=self.fit_index,
-            epochs=n_epoch,
-            start_epoch=start_epoch,
-            frozen_to=self.frozen_to,
-            size=self.dls.size,
-            bs=self.dls.bs,
-            precompute=self.net is not self.model,
-        )
-        self._maybe_replan()  # unfreezing or a new size moves memory: plan again
-        resume.rewind_rng(self)  # in the fit resumed from: as at the checkpoint
+        start_epoch, start_iter = start
         try:
-            self.nonfinite.start(self)  # a host copy of the weights to fall back to
+            self.nonfinite.start(self.model, self.opt, self.device)  # weights to fall back to
             self._event("before_fit")
             for self.epoch in range(start_epoch, n_epoch):
                 self._event("before_epoch")
-                self._train_mode()
+                self.train_mode()
                 self._event("before_train")
                 skip, start_iter = start_iter, 0
                 for i, (xb, yb) in enumerate(self._train_batches(skip), start=skip):
-                    self.iter, self.xb, self.yb = i, self._input(xb), yb
+                    self.iter, self.xb, self.yb = i, self.prepare_input(xb), yb
                     self.pct_train = self.train_iter / self.total_iters
                     self._event("before_batch")
-                    self.loss = self._step(self.xb, self.yb)
-                    self.nonfinite.check(self)  # NaN/inf: restore the last good weights, stop
+                    self.loss = self.train_step(self.xb, self.yb)
+                    # NaN/inf: the last good weights come back and NonFiniteLoss stops the fit
+                    self.nonfinite.check(self.loss, self._step_info())
                     # callbacks may save on it; under torchrun every rank stops at the same step
                     self.interrupted = (
-                        self._stop_agreed if self.distributed else self._interrupt.requested
+                        self._stop_agreed if self.distributed else self.ctrl_c.requested
                     )
                     self._event("after_batch")
                     self.train_iter += 1
                     if self.interrupted:
                         raise KeyboardInterrupt  # Ctrl-C, acted on after a whole step
-                self.nonfinite.end_epoch(self)
+                self.nonfinite.end_epoch(self.epoch, more=self.epoch + 1 < n_epoch)
                 self._event("after_train")
                 self._event("before_validate")
-                self.valid_loss, self.metric_values = self._validate(self.valid_dl)
+                self.valid_loss, self.metric_values = evaluate.evaluate(self, self.valid_dl)
                 self._event("after_validate")
-                self.interrupted = self._interrupt.requested
+                self.interrupted = self.ctrl_c.requested
                 if self.distributed:
                     self.interrupted = distributed.any_rank(self.interrupted)
                 self._event("after_epoch")
@@ -488,13 +317,52 @@ class Learner:
             self.events.emit("interrupt", fit=self.fit_index, epoch=self.epoch, batch=self.iter)
             raise
         finally:
-            self._event("after_fit")
-            self.events.emit("fit_end", fit=self.fit_index, early_stop=self.stop_training)
-            self.net = self.model
-            for cb in added:
-                self.cbs.remove(cb)
+            self._end_fit(added)
 
-    def _loaders(self):
+    def _begin_fit(self, n_epoch: int, added: list) -> tuple[int, int] | None:
+        """Number the fit, add its callbacks, set up its data: the (epoch, batch) to
+        start from, or None when a resumed recipe already did this fit."""
+        if self.dls is None:
+            raise SnugfitError("this learner has no data: it was loaded for prediction only")
+        if not isinstance(n_epoch, int) or n_epoch < 1:
+            raise SnugfitError(f"n_epoch: expected a positive integer, got {n_epoch!r}")
+        self.fit_index = self.progress.next_fit()
+        start_epoch, start_iter = self.progress.start_point(self.fit_index)
+        if start_epoch is None:
+            return None
+        self.cbs.extend(added)
+        self.cbs.sort(key=lambda c: c.order)  # stable: equal orders keep insertion order
+        self.train_dl, self.valid_dl, self.net = self.loaders()
+        self.n_epoch, self.n_iter = n_epoch, len(self.train_dl)
+        self.total_iters = n_epoch * self.n_iter
+        self.train_iter = start_epoch * self.n_iter + start_iter
+        self.stop_training = False
+        self.events.emit(
+            "fit_start",
+            fit=self.fit_index,
+            epochs=n_epoch,
+            start_epoch=start_epoch,
+            frozen_to=self.frozen_to,
+            size=self.dls.size,
+            bs=self.dls.bs,
+            precompute=self.net is not self.model,
+        )
+        self.replan_if_needed()  # unfreezing or a new size moves memory: plan again
+        self.progress.rewind_rng(self.fit_index)  # in the fit resumed from: as at the checkpoint
+        return start_epoch, start_iter
+
+    def _end_fit(self, added: list) -> None:
+        self._event("after_fit")
+        self.events.emit("fit_end", fit=self.fit_index, early_stop=self.stop_training)
+        self.net = self.model
+        for cb in added:
+            self.cbs.remove(cb)
+
+    def _step_info(self) -> StepInfo:
+        lr = max(g["lr"] for g in self.opt.param_groups)
+        return StepInfo(self.fit_index, self.epoch, self.iter, self.train_iter, self.precision, lr)
+
+    def loaders(self):
         """Training and validation batches, and the module they go through: the
         images and the whole model, or precomputed features and only the head."""
         if self.distributed:
@@ -502,7 +370,7 @@ class Learner:
             # not sharded: the head trains on images), through DDP.
             return self.dls.train, self.dls.valid, distributed.wrap(self.model, self.device)
         if self.precompute and self.frozen_to == len(self.groups) - 1:
-            train, valid = feature_loaders(self)
+            train, valid = feature_loaders(self, self._features)
             return train, valid, self.model.get_classifier()
         return self.dls.train, self.dls.valid, self.model
 
@@ -515,7 +383,7 @@ class Learner:
             return dl.iter_from(skip)  # skips without decoding the skipped images
         return itertools.islice(iter(dl), skip, None)
 
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """One optimizer step over one batch; returns the batch's mean loss (on device).
 
         The batch is split into micro-batches; each loss is weighted by its share of
@@ -525,39 +393,29 @@ class Learner:
         OOMs, then sum their weighted gradients (see `snugfit.distributed`).
         """
         n = len(xb)
-        start_mbs = self._micro(n)
+        start_mbs = self.memory.micro(n)
         while True:
             snapshot = StepSnapshot(self.model, self.device) if self.oom_recovery else None
             message = None
             try:
-                total = torch.zeros((), device=xb.device)
-                mbs = max(self._micro(n), 1)
-                # DDP: no gradient sync in backward (see `snugfit.distributed`)
-                with getattr(self.net, "no_sync", contextlib.nullcontext)():
-                    for x, y in zip(xb.split(mbs), yb.split(mbs), strict=True) if n else ():
-                        with self.autocast():
-                            self.loss_mb = self.loss_func(self.net(x), y)
-                        self._event("after_loss")
-                        loss = self.loss_mb * (len(x) / n)
-                        (self.scaler.scale(loss) if self.scaler else loss).backward()
-                        total += self.loss_mb.detach().float() * len(x)
+                total = self._backward(xb, yb)
             except Exception as e:
                 if snapshot is None or not is_oom(e):
                     raise
                 message = first_line(e)
             if self.distributed:  # every rank, every step: did any rank run out of memory?
                 failed, n_all, stops = distributed.agree(
-                    message is not None, n, self._interrupt.requested
+                    message is not None, n, self.ctrl_c.requested
                 )
                 self._stop_agreed = stops > 0  # Ctrl-C on any rank: all stop after this step
                 if not failed:
                     break
             elif message is None:
                 break
-            # Out of the except block, the traceback no longer pins the failed
-            # step's tensors: drop our own references too, then free and retry.
-            x = y = loss = total = self.loss_mb = None
-            recover_from_oom(self, snapshot, start_mbs, message)
+            # Out of the except block, the traceback (and with it the failed forward's
+            # frame) no longer pins the step's tensors: drop our own references too.
+            total = self.loss_mb = None
+            self._fall_back(snapshot, n, start_mbs, message)
         if self.distributed:  # the gradient of the global batch's mean loss, on every rank
             params = [p for p in self.net.parameters() if p.requires_grad]
             total = distributed.reduce_gradients(params, n / n_all, total)
@@ -567,6 +425,22 @@ class Learner:
         self._optimizer_step()
         self._event("after_step")
         return total / n
+
+    def _backward(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of each micro-batch; the batch's summed loss (on device)."""
+        n = len(xb)
+        total = torch.zeros((), device=xb.device)
+        mbs = max(self.memory.micro(n), 1)
+        # DDP: no gradient sync in backward (see `snugfit.distributed`)
+        with getattr(self.net, "no_sync", contextlib.nullcontext)():
+            for x, y in zip(xb.split(mbs), yb.split(mbs), strict=True) if n else ():
+                with self.autocast():
+                    self.loss_mb = self.loss_func(self.net(x), y)
+                self._event("after_loss")
+                loss = self.loss_mb * (len(x) / n)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                total += self.loss_mb.detach().float() * len(x)
+        return total
 
     def _optimizer_step(self) -> None:
         if self.scaler is None:
@@ -583,118 +457,35 @@ class Learner:
             self.scaler.update()
         self.opt.zero_grad(set_to_none=True)  # frees gradient memory until next backward
 
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
+    def set_hypers(self, lrs: Sequence[float], mom: float | None) -> None:
+        """Each layer group's learning rate, and the momentum (None: unchanged)."""
+        set_hypers(self.opt, lrs, mom)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the model's memory format (precomputed features as they are)."""
         if x.ndim != 4:
             return x  # precomputed features: no image layout
         return x.contiguous(memory_format=self.memory_format)
 
     def autocast(self):
         """The mixed-precision context of forward passes (a no-op in fp32)."""
-        return autocast(self.precision, self.device)
-
-    # -- evaluation and prediction (see `snugfit.inference`) ------------------
-    def get_preds(self, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw outputs and targets over a loader (the validation set by default)."""
-        return inference.get_preds(self, dl)
-
-    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs (float32) without a graph, in chunks of ``eval_bs``; halved on OOM."""
-        return inference.eval_forward(self, x)
-
-    def _validate(self, dl) -> tuple[float, dict[str, float]]:
-        return inference.evaluate(self, dl)
-
-    def validate(self) -> dict[str, float]:
-        """Validation loss and metrics of the current weights."""
-        loss, metrics = self._validate(self.dls.valid)
-        return {"valid_loss": loss, **metrics}
-
-    def predict(self, image) -> tuple[str | list[str], torch.Tensor]:
-        """Classify one image (a path or a PIL image): ``(label, probabilities)``.
-
-        Multi-label: ``(labels, probabilities)``, the labels being the classes whose
-        probability is above ``threshold``, in vocabulary order (possibly none).
-        """
-        labels, probs = self.predict_many([image])
-        return labels[0], probs[0]
-
-    def predict_many(self, images: Sequence) -> tuple[list, torch.Tensor]:
-        """`predict` for several images: a label (or list of labels) per image, and
-        the ``(N, C)`` probabilities."""
-        return inference.predict_many(self, images)
-
-    def activation(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Probabilities from model outputs: softmax, or sigmoid for multi-label models."""
-        return inference.activation(outputs, self.multi_label)
-
-    def tta(self, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
-        """Test-time augmentation (fastai's): ``(probs, targets)`` of ``dl`` (the
-        validation set), ``(1 - beta) *`` the mean over ``n`` augmented passes ``+ beta *``
-        the plain predictions; ``beta=None``: the augmented mean only (see `snugfit.tta`)."""
-        return tta.tta(self, n=n, dl=dl, beta=beta, seed=seed)
-
-    # -- saving ---------------------------------------------------------------
-    def save_checkpoint(self, path) -> Path:
-        """Training state (weights, optimizer, GradScaler, memory settings, freeze
-        state) in one safetensors file, written atomically."""
-        return checkpoint.save_checkpoint(self, path)
-
-    def load_checkpoint(self, path) -> dict:
-        return checkpoint.load_checkpoint(self, path)
-
-    def save(self, path) -> Path:
-        """Write ``path/model.safetensors`` and ``path/snugfit.json``: no pickle."""
-        if not distributed.is_main():
-            return Path(path)  # rank 0 writes for all
-        return export.save_learner(self, path)
+        return autocast_for(self.precision, self.device)
 
 
-def load_learner(path, device: str | torch.device | None = None) -> Learner:
-    """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
-    return export.load_learner(path, device)
+def _task_of(dls, infer: dict | None) -> Task:
+    """The task: the data's, else the saved model's (``infer``), else single-label."""
+    if dls is None:
+        return task_from_config(infer or {})
+    task = getattr(dls, "task", None)
+    if task is not None:
+        return task
+    return MultiLabel() if getattr(dls, "multi_label", False) else SingleLabel()
 
 
-def vision_learner(
-    dls,
-    arch: str | nn.Module,
-    pretrained: bool = True,
-    weights=None,
-    metrics: Sequence | None = None,
-    head_init: str = "auto",
-    **kwargs,
-) -> Learner:
-    """A Learner for transfer learning from a timm architecture.
-
-    The classifier is replaced for ``dls``'s classes, the data is normalised with
-    the model's own pretrained mean/std, and the body is frozen when the model
-    starts from pretrained weights (``fine_tune`` unfreezes it).
-
-    Args:
-        dls: the `ImageDataLoaders`.
-        arch: a timm model name (e.g. "tf_efficientnet_lite0") or an ``nn.Module``.
-        pretrained: start from pretrained weights (timm's hub unless ``weights``).
-        weights: a local weights file (timm state dict in safetensors or .pth, or
-            an efficientnet-pytorch state dict, converted by tensor order).
-        metrics: metric callables or names; None: "error_rate", or "accuracy_multi"
-            and "f1_samples" for multi-label data.
-        head_init: "auto" starts the new head from the pretrained ImageNet
-            classifier's rows when every class is an ImageNet class (e.g. ants,
-            bees); "random" always starts from a fresh head. Multi-label data
-            always gets a fresh head: ImageNet's rows are logits of a softmax over
-            1000 classes, not of independent sigmoids.
-        **kwargs: passed to `Learner` (loss_func, opt, wd, cbs, micro_bs, ...).
-    """
-    multi = bool(getattr(dls, "multi_label", False))
-    if metrics is None:
-        metrics = MULTI_LABEL_DEFAULTS if multi else ("error_rate",)
-    vocab = None if multi else dls.vocab
-    model = models.create_model(
-        arch, dls.c, pretrained=pretrained, weights=weights, vocab=vocab, head_init=head_init
-    )
-    cfg = models.model_config(model)
-    dls.mean, dls.std, dls.crop_pct = tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"]
-    name = arch if isinstance(arch, str) else None
-    learn = Learner(dls, model, metrics=metrics, arch=name, **kwargs)
-    if pretrained or weights is not None:
-        learn.freeze()
-    return learn
+def _preprocessing_of(dls) -> Preprocessing:
+    """``dls.preprocessing``; loaders without one (a custom or fake loader) describe
+    their images by ``size``, ``mean``, ``std`` and ``crop_pct``."""
+    p = getattr(dls, "preprocessing", None)
+    if p is not None:
+        return p
+    return Preprocessing(dls.size, mean=dls.mean, std=dls.std, crop_pct=dls.crop_pct)

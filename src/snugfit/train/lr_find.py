@@ -2,13 +2,14 @@
 
 The sweep trains on successive batches while the learning rate grows
 exponentially from ``start_lr`` to ``end_lr``, records an exponentially smoothed
-loss, and stops once that loss diverges. Every step is ``learn._step``, so
+loss, and stops once that loss diverges. Every step is ``learn.train_step``, so
 micro-batching, mixed precision and out-of-memory recovery apply exactly as in
-training. Afterwards everything the sweep touched is put back: weights and
-buffers, optimizer state and hyper-parameters, GradScaler, which parameters
-train, module train/eval modes, the random number generators, the recorder and
-the training loader's epoch counter. Memory settings that an out-of-memory
-fallback lowered during the sweep are kept: training would hit the same wall.
+training. The sweep runs in ``learn.trial()``: afterwards everything it touched is
+put back (`TrainingSnapshot`): weights and buffers, optimizer state and
+hyper-parameters, GradScaler, which parameters train, module train/eval modes,
+the random number generators, the recorder and the training loader's epoch
+counter. Memory settings that an out-of-memory fallback lowered during the sweep
+are kept: training would hit the same wall.
 
 The suggestions are pure functions of ``(lrs, losses)``:
 
@@ -28,7 +29,6 @@ from pathlib import Path
 import torch
 
 from snugfit.errors import SnugfitError
-from snugfit.train.optim import set_hypers
 
 BETA = 0.98  # smoothing of the recorded loss, as fastai's AvgSmoothLoss
 DIVERGE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
@@ -137,9 +137,9 @@ class LRFindResult:
     def plot(self, path="lr_find.png", skip_end: int = 5) -> Path:
         """Save the smoothed loss against the LR (log scale) as a PNG, with the
         suggestions marked; the last ``skip_end`` points (the blow-up) are left out."""
-        from snugfit.callbacks.recorder import _pyplot, _save
+        from snugfit.callbacks.recorder import pyplot, save_figure
 
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4))
         n = max(len(self.lrs) - skip_end, 2)
         ax.plot(self.lrs[:n], self.losses[:n])
@@ -151,7 +151,7 @@ class LRFindResult:
         ax.set_ylabel("loss (smoothed)")
         if self.suggestions:
             ax.legend()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 # -- the sweep ----------------------------------------------------------------
@@ -190,29 +190,15 @@ def lr_find(
         raise SnugfitError(f"num_it: expected an integer >= 2, got {num_it!r}")
     if suggest not in SUGGESTIONS:
         raise SnugfitError(f"suggest: expected one of {', '.join(SUGGESTIONS)}, got {suggest!r}")
-    learn._maybe_replan()  # the memory settings the fit would use (no-op without a plan)
-    saved = _LearnerState(learn)
-    try:
-        lrs, losses = _sweep(learn, start_lr, end_lr, num_it, stop_div)
-    finally:
-        saved.restore(learn)
+    with learn.trial() as train_dl:
+        lrs, losses = _sweep(learn, train_dl, start_lr, end_lr, num_it, stop_div)
     found = suggestions(lrs, losses, num_it)
     return LRFindResult(lrs, losses, found, found[suggest])
 
 
-def _sweep(learn, start_lr, end_lr, num_it, stop_div) -> tuple[list[float], list[float]]:
+def _sweep(learn, train_dl, start_lr, end_lr, num_it, stop_div) -> tuple[list[float], list[float]]:
+    """The sweep's steps, through the learner's own training step; the curve."""
     n_groups = len(learn.groups)
-    learn._train_mode()
-    # The loop's own data and module: images through the model, or precomputed
-    # features through the head alone (a sweep then costs almost nothing).
-    train_dl, _, learn.net = learn._loaders()
-    try:
-        return _sweep_batches(learn, train_dl, start_lr, end_lr, num_it, stop_div, n_groups)
-    finally:
-        learn.net = learn.model
-
-
-def _sweep_batches(learn, train_dl, start_lr, end_lr, num_it, stop_div, n_groups):
     lrs, losses = [], []
     avg, best = 0.0, math.inf
     step = 0
@@ -223,9 +209,10 @@ def _sweep_batches(learn, train_dl, start_lr, end_lr, num_it, stop_div, n_groups
             for xb, yb in batches:
                 empty = False
                 lr = exp_lr(start_lr, end_lr, step / num_it)
-                set_hypers(learn.opt, [lr] * n_groups, None)
-                learn.iter, learn.xb, learn.yb = step, learn._input(xb), yb
-                loss = learn._step(learn.xb, yb).item()  # a host sync per step: we must decide
+                learn.set_hypers([lr] * n_groups, None)
+                loss = learn.train_step(
+                    learn.prepare_input(xb), yb
+                ).item()  # a host sync: we decide
                 step += 1
                 if not math.isfinite(loss):
                     return lrs, losses
@@ -244,54 +231,46 @@ def _sweep_batches(learn, train_dl, start_lr, end_lr, num_it, stop_div, n_groups
     return lrs, losses
 
 
-class _LearnerState:
-    """Everything the sweep changes, copied to host memory (the device keeps its
-    memory for the sweep) and put back exactly by `restore`."""
+class TrainingSnapshot:
+    """What trial training steps change, copied to host memory (the device keeps its
+    memory for them) and put back exactly by `restore`: weights and buffers,
+    optimizer state and hyper-parameters, which parameters train, module modes, the
+    recorder's history, the loader's epoch counter and the random generators."""
 
-    def __init__(self, learn):
-        self.model = _clone_to_cpu(learn.model.state_dict())
-        self.opt = _clone_to_cpu(learn.opt.state_dict())
-        self.precision = learn.precision
-        self.scaler = learn.scaler.state_dict() if learn.scaler is not None else None
-        self.requires_grad = [p.requires_grad for p in learn.model.parameters()]
-        self.training = [m.training for m in learn.model.modules()]
-        self.frozen_to = learn.frozen_to
-        # the recorder's own objects and a copy of their contents: both come back
-        self.recorder = {k: (v, copy.copy(v)) for k, v in vars(learn.recorder).items()}
-        self.attrs = {k: getattr(learn, k) for k in ("iter", "xb", "yb") if hasattr(learn, k)}
-        self.dl_epoch = getattr(learn.dls.train, "epoch", None)
+    def __init__(self, model, opt, scaler, recorder, train_dl):
+        self.model_obj, self.opt_obj, self.recorder, self.train_dl = model, opt, recorder, train_dl
+        self.model = _clone_to_cpu(model.state_dict())
+        self.opt = _clone_to_cpu(opt.state_dict())
+        self.scaler = scaler.state_dict() if scaler is not None else None
+        self.requires_grad = [p.requires_grad for p in model.parameters()]
+        self.training = [m.training for m in model.modules()]
+        self.history = recorder.snapshot()
+        self.dl_epoch = getattr(train_dl, "epoch", None)
         self.cpu_rng = torch.get_rng_state()
-        cuda = learn.device.type == "cuda"
-        self.cuda_rng = torch.cuda.get_rng_state(learn.device) if cuda else None
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        cuda = self.device.type == "cuda"
+        self.cuda_rng = torch.cuda.get_rng_state(self.device) if cuda else None
 
-    def restore(self, learn) -> None:
-        learn.opt.zero_grad(set_to_none=True)  # a step cut short leaves gradients
-        learn.loss_mb = None
+    def restore(self, scaler=None) -> None:
+        """Put everything back; ``scaler`` (the learner's GradScaler, when its precision
+        did not change meanwhile) gets its state back too."""
+        model = self.model_obj
         with torch.no_grad():
-            learn.model.load_state_dict(self.model)  # copies into the same tensors
-        learn.opt.load_state_dict(self.opt)  # replaces the state: steps and moments too
-        if learn.scaler is not None and learn.precision == self.precision:
-            learn.scaler.load_state_dict(self.scaler)
-        for p, rg in zip(learn.model.parameters(), self.requires_grad, strict=True):
+            model.load_state_dict(self.model)  # copies into the same tensors
+        self.opt_obj.load_state_dict(self.opt)  # replaces the state: steps and moments too
+        if scaler is not None and self.scaler is not None:
+            scaler.load_state_dict(self.scaler)
+        for p, rg in zip(model.parameters(), self.requires_grad, strict=True):
             p.requires_grad_(rg)
-        for m, training in zip(learn.model.modules(), self.training, strict=True):
+        for m, training in zip(model.modules(), self.training, strict=True):
             m.training = training
-        learn.frozen_to = self.frozen_to
-        vars(learn.recorder).clear()
-        for k, (obj, content) in self.recorder.items():
-            if isinstance(obj, list):
-                obj[:] = content
-            setattr(learn.recorder, k, obj)
-        for k in ("iter", "xb", "yb"):
-            if k in self.attrs:
-                setattr(learn, k, self.attrs[k])
-            elif hasattr(learn, k):
-                delattr(learn, k)
+        self.recorder.restore(self.history)
         if self.dl_epoch is not None:
-            learn.dls.train.epoch = self.dl_epoch
+            self.train_dl.epoch = self.dl_epoch
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, learn.device)
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
 
 
 def _clone_to_cpu(obj):

@@ -89,8 +89,9 @@ def nonfinite_weight(model: nn.Module) -> str | None:
 class NonFiniteGuard:
     """Checks each training loss and stops the fit as the module docstring says.
 
-    The loop calls `start` before a fit's first epoch, `check` after each
-    optimizer step, and `end_epoch` when an epoch's batches end.
+    The loop calls `start` before a fit's first epoch (with the model and
+    optimizer it guards), `check` after each optimizer step (with the step's
+    loss and `StepInfo`), and `end_epoch` when an epoch's batches end.
 
     Args:
         max_nonfinite: in fp16, stop when this many losses in a row are non-finite
@@ -99,6 +100,8 @@ class NonFiniteGuard:
 
     def __init__(self, max_nonfinite: int | None = 3):
         self.max_nonfinite = max_nonfinite
+        self.model: nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
         self.lagged: bool | None = None  # None: on CUDA; tests set True to run it on the CPU
         self.weights: dict[str, torch.Tensor] | None = None
         self.weights_from = ""
@@ -110,11 +113,12 @@ class NonFiniteGuard:
     def enabled(self) -> bool:
         return self.max_nonfinite is not None
 
-    def start(self, learn) -> None:
+    def start(self, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> None:
         if not self.enabled:
             return
+        self.model, self.opt = model, opt
         self.in_a_row, self._pending, self._last = 0, None, None
-        cuda = learn.device.type == "cuda"
+        cuda = device.type == "cuda"
         self._lag = cuda if self.lagged is None else self.lagged
         if self._lag:
             # two host slots: one is being filled by the copy just queued, the
@@ -122,59 +126,55 @@ class NonFiniteGuard:
             self._slots = [torch.zeros((), pin_memory=cuda) for _ in range(2)]
             self._events = [torch.cuda.Event() if cuda else None for _ in range(2)]
             self._next = 0
-        self._snapshot(learn, "the start of the fit")
+        self._snapshot("the start of the fit")
 
-    def check(self, learn) -> None:
-        """Check ``learn.loss`` (on CUDA: queue it, and check the previous step's)."""
+    def check(self, loss: torch.Tensor, at: StepInfo) -> None:
+        """Check a step's ``loss`` (on CUDA: queue it, and check the previous step's)."""
         if not self.enabled:
             return
-        lr = max(g["lr"] for g in learn.opt.param_groups)
-        at = StepInfo(
-            learn.fit_index, learn.epoch, learn.iter, learn.train_iter, learn.precision, lr
-        )
         self._last = at
-        loss = learn.loss.detach()
+        loss = loss.detach()
         if not self._lag:
             # a host array sharing the loss's memory: no device, nothing to wait for
-            self._judge(learn, at, float(loss.to("cpu", torch.float32).numpy()))
+            self._judge(at, float(loss.to("cpu", torch.float32).numpy()))
             return
         i, self._next = self._next, 1 - self._next
         self._slots[i].copy_(loss, non_blocking=True)
         if self._events[i] is not None:
-            self._events[i].record(torch.cuda.current_stream(learn.device))
+            self._events[i].record(torch.cuda.current_stream(loss.device))
         previous, self._pending = self._pending, (at, i)
         if previous is not None:
-            self._settle(learn, previous)
+            self._settle(previous)
 
-    def resolve(self, learn) -> None:
+    def resolve(self) -> None:
         """Check the loss still pending now (on CUDA: wait for its step). Call it
         before saving weights."""
         if self.enabled and self._pending is not None:
             pending, self._pending = self._pending, None
-            self._settle(learn, pending)
+            self._settle(pending)
 
-    def end_epoch(self, learn) -> None:
-        """Check the epoch's last loss and the weights; keep a copy of them if more
+    def end_epoch(self, epoch: int, more: bool) -> None:
+        """Check the epoch's last loss and the weights; keep a copy of them if ``more``
         epochs follow."""
         if not self.enabled or self._last is None:
             return  # no step, nothing this fit did to check
-        self.resolve(learn)
+        self.resolve()
         # A finite loss means finite weights *before* its step; the update itself
         # can still overflow (a huge learning rate), so look at the weights.
-        bad = nonfinite_weight(learn.model)
+        bad = nonfinite_weight(self.model)
         if bad is not None:
-            self._stop(learn, self._last, f"weights non-finite ({bad}) after the update")
+            self._stop(self._last, f"weights non-finite ({bad}) after the update")
         # In fp16 a run of skipped steps may be going on: keep the older copy then.
-        if learn.epoch + 1 < learn.n_epoch and self.in_a_row == 0:
-            self._snapshot(learn, f"the end of epoch {learn.epoch}")
+        if more and self.in_a_row == 0:
+            self._snapshot(f"the end of epoch {epoch}")
 
-    def _settle(self, learn, pending) -> None:
+    def _settle(self, pending) -> None:
         at, i = pending
         if self._events[i] is not None:
             self._events[i].synchronize()  # that step's copy: the GPU is on a later step
-        self._judge(learn, at, float(self._slots[i].numpy()))
+        self._judge(at, float(self._slots[i].numpy()))
 
-    def _judge(self, learn, at: StepInfo, value: float) -> None:
+    def _judge(self, at: StepInfo, value: float) -> None:
         if math.isfinite(value):
             self.in_a_row = 0
             return
@@ -184,20 +184,20 @@ class NonFiniteGuard:
             what = f"loss is {value}"
             if self.in_a_row > 1:
                 what = f"loss non-finite for {self.in_a_row} steps in a row, the last {value}"
-            self._stop(learn, at, what, value)
+            self._stop(at, what, value)
         log.warning(
             f"loss is {value} at {at.where}: the GradScaler skips the step "
             f"({self.in_a_row} in a row; training stops at {limit})"
         )
 
-    def _stop(self, learn, at: StepInfo, what: str, value: float = math.nan) -> None:
+    def _stop(self, at: StepInfo, what: str, value: float = math.nan) -> None:
         self._pending = None
-        self._restore(learn)
+        self._restore()
         raise NonFiniteLoss(nonfinite_message(at, what, self.weights_from), value, at)
 
     @torch.no_grad()
-    def _snapshot(self, learn, where: str) -> None:
-        state = learn.model.state_dict()
+    def _snapshot(self, where: str) -> None:
+        state = self.model.state_dict()
         old = self.weights
         if old is None or old.keys() != state.keys():
             old = {}
@@ -211,7 +211,7 @@ class NonFiniteGuard:
         self.weights, self.weights_from = weights, where
 
     @torch.no_grad()
-    def _restore(self, learn) -> None:
-        learn.opt.zero_grad(set_to_none=True)
-        learn.model.load_state_dict(self.weights)
-        learn.opt.state.clear()  # AdamW's moments hold the bad step's NaN: start afresh
+    def _restore(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.model.load_state_dict(self.weights)
+        self.opt.state.clear()  # AdamW's moments hold the bad step's NaN: start afresh

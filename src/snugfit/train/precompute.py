@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from snugfit.data.cache import cache_dir
+
 log = logging.getLogger("snugfit")
 
 # Above this many bytes of features, keep them in a memory-mapped file instead of RAM.
@@ -74,7 +76,10 @@ def features_key(learn, split: str) -> str:
     for t in [*frozen, *learn.model.buffers()]:
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     d = learn.dls
-    h.update(repr((learn.arch, split, d.size, d.presize, d.crop_pct, d.mean, d.std)).encode())
+    pre = learn.preprocessing
+    h.update(
+        repr((learn.arch, split, pre.size, d.presize, pre.crop_pct, pre.mean, pre.std)).encode()
+    )
     items = d.train_items if split == "train" else d.valid_items
     for path, label in items:
         st = Path(path).stat()
@@ -92,19 +97,19 @@ def compute_features(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
     learn.model.eval()
     try:
         for xb, yb in dl:
-            learn._eval_forward(learn._input(xb))
+            learn.eval_outputs(xb)
             targs.append(yb)
     finally:
         hook.remove()
     return torch.cat(captured).cpu(), torch.cat(targs).cpu()
 
 
-def feature_loaders(learn) -> tuple[FeatureLoader, FeatureLoader]:
-    """Train and validation loaders over precomputed features, computing them if needed."""
-    from snugfit.data.cache import cache_dir
+def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
+    """Train and validation loaders over precomputed features, computing them if needed.
 
+    ``store`` (the learner's) keeps the features by `features_key` across fits.
+    """
     d = learn.dls
-    store = learn.__dict__.setdefault("_features", {})
     loaders = []
     for split in ("train", "valid"):
         key = features_key(learn, split)

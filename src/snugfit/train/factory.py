@@ -1,0 +1,77 @@
+"""Making learners: for transfer learning from a timm architecture, or for prediction
+from a saved model folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from snugfit import models
+from snugfit.saving import read_model_folder
+from snugfit.train.learner import Learner, _preprocessing_of, _task_of
+
+
+def vision_learner(
+    dls,
+    arch: str | nn.Module,
+    pretrained: bool = True,
+    weights=None,
+    metrics: Sequence | None = None,
+    head_init: str = "auto",
+    **kwargs,
+) -> Learner:
+    """A Learner for transfer learning from a timm architecture.
+
+    The classifier is replaced for ``dls``'s classes, the data is normalised with
+    the model's own pretrained mean/std (``learn.dls`` is ``dls`` with the model's
+    preprocessing; ``dls`` itself is left as it is), and the body is frozen when
+    the model starts from pretrained weights (``fine_tune`` unfreezes it).
+
+    Args:
+        dls: the `ImageDataLoaders`.
+        arch: a timm model name (e.g. "tf_efficientnet_lite0") or an ``nn.Module``.
+        pretrained: start from pretrained weights (timm's hub unless ``weights``).
+        weights: a local weights file (timm state dict in safetensors or .pth, or
+            an efficientnet-pytorch state dict, converted by tensor order).
+        metrics: metric callables or names; None: the task's defaults ("error_rate";
+            multi-label: "accuracy_multi" and "f1_samples").
+        head_init: "auto" starts the new head from the pretrained ImageNet
+            classifier's rows when every class is an ImageNet class (e.g. ants,
+            bees); "random" always starts from a fresh head. Multi-label data
+            always gets a fresh head: ImageNet's rows are logits of a softmax over
+            1000 classes, not of independent sigmoids.
+        **kwargs: passed to `Learner` (loss_func, opt, wd, cbs, micro_bs, ...).
+    """
+    task = _task_of(dls, None)  # TRANSITION: dls.task once data/ has it
+    metrics = task.default_metrics if metrics is None else metrics
+    vocab = dls.vocab if task.imagenet_head else None
+    model = models.create_model(
+        arch, dls.c, pretrained=pretrained, weights=weights, vocab=vocab, head_init=head_init
+    )
+    cfg = models.model_config(model)
+    pre = _preprocessing_of(dls).replace(mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"])
+    name = arch if isinstance(arch, str) else None
+    if hasattr(dls, "with_preprocessing"):  # TRANSITION until data/ has it
+        dls = dls.with_preprocessing(pre)
+    else:
+        dls.mean, dls.std, dls.crop_pct = pre.mean, pre.std, pre.crop_pct
+    learn = Learner(dls, model, metrics=metrics, arch=name, **kwargs)
+    if pretrained or weights is not None:
+        learn.freeze()
+    return learn
+
+
+def load_learner(path, device: str | torch.device | None = None) -> Learner:
+    """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
+    model, meta = read_model_folder(path)
+    infer = {k: meta[k] for k in ("vocab", "size", "crop_pct", "mean", "std")}
+    if meta.get("multi_label"):
+        infer.update(multi_label=True, threshold=meta["threshold"])
+    learn = Learner(None, model, arch=meta["arch"], infer=infer)
+    if device is not None:
+        from snugfit.data.loaders import resolve_device
+
+        learn.to(resolve_device(device))
+    return learn

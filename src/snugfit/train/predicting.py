@@ -1,0 +1,80 @@
+"""Evaluation and prediction through a learner (the work is `snugfit.infer`'s).
+
+`Predicting` is the part of `snugfit.train.learner.Learner` that runs the model
+without a graph: `eval_outputs` (chunks halved on out-of-memory, through
+``set_memory``), validation, ``get_preds``, ``predict`` and test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from snugfit.errors import first_line
+from snugfit.infer import evaluate, tta
+from snugfit.memory.oom import is_oom, release_memory
+
+log = logging.getLogger("snugfit")
+
+
+class Predicting:
+    """Forward passes without a graph (see the module docstring)."""
+
+    def eval_outputs(self, xb: torch.Tensor) -> torch.Tensor:
+        """Outputs (float32) of a batch without a graph, in chunks of ``eval_bs``;
+        halved on out-of-memory (and kept halved)."""
+        x = self.prepare_input(xb)
+        while True:
+            chunk = min(self.memory.eval_bs or len(x), len(x))
+            try:
+                with self.autocast():
+                    return torch.cat([self.net(c).float() for c in x.split(chunk)])
+            except Exception as e:
+                if not (self.oom_recovery and is_oom(e)) or chunk == 1:
+                    raise
+                message = first_line(e)
+            release_memory(self.device)
+            self.set_memory("out of memory in evaluation", eval_bs=chunk // 2)
+            self.events.emit("oom", phase="eval", **{"from": chunk, "to": chunk // 2},
+                             error=message)  # fmt: skip
+            log.warning(f"out of memory in evaluation ({message}): chunks of {chunk // 2}")
+
+    @property
+    def oom_events(self) -> list[dict]:
+        """The out-of-memory events so far (from `events`)."""
+        return self.events.of("oom")
+
+    def get_preds(self, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw outputs and targets over a loader (the validation set by default)."""
+        return evaluate.get_preds(self, dl)
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss and metrics of the current weights."""
+        loss, metrics = evaluate.evaluate(self, self.dls.valid)
+        return {"valid_loss": loss, **metrics}
+
+    def predict(self, image) -> tuple[str | list[str], torch.Tensor]:
+        """Classify one image (a path or a PIL image): ``(label, probabilities)``.
+
+        Multi-label: ``(labels, probabilities)``, the labels being the classes whose
+        probability is above ``threshold``, in vocabulary order (possibly none).
+        """
+        labels, probs = self.predict_many([image])
+        return labels[0], probs[0]
+
+    def predict_many(self, images: Sequence) -> tuple[list, torch.Tensor]:
+        """`predict` for several images: a label (or list of labels) per image, and
+        the ``(N, C)`` probabilities."""
+        return evaluate.predict_many(self, images)
+
+    def activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities from model outputs: softmax, or sigmoid for multi-label models."""
+        return self.task.activation(outputs)
+
+    def tta(self, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
+        """Test-time augmentation (fastai's): ``(probs, targets)`` of ``dl`` (the
+        validation set), ``(1 - beta) *`` the mean over ``n`` augmented passes ``+ beta *``
+        the plain predictions; ``beta=None``: the augmented mean only (see `snugfit.infer.tta`)."""
+        return tta.tta(self, n=n, dl=dl, beta=beta, seed=seed)
