@@ -45,8 +45,8 @@ def run_snugfit(base, dls, compile_model: bool, device) -> tuple[float, int]:
         console=Console(file=io.StringIO()),
     )
     learn.unfreeze()
-    learn._maybe_replan = lambda: None  # fixed micro-batch = bs, as the hand-written loop
-    learn._validate = lambda dl: (0.0, {})
+    learn.replan_if_needed = lambda: None  # fixed micro-batch = bs, as the hand-written loop
+    learn.evaluate = lambda dl: (0.0, {})
     learn.fit(1)  # warm-up (and compile)
     torch.cuda.reset_peak_memory_stats(device)
     t = timed(lambda: learn.fit(1), device)

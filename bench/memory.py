@@ -31,8 +31,8 @@ from snugfit.memory import (
     parse_bytes,
     profile_activations,
     saved_tensor_bytes,
-    set_grad_checkpointing,
 )
+from snugfit.models import set_grad_checkpointing
 
 MiB = 2**20
 MODELS = [("resnet50", 224), ("efficientnet_b7", 600)]

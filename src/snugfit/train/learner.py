@@ -33,7 +33,6 @@ from snugfit.callbacks.auto_precision import AutoPrecision
 from snugfit.data.preprocessing import Preprocessing
 from snugfit.errors import NonFiniteLoss, SnugfitError, check_optional_count, first_line
 from snugfit.events import EventLog
-from snugfit.infer import evaluate
 from snugfit.memory.oom import StepSnapshot, is_oom
 from snugfit.memory.precision import autocast as autocast_for
 from snugfit.memory.precision import (
@@ -299,7 +298,7 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
                 self.nonfinite.end_epoch(self.epoch, more=self.epoch + 1 < n_epoch)
                 self._event("after_train")
                 self._event("before_validate")
-                self.valid_loss, self.metric_values = evaluate.evaluate(self, self.valid_dl)
+                self.valid_loss, self.metric_values = self.evaluate(self.valid_dl)
                 self._event("after_validate")
                 self.interrupted = self.ctrl_c.requested
                 if self.distributed:

@@ -50,9 +50,13 @@ class Predicting:
         """Raw outputs and targets over a loader (the validation set by default)."""
         return evaluate.get_preds(self, dl)
 
+    def evaluate(self, dl) -> tuple[float, dict[str, float]]:
+        """The loss and the metrics over ``dl`` (under torchrun, over the whole set)."""
+        return evaluate.evaluate(self, dl)
+
     def validate(self) -> dict[str, float]:
         """Validation loss and metrics of the current weights."""
-        loss, metrics = evaluate.evaluate(self, self.dls.valid)
+        loss, metrics = self.evaluate(self.dls.valid)
         return {"valid_loss": loss, **metrics}
 
     def predict(self, image) -> tuple[str | list[str], torch.Tensor]:
