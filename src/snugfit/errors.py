@@ -23,7 +23,7 @@ class UnreadableImage(SnugfitError):
 
 class NonFiniteLoss(SnugfitError):
     """Training stopped on a NaN or infinite loss; the last good weights are back
-    (see `snugfit.nonfinite`). ``value`` is the loss, ``where`` the step's `StepInfo`."""
+    (see `snugfit.train.nonfinite`). ``value`` is the loss, ``where`` the step's `StepInfo`."""
 
     def __init__(self, message: str, value: float = float("nan"), where=None):
         self.value, self.where = value, where

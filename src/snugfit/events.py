@@ -15,19 +15,23 @@ to write ``events.jsonl`` into the run folder.
 
 The kinds emitted, in the order a run meets them (fields after the colon):
 
-- ``run_start``: out, resume; ``data``: train, valid, classes, unreadable (`snugfit.run`);
+- ``run_start``: out, resume; ``data``: train, valid, classes, unreadable (`snugfit.app.run`);
 - ``freeze``: frozen_to, groups (`Learner.freeze_to`); ``resume``: checkpoint, position;
 - ``recipe_start``: recipe, valid_loss; ``phase``: name, and skipped when a phase is
   left out; ``lr``: phase, lr, why (a learning rate a recipe chose); ``kept``: phase,
-  valid_loss (the weights auto_fit kept) (`snugfit.recipe`, `Learner.fine_tune`);
+  valid_loss (the weights auto_fit kept) (`snugfit.train.recipes`);
 - ``fit_start``: fit, epochs, start_epoch, frozen_to, size, bs, precompute;
   ``fit_end``: fit, early_stop (`Learner._fit`);
 - ``plan``: `MemoryPlan.to_dict` and applied (`Learner.plan`);
+- ``memory``: why, and each memory setting that changed (micro_bs, checkpointing,
+  precision, accumulate, eval_bs) (`Learner.set_memory`: the plan, an OOM fallback,
+  auto precision, a checkpoint, the user);
 - ``epoch``: fit, the ``metrics.csv`` row (its time as ``seconds``), lrs (`Recorder`);
 - ``checkpoint``: path, position (`SaveCheckpoint`);
-- ``oom``: as in ``learn.oom_events`` (phase, from, to, error...);
+- ``oom``: phase ("train": epoch, batch, from, to, error, fit; "eval": from, to, error),
+  the settings or chunk sizes before and after (``learn.oom_events`` lists them);
 - ``nonfinite``: message, value, at; ``interrupt``: fit, epoch, batch (`Learner._fit`);
-- ``run_end``: status (`snugfit.run`).
+- ``run_end``: status (`snugfit.app.run`).
 """
 
 from __future__ import annotations

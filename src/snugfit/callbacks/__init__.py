@@ -1,6 +1,6 @@
 """Callbacks: optional behaviour hooked onto the training loop's events.
 
-The loop (``Learner._fit``) calls the events in this order::
+The loop (``Learner._fit``, `snugfit.train.learner`) calls the events in this order::
 
     before_fit
     for epoch in epochs:
@@ -13,7 +13,7 @@ The loop (``Learner._fit``) calls the events in this order::
             before_step                   # gradients of the whole batch are ready
             optimizer step, zero_grad
             after_step
-            (loss checked)                # NaN/inf stops the fit: `snugfit.nonfinite`
+            (loss checked)                # NaN/inf stops the fit: `snugfit.train.nonfinite`
             after_batch                   # learn.loss holds the batch loss (device)
         (last loss and weights checked)
         after_train
@@ -23,7 +23,10 @@ The loop (``Learner._fit``) calls the events in this order::
         after_epoch                       # set learn.stop_training to stop early
     after_fit                             # runs even when training stops on an error
 
-A callback overrides the events it needs; each receives the Learner.
+A callback overrides the events it needs; each receives the Learner and uses its
+public methods (``learn.set_memory``, ``learn.save_checkpoint``, ``learn.set_hypers``...).
+One callback per file. Callbacks may import ``snugfit.errors``, ``snugfit.distributed``,
+``snugfit.saving`` (atomic files) and the pure schedules of ``snugfit.train.schedules``.
 """
 
 from __future__ import annotations

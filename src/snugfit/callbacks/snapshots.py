@@ -19,7 +19,7 @@ log = logging.getLogger("snugfit")
 class CycleSnapshots(Callback):
     """Write ``snapshot_dir/cycle_{k}.safetensors`` when cycle ``k`` ends.
 
-    The cycles are those of `snugfit.schedules.sgdr`; ``learn.fit_sgdr(...,
+    The cycles are those of `snugfit.train.schedules.sgdr`; ``learn.fit_sgdr(...,
     snapshot_dir=...)`` adds this callback. Files hold the model's weights only
     (``safetensors.torch.load_model`` reads them back).
 
