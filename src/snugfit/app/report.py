@@ -39,12 +39,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPPED, RunFolder
 from snugfit.data.check import describe, problem_groups
 from snugfit.events import read_events
 from snugfit.saving.checkpoint import atomic_write
 
-REPORT = "report.html"
-EVENTS = "events.jsonl"
+__all__ = ["EVENTS", "REPORT", "SECTIONS", "build_report", "write_report"]
+
 SECTIONS = (
     ("run", "Run"),
     ("config", "Configuration"),
@@ -105,7 +106,7 @@ def write_report(
     """
     run_dir = Path(run_dir)
     page = build_report(run_dir, interp, status, events, top_k, per_label)
-    path = run_dir / REPORT
+    path = RunFolder(run_dir).report
 
     def write(tmp):
         Path(tmp).write_text(page, encoding="utf-8")
@@ -123,21 +124,22 @@ def build_report(
     per_label: dict | None = None,
 ) -> str:
     """The page `write_report` writes, as a string."""
-    events = list(read_events(run_dir / EVENTS) if events is None else events)
-    config = _read_json(run_dir / "config.json")
+    folder = RunFolder(run_dir)
+    events = list(read_events(folder.events) if events is None else events)
+    config = _read_json(folder.config)
     multi = per_label is not None or config.get("label_delim") is not None
     body = {
         "run": _run(run_dir, status, config, events),
         "config": _config(config),
-        "data": _data(_read_json(run_dir / "check.json"), run_dir / "batch.png"),
+        "data": _data(_read_json(folder.check), folder.batch_png),
         "memory": _memory(events),
-        "curves": _curves(run_dir),
-        "metrics": _metrics(run_dir / "metrics.csv"),
+        "curves": _curves(folder),
+        "metrics": _metrics(folder.metrics),
         "confusion": _none(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
         "classes": _labels(per_label) if multi else _classes(interp),
         "top-losses": _none(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),
         "oom": _ooms(events),
-        "skipped": _skipped(run_dir / "skipped.txt"),
+        "skipped": _skipped(folder.skipped),
         "events": _event_log(events),
     }
     title = f"snugfit run: {config.get('arch', '')} on {config.get('data', run_dir)}"
@@ -174,13 +176,13 @@ def _run(run_dir: Path, status: str, config: dict, events: list[dict]) -> str:
 
 def _config(config: dict) -> str:
     if not config:
-        return _none("no config.json in the run folder")
+        return _none(f"no {CONFIG} in the run folder")
     return _kv_table([(k, _short(v)) for k, v in config.items()])
 
 
 def _data(check: dict, batch_png: Path) -> str:
     if not check:
-        return _none("no check.json in the run folder")
+        return _none(f"no {CHECK} in the run folder")
     classes, counts = check.get("classes", []), check.get("counts", {})
     train, valid = counts.get("train", {}), counts.get("valid", {})
     bad = check.get("unusable", {})
@@ -278,20 +280,22 @@ def _plan_table(plan: dict) -> str:
     return f"<p>{_e(title)}</p>\n" + _table(head, rows, left=2, marked=marked)
 
 
-def _curves(run_dir: Path) -> str:
+def _curves(folder: RunFolder) -> str:
     out = []
-    for name, alt in (("loss.png", "training and validation loss"), ("lr.png", "learning rate")):
-        path = run_dir / name
+    for path, alt in (
+        (folder.loss_png, "training and validation loss"),
+        (folder.lr_png, "learning rate"),
+    ):
         if path.is_file():
-            out.append(_img(path.read_bytes(), alt, name.removesuffix(".png")))
+            out.append(_img(path.read_bytes(), alt, path.stem))
         else:
-            out.append(_none(f"no {name}: no training batch ran"))
+            out.append(_none(f"no {path.name}: no training batch ran"))
     return "\n".join(out)
 
 
 def _metrics(path: Path) -> str:
     if not path.is_file():
-        return _none("no metrics.csv: no epoch finished")
+        return _none(f"no {METRICS}: no epoch finished")
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
@@ -413,13 +417,13 @@ def _skipped(path: Path) -> str:
     return (
         f"<p>{len(rows)} unreadable file(s), skipped by training.</p>\n"
         + _table(["file", "reason"], shown, left=2)
-        + (_none(f"... and {more} more in skipped.txt") if more else "")
+        + (_none(f"... and {more} more in {SKIPPED}") if more else "")
     )
 
 
 def _event_log(events: list[dict]) -> str:
     if not events:
-        return _none("no events.jsonl in the run folder")
+        return _none(f"no {EVENTS} in the run folder")
     t0 = events[0]["time"]
     rows = []
     for e in events:
@@ -427,7 +431,7 @@ def _event_log(events: list[dict]) -> str:
         text = json.dumps(fields, ensure_ascii=False, default=str)
         rows.append([f"{e['time'] - t0:.1f}", e["kind"], text[:400]])
     return (
-        f"<details><summary>{len(events)} events (events.jsonl)</summary>\n"
+        f"<details><summary>{len(events)} events ({EVENTS})</summary>\n"
         + _table(["s", "kind", "fields"], rows, left=3)
         + "</details>"
     )
@@ -472,7 +476,7 @@ def _code_list(lines: list[str]) -> str:
         return ""
     items = [f"<li><code>{_e(line)}</code></li>" for line in lines[:_MAX_LISTED]]
     if len(lines) > _MAX_LISTED:
-        items.append(f"<li>... and {len(lines) - _MAX_LISTED} more in check.json</li>")
+        items.append(f"<li>... and {len(lines) - _MAX_LISTED} more in {CHECK}</li>")
     return "<ul>" + "".join(items) + "</ul>"
 
 

@@ -22,6 +22,7 @@ from snugfit.app.arguments import (
     positive_int,
 )
 from snugfit.app.config import TrainConfig
+from snugfit.app.run_folder import CHECKPOINT, TENSORBOARD, RunFolder
 
 NAME = "train"
 
@@ -41,7 +42,7 @@ def add_parser(subparsers) -> None:
     t.add_argument(
         "--tensorboard",
         action="store_true",
-        help="also log each epoch's losses, metrics and learning rates to OUT/tensorboard "
+        help=f"also log each epoch's losses, metrics and learning rates to OUT/{TENSORBOARD} "
         "(needs: pip install 'snugfit[tensorboard]')",
     )
 
@@ -99,7 +100,7 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         help="auto: progressive resizing of the unfrozen phase, e.g. 128 176 224",
     )
     t.add_argument(
-        "--resume", default=None, help="continue a run exactly from its OUT/checkpoint.safetensors"
+        "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
     )
     t.add_argument(
         "--checkpoint-every",
@@ -179,11 +180,11 @@ def _memory_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train; on Ctrl-C, print the command that resumes (``args.argv``: the words typed)."""
-    from snugfit.app.run import CHECKPOINT, train
+    from snugfit.app.run import train
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "argv")}
     cfg = TrainConfig(**options)
-    ckpt = Path(cfg.out) / CHECKPOINT
+    ckpt = RunFolder(Path(cfg.out)).checkpoint
     before = _mtime(ckpt)
     try:
         train(cfg)
