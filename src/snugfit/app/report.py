@@ -23,28 +23,38 @@ run's page says so, and has the per-label report);
 
 A section whose inputs do not exist says so instead. The page needs no network
 and no script: the CSS is inline and images are PNG ``data:`` URIs. It is plain
-string building with `html.escape` on every value from the run (file names,
-class names and error messages can hold ``<`` or ``&``).
+string building (the pieces are in `snugfit.app.html_page`) with every value from
+the run escaped (file names, class names and error messages can hold ``<`` or ``&``).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime
-import html
-import io
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from snugfit.app.html_page import (
+    Raw,
+    code_list,
+    escape,
+    figure_png,
+    img,
+    kv_table,
+    note,
+    page,
+    table,
+    tensor_png,
+)
+from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPPED, RunFolder
 from snugfit.data.check import describe, problem_groups
 from snugfit.events import read_events
-from snugfit.saving.checkpoint import atomic_write
+from snugfit.saving.atomic import atomic_write
 
-REPORT = "report.html"
-EVENTS = "events.jsonl"
+__all__ = ["EVENTS", "REPORT", "SECTIONS", "build_report", "write_report"]
+
 SECTIONS = (
     ("run", "Run"),
     ("config", "Configuration"),
@@ -61,26 +71,6 @@ SECTIONS = (
 )
 _MAX_MATRIX = 50  # classes: above this the confusion numbers are left out (the plot stays)
 _MAX_LISTED = 200  # rows of a file list (skipped, unreadable...) shown in the page
-
-_CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px;
-       padding: 1em 2em; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.8em; }
-h3 { font-size: 1.05em; margin-bottom: 0.3em; }
-nav a { margin-right: 0.8em; white-space: nowrap; }
-table { border-collapse: collapse; margin: 0.5em 0; }
-th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; vertical-align: middle; }
-th { background: #f3f3f3; }
-td.l, th.l { text-align: left; }
-tr.chosen td { background: #e6f4e6; font-weight: bold; }
-.none { color: #777; font-style: italic; }
-.status { padding: 0.5em 1em; border-radius: 4px; display: inline-block; }
-.ok { background: #e6f4e6; } .bad { background: #fbe4e4; }
-img { max-width: 100%; }
-img.thumb { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; }
-code { font-size: 0.92em; word-break: break-all; }
-"""
 
 
 def write_report(
@@ -105,7 +95,7 @@ def write_report(
     """
     run_dir = Path(run_dir)
     page = build_report(run_dir, interp, status, events, top_k, per_label)
-    path = run_dir / REPORT
+    path = RunFolder(run_dir).report
 
     def write(tmp):
         Path(tmp).write_text(page, encoding="utf-8")
@@ -123,34 +113,31 @@ def build_report(
     per_label: dict | None = None,
 ) -> str:
     """The page `write_report` writes, as a string."""
-    events = list(read_events(run_dir / EVENTS) if events is None else events)
-    config = _read_json(run_dir / "config.json")
+    folder = RunFolder(run_dir)
+    events = list(read_events(folder.events) if events is None else events)
+    config = _read_json(folder.config)
     multi = per_label is not None or config.get("label_delim") is not None
     body = {
         "run": _run(run_dir, status, config, events),
         "config": _config(config),
-        "data": _data(_read_json(run_dir / "check.json"), run_dir / "batch.png"),
+        "data": _data(_read_json(folder.check), folder.batch_png),
         "memory": _memory(events),
-        "curves": _curves(run_dir),
-        "metrics": _metrics(run_dir / "metrics.csv"),
-        "confusion": _none(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
+        "curves": _curves(folder),
+        "metrics": _metrics(folder.metrics),
+        "confusion": note(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
         "classes": _labels(per_label) if multi else _classes(interp),
-        "top-losses": _none(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),
+        "top-losses": note(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),
         "oom": _ooms(events),
-        "skipped": _skipped(run_dir / "skipped.txt"),
+        "skipped": _skipped(folder.skipped),
         "events": _event_log(events),
     }
     title = f"snugfit run: {config.get('arch', '')} on {config.get('data', run_dir)}"
-    nav = " ".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name in SECTIONS)
+    nav = " ".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name in SECTIONS)
     sections = "\n".join(
-        f'<section id="{sid}">\n<h2>{_e(name)}</h2>\n{body[sid]}\n</section>'
+        f'<section id="{sid}">\n<h2>{escape(name)}</h2>\n{body[sid]}\n</section>'
         for sid, name in SECTIONS
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{_e(title)}</h1>\n<nav>{nav}</nav>\n{sections}\n</body>\n</html>\n"
-    )
+    return page(title, f"<nav>{nav}</nav>\n{sections}")
 
 
 # -- sections -------------------------------------------------------------------------
@@ -169,18 +156,18 @@ def _run(run_dir: Path, status: str, config: dict, events: list[dict]) -> str:
         rows.append(("weights kept", f"after phase '{kept[-1]['phase']}'"))
     rows.append(("report written", _when(datetime.datetime.now().timestamp())))
     cls = "ok" if ok else "bad"
-    return f'<p class="status {cls}">{_e(status)}</p>\n' + _kv_table(rows)
+    return f'<p class="status {cls}">{escape(status)}</p>\n' + kv_table(rows)
 
 
 def _config(config: dict) -> str:
     if not config:
-        return _none("no config.json in the run folder")
-    return _kv_table([(k, _short(v)) for k, v in config.items()])
+        return note(f"no {CONFIG} in the run folder")
+    return kv_table([(k, _short(v)) for k, v in config.items()])
 
 
 def _data(check: dict, batch_png: Path) -> str:
     if not check:
-        return _none("no check.json in the run folder")
+        return note(f"no {CHECK} in the run folder")
     classes, counts = check.get("classes", []), check.get("counts", {})
     train, valid = counts.get("train", {}), counts.get("valid", {})
     bad = check.get("unusable", {})
@@ -191,9 +178,9 @@ def _data(check: dict, batch_png: Path) -> str:
     rows.append(["images" if multi else "total", images["train"], images["valid"], n_bad])
     how = describe(check)
     out = [
-        f"<p>{_e(check.get('root', ''))}: {_e(how)}; {check.get('usable', '?')} of "
+        f"<p>{escape(check.get('root', ''))}: {escape(how)}; {check.get('usable', '?')} of "
         f"{check.get('files', '?')} image files usable.</p>",
-        _table(
+        table(
             [
                 "label" if multi else "class",
                 "train",
@@ -210,13 +197,13 @@ def _data(check: dict, batch_png: Path) -> str:
     if problems:
         out.append("<h3>Problems</h3>\n<ul>")
         for head, lines in problems:
-            out.append(f"<li>{_e(head)}{_code_list(lines)}</li>")
+            out.append(f"<li>{escape(head)}{code_list(lines, _MAX_LISTED, CHECK)}</li>")
         out.append("</ul>")
     else:
         out.append("<p>No problems found.</p>")
     if batch_png.is_file():
         out.append("<h3>An augmented training batch</h3>")
-        out.append(_img(batch_png.read_bytes(), "an augmented training batch", "batch"))
+        out.append(img(batch_png.read_bytes(), "an augmented training batch", "batch"))
     return "\n".join(out)
 
 
@@ -233,22 +220,22 @@ def _memory(events: list[dict]) -> str:
             in_fit, fit_plans = True, 0
             where = f"fit {e['fit']}" + (f", phase: {phase}" if phase else "")
             out.append(
-                f'<h3 class="plan">{_e(where)}</h3>\n<p>image size {e["size"]}, batch '
+                f'<h3 class="plan">{escape(where)}</h3>\n<p>image size {e["size"]}, batch '
                 f"{e['bs']}, frozen to layer group {e['frozen_to']}"
                 f"{', on precomputed features' if e.get('precompute') else ''}</p>"
             )
         elif kind == "plan":
             if not in_fit:  # e.g. for the lr_find sweep a recipe runs before the phase's fit
                 where = f"phase: {phase}, before its fit" if phase else "before training"
-                out.append(f'<h3 class="plan">{_e(where)}</h3>')
+                out.append(f'<h3 class="plan">{escape(where)}</h3>')
             planned, fit_plans = True, fit_plans + 1
-            out.append(f"<p>{_e(e['summary'])}</p>\n{_plan_table(e)}")
+            out.append(f"<p>{escape(e['summary'])}</p>\n{_plan_table(e)}")
         elif kind == "fit_end":
             if fit_plans == 0:
-                out.append(_none("no new plan: the frozen layers, size and batch are unchanged"))
+                out.append(note("no new plan: the frozen layers, size and batch are unchanged"))
             in_fit = False
     if not planned:
-        return _none(
+        return note(
             "no memory plan was made: plans are made on a GPU, or when a memory budget "
             "is given (--memory-budget)"
         )
@@ -275,57 +262,59 @@ def _plan_table(plan: dict) -> str:
             ]
         )
     marked = {chosen} if chosen is not None else set()
-    return f"<p>{_e(title)}</p>\n" + _table(head, rows, left=2, marked=marked)
+    return f"<p>{escape(title)}</p>\n" + table(head, rows, left=2, marked=marked)
 
 
-def _curves(run_dir: Path) -> str:
+def _curves(folder: RunFolder) -> str:
     out = []
-    for name, alt in (("loss.png", "training and validation loss"), ("lr.png", "learning rate")):
-        path = run_dir / name
+    for path, alt in (
+        (folder.loss_png, "training and validation loss"),
+        (folder.lr_png, "learning rate"),
+    ):
         if path.is_file():
-            out.append(_img(path.read_bytes(), alt, name.removesuffix(".png")))
+            out.append(img(path.read_bytes(), alt, path.stem))
         else:
-            out.append(_none(f"no {name}: no training batch ran"))
+            out.append(note(f"no {path.name}: no training batch ran"))
     return "\n".join(out)
 
 
 def _metrics(path: Path) -> str:
     if not path.is_file():
-        return _none("no metrics.csv: no epoch finished")
+        return note(f"no {METRICS}: no epoch finished")
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
-        return _none("no epoch finished")
-    return _table(rows[0], rows[1:])
+        return note("no epoch finished")
+    return table(rows[0], rows[1:])
 
 
 def _confusion(interp) -> str:
     if interp is None:
-        return _none("not computed: the run did not complete")
+        return note("not computed: the run did not complete")
     fig = interp.plot_confusion_matrix()
-    out = [_img(_png(fig), "confusion matrix", "confusion")]
+    out = [img(figure_png(fig), "confusion matrix", "confusion")]
     vocab = interp.vocab
     if len(vocab) <= _MAX_MATRIX:
         cm = interp.confusion_matrix().tolist()
         head = ["actual \\ predicted", *vocab]
-        out.append(_table(head, [[v, *r] for v, r in zip(vocab, cm, strict=True)], left=1))
+        out.append(table(head, [[v, *r] for v, r in zip(vocab, cm, strict=True)], left=1))
     else:
-        out.append(_none(f"{len(vocab)} classes: the numbers are left out, see the plot"))
+        out.append(note(f"{len(vocab)} classes: the numbers are left out, see the plot"))
     confused = interp.most_confused()[:20]
     if confused:
         out.append("<h3>Most confused</h3>")
-        out.append(_table(["actual", "predicted", "count"], confused, left=2))
+        out.append(table(["actual", "predicted", "count"], confused, left=2))
     return "\n".join(out)
 
 
 def _classes(interp) -> str:
     if interp is None:
-        return _none("not computed: the run did not complete")
+        return note("not computed: the run did not complete")
     report = interp.per_class_report()
     rows = [_score_row(r["class"], r) for r in report["classes"]]
     rows += [_score_row(f"{name} avg", report[name]) for name in ("macro", "weighted")]
     rows.append(["accuracy", "", "", f"{report['accuracy']:.4f}", len(interp)])
-    return _table(["class", "precision", "recall", "f1", "support"], rows, left=1)
+    return table(["class", "precision", "recall", "f1", "support"], rows, left=1)
 
 
 _SINGLE_LABEL_ONLY = (
@@ -336,7 +325,7 @@ _SINGLE_LABEL_ONLY = (
 
 def _labels(report: dict | None) -> str:
     if report is None:
-        return _none("not computed: the run did not complete")
+        return note("not computed: the run did not complete")
     rows = [_score_row(r["class"], r) for r in report["classes"]]
     rows += [_score_row(f"{name} avg", report[name]) for name in ("macro", "weighted")]
     rows.append(["f1 (samples avg)", "", "", f"{report['f1_samples']:.4f}", rows[-1][-1]])
@@ -344,7 +333,7 @@ def _labels(report: dict | None) -> str:
     return (
         f"<p>Multi-label: each label scored on its own (predicted when its probability is "
         f"above {report['threshold']:g}); support is the images that have the label.</p>\n"
-        + _table(["label", "precision", "recall", "f1", "support"], rows, left=1)
+        + table(["label", "precision", "recall", "f1", "support"], rows, left=1)
     )
 
 
@@ -354,24 +343,24 @@ def _score_row(name: str, r: dict) -> list:
 
 def _top_losses(interp, k: int) -> str:
     if interp is None:
-        return _none("not computed: the run did not complete")
+        return note("not computed: the run did not complete")
     losses, idx = interp.top_losses(k)
     idx = idx.tolist()
     try:
         images = interp.images_at(idx)
     except Exception as e:  # no files and no loader: the numbers alone
         images = [None] * len(idx)
-        note = _none(f"no thumbnails: {e}")
+        missing = note(f"no thumbnails: {e}")
     else:
-        note = ""
+        missing = ""
     rows = []
-    for pos, (i, img) in enumerate(zip(idx, images, strict=True)):
+    for pos, (i, image) in enumerate(zip(idx, images, strict=True)):
         actual, pred = int(interp.targets[i]), int(interp.preds[i])
-        thumb = "" if img is None else _img(_tensor_png(img), f"item {i}", "thumb", raw=True)
+        thumb = "" if image is None else img(tensor_png(image), f"item {i}", "thumb", raw=True)
         name = _short_path(interp.items[i]) if interp.items is not None else f"item {i}"
         rows.append(
             [
-                _Raw(thumb),
+                Raw(thumb),
                 name,
                 interp.vocab[actual],
                 interp.vocab[pred],
@@ -380,7 +369,7 @@ def _top_losses(interp, k: int) -> str:
             ]
         )
     head = ["image", "file", "actual", "predicted", "loss", "probability of actual"]
-    return note + _table(head, rows, left=4)
+    return missing + table(head, rows, left=4)
 
 
 def _ooms(events: list[dict]) -> str:
@@ -400,7 +389,7 @@ def _ooms(events: list[dict]) -> str:
         for e in ooms
     ]
     head = ["phase", "fit", "epoch", "batch", "from", "retried with", "error"]
-    return f"<p>{len(ooms)} recovered.</p>\n" + _table(head, rows, left=7)
+    return f"<p>{len(ooms)} recovered.</p>\n" + table(head, rows, left=7)
 
 
 def _skipped(path: Path) -> str:
@@ -412,14 +401,14 @@ def _skipped(path: Path) -> str:
     more = len(rows) - len(shown)
     return (
         f"<p>{len(rows)} unreadable file(s), skipped by training.</p>\n"
-        + _table(["file", "reason"], shown, left=2)
-        + (_none(f"... and {more} more in skipped.txt") if more else "")
+        + table(["file", "reason"], shown, left=2)
+        + (note(f"... and {more} more in {SKIPPED}") if more else "")
     )
 
 
 def _event_log(events: list[dict]) -> str:
     if not events:
-        return _none("no events.jsonl in the run folder")
+        return note(f"no {EVENTS} in the run folder")
     t0 = events[0]["time"]
     rows = []
     for e in events:
@@ -427,76 +416,10 @@ def _event_log(events: list[dict]) -> str:
         text = json.dumps(fields, ensure_ascii=False, default=str)
         rows.append([f"{e['time'] - t0:.1f}", e["kind"], text[:400]])
     return (
-        f"<details><summary>{len(events)} events (events.jsonl)</summary>\n"
-        + _table(["s", "kind", "fields"], rows, left=3)
+        f"<details><summary>{len(events)} events ({EVENTS})</summary>\n"
+        + table(["s", "kind", "fields"], rows, left=3)
         + "</details>"
     )
-
-
-# -- HTML pieces ----------------------------------------------------------------------
-
-
-class _Raw(str):
-    """A table cell that is already HTML."""
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _none(text: str) -> str:
-    return f'<p class="none">{_e(text)}</p>'
-
-
-def _table(head: Sequence, rows: Sequence[Sequence], left: int = 0, marked=frozenset()) -> str:
-    """A table; the first ``left`` columns are left-aligned (text), the rest numbers."""
-
-    def cell(tag: str, j: int, v) -> str:
-        cls = ' class="l"' if j < left else ""
-        return f"<{tag}{cls}>{v if isinstance(v, _Raw) else _e(v)}</{tag}>"
-
-    out = ["<table>", "<tr>" + "".join(cell("th", j, h) for j, h in enumerate(head)) + "</tr>"]
-    for i, row in enumerate(rows):
-        tr = '<tr class="chosen">' if i in marked else "<tr>"
-        out.append(tr + "".join(cell("td", j, v) for j, v in enumerate(row)) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
-
-
-def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
-    return _table(["", ""], rows, left=2)
-
-
-def _code_list(lines: list[str]) -> str:
-    if not lines:
-        return ""
-    items = [f"<li><code>{_e(line)}</code></li>" for line in lines[:_MAX_LISTED]]
-    if len(lines) > _MAX_LISTED:
-        items.append(f"<li>... and {len(lines) - _MAX_LISTED} more in check.json</li>")
-    return "<ul>" + "".join(items) + "</ul>"
-
-
-def _img(png: bytes, alt: str, name: str, raw: bool = False) -> str:
-    cls = ' class="thumb"' if name == "thumb" else ""
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    tag = f'<img{cls} data-name="{_e(name)}" alt="{_e(alt)}" src="{uri}">'
-    return tag if raw else f"<p>{tag}</p>"
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
-def _tensor_png(img) -> bytes:
-    """A ``(3, H, W)`` float image in [0, 1] as PNG bytes."""
-    from PIL import Image
-
-    array = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    buf = io.BytesIO()
-    Image.fromarray(array, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # -- values ---------------------------------------------------------------------------

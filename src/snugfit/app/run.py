@@ -5,11 +5,12 @@ Shared by ``snugfit train`` and ``snugfit demo``. The data are class folders
 (`ImageDataLoaders.from_csv`; multi-label with ``cfg.label_delim``: BCE loss,
 ``accuracy_multi`` and ``f1_samples``). Everything a run produces goes
 to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``check.json``
-(`snugfit.check`: the data check run first), ``metrics.csv``,
+(`snugfit.data.check`: the data check run first), ``metrics.csv``,
 ``checkpoint.safetensors`` (resumable with ``--resume``),
 ``batch.png`` (an augmented batch), ``loss.png``, ``lr.png``, ``events.jsonl`` (the
-event log, `snugfit.events`), ``report.html`` (`snugfit.report`), ``tensorboard/``
-(with ``cfg.tensorboard``) and, when some files could not be read, ``skipped.txt``.
+event log, `snugfit.events`), ``report.html`` (`snugfit.app.report`), ``tensorboard/``
+(with ``cfg.tensorboard``) and, when some files could not be read, ``skipped.txt``;
+`snugfit.app.run_folder` names them.
 
 When training stops on an error (a non-finite loss, Ctrl-C, an out-of-memory
 error nothing fixes), the plots, ``skipped.txt`` and the report are still
@@ -30,7 +31,8 @@ from rich.console import Console
 
 from snugfit import distributed
 from snugfit.app.config import TrainConfig
-from snugfit.app.report import EVENTS, write_report
+from snugfit.app.report import write_report
+from snugfit.app.run_folder import RunFolder
 from snugfit.callbacks import SaveCheckpoint, TensorBoardCallback
 from snugfit.data.check import CheckReport, check_data, csv_args
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
@@ -41,8 +43,6 @@ from snugfit.train.learner import Learner
 
 log = logging.getLogger("snugfit")
 
-CHECKPOINT = "checkpoint.safetensors"  # in the run folder; what --resume takes
-
 
 def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     console = console or Console()
@@ -50,10 +50,51 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     main = not distributed.setup(resolve_device(cfg.device)) or distributed.is_main()
     if not main:
         console = Console(quiet=True)
-    out = Path(cfg.out)
+    folder = RunFolder(Path(cfg.out))
     # Before the data check: a missing tensorboard package fails at once.
-    tensorboard = TensorBoardCallback(out / "tensorboard") if cfg.tensorboard and main else None
+    tensorboard = TensorBoardCallback(folder.tensorboard) if cfg.tensorboard and main else None
     torch.manual_seed(cfg.seed)  # the new head's initialisation
+    report, dls = _data(cfg, console)
+    learn = _learner(cfg, dls, console)
+    if main:
+        _start_files(folder, cfg, report, learn)
+    learn.events.emit("run_start", out=str(folder.root), resume=cfg.resume)
+    learn.events.emit(
+        "data",
+        train=len(dls.train_items),
+        valid=len(dls.valid_items),
+        classes=dls.c,
+        multi_label=dls.multi_label,
+        unreadable=len(report.unreadable),
+        missing=len(report.missing),
+    )
+    # One resumable checkpoint, rewritten atomically after every epoch (and every
+    # N batches, and on Ctrl-C).
+    cbs = [SaveCheckpoint(folder.checkpoint, every_batches=cfg.checkpoint_every)]
+    if tensorboard is not None:
+        cbs.append(tensorboard)
+    try:
+        _fit(learn, cfg, cbs)
+        learn.save(folder.model)
+    except BaseException as e:
+        status = _stopped(e)
+        learn.events.emit("run_end", status=status)
+        try:  # what exists; the error that stopped the run stays the one raised
+            _write_outputs(learn, folder, console, status, interpret=False)
+        except Exception as report_error:
+            log.warning(f"could not write the report: {first_line(report_error)}")
+        raise
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+    learn.events.emit("run_end", status="completed")
+    _write_outputs(learn, folder, console, "completed", interpret=True)
+    _print_end(learn, folder, console)
+    return learn
+
+
+def _data(cfg: TrainConfig, console: Console) -> tuple[CheckReport, ImageDataLoaders]:
+    """The data check's report and the loaders, with a line saying what they hold."""
     # Decode every file once up front: problems are reported before any model is
     # built, and the loaders skip the unreadable files without opening them again.
     report = _check(cfg, console)
@@ -66,7 +107,11 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         f"device {dls.device}",
         highlight=False,
     )
-    learn = vision_learner(
+    return report, dls
+
+
+def _learner(cfg: TrainConfig, dls: ImageDataLoaders, console: Console) -> Learner:
+    return vision_learner(
         dls,
         cfg.arch,
         pretrained=cfg.pretrained,
@@ -83,57 +128,33 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         sync_bn=cfg.sync_bn,
         console=console,
     )
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(out / "config.json")
-        report.to_json(out / "check.json")
-        dls.show_batch(out / "batch.png")  # what the model sees: augmented, presized
-        csv_path, events_path = out / "metrics.csv", out / EVENTS
-        if cfg.resume is None:
-            csv_path.unlink(missing_ok=True)  # a resumed run appends to its history
-            events_path.unlink(missing_ok=True)
-        learn.recorder.csv_path = csv_path
-        learn.events.add_sink(JsonLinesSink(events_path))  # the events so far, then each new
-    learn.events.emit("run_start", out=str(out), resume=cfg.resume)
-    learn.events.emit(
-        "data",
-        train=len(dls.train_items),
-        valid=len(dls.valid_items),
-        classes=dls.c,
-        multi_label=dls.multi_label,
-        unreadable=len(report.unreadable),
-        missing=len(report.missing),
-    )
-    # One resumable checkpoint, rewritten atomically after every epoch (and every
-    # N batches, and on Ctrl-C).
-    cbs = [SaveCheckpoint(out / CHECKPOINT, every_batches=cfg.checkpoint_every)]
-    if tensorboard is not None:
-        cbs.append(tensorboard)
-    try:
-        _fit(learn, cfg, cbs)
-        learn.save(out / "model")
-    except BaseException as e:
-        status = _stopped(e)
-        learn.events.emit("run_end", status=status)
-        try:  # what exists; the error that stopped the run stays the one raised
-            _write_outputs(learn, out, console, status, interpret=False)
-        except Exception as report_error:
-            log.warning(f"could not write the report: {first_line(report_error)}")
-        raise
-    finally:
-        if tensorboard is not None:
-            tensorboard.close()
-    learn.events.emit("run_end", status="completed")
-    _write_outputs(learn, out, console, "completed", interpret=True)
+
+
+def _start_files(folder: RunFolder, cfg: TrainConfig, report: CheckReport, learn: Learner) -> None:
+    """What is known before training (configuration, data check, a batch), and where
+    the metrics and the event log go."""
+    folder.root.mkdir(parents=True, exist_ok=True)
+    cfg.to_json(folder.config)
+    report.to_json(folder.check)
+    learn.dls.show_batch(folder.batch_png)  # what the model sees: augmented, presized
+    if cfg.resume is None:
+        folder.metrics.unlink(missing_ok=True)  # a resumed run appends to its history
+        folder.events.unlink(missing_ok=True)
+    learn.recorder.csv_path = folder.metrics
+    learn.events.add_sink(JsonLinesSink(folder.events))  # the events so far, then each new
+
+
+def _print_end(learn: Learner, folder: RunFolder, console: Console) -> None:
     if learn.oom_events:
         console.print(
             f"recovered from {len(learn.oom_events)} out-of-memory error(s); "
             f"now micro-batch {learn.micro_bs}, {learn.precision}"
-            f"{', checkpointing' if learn.checkpointing else ''} (counts in metrics.csv)",
+            f"{', checkpointing' if learn.checkpointing else ''} "
+            f"(counts in {folder.metrics.name})",
             highlight=False,
         )
-    console.print(f"saved model, config, metrics, plots and report.html to {out}", highlight=False)
-    return learn
+    done = f"saved model, config, metrics, plots and {folder.report.name} to {folder.root}"
+    console.print(done, highlight=False)
 
 
 def _loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
@@ -195,7 +216,9 @@ def _stopped(e: BaseException) -> str:
     return f"failed: {first_line(e)}"
 
 
-def _write_outputs(learn: Learner, out: Path, console: Console, status: str, interpret: bool):
+def _write_outputs(
+    learn: Learner, folder: RunFolder, console: Console, status: str, interpret: bool
+):
     """Plots, ``skipped.txt`` and ``report.html`` (with the interpretation of the
     final model when ``interpret``: single-label, a `ClassificationInterpretation`;
     multi-label, precision, recall and F1 per label)."""
@@ -215,10 +238,10 @@ def _write_outputs(learn: Learner, out: Path, console: Console, status: str, int
     if not distributed.is_main():
         return  # under torchrun, rank 0 writes them
     if learn.recorder.losses:
-        learn.recorder.plot_loss(out / "loss.png")
-        learn.recorder.plot_lr(out / "lr.png")
-    write_skipped(learn.dls.skipped, out / "skipped.txt", console)
-    write_report(out, interp, status=status, per_label=per_label)
+        learn.recorder.plot_loss(folder.loss_png)
+        learn.recorder.plot_lr(folder.lr_png)
+    write_skipped(learn.dls.skipped, folder.skipped, console)
+    write_report(folder.root, interp, status=status, per_label=per_label)
 
 
 def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None:

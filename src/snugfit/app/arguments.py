@@ -1,0 +1,127 @@
+"""What the subcommands' options share: argparse types that say the accepted form,
+the CSV-dataset and memory options, and a parser whose errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+
+from snugfit.errors import SnugfitError
+
+
+def number(cast, ok, accepted: str):
+    """An argparse type that says the accepted form on bad input (argparse names the
+    argument: "argument --bs: must be a positive integer, got '0'")."""
+
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = number(int, lambda v: v >= 0, "an integer ≥ 0")
+positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_float = number(float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
+fraction = number(float, lambda v: 0 < v < 1, "between 0 and 1")
+
+
+def column(text: str) -> int | str:
+    """A CSV column: its index (0, 1, ...) or its name in the header row."""
+    return int(text) if text.isdigit() else text
+
+
+def delimiter(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must be a non-empty string, e.g. ' ' or ';'")
+    return text
+
+
+def budget(text: str) -> str:
+    """A memory budget, checked here (the run reads it again against the device)."""
+    from snugfit.memory import parse_bytes
+
+    try:
+        parse_bytes(text, total=1, name="")
+    except SnugfitError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(": ")) from None
+    return text
+
+
+DATA_HELP = (
+    "folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*); "
+    "with --csv, the folder the CSV's file names are relative to"
+)
+
+
+def add_csv_args(p: argparse.ArgumentParser) -> None:
+    """The options of a dataset listed in a CSV file (those of ImageDataLoaders.from_csv)."""
+    g = p.add_argument_group(
+        "data from a CSV file",
+        "one row per image: a file name (relative to DATA, or to --folder) and its label(s)",
+    )
+    g.add_argument(
+        "--csv",
+        default=None,
+        metavar="FILE",
+        help="read the images and labels from this CSV file (relative to DATA, or absolute; "
+        "the first row names the columns) instead of class folders",
+    )
+    g.add_argument("--folder", default=None, help="the images' folder, relative to DATA")
+    g.add_argument(
+        "--fn-col",
+        type=column,
+        default=0,
+        help="column of file names: header name or index (default 0)",
+    )
+    g.add_argument(
+        "--label-col",
+        type=column,
+        default=1,
+        help="column of labels: header name or index (default 1)",
+    )
+    g.add_argument(
+        "--label-delim",
+        type=delimiter,
+        default=None,
+        help="multi-label: the labels of a cell are separated by this (' ' splits on any "
+        "whitespace); sigmoid outputs, BCE loss, accuracy_multi and f1_samples",
+    )
+    g.add_argument(
+        "--valid-col",
+        type=column,
+        default=None,
+        help="column of booleans (1/0, true/false, yes/no) marking validation rows "
+        "(instead of a random --valid-pct split, 0.2 by default)",
+    )
+
+
+def add_memory_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """``--precision`` and ``--memory-budget`` (alias ``--gpu-mem``)."""
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on recent GPUs and CPUs with bf16, fp16 on older GPUs",
+    )
+    p.add_argument(
+        "--memory-budget",
+        "--gpu-mem",
+        dest="memory_budget",
+        default=None,
+        required=required,
+        type=budget,
+        help="device memory to fit in: 8GB, 8GiB, 7500MB, or 0.5 of the card",
+    )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"snugfit: error: {message} (see {self.prog} --help)\n")

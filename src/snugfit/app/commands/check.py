@@ -1,0 +1,50 @@
+"""``snugfit check``: check an image folder or CSV dataset before training on it."""
+
+from __future__ import annotations
+
+import argparse
+
+from snugfit.app.arguments import DATA_HELP, add_csv_args, fraction
+from snugfit.app.config import TrainConfig
+from snugfit.errors import SnugfitError
+
+NAME = "check"
+
+
+def add_parser(subparsers) -> None:
+    d = TrainConfig("")
+    ck = subparsers.add_parser(
+        NAME,
+        help="check an image folder or CSV dataset: counts, unreadable files, duplicates, "
+        "imbalance",
+        description="Decode every image of DATA (as train would split it) and report usable "
+        "images per class (multi-label: per label) and split, unreadable files with the "
+        "reason, CSV rows naming missing files, identical files (train/valid leaks, two "
+        "labels, repeats), class imbalance, tiny images and empty class folders. Exit status "
+        "0 when training can use the data.",
+    )
+    ck.add_argument("data", help=DATA_HELP)
+    ck.add_argument(
+        "--valid-pct",
+        type=fraction,
+        default=None,
+        help="split this fraction off train for validation (default: use DATA/val; 0.2 with --csv)",
+    )
+    add_csv_args(ck)
+    ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")
+    ck.add_argument("--json", default=None, help="also write the report as JSON to this file")
+
+
+def run(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from snugfit.data.check import check_data
+
+    keys = ("valid_pct", "seed", "csv", "folder", "fn_col", "label_col", "label_delim", "valid_col")
+    report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))
+    report.print(Console())
+    if args.json is not None:
+        try:
+            print(f"report: {report.to_json(args.json)}")
+        except OSError as e:
+            raise SnugfitError(f"{args.json}: cannot write the report ({e.strerror})") from None

@@ -1,0 +1,216 @@
+"""``snugfit train``: fine-tune a classifier on a folder of images (or a CSV of labels).
+
+The options map onto `TrainConfig`; `snugfit.app.run.train` does the run. On
+Ctrl-C it prints the command that resumes the run from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from snugfit.app.arguments import (
+    DATA_HELP,
+    add_csv_args,
+    add_memory_args,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from snugfit.app.config import TrainConfig
+from snugfit.app.run_folder import CHECKPOINT, TENSORBOARD, RunFolder
+
+NAME = "train"
+
+
+def add_parser(subparsers) -> None:
+    d = TrainConfig("")
+    t = subparsers.add_parser(
+        NAME, help="fine-tune a classifier on a folder of images (or a CSV of labels)"
+    )
+    t.add_argument("data", help=DATA_HELP)
+    t.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
+    _recipe_args(t, d)
+    _model_args(t, d)
+    _data_args(t, d)
+    _memory_args(t, d)
+    t.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help=f"also log each epoch's losses, metrics and learning rates to OUT/{TENSORBOARD} "
+        "(needs: pip install 'snugfit[tensorboard]')",
+    )
+
+
+def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """What to train, how long, and resuming."""
+    t.add_argument(
+        "--epochs",
+        type=non_negative_int,
+        default=d.epochs,
+        help="epochs with the whole network unfrozen",
+    )
+    t.add_argument(
+        "--freeze-epochs",
+        type=non_negative_int,
+        default=d.freeze_epochs,
+        help="fine_tune: epochs training only the head first",
+    )
+    t.add_argument(
+        "--recipe",
+        default=d.recipe,
+        choices=["auto", "fine_tune"],
+        help="auto: the automated checklist (precompute, lr_find, head, unfreeze, "
+        "early stopping, best weights); fine_tune: fastai's fine_tune",
+    )
+    t.add_argument(
+        "--head-epochs",
+        type=non_negative_int,
+        default=d.head_epochs,
+        help="auto: head epochs on precomputed features",
+    )
+    t.add_argument(
+        "--no-precompute",
+        dest="precompute",
+        action="store_false",
+        help="auto: train the head on images, not on precomputed features",
+    )
+    t.add_argument(
+        "--no-lr-find",
+        dest="lr_find",
+        action="store_false",
+        help="auto: fixed head learning rate instead of lr_find",
+    )
+    t.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=["one_cycle", "sgdr"],
+        help="auto: schedule of the unfrozen phase",
+    )
+    t.add_argument(
+        "--sizes",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="auto: progressive resizing of the unfrozen phase, e.g. 128 176 224",
+    )
+    t.add_argument(
+        "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="also write the checkpoint every N batches (default: after each epoch)",
+    )
+
+
+def _model_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Batch, image size, learning rate and the starting weights."""
+    t.add_argument("--bs", type=positive_int, default=d.bs, help="batch size")
+    t.add_argument("--size", type=positive_int, default=d.size, help="image size (px)")
+    t.add_argument("--lr", type=positive_float, default=d.lr, help="fine_tune: base learning rate")
+    t.add_argument(
+        "--weights",
+        default=None,
+        help="local weights file (timm .safetensors/.pth, or efficientnet-pytorch)",
+    )
+    t.add_argument(
+        "--no-pretrained", dest="pretrained", action="store_false", help="start from random weights"
+    )
+
+
+def _data_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The split, a CSV dataset, augmentation, seed and decoding workers."""
+    t.add_argument(
+        "--valid-pct",
+        type=fraction,
+        default=None,
+        help="split this fraction off train for validation (default: use DATA/val; 0.2 with --csv)",
+    )
+    add_csv_args(t)
+    t.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        help="no random horizontal flips (for text, digits, ...)",
+    )
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument(
+        "--workers",
+        dest="num_workers",
+        type=non_negative_int,
+        default=None,
+        help="decoding worker processes",
+    )
+
+
+def _memory_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Precision, memory budget and settings, optimizer and device."""
+    add_memory_args(t)
+    t.add_argument(
+        "--micro-bs",
+        type=positive_int,
+        default=None,
+        help="micro-batch size (--bs stays the effective batch)",
+    )
+    t.add_argument(
+        "--accumulate",
+        type=positive_int,
+        default=None,
+        help="micro-batches per batch (gradient accumulation steps)",
+    )
+    t.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    t.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: BatchNorm statistics over all GPUs (SyncBatchNorm); "
+        "turns OOM recovery off",
+    )
+    t.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
+    t.add_argument("--wd", type=non_negative_float, default=d.wd, help="decoupled weight decay")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; on Ctrl-C, print the command that resumes (``args.argv``: the words typed)."""
+    from snugfit.app.run import train
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "argv")}
+    cfg = TrainConfig(**options)
+    ckpt = RunFolder(Path(cfg.out)).checkpoint
+    before = _mtime(ckpt)
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        # Only a checkpoint this run wrote (or the one it resumed from) continues it.
+        fresh = ckpt.is_file() and _mtime(ckpt) != before
+        resume = str(ckpt) if fresh else cfg.resume
+        print("snugfit: interrupted", file=sys.stderr)
+        if resume is not None:
+            command = shlex.join(["snugfit", *_without_resume(args.argv), "--resume", resume])
+            print(f"snugfit: resume with: {command}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _without_resume(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            out.append(word)
+    return out
