@@ -18,10 +18,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# timm's constants under the names this package has always used (one source).
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = IMAGENET_DEFAULT_STD
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
@@ -52,7 +54,7 @@ def affine_params(
     inside the image at the sampled area; with ``min_scale=1`` the crop is the
     whole image. Rotated corners may fall outside; the sampler reflects them.
     Aspect ratios are relative to the input, which is square when it comes from
-    `snugfit.decode.decode_train`.
+    `snugfit.data.decode.decode_train`.
 
     Args:
         n: Number of matrices.

@@ -9,7 +9,7 @@ which still reads every byte, so truncated files are found. It reports:
 
 * usable images per class and split (multi-label: per label, so an image with
   several labels counts once under each, and per split);
-* unreadable files, with the reason training would give (`snugfit.decode.open_image`);
+* unreadable files, with the reason training would give (`snugfit.data.decode.open_image`);
 * CSV rows naming files that do not exist (skipped like unreadable files);
 * duplicates, files with the same bytes: across train and validation (a
   leak that inflates validation scores), under two labels (label sets), or
@@ -47,9 +47,9 @@ from rich.table import Table
 from rich.text import Text
 
 from snugfit.app.config import TrainConfig
-from snugfit.data.decode import _reason, open_image
-from snugfit.data.items import _csv_items, _folder_items, _FolderItems
-from snugfit.data.loaders import _progress
+from snugfit.data.decode import failure_reason, open_image
+from snugfit.data.items import FolderItems, csv_items, folder_items
+from snugfit.data.progress import progress
 from snugfit.errors import SnugfitError, UnreadableImage
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
@@ -344,7 +344,7 @@ def _inspect(path: Path, draft: int) -> _Seen:
     except UnreadableImage as e:
         return _Seen(reason=e.reason)
     except Exception as e:  # a decoder bug must not stop the check: report the file
-        return _Seen(reason=_reason(e))
+        return _Seen(reason=failure_reason(e))
     return _Seen(digest.hexdigest(), width, height)
 
 
@@ -358,7 +358,7 @@ def _inspect_all(paths: Sequence[Path], draft: int, workers: int, console: Conso
     seen: list[_Seen] = []
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        _progress(console, len(paths), "checking images") as advance,
+        progress(console, len(paths), "checking images") as advance,
     ):
         for results in pool.map(run, chunks):
             seen += results
@@ -404,7 +404,7 @@ def check_folder(
     """
     start = time.perf_counter()
     root = Path(path)
-    found = _folder_items(root, train, valid, valid_pct, seed)
+    found = folder_items(root, train, valid, valid_pct, seed)
     vocab = found.vocab
     items = [Item(Path(p), "train", (vocab[lab],)) for p, lab in found.train]
     items += [Item(Path(p), "valid", (vocab[lab],)) for p, lab in found.valid]
@@ -455,7 +455,7 @@ def check_csv(
     """
     start = time.perf_counter()
     root = Path(path)
-    found = _csv_items(
+    found = csv_items(
         root,
         csv_fname,
         folder,
@@ -629,7 +629,7 @@ def csv_args(cfg: TrainConfig) -> dict:
     }
 
 
-def _class_folder(found: _FolderItems, split: str, label: str) -> Path:
+def _class_folder(found: FolderItems, split: str, label: str) -> Path:
     parent = (
         found.valid_dir if split == "valid" and found.valid_dir is not None else found.train_dir
     )
@@ -653,7 +653,7 @@ def _subfolders(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _empty_folders(found: _FolderItems, counts: dict[str, dict[str, int]]) -> list[EmptyFolder]:
+def _empty_folders(found: FolderItems, counts: dict[str, dict[str, int]]) -> list[EmptyFolder]:
     """Class folders with no image file (left out of the classes), or none readable."""
     usable_in: dict[Path, int] = defaultdict(int)  # class folder -> usable images
     for split, per_class in counts.items():

@@ -33,7 +33,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,7 +40,6 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, get_worker_info
 
@@ -56,20 +54,19 @@ from snugfit.data.augment import (
 )
 from snugfit.data.cache import PixelCache
 from snugfit.data.cache import cache_size as cache_size_bytes
-from snugfit.data.decode import _header_problem, decode_train, decode_valid, prepare_for_predict
+from snugfit.data.decode import decode_train, decode_valid, header_problem, prepare_for_predict
 from snugfit.data.decode import open_image as open_image
 from snugfit.data.items import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from snugfit.data.items import (
-    _csv_items,
-    _folder_items,
-    _labelled,
-    _labelled_multi,
-    _no_images,
-    _split_items,
-    get_image_files,
+    csv_items,
+    folder_items,
+    image_files_in,
+    list_items,
+    name_re_items,
 )
 from snugfit.data.items import split_random as split_random
 from snugfit.data.items import split_stratified as split_stratified
+from snugfit.data.progress import progress
 from snugfit.errors import SnugfitError, UnreadableImage
 
 # The ``X as X`` imports above are re-exports: those public names lived here
@@ -579,7 +576,7 @@ class DeviceLoader:
         )
         stored: set[int] = set()
         start = time.perf_counter()
-        with _progress(self.dls.console, len(missing), "decoding into the cache") as advance:
+        with progress(self.dls.console, len(missing), "decoding into the cache") as advance:
             for results in loader:
                 for i, ok, reason in results:
                     if reason is not None:
@@ -623,20 +620,6 @@ class DeviceLoader:
                 yield None, None, bad
                 continue
             yield x[: len(y)], _stack_targets(y), bad
-
-
-@contextmanager
-def _progress(console: Console, total: int, what: str) -> Iterator[Callable[[int], None]]:
-    """A transient rich progress bar on a terminal (nothing otherwise); yields ``advance(n)``."""
-    if not console.is_terminal:
-        yield lambda n: None
-        return
-    bar = Progress(
-        TextColumn(what), BarColumn(), MofNCompleteColumn(), console=console, transient=True
-    )
-    task = bar.add_task(what, total=total)
-    with bar:
-        yield lambda n: bar.advance(task, n)
 
 
 # ---------------------------------------------------------------------------
@@ -878,7 +861,7 @@ class ImageDataLoaders:
             return items
         # Opening a header is mostly waiting on the file system: threads overlap it.
         with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
-            problems = list(pool.map(_header_problem, [p for p, _ in items], chunksize=64))
+            problems = list(pool.map(header_problem, [p for p, _ in items], chunksize=64))
         kept = []
         for item, problem in zip(items, problems, strict=True):
             if problem is None:
@@ -933,7 +916,7 @@ class ImageDataLoaders:
             SnugfitError: Missing folder, no images, a single class, bad arguments.
         """
         path = Path(path)
-        found = _folder_items(path, train, valid, valid_pct, seed)
+        found = folder_items(path, train, valid, valid_pct, seed)
         return cls(
             found.train,
             found.valid,
@@ -972,31 +955,7 @@ class ImageDataLoaders:
         Raises:
             SnugfitError: Missing folder, no images, a name that does not match.
         """
-        regex = re.compile(pat)
-        if regex.groups < 1:
-            raise SnugfitError(f"pat: {regex.pattern!r} has no group to take the label from")
-        if isinstance(path, (str, os.PathLike)):
-            root: Path | None = Path(path)
-            if not root.is_dir():
-                raise SnugfitError(f"{root}: no such directory")
-            files = get_image_files(root)
-            if not files:
-                raise _no_images(root)
-        else:
-            files = [Path(f) for f in path]
-            root = files[0].parent if files else None
-            if not files:
-                raise SnugfitError("path: the list of files is empty")
-        names = []
-        for f in files:
-            m = regex.search(f.name)
-            if m is None or m.group(1) is None:
-                raise SnugfitError(f"{f}: file name does not match pattern '{regex.pattern}'")
-            names.append(m.group(1))
-        vocab, labels = _labelled(files, names)
-        if len(vocab) < 2:
-            raise SnugfitError(f"{root}: found only one class ('{vocab[0]}'); need at least two")
-        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
+        root, train_items, valid_items, vocab = name_re_items(path, pat, valid_pct, seed)
         return cls(train_items, valid_items, vocab, path=root, seed=seed, **kw)
 
     @classmethod
@@ -1046,7 +1005,7 @@ class ImageDataLoaders:
                 listed but missing (and not in ``unreadable``).
         """
         path = Path(path)
-        found = _csv_items(
+        found = csv_items(
             path,
             csv_fname,
             folder,
@@ -1099,26 +1058,8 @@ class ImageDataLoaders:
                 class (single-label).
         """
         root = Path(path)
-        files = [root / f for f in fnames]
-        labels = list(labels)
-        if not files:
-            raise SnugfitError("fnames: the list of files is empty")
-        if len(labels) != len(files):
-            raise SnugfitError(f"labels: expected {len(files)} (one per file), got {len(labels)}")
-
-        def is_list(lab: Any) -> bool:
-            return isinstance(lab, (list, tuple, set, frozenset))
-
-        multi = is_list(labels[0])
-        for f, lab in zip(files, labels, strict=True):
-            if is_list(lab) != multi:
-                kind = "a list of class names" if multi else "one class name"
-                raise SnugfitError(f"{f}: label {lab!r} is not {kind} like the first file's")
-        if multi:
-            vocab, idx = _labelled_multi([[str(c) for c in lab] for lab in labels])
-        else:
-            vocab, idx = _labelled(files, [str(lab) for lab in labels])
-        train_items, valid_items = _split_items(files, idx, valid_pct, seed)
+        found = list_items(root, fnames, labels, valid_pct, seed)
+        train_items, valid_items, vocab, multi, _ = found
         return cls(train_items, valid_items, vocab, path=root, seed=seed, multi_label=multi, **kw)
 
     @classmethod
@@ -1146,11 +1087,7 @@ class ImageDataLoaders:
         """
         root = Path(path)
         if fnames is None:
-            if not root.is_dir():
-                raise SnugfitError(f"{root}: no such directory")
-            fnames = get_image_files(root)
-            if not fnames:
-                raise _no_images(root)
+            fnames = image_files_in(root)
         files = [root / f for f in fnames]
         labels = [label_func(f) for f in files]
         return cls.from_lists(root, files, labels, valid_pct=valid_pct, seed=seed, **kw)

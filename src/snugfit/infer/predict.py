@@ -137,7 +137,8 @@ def predict_files(
     for a single batch), with a progress bar on a terminal.
     """
     from snugfit.data.augment import center_batch
-    from snugfit.data.loaders import ImageDataset, _progress, collate, ignore_sigint
+    from snugfit.data.loaders import ImageDataset, collate, ignore_sigint
+    from snugfit.data.progress import progress
 
     cfg = learn.infer_config
     n_batches = math.ceil(len(files) / bs)
@@ -160,7 +161,7 @@ def predict_files(
     learn.model.eval()
     learn.eval_bs = min(bs, learn.eval_bs or bs)  # _eval_forward halves it on OOM
     console = console or Console(stderr=True)
-    with _progress(console, len(files), "predicting") as advance:
+    with progress(console, len(files), "predicting") as advance:
         for k, (x, index, bad) in enumerate(loader):
             start = k * bs
             rows: dict[int, tuple] = {}
