@@ -458,7 +458,7 @@ def _without_resume(argv: list[str]) -> list[str]:
 def _check(args) -> None:
     from rich.console import Console
 
-    from snugfit.data.check import check_data
+    from snugfit.app.dataset import check_data
 
     keys = ("valid_pct", "seed", "csv", "folder", "fn_col", "label_col", "label_delim", "valid_col")
     report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))

@@ -30,9 +30,10 @@ from rich.console import Console
 
 from snugfit import distributed
 from snugfit.app.config import TrainConfig
+from snugfit.app.dataset import check_data, csv_args
 from snugfit.app.report import EVENTS, write_report
 from snugfit.callbacks import SaveCheckpoint, TensorBoardCallback
-from snugfit.data.check import CheckReport, check_data, csv_args
+from snugfit.data.check_report import CheckReport
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
 from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
 from snugfit.events import JsonLinesSink
