@@ -1,8 +1,8 @@
-"""A run's dataset: the data check of a `TrainConfig`.
+"""A run's dataset: the data check of a `TrainConfig`, and the loaders built from its report.
 
-The app's side of the data check: which check a run's configuration asks for, and
-with which arguments. (The check itself is `snugfit.data.check`, which knows
-nothing of the app.)
+The check splits the items and decodes every file once; `loaders` builds the
+training loaders from what it found (`ImageDataLoaders.from_check`): the same
+split, and no second pass over the file headers.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from rich.console import Console
 from snugfit.app.config import TrainConfig
 from snugfit.data.check import check_csv, check_folder
 from snugfit.data.check_report import CheckReport
+from snugfit.data.loaders import ImageDataLoaders
 from snugfit.errors import SnugfitError
 
 
@@ -55,3 +56,17 @@ def csv_args(cfg: TrainConfig) -> dict:
         "seed": cfg.seed,
         "label_delim": cfg.label_delim,
     }
+
+
+def loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
+    """The loaders of ``cfg``'s data, from its check's ``report``: the check's split, and
+    the files it found unreadable or missing skipped unopened."""
+    return ImageDataLoaders.from_check(
+        report,
+        bs=cfg.bs,
+        size=cfg.size,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+        flip=cfg.flip,
+        seed=cfg.seed,
+    )

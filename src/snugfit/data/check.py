@@ -21,9 +21,10 @@ which still reads every byte, so truncated files are found. It reports:
 * class folders with no image file, or none that can be read.
 
 ``snugfit check DATA [--csv FILE]`` prints the report; ``snugfit train`` runs the
-check first, writes ``check.json`` into the run folder and gives the unreadable
-and missing files to the loaders, which skip them without opening them again. The
-report keeps the split it checked (`CheckReport.split`, never printed or written).
+check first and writes ``check.json`` into the run folder. The report keeps the
+split it checked (`CheckReport.split`, never printed or written):
+`ImageDataLoaders.from_check` builds the loaders from it, with no second split and
+no second pass over the files; the unreadable and missing ones are skipped unopened.
 The report and its printing are `snugfit.data.check_report`.
 
 A dataset training cannot start from (no usable image, a single class with

@@ -2,6 +2,8 @@
 
 `LoaderConstructors` is its base class: each constructor finds the items and
 their labels (`snugfit.data.items`), splits them, and calls the class with them.
+`from_check` builds from what a data check already found (`snugfit.data.check`):
+its split, and no second pass over the files.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from snugfit.data.check_report import CheckReport
 from snugfit.data.items import csv_items, folder_items, image_files_in, list_items, name_re_items
 from snugfit.errors import SnugfitError
 
@@ -242,3 +245,39 @@ class LoaderConstructors:
         files = [root / f for f in fnames]
         labels = [label_func(f) for f in files]
         return cls.from_lists(root, files, labels, valid_pct=valid_pct, seed=seed, **kw)
+
+    @classmethod
+    def from_check(cls: type[L], report: CheckReport, **kw: Any) -> L:
+        """Loaders of the items a data check split (`snugfit.data.check.check_folder`,
+        `snugfit.data.check.check_csv`), with no second split and no second pass over
+        the files.
+
+        The check decoded every file: those it found unreadable or missing are put in
+        ``skipped`` unopened, and no other file is opened before it is decoded.
+
+        Args:
+            report: The check's report (with its ``split``).
+            **kw: Further `ImageDataLoaders` settings (bs, size, ...); ``seed``
+                defaults to the check's.
+
+        Raises:
+            SnugfitError: The report has no split items (one read back from ``check.json``).
+        """
+        split = report.split
+        if split is None:
+            raise SnugfitError(
+                f"{report.root}: the check report has no split items (read back from "
+                "check.json?); run the check again"
+            )
+        kw.setdefault("seed", split.seed)
+        unreadable = {**report.unreadable_files, **(kw.pop("unreadable", None) or {})}
+        return cls(
+            split.train,
+            split.valid,
+            split.vocab,
+            path=report.root,
+            multi_label=split.multi_label,
+            unreadable=unreadable,
+            checked=True,
+            **kw,
+        )

@@ -10,8 +10,9 @@ settings and pushes them to its two `DeviceLoader` s (`configure`); the loaders
 never read their owner.
 
 Unreadable files never stop training: they are found at construction time (a
-cheap header check) or at decode time (truncated data), reported once through the
-``snugfit`` logger and recorded in ``ImageDataLoaders.skipped``.
+cheap header check, or the data check's full decode: `from_check`) or at decode
+time (truncated data), reported once through the ``snugfit`` logger and recorded
+in ``ImageDataLoaders.skipped``.
 
 Finding the items and their labels and splitting them is `snugfit.data.items`;
 batches are made by `snugfit.data.device_loader`.
@@ -79,8 +80,8 @@ class _Setting:
 class ImageDataLoaders(LoaderConstructors):
     """Training and validation loaders for image classification.
 
-    Build one with `from_folder`, `from_name_re`, `from_csv`, `from_lists` or
-    `from_path_func`. Files whose
+    Build one with `from_folder`, `from_name_re`, `from_csv`, `from_lists`,
+    `from_path_func`, or `from_check` (from a data check's report). Files whose
     header is unreadable are left out (and reported) at construction; files that
     fail to decode later are skipped when met. Both end up in ``skipped``.
 
@@ -127,6 +128,8 @@ class ImageDataLoaders(LoaderConstructors):
             put in ``skipped`` without being opened or reported again.
         multi_label: Items carry tuples of label indices (see above); one class
             is then enough.
+        checked: The items come from a data check, which decoded every file: no
+            header is opened here (files in ``unreadable`` are still left out).
     """
 
     bs = _Setting()
@@ -171,6 +174,7 @@ class ImageDataLoaders(LoaderConstructors):
         console: Console | None = None,
         unreadable: Mapping[str, str] | None = None,
         multi_label: bool = False,
+        checked: bool = False,
     ):
         self.path = Path(path) if path is not None else None
         self.task = MultiLabel() if multi_label else SingleLabel()
@@ -198,6 +202,7 @@ class ImageDataLoaders(LoaderConstructors):
             multi_label=self.multi_label,
             skips=self.skips,
             where=self.path if self.path is not None else "data",
+            checked=checked,
         )
         self.train, self.valid = self._device_loaders(self.settings)
 

@@ -3,7 +3,7 @@
 `usable_items` vets a dataset's training and validation items before any loader
 is built: multi-label items get their labels as sorted tuples of valid class
 indices; files already known to be unreadable are left out unopened; the others'
-headers are read (in threads); an empty
+headers are read (in threads) unless a data check decoded them already; an empty
 set is refused, and a class without a readable training image is warned about.
 """
 
@@ -33,6 +33,7 @@ def usable_items(
     multi_label: bool,
     skips: SkipList,
     where: str | os.PathLike,
+    checked: bool = False,
 ) -> tuple[Items, Items]:
     """The training and validation items training can use.
 
@@ -44,6 +45,7 @@ def usable_items(
         skips: Files known to be unreadable (left out unopened); the header pass
             records the files it finds unreadable there.
         where: The data, for messages.
+        checked: A data check decoded every file: open no header.
 
     Raises:
         SnugfitError: Too few classes, bad multi-label labels, an empty set.
@@ -57,8 +59,8 @@ def usable_items(
         only = f" ('{vocab[0]}')" if vocab else ""
         raise SnugfitError(f"{where}: found only one class{only}; need at least two")
     keep = (lambda lab: lab) if multi_label else int
-    train_items = _drop_unreadable(train_items, keep, skips)
-    valid_items = _drop_unreadable(valid_items, keep, skips)
+    train_items = _drop_unreadable(train_items, keep, skips, checked)
+    valid_items = _drop_unreadable(valid_items, keep, skips, checked)
     if not train_items:
         raise SnugfitError(f"{where}: the training set is empty (no readable images)")
     if not valid_items:
@@ -87,11 +89,13 @@ def _label_sets(items: Sequence[tuple[Any, Any]], n_classes: int) -> list[tuple[
     return out
 
 
-def _drop_unreadable(items: Sequence[tuple[Any, Any]], keep, skips: SkipList) -> Items:
-    """Items not in ``skips`` whose header parses; the others are
+def _drop_unreadable(
+    items: Sequence[tuple[Any, Any]], keep, skips: SkipList, checked: bool
+) -> Items:
+    """Items not in ``skips`` whose header parses (unless ``checked``); the others are
     recorded in ``skips``. Files already in ``skips`` are left out without being opened."""
     items = [(Path(p), keep(lab)) for p, lab in items if str(p) not in skips]
-    if not items:
+    if not items or checked:
         return items
     # Opening a header is mostly waiting on the file system: threads overlap it.
     with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
