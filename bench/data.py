@@ -55,7 +55,7 @@ def host_rate(loader) -> float:
     work (augmentation, normalisation) runs on the card, so this is the rate the
     host can feed it at.
     """
-    dl = loader._loader()
+    dl = loader.dataloader()
     keys = loader._cached_keys(dl.dataset, prepass=False)
     assert keys is not None, "the cache should hold every image after a warm epoch"
     start = time.perf_counter()

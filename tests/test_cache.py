@@ -12,7 +12,7 @@ import pytest
 import torch
 from rich.console import Console
 
-import snugfit.data.loaders
+import snugfit.data.datasets
 from fixtures import colour_image, make_image_folder
 from snugfit.data.augment import center_batch
 from snugfit.data.cache import PixelCache, cache_dir, cache_size
@@ -50,10 +50,10 @@ def _count_decodes(monkeypatch) -> list[str]:
         calls.append(str(path))
         return decode_valid(path, size, crop_pct)
 
-    # Patched in snugfit.data.loaders, where ImageDataset looks them up (it imports them
-    # from snugfit.decode).
-    monkeypatch.setattr(snugfit.data.loaders, "decode_train", train)
-    monkeypatch.setattr(snugfit.data.loaders, "decode_valid", valid)
+    # Patched in snugfit.data.datasets, where ImageDataset looks them up (it imports them
+    # from snugfit.data.decode).
+    monkeypatch.setattr(snugfit.data.datasets, "decode_train", train)
+    monkeypatch.setattr(snugfit.data.datasets, "decode_valid", valid)
     return calls
 
 

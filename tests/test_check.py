@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fixtures import SQUARES, colour_image, make_image_folder, make_multilabel_csv
@@ -258,3 +259,72 @@ def test_check_csv_shares_the_folder_checks(tmp_path):
     assert dup.kinds == [LEAK, TWO_LABELS] and dup.labels == ["green red", "red"]
     assert [t.path for t in report.tiny] == [str(root / "thin.png")]
     assert "counts once under each of its labels" in report.table().caption
+
+
+# -- one split, one pass: the loaders come from the check ---------------------------
+
+
+def _no_header_pass(monkeypatch) -> list[Path]:
+    """Make the loaders' header check fail, and count every image opened from now on."""
+    import snugfit.data.usable
+
+    def refuse(path):
+        raise AssertionError(f"{path}: header opened again")
+
+    monkeypatch.setattr(snugfit.data.usable, "header_problem", refuse)
+    opened: list[Path] = []
+    real_open = Image.open
+    monkeypatch.setattr(
+        Image, "open", lambda p, *a, **k: opened.append(Path(p)) or real_open(p, *a, **k)
+    )
+    return opened
+
+
+def test_a_run_builds_its_loaders_from_the_check_without_reopening_headers(tmp_path, monkeypatch):
+    from snugfit.app.config import TrainConfig
+    from snugfit.app.dataset import check_data, loaders
+
+    root = make_image_folder(tmp_path / "flat", n_train=9, n_valid=3, valid_name=None)
+    broken = root / "red" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff")
+    cfg = TrainConfig(str(root), valid_pct=0.25, seed=3, bs=4, size=32, num_workers=0)
+    report = check_data(cfg)
+    assert "split" not in report.to_dict()  # check.json is what the check found, as before
+    expected = ImageDataLoaders.from_folder(
+        root, valid_pct=0.25, seed=3, num_workers=0, cache=False, unreadable=report.unreadable_files
+    )
+    opened = _no_header_pass(monkeypatch)
+    dls = loaders(cfg, report)
+    assert opened == []
+    assert dls.skipped == report.unreadable_files == {str(broken): "not an image"}
+    assert (dls.train_items, dls.valid_items) == (expected.train_items, expected.valid_items)
+    assert (dls.vocab, dls.seed, dls.bs, dls.size) == (expected.vocab, 3, 4, 32)
+    x, y = dls.one_batch()
+    assert x.shape == (4, 3, 32, 32) and y.dtype == torch.long
+
+
+def test_from_check_skips_missing_and_unreadable_csv_rows_unopened(tmp_path, monkeypatch):
+    from snugfit.data.check import check_csv
+
+    root = make_multilabel_csv(tmp_path / "d", n=12)
+    (root / "broken.png").write_bytes(b"not a png")
+    rows = (root / "labels.csv").read_text().splitlines()
+    rows += ["broken.png,blue", "gone.png,green red"]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    report = check_csv(root, label_delim=" ", valid_pct=0.25, seed=1, workers=1)
+    opened = _no_header_pass(monkeypatch)
+    dls = ImageDataLoaders.from_check(report, bs=4, size=32, num_workers=0, cache=False)
+    assert opened == []
+    assert dls.multi_label and dls.vocab == report.classes and dls.seed == 1
+    assert dls.skipped == report.unreadable_files
+    assert len(dls.skipped) == 2 and str(root / "gone.png") in dls.skipped
+    used = {str(p) for p, _ in dls.train_items + dls.valid_items}
+    assert len(used) == report.usable and not used & dls.skipped.keys()
+
+
+def test_from_check_needs_the_split_items(tmp_path):
+    root = make_image_folder(tmp_path / "d", n_train=3, n_valid=1)
+    report = check_folder(root)
+    report.split = None  # as a report read back from check.json would be
+    with pytest.raises(SnugfitError, match="no split items"):
+        ImageDataLoaders.from_check(report, num_workers=0)

@@ -376,7 +376,7 @@ def test_a_process_killed_mid_write_leaves_the_previous_checkpoint(tmp_path, mon
 
 
 def _sleep_without_sigint(ready):
-    from snugfit.data.loaders import ignore_sigint
+    from snugfit.data.datasets import ignore_sigint
 
     ignore_sigint(0)
     ready.set()
@@ -384,10 +384,11 @@ def _sleep_without_sigint(ready):
 
 
 def test_loader_workers_leave_ctrl_c_to_the_main_process(image_folder):
-    from snugfit.data.loaders import ImageDataLoaders, ignore_sigint
+    from snugfit.data.datasets import ignore_sigint
+    from snugfit.data.loaders import ImageDataLoaders
 
     dls = ImageDataLoaders.from_folder(image_folder, num_workers=1, cache=False)
-    assert dls.train._loader().worker_init_fn is ignore_sigint
+    assert dls.train.dataloader().worker_init_fn is ignore_sigint
     # and a process that ran it survives the SIGINT a terminal sends its group
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()

@@ -422,3 +422,70 @@ def test_real_hymenoptera(hymenoptera):
     assert (len(dls.train_items), len(dls.valid_items)) == (245, 153)
     x, y = dls.one_batch()
     assert x.shape == (8, 3, 64, 64) and y.shape == (8,)
+
+
+# -- settings pushed to the loaders; the loader methods training calls ---------------
+
+
+def test_loaders_get_settings_as_values_not_their_parent(image_folder):
+    dls = ImageDataLoaders.from_folder(image_folder, **FAST)
+    assert not hasattr(dls.train, "dls")  # no back-reference
+    assert dls.train.settings is dls.valid.settings is dls.settings
+    dls.mean = (0.0, 0.0, 0.0)
+    dls.augment = False
+    dls.set_size(48)
+    assert dls.preprocessing.mean == (0.0, 0.0, 0.0) and dls.preprocessing.size == 48
+    assert dls.augmentation.enabled is False and dls.augment is False
+    assert dls.train.settings is dls.valid.settings is dls.settings  # pushed to both
+    assert dls.train.dataset.size == dls.presize == 56
+
+
+def test_with_preprocessing_is_new_loaders_sharing_the_data(image_folder, monkeypatch):
+    from snugfit.data.preprocessing import Preprocessing
+
+    dls = ImageDataLoaders.from_folder(image_folder, **FAST)
+    list(dls.train)  # an epoch started: the new loaders continue from it
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(
+        Image, "open", lambda p, *a, **k: opened.append(Path(p)) or real_open(p, *a, **k)
+    )
+    p = Preprocessing(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_pct=1.0)
+    new = dls.with_preprocessing(p)
+    assert opened == []
+    assert new is not dls and new.preprocessing == p and new.mean == (0.5, 0.5, 0.5)
+    assert dls.mean != new.mean and dls.crop_pct == 0.875  # the original is left as it is
+    assert new.train_items is dls.train_items and new.vocab is dls.vocab
+    assert new.task is dls.task and new.skipped is dls.skipped and new.cache is dls.cache
+    assert new.train.epoch == dls.train.epoch == 1
+
+
+def test_batches_of_an_explicit_epoch_leave_the_counter(image_folder):
+    dls = ImageDataLoaders.from_folder(image_folder, **FAST)
+    plain = ImageDataLoaders.from_folder(image_folder, **FAST)
+    plain.augment = False
+    first = [(x, y) for x, y in plain.train]  # epoch 0, not augmented
+    same = list(dls.train.batches(0, augment=False))
+    assert dls.train.epoch == 0
+    for (xa, ya), (xb, yb) in zip(first, same, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    augmented = [(x, y) for x, y in dls.train]
+    again = list(dls.train.batches(0))
+    assert dls.train.epoch == 1
+    for (xa, ya), (xb, yb) in zip(augmented, again, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_decoded_batches_are_training_decodes_in_order(tmp_path):
+    root = make_image_folder(tmp_path / "d", n_train=3, n_valid=2)
+    bad = root / "val" / "red" / "late.jpg"
+    bad.write_bytes(b"")
+    dls = ImageDataLoaders.from_folder(root, **FAST)
+    dls.valid.items.append((bad, 1))  # emptied after construction: found when decoded
+    batches = list(dls.valid.decoded_batches())
+    x = torch.cat([x for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, dls.presize, dls.presize)
+    assert y.tolist() == [lab for _, lab in dls.valid_items]
+    assert torch.equal(x[0], decode_train(dls.valid_items[0][0], dls.presize))
+    assert dls.skipped == {str(bad): "empty file"}

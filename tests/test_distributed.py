@@ -22,7 +22,8 @@ from torch import nn
 from fixtures import make_image_folder
 from snugfit import Learner
 from snugfit.callbacks import Callback
-from snugfit.data.loaders import ImageDataLoaders, _EpochShuffle, _ShardBatches
+from snugfit.data.datasets import EpochShuffle, ShardBatches
+from snugfit.data.loaders import ImageDataLoaders
 from snugfit.distributed import shard
 
 WORLD = 2
@@ -203,8 +204,8 @@ def test_an_oom_on_one_rank_is_recovered_on_both_with_the_same_math(ddp_runs):
 
 
 def test_shards_split_each_global_batch_without_overlap():
-    order = _EpochShuffle(18, seed=3)
-    parts = [list(_ShardBatches(order, BS, r, 3)) for r in range(3)]
+    order = EpochShuffle(18, seed=3)
+    parts = [list(ShardBatches(order, BS, r, 3)) for r in range(3)]
     whole = [list(order)[i : i + BS] for i in range(0, 18, BS)]
     for b, batch in enumerate(whole):
         assert [i for p in parts for i in p[b]] == batch  # contiguous, in order, disjoint

@@ -299,8 +299,8 @@ def test_tta_and_interpretation(trained):
 
 
 def test_show_batch_titles_label_sets(trained, tmp_path):
-    assert trained.dls._title([1.0, 0.0, 1.0]) == "blue;red"
-    assert trained.dls._title([0.0, 0.0, 0.0]) == "(none)"
+    assert trained.dls.task.title([1.0, 0.0, 1.0], trained.dls.vocab) == "blue;red"
+    assert trained.dls.task.title([0.0, 0.0, 0.0], trained.dls.vocab) == "(none)"
     assert trained.dls.show_batch(tmp_path / "b.png", n=4).stat().st_size > 0
 
 

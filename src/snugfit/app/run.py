@@ -31,10 +31,11 @@ from rich.console import Console
 
 from snugfit import distributed
 from snugfit.app.config import TrainConfig
+from snugfit.app.dataset import check_data, csv_args
 from snugfit.app.report import write_report
 from snugfit.app.run_folder import RunFolder
 from snugfit.callbacks import SaveCheckpoint, TensorBoardCallback
-from snugfit.data.check import CheckReport, check_data, csv_args
+from snugfit.data.check_report import CheckReport
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
 from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
 from snugfit.events import JsonLinesSink

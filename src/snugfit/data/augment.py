@@ -12,16 +12,67 @@ so a seed gives the same augmentations on a CPU, a GPU or any other device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from snugfit.errors import SnugfitError
+
+# timm's constants under the names this package has always used (one source).
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = IMAGENET_DEFAULT_STD
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation's settings: one frozen value (`replace` makes a new one).
+
+    >>> Augmentation(flip=False).params()
+    {'min_scale': 0.75, 'max_rotate': 10.0, 'flip': False, 'max_lighting': 0.2}
+
+    Attributes:
+        enabled: Augment training batches (False: only resize and normalise).
+        min_scale: Smallest random-crop area fraction, in ``(0, 1]``.
+        max_rotate: Largest random rotation, in degrees, in ``[0, 180]``.
+        flip: Random horizontal flips.
+        max_lighting: Largest relative brightness/contrast change, in ``[0, 1)``.
+    """
+
+    enabled: bool = True
+    min_scale: float = 0.75
+    max_rotate: float = 10.0
+    flip: bool = True
+    max_lighting: float = 0.2
+
+    def __post_init__(self):
+        if not 0 < self.min_scale <= 1:
+            raise SnugfitError(f"min_scale: must be in (0, 1], got {self.min_scale!r}")
+        if not 0 <= self.max_lighting < 1:
+            raise SnugfitError(f"max_lighting: must be in [0, 1), got {self.max_lighting!r}")
+        if not 0 <= self.max_rotate <= 180:
+            raise SnugfitError(f"max_rotate: must be degrees in [0, 180], got {self.max_rotate!r}")
+        for name in ("min_scale", "max_rotate", "max_lighting"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    def replace(self, **changes) -> Augmentation:
+        """A copy with some fields changed (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def params(self) -> dict:
+        """The keyword arguments of `batch_augment` and `augment_params`."""
+        return {
+            "min_scale": self.min_scale,
+            "max_rotate": self.max_rotate,
+            "flip": self.flip,
+            "max_lighting": self.max_lighting,
+        }
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
@@ -52,7 +103,7 @@ def affine_params(
     inside the image at the sampled area; with ``min_scale=1`` the crop is the
     whole image. Rotated corners may fall outside; the sampler reflects them.
     Aspect ratios are relative to the input, which is square when it comes from
-    `snugfit.decode.decode_train`.
+    `snugfit.data.decode.decode_train`.
 
     Args:
         n: Number of matrices.

@@ -9,7 +9,8 @@ which still reads every byte, so truncated files are found. It reports:
 
 * usable images per class and split (multi-label: per label, so an image with
   several labels counts once under each, and per split);
-* unreadable files, with the reason training would give (`snugfit.decode.open_image`);
+* unreadable files, with the reason training would give
+  (`snugfit.data.decode.open_image`);
 * CSV rows naming files that do not exist (skipped like unreadable files);
 * duplicates, files with the same bytes: across train and validation (a
   leak that inflates validation scores), under two labels (label sets), or
@@ -20,8 +21,11 @@ which still reads every byte, so truncated files are found. It reports:
 * class folders with no image file, or none that can be read.
 
 ``snugfit check DATA [--csv FILE]`` prints the report; ``snugfit train`` runs the
-check first, writes ``check.json`` into the run folder and gives the unreadable
-and missing files to the loaders, which skip them without opening them again.
+check first and writes ``check.json`` into the run folder. The report keeps the
+split it checked (`CheckReport.split`, never printed or written):
+`ImageDataLoaders.from_check` builds the loaders from it, with no second split and
+no second pass over the files; the unreadable and missing ones are skipped unopened.
+The report and its printing are `snugfit.data.check_report`.
 
 A dataset training cannot start from (no usable image, a single class with
 readable training images for single-label data, no readable validation image)
@@ -31,38 +35,43 @@ raises `SnugfitError`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from PIL import Image
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from snugfit.app.config import TrainConfig
-from snugfit.data.decode import _reason, open_image
-from snugfit.data.items import _csv_items, _folder_items, _FolderItems
-from snugfit.data.loaders import _progress
+from snugfit.data.check_report import (
+    IMBALANCE_RATIO,
+    LEAK,
+    MIN_SIDE,
+    REPEAT,
+    TWO_LABELS,
+    BadImage,
+    CheckReport,
+    Duplicate,
+    EmptyFolder,
+    TinyImage,
+)
+from snugfit.data.check_report import describe as describe
+from snugfit.data.check_report import problem_groups as problem_groups
+from snugfit.data.decode import failure_reason, open_image
+from snugfit.data.items import FolderItems, SplitItems, csv_items, folder_items
+from snugfit.data.progress import progress
 from snugfit.errors import SnugfitError, UnreadableImage
 
-IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
-MIN_SIDE = 32  # pixels: an image with a shorter side is reported as tiny
-_SHOWN = 10  # problems listed per kind in the table; check.json has them all
+# The ``X as X`` imports are re-exports: the report's printing helpers lived here
+# before check_report.py was split out.
+
 _CHUNK = 16  # files per thread-pool task: few futures, a smooth progress bar
 # JPEGs are decoded at a scale where both sides stay at least this (a DCT-domain
 # downscale, up to 8x per side): all the data is still read and checked.
 _DRAFT = 32
-
-LEAK = "train/valid leak"
-TWO_LABELS = "two labels"
-REPEAT = "repeat in a class"
 
 
 class Item(NamedTuple):
@@ -71,255 +80,6 @@ class Item(NamedTuple):
     path: Path
     split: str  # "train" or "valid"
     labels: tuple[str, ...]  # its class; multi-label: its classes (possibly none)
-
-
-@dataclass(frozen=True)
-class BadImage:
-    """A file that cannot be decoded, or that a CSV row names but does not exist;
-    training skips it."""
-
-    path: str
-    split: str  # "train" or "valid"
-    label: str  # multi-label: the labels, joined by spaces (for reading)
-    reason: str
-
-
-@dataclass(frozen=True)
-class TinyImage:
-    """A readable image with a side under the minimum."""
-
-    path: str
-    split: str
-    label: str
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """Files with the same bytes, and what makes that a problem.
-
-    ``kinds`` holds one or more of `LEAK` (in train and validation), `TWO_LABELS`
-    (in two classes) and `REPEAT` (twice in one class of one split).
-    """
-
-    kinds: list[str]
-    paths: list[str]
-    splits: list[str]
-    labels: list[str]
-
-
-@dataclass(frozen=True)
-class EmptyFolder:
-    """A class folder without an image to learn from."""
-
-    path: str
-    label: str
-    reason: str  # "no image files" or "no readable images"
-
-
-@dataclass
-class CheckReport:
-    """What `check_folder` or `check_csv` found. Every field is a plain type (see `to_json`).
-
-    Attributes:
-        root: The dataset folder.
-        layout: ``"folders"`` (train and validation folders), ``"split"``
-            (validation split off at random, ``valid_pct``) or ``"column"``
-            (a CSV column marks the validation rows).
-        valid_pct: The split fraction, for ``"split"``.
-        classes: Class names (training labels, sorted).
-        counts: Usable images, ``counts[split][class]``, splits ``train`` and
-            ``valid``; multi-label: per label, so an image counts once under
-            each of its labels (and under none when it has none).
-        files: Image files found or listed (usable or not).
-        images: Usable images per split (each image once).
-        csv: The CSV file the items were read from (None: class folders).
-        multi_label: Whether an image has a set of labels.
-        unreadable: Files that cannot be decoded.
-        missing: Files a CSV row names that do not exist (the reason says which row).
-        unusable: Unreadable or missing files per class (multi-label: per label).
-        duplicates: Groups of files with the same bytes (usable files only).
-        tiny: Readable images with a side under ``min_side``.
-        empty: Class folders with nothing usable.
-        imbalance: Largest over smallest class, counting training images of
-            classes that have some.
-        max_imbalance: Threshold above which ``imbalance`` is flagged.
-        min_side: Threshold for ``tiny``, in pixels.
-        seconds: Time the check took.
-    """
-
-    root: str
-    layout: str
-    valid_pct: float | None
-    classes: list[str]
-    counts: dict[str, dict[str, int]]
-    files: int
-    images: dict[str, int] = field(default_factory=dict)
-    csv: str | None = None
-    multi_label: bool = False
-    unreadable: list[BadImage] = field(default_factory=list)
-    missing: list[BadImage] = field(default_factory=list)
-    unusable: dict[str, int] = field(default_factory=dict)
-    duplicates: list[Duplicate] = field(default_factory=list)
-    tiny: list[TinyImage] = field(default_factory=list)
-    empty: list[EmptyFolder] = field(default_factory=list)
-    imbalance: float = 1.0
-    max_imbalance: float = IMBALANCE_RATIO
-    min_side: int = MIN_SIDE
-    seconds: float = 0.0
-
-    @property
-    def usable(self) -> int:
-        """Images training can use."""
-        return sum(self.images.values())
-
-    @property
-    def imbalanced(self) -> bool:
-        """Whether ``imbalance`` is above ``max_imbalance``."""
-        return self.imbalance > self.max_imbalance
-
-    @property
-    def unreadable_files(self) -> dict[str, str]:
-        """Files training must skip, unreadable or missing, path → reason (what
-        `ImageDataLoaders` takes as ``unreadable``)."""
-        return {b.path: b.reason for b in self.unreadable + self.missing}
-
-    @property
-    def problems(self) -> int:
-        """Number of things reported (files, groups, folders, and the imbalance)."""
-        return (
-            len(self.unreadable)
-            + len(self.missing)
-            + len(self.duplicates)
-            + len(self.tiny)
-            + len(self.empty)
-            + self.imbalanced
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain types, with ``usable`` and ``imbalanced`` added."""
-        return {**asdict(self), "usable": self.usable, "imbalanced": self.imbalanced}
-
-    def to_json(self, path: str | os.PathLike) -> Path:
-        """Write `to_dict` as JSON (UTF-8, file names as they are). Returns the path."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", "utf-8")
-        return path
-
-    def table(self) -> Table:
-        """Usable images per class (rows) and split (columns), and unreadable files."""
-        caption = None
-        if self.multi_label:
-            caption = "multi-label: an image counts once under each of its labels"
-        t = Table(title=f"{self.usable} of {self.files} images usable", caption=caption)
-        first = "label" if self.multi_label else "class"
-        bad_name = "unreadable or missing" if self.csv is not None else "unreadable"
-        for name in (first, "train", "valid", bad_name):
-            t.add_column(name, justify="left" if name == first else "right")
-        bad = self.unusable
-        for c in self.classes:
-            t.add_row(
-                Text(c),
-                str(self.counts["train"][c]),
-                str(self.counts["valid"][c]),
-                str(bad.get(c, 0)),
-            )
-        t.add_row(
-            "images" if self.multi_label else "total",
-            str(self.images.get("train", 0)),
-            str(self.images.get("valid", 0)),
-            str(len(self.unreadable) + len(self.missing)),
-            style="bold",
-        )
-        return t
-
-    def lines(self) -> list[str]:
-        """The problems, as plain text lines (paths relative to ``root``)."""
-        out = []
-        for head, items in problem_groups(self.to_dict(), self._relative):
-            out.append(head)
-            out += _listed([f"  {item}" for item in items])
-        return out or ["no problems found"]
-
-    def print(self, console: Console) -> None:
-        """Print `table` and `lines` (lines unwrapped, so paths stay whole in a log)."""
-        # markup off: file names may hold "[...]"
-        plain = {"markup": False, "highlight": False, "soft_wrap": True}
-        console.print(f"check: {self.root} ({self.describe()})", **plain)
-        console.print(self.table())
-        for line in self.lines():
-            console.print(line, **plain)
-        console.print(f"checked {self.files} files in {self.seconds:.1f} s", **plain)
-
-    def describe(self) -> str:
-        """Where the items and the split come from, in words."""
-        return describe(self.to_dict(), self._relative)
-
-    def _relative(self, path: str) -> str:
-        try:
-            return str(Path(path).relative_to(self.root))
-        except ValueError:
-            return path
-
-
-def describe(report: dict, rel: Callable[[str], str] = str) -> str:
-    """Where a report's items and split come from, in words (``report``: `CheckReport.to_dict`)."""
-    if report.get("layout") == "folders":
-        how = "train and validation folders"
-    elif report.get("layout") == "column":
-        how = "validation rows marked in a column"
-    else:
-        how = f"validation split off at random, {report['valid_pct']:g}"
-    if report.get("csv") is not None:
-        kind = "multi-label" if report.get("multi_label") else "single-label"
-        how = f"{rel(report['csv'])}, {kind}; {how}"
-    return how
-
-
-def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[str, list[str]]]:
-    """A report's problems as ``(heading, items)``, for the terminal and for report.html.
-
-    ``report`` is `CheckReport.to_dict` (or check.json read back); ``rel`` shortens paths.
-    """
-    groups = []
-
-    def files(key: str, head: str) -> None:
-        if report.get(key):
-            items = [f"{rel(b['path'])}: {b['reason']}" for b in report[key]]
-            groups.append((head.format(n=len(items)), items))
-
-    files("unreadable", "unreadable: {n} file(s), skipped by training")
-    files("missing", "missing: {n} file(s) listed but not found, skipped")
-    if report.get("duplicates"):
-        items = [
-            f"{', '.join(d['kinds'])}: {' = '.join(map(rel, d['paths']))}"
-            for d in report["duplicates"]
-        ]
-        groups.append((f"duplicates: {len(items)} group(s) of identical files", items))
-    if report.get("imbalanced"):
-        used = {c: n for c, n in report["counts"]["train"].items() if n}
-        big, small = max(used, key=used.get), min(used, key=used.get)
-        groups.append(
-            (
-                f"imbalance: {report['imbalance']:.1f}x between the largest and the smallest "
-                f"class ({big}: {used[big]}, {small}: {used[small]} training images; "
-                f"flagged above {report['max_imbalance']:g}x)",
-                [],
-            )
-        )
-    if report.get("tiny"):
-        items = [f"{rel(t['path'])}: {t['width']}x{t['height']}" for t in report["tiny"]]
-        groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px",
-                       items))  # fmt: skip
-    files("empty", "empty class folders: {n}")
-    return groups
-
-
-def _listed(lines: list[str]) -> list[str]:
-    if len(lines) <= _SHOWN:
-        return lines
-    return [*lines[:_SHOWN], f"  ... and {len(lines) - _SHOWN} more (all in the JSON report)"]
 
 
 class _Seen(NamedTuple):
@@ -344,7 +104,7 @@ def _inspect(path: Path, draft: int) -> _Seen:
     except UnreadableImage as e:
         return _Seen(reason=e.reason)
     except Exception as e:  # a decoder bug must not stop the check: report the file
-        return _Seen(reason=_reason(e))
+        return _Seen(reason=failure_reason(e))
     return _Seen(digest.hexdigest(), width, height)
 
 
@@ -358,7 +118,7 @@ def _inspect_all(paths: Sequence[Path], draft: int, workers: int, console: Conso
     seen: list[_Seen] = []
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        _progress(console, len(paths), "checking images") as advance,
+        progress(console, len(paths), "checking images") as advance,
     ):
         for results in pool.map(run, chunks):
             seen += results
@@ -404,7 +164,7 @@ def check_folder(
     """
     start = time.perf_counter()
     root = Path(path)
-    found = _folder_items(root, train, valid, valid_pct, seed)
+    found = folder_items(root, train, valid, valid_pct, seed)
     vocab = found.vocab
     items = [Item(Path(p), "train", (vocab[lab],)) for p, lab in found.train]
     items += [Item(Path(p), "valid", (vocab[lab],)) for p, lab in found.valid]
@@ -420,6 +180,7 @@ def check_folder(
         console=console,
     )
     report.empty = _empty_folders(found, report.counts)
+    report.split = SplitItems(found.train, found.valid, vocab, False, seed)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -455,7 +216,7 @@ def check_csv(
     """
     start = time.perf_counter()
     root = Path(path)
-    found = _csv_items(
+    found = csv_items(
         root,
         csv_fname,
         folder,
@@ -490,6 +251,7 @@ def check_csv(
         workers=workers,
         console=console,
     )
+    report.split = SplitItems(found.train, found.valid, vocab, found.multi_label, seed)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -533,103 +295,58 @@ def check_items(
     if workers is None:
         workers = min(16, 2 * (os.cpu_count() or 1))
     present = [it for it in items if str(it.path) not in missing]
-    seen = iter(
-        _inspect_all([it.path for it in present], _DRAFT, workers, console or Console(stderr=True))
+    seen = _inspect_all(
+        [it.path for it in present], _DRAFT, workers, console or Console(stderr=True)
     )
-
-    counts = {s: dict.fromkeys(classes, 0) for s in ("train", "valid")}
-    images = dict.fromkeys(counts, 0)
-    unusable = dict.fromkeys(classes, 0)
-    absent, unreadable, tiny = [], [], []
-    by_digest: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
-    for p, split, labels in items:
-        label = " ".join(labels)
-        if str(p) in missing:
-            absent.append(BadImage(str(p), split, label, missing[str(p)]))
-            s = None
-        else:
-            s = next(seen)
-            if s.reason is not None:
-                unreadable.append(BadImage(str(p), split, label, s.reason))
-        if s is None or s.reason is not None:
-            for lab in labels:
-                unusable[lab] += 1
-            continue
-        images[split] += 1
-        for lab in labels:
-            counts[split][lab] += 1
-        by_digest[s.digest].append((p, split, label))
-        if min(s.width, s.height) < min_side:
-            tiny.append(TinyImage(str(p), split, label, s.width, s.height))
-
     report = CheckReport(
         root=str(root),
         layout=layout,
         valid_pct=valid_pct,
         classes=list(classes),
-        counts=counts,
+        counts={s: dict.fromkeys(classes, 0) for s in ("train", "valid")},
         files=len(items),
-        images=images,
+        images={"train": 0, "valid": 0},
         csv=csv,
         multi_label=multi_label,
-        unreadable=unreadable,
-        missing=absent,
-        unusable=unusable,
-        duplicates=[_duplicate(g) for g in by_digest.values() if len(g) > 1],
-        tiny=tiny,
+        unusable=dict.fromkeys(classes, 0),
         max_imbalance=max_imbalance,
         min_side=min_side,
     )
+    _tally(report, items, iter(seen), missing)
     _fatal(report)
-    trained = [n for n in counts["train"].values() if n]
+    trained = [n for n in report.counts["train"].values() if n]
     report.imbalance = max(trained) / min(trained) if trained else 1.0
     report.seconds = time.perf_counter() - start
     return report
 
 
-def check_data(cfg: TrainConfig, console: Console | None = None) -> CheckReport:
-    """The data check of a run's dataset (``cfg.data``): class folders, or ``cfg.csv``.
-
-    Raises:
-        SnugfitError: As `check_folder` or `check_csv`; CSV options without
-            ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
-    """
-    _check_data_options(cfg)
-    if cfg.csv is None:
-        return check_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
-    return check_csv(cfg.data, **csv_args(cfg), console=console)
-
-
-def _check_data_options(cfg: TrainConfig) -> None:
-    """CSV options without a CSV, or two ways of choosing the validation set, are errors."""
-    defaults = TrainConfig("")
-    if cfg.csv is None:
-        given = [
-            "--" + name.replace("_", "-")
-            for name in ("folder", "fn_col", "label_col", "label_delim", "valid_col")
-            if getattr(cfg, name) != getattr(defaults, name)
-        ]
-        if given:
-            raise SnugfitError(f"{', '.join(given)}: only with --csv (the data is class folders)")
-    elif cfg.valid_col is not None and cfg.valid_pct is not None:
-        raise SnugfitError("--valid-col and --valid-pct: give one (a column, or a random split)")
+def _tally(report: CheckReport, items: Sequence[Item], seen, missing: dict[str, str]) -> None:
+    """Count ``items`` into ``report``: usable per class and split, unusable, tiny,
+    duplicates. ``seen`` yields the `_inspect` result of each item not ``missing``."""
+    by_digest: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
+    for p, split, labels in items:
+        label = " ".join(labels)
+        if str(p) in missing:
+            report.missing.append(BadImage(str(p), split, label, missing[str(p)]))
+            s = None
+        else:
+            s = next(seen)
+            if s.reason is not None:
+                report.unreadable.append(BadImage(str(p), split, label, s.reason))
+        if s is None or s.reason is not None:
+            for lab in labels:
+                report.unusable[lab] += 1
+            continue
+        report.images[split] += 1
+        for lab in labels:
+            report.counts[split][lab] += 1
+        by_digest[s.digest].append((p, split, label))
+        if min(s.width, s.height) < report.min_side:
+            report.tiny.append(TinyImage(str(p), split, label, s.width, s.height))
+    report.duplicates = [_duplicate(g) for g in by_digest.values() if len(g) > 1]
 
 
-def csv_args(cfg: TrainConfig) -> dict:
-    """``ImageDataLoaders.from_csv``'s (and `check_csv`'s) arguments from a run's ``cfg``."""
-    return {
-        "csv_fname": cfg.csv,
-        "folder": cfg.folder,
-        "fn_col": cfg.fn_col,
-        "label_col": cfg.label_col,
-        "valid_col": cfg.valid_col,
-        "valid_pct": 0.2 if cfg.valid_pct is None else cfg.valid_pct,
-        "seed": cfg.seed,
-        "label_delim": cfg.label_delim,
-    }
-
-
-def _class_folder(found: _FolderItems, split: str, label: str) -> Path:
+def _class_folder(found: FolderItems, split: str, label: str) -> Path:
     parent = (
         found.valid_dir if split == "valid" and found.valid_dir is not None else found.train_dir
     )
@@ -653,7 +370,7 @@ def _subfolders(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _empty_folders(found: _FolderItems, counts: dict[str, dict[str, int]]) -> list[EmptyFolder]:
+def _empty_folders(found: FolderItems, counts: dict[str, dict[str, int]]) -> list[EmptyFolder]:
     """Class folders with no image file (left out of the classes), or none readable."""
     usable_in: dict[Path, int] = defaultdict(int)  # class folder -> usable images
     for split, per_class in counts.items():

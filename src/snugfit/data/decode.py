@@ -1,7 +1,7 @@
 """Decoding one image file: open it upright as 8-bit RGB and resize it once.
 
 This is the per-file part of the pipeline, the work `snugfit.data`'s worker
-processes run (and `snugfit.check` repeats to find unreadable files):
+processes run (and `snugfit.data.check` repeats to find unreadable files):
 
 * `open_image` decodes any mode Pillow reads (16-bit, alpha, CMYK, EXIF
   rotation) to RGB, JPEGs at a reduced scale when a size is given, and raises
@@ -28,7 +28,7 @@ from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, center_batch
 from snugfit.errors import SnugfitError, UnreadableImage
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     """A short human reason for a failure to open or decode an image."""
     if isinstance(exc, FileNotFoundError):
         return "no such file"
@@ -117,10 +117,10 @@ def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
     except UnreadableImage:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(path, _reason(e)) from e
+        raise UnreadableImage(path, failure_reason(e)) from e
 
 
-def _header_problem(path: str | os.PathLike) -> str | None:
+def header_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be an image, judging by its header only; None if it looks fine."""
     if _is_empty(path):
         return "empty file"
@@ -128,7 +128,7 @@ def _header_problem(path: str | os.PathLike) -> str | None:
         with Image.open(path):
             pass  # parses the header; pixel data is not decoded
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        return _reason(e)
+        return failure_reason(e)
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +41,20 @@ def get_image_files(path: str | os.PathLike) -> list[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f)))
     return sorted(found)
+
+
+def image_files_in(root: Path) -> list[Path]:
+    """`get_image_files` of a folder that must exist and hold images.
+
+    Raises:
+        SnugfitError: ``root`` is not a folder, or holds no image file.
+    """
+    if not root.is_dir():
+        raise SnugfitError(f"{root}: no such directory")
+    files = get_image_files(root)
+    if not files:
+        raise no_images(root)
+    return files
 
 
 def split_stratified(
@@ -105,17 +120,103 @@ def split_random(n: int, valid_pct: float, seed: int = 42) -> tuple[list[int], l
     return sorted(perm[n_valid:].tolist()), sorted(perm[:n_valid].tolist())
 
 
-def _labelled(files: Sequence[Path], labels: Sequence[str]) -> tuple[list[str], list[int]]:
+def labelled(files: Sequence[Path], labels: Sequence[str]) -> tuple[list[str], list[int]]:
     vocab = sorted(set(labels))
     index = {c: i for i, c in enumerate(vocab)}
     return vocab, [index[lab] for lab in labels]
 
 
-def _labelled_multi(label_sets: Sequence[Sequence[str]]) -> tuple[list[str], list[tuple[int, ...]]]:
+def labelled_multi(label_sets: Sequence[Sequence[str]]) -> tuple[list[str], list[tuple[int, ...]]]:
     """Vocabulary and sorted class-index tuples of multi-label items (repeats dropped)."""
     vocab = sorted({lab for labels in label_sets for lab in labels})
     index = {c: i for i, c in enumerate(vocab)}
     return vocab, [tuple(sorted({index[lab] for lab in labels})) for labels in label_sets]
+
+
+class SplitItems(NamedTuple):
+    """A dataset's items split into training and validation, with their classes.
+
+    What the data check found (`snugfit.data.check_report.CheckReport.split`), and
+    what `ImageDataLoaders.from_check` builds loaders from.
+    """
+
+    train: list[tuple[Path, Any]]  # (file, class index), or (file, tuple of indices)
+    valid: list[tuple[Path, Any]]
+    vocab: list[str]
+    multi_label: bool
+    seed: int  # the seed of the split (the loaders' default seed)
+
+
+def name_re_items(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    pat: str | re.Pattern,
+    valid_pct: float,
+    seed: int,
+) -> tuple[Path | None, list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+    """``(root, train, valid, vocab)`` of files labelled by a regular expression on their name.
+
+    The arguments are those of `ImageDataLoaders.from_name_re`.
+
+    Raises:
+        SnugfitError: Missing folder, no images, a name that does not match.
+    """
+    regex = re.compile(pat)
+    if regex.groups < 1:
+        raise SnugfitError(f"pat: {regex.pattern!r} has no group to take the label from")
+    if isinstance(path, (str, os.PathLike)):
+        root: Path | None = Path(path)
+        files = image_files_in(root)
+    else:
+        files = [Path(f) for f in path]
+        root = files[0].parent if files else None
+        if not files:
+            raise SnugfitError("path: the list of files is empty")
+    names = []
+    for f in files:
+        m = regex.search(f.name)
+        if m is None or m.group(1) is None:
+            raise SnugfitError(f"{f}: file name does not match pattern '{regex.pattern}'")
+        names.append(m.group(1))
+    vocab, labels = labelled(files, names)
+    if len(vocab) < 2:
+        raise SnugfitError(f"{root}: found only one class ('{vocab[0]}'); need at least two")
+    train_items, valid_items = split_items(files, labels, valid_pct, seed)
+    return root, train_items, valid_items, vocab
+
+
+def list_items(
+    root: Path,
+    fnames: Sequence[str | os.PathLike],
+    labels: Sequence[Any],
+    valid_pct: float,
+    seed: int,
+) -> SplitItems:
+    """The split items of files and their labels (the arguments of `ImageDataLoaders.from_lists`).
+
+    Raises:
+        SnugfitError: No files, a count mismatch, mixed label kinds.
+    """
+    files = [root / f for f in fnames]
+    labels = list(labels)
+    if not files:
+        raise SnugfitError("fnames: the list of files is empty")
+    if len(labels) != len(files):
+        raise SnugfitError(f"labels: expected {len(files)} (one per file), got {len(labels)}")
+
+    def is_list(lab: Any) -> bool:
+        return isinstance(lab, (list, tuple, set, frozenset))
+
+    multi = is_list(labels[0])
+    for f, lab in zip(files, labels, strict=True):
+        if is_list(lab) != multi:
+            kind = "a list of class names" if multi else "one class name"
+            raise SnugfitError(f"{f}: label {lab!r} is not {kind} like the first file's")
+    if multi:
+        vocab, idx = labelled_multi([[str(c) for c in lab] for lab in labels])
+    else:
+        vocab, idx = labelled(files, [str(lab) for lab in labels])
+    train_items, valid_items = split_items(files, idx, valid_pct, seed)
+    return SplitItems(train_items, valid_items, vocab, multi, seed)
 
 
 def _split_labels(text: str, delim: str) -> list[str]:
@@ -127,7 +228,7 @@ def _split_labels(text: str, delim: str) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
-def _split_items(
+def split_items(
     files: Sequence[Path],
     labels: Sequence[int] | Sequence[tuple[int, ...]],
     valid_pct: float,
@@ -153,8 +254,8 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-class _FolderItems(NamedTuple):
-    """What `_folder_items` found: the items, and the folders they came from."""
+class FolderItems(NamedTuple):
+    """What `folder_items` found: the items, and the folders they came from."""
 
     train: list[tuple[Path, int]]
     valid: list[tuple[Path, int]]
@@ -164,13 +265,13 @@ class _FolderItems(NamedTuple):
     valid_pct: float | None  # the fraction of that split (None with a validation folder)
 
 
-def _folder_items(
+def folder_items(
     path: Path,
     train: str = "train",
     valid: str | None = None,
     valid_pct: float | None = None,
     seed: int = 42,
-) -> _FolderItems:
+) -> FolderItems:
     """The split items of a class-folder dataset (the layouts of `ImageDataLoaders.from_folder`).
 
     Files are not opened: unreadable ones are among the items. Class folders
@@ -201,7 +302,7 @@ def _folder_items(
                 f"{train_dir}: images must be in one subfolder per class "
                 f"({train_dir}/<class>/*.jpg)"
             )
-        raise _no_images(path)
+        raise no_images(path)
     if len(by_class) < 2:
         only = next(iter(by_class))
         raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
@@ -212,8 +313,8 @@ def _folder_items(
 
     if valid_dir is None or valid_pct is not None:
         valid_pct = 0.2 if valid_pct is None else valid_pct
-        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
-        return _FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct)
+        train_items, valid_items = split_items(files, labels, valid_pct, seed)
+        return FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct)
     train_items = list(zip(files, labels, strict=True))
     valid_items = []
     for c, vfiles in _class_files(valid_dir).items():
@@ -222,11 +323,11 @@ def _folder_items(
         valid_items.extend((f, index[c]) for f in vfiles)
     if not valid_items:
         raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
-    return _FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None)
+    return FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None)
 
 
-class _CsvItems(NamedTuple):
-    """What `_csv_items` found: the split items, and the rows naming missing files."""
+class CsvItems(NamedTuple):
+    """What `csv_items` found: the split items, and the rows naming missing files."""
 
     train: list[tuple[Path, Any]]  # (file, class index), or (file, tuple of indices)
     valid: list[tuple[Path, Any]]
@@ -237,7 +338,7 @@ class _CsvItems(NamedTuple):
     missing: list[tuple[Path, int]]  # (file, CSV line) of listed files that do not exist
 
 
-def _csv_items(
+def csv_items(
     path: Path,
     csv_fname: str | os.PathLike,
     folder: str | None,
@@ -248,7 +349,7 @@ def _csv_items(
     header: bool,
     seed: int,
     label_delim: str | None,
-) -> _CsvItems:
+) -> CsvItems:
     """The split items of a CSV dataset (the arguments of `ImageDataLoaders.from_csv`).
 
     Files are not opened, and files listed but missing stay among the items
@@ -261,6 +362,26 @@ def _csv_items(
     if not path.is_dir():
         raise SnugfitError(f"{path}: no such directory")
     csv_path = path / csv_fname
+    names, rows = _read_csv(csv_path, header)
+    cols = [
+        _column(names, c, a, csv_path) for c, a in ((fn_col, "fn_col"), (label_col, "label_col"))
+    ]
+    cols.append(_column(names, valid_col, "valid_col", csv_path) if valid_col is not None else None)
+    image_dir = path / folder if folder else path
+    files, cells, is_valid, missing = _csv_rows(rows, cols, image_dir, csv_path, header)
+    multi = label_delim is not None
+    vocab, labels = _csv_labels(files, cells, label_delim, csv_path)
+    if valid_col is None:
+        train_items, valid_items = split_items(files, labels, valid_pct, seed)
+        return CsvItems(train_items, valid_items, vocab, multi, csv_path, valid_pct, missing)
+    items = list(zip(files, labels, strict=True))
+    train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
+    valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
+    return CsvItems(train_items, valid_items, vocab, multi, csv_path, None, missing)
+
+
+def _read_csv(csv_path: Path, header: bool) -> tuple[list[str], list[list[str]]]:
+    """The column names (empty without ``header``) and the non-blank rows of a CSV file."""
     if not csv_path.is_file():
         raise SnugfitError(f"{csv_path}: no such file")
     try:
@@ -271,19 +392,25 @@ def _csv_items(
     names = rows.pop(0) if header and rows else []
     if not rows:
         raise SnugfitError(f"{csv_path}: no rows")
+    return names, rows
 
-    def column(col: int | str, arg: str) -> int:
-        if isinstance(col, str):
-            stripped = [n.strip() for n in names]
-            if col not in stripped:
-                raise SnugfitError(f"{arg}: no column {col!r} in {csv_path} (columns: {stripped})")
-            return stripped.index(col)
-        return col
 
-    fn_i, lab_i = column(fn_col, "fn_col"), column(label_col, "label_col")
-    valid_i = column(valid_col, "valid_col") if valid_col is not None else None
-    needed = max(i for i in (fn_i, lab_i, valid_i) if i is not None)
-    image_dir = path / folder if folder else path
+def _column(names: list[str], col: int | str, arg: str, csv_path: Path) -> int:
+    """The index of column ``col`` (an index, or a header name)."""
+    if isinstance(col, str):
+        stripped = [n.strip() for n in names]
+        if col not in stripped:
+            raise SnugfitError(f"{arg}: no column {col!r} in {csv_path} (columns: {stripped})")
+        return stripped.index(col)
+    return col
+
+
+def _csv_rows(
+    rows: list[list[str]], cols: list[int | None], image_dir: Path, csv_path: Path, header: bool
+) -> tuple[list[Path], list[str], list[bool], list[tuple[Path, int]]]:
+    """Each row's file, label cell and validation flag, and the files that do not exist."""
+    fn_i, lab_i, valid_i = cols
+    needed = max(i for i in cols if i is not None)
     files, cells, is_valid, missing = [], [], [], []
     for n, row in enumerate(rows, start=2 if header else 1):
         if len(row) <= needed:
@@ -301,29 +428,27 @@ def _csv_items(
                     f"{csv_path}, line {n}: valid column value {row[valid_i]!r} is not a boolean"
                 )
             is_valid.append(flag)
+    return files, cells, is_valid, missing
+
+
+def _csv_labels(
+    files: list[Path], cells: list[str], label_delim: str | None, csv_path: Path
+) -> tuple[list[str], list[int] | list[tuple[int, ...]]]:
+    """The vocabulary and each row's label: a class index, or a tuple of them (``label_delim``)."""
     if label_delim is not None:
         if not label_delim:
             raise SnugfitError("label_delim: must be a non-empty string or None")
-        vocab, labels = _labelled_multi([_split_labels(c, label_delim) for c in cells])
+        vocab, labels = labelled_multi([_split_labels(c, label_delim) for c in cells])
         if not vocab:
             raise SnugfitError(f"{csv_path}: no labels found (every label cell is empty)")
-    else:
-        vocab, labels = _labelled(files, cells)
-        if len(vocab) < 2:
-            raise SnugfitError(
-                f"{csv_path}: found only one class ('{vocab[0]}'); need at least two"
-            )
-    multi = label_delim is not None
-    if valid_i is None:
-        train_items, valid_items = _split_items(files, labels, valid_pct, seed)
-        return _CsvItems(train_items, valid_items, vocab, multi, csv_path, valid_pct, missing)
-    items = list(zip(files, labels, strict=True))
-    train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
-    valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
-    return _CsvItems(train_items, valid_items, vocab, multi, csv_path, None, missing)
+        return vocab, labels
+    vocab, labels = labelled(files, cells)
+    if len(vocab) < 2:
+        raise SnugfitError(f"{csv_path}: found only one class ('{vocab[0]}'); need at least two")
+    return vocab, labels
 
 
-def _no_images(path: Path) -> SnugfitError:
+def no_images(path: Path) -> SnugfitError:
     return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT})")
 
 

@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from snugfit.errors import SnugfitError
 
@@ -137,7 +136,8 @@ def predict_files(
     for a single batch), with a progress bar on a terminal.
     """
     from snugfit.data.augment import center_batch
-    from snugfit.data.loaders import ImageDataset, _progress, collate, ignore_sigint
+    from snugfit.data.datasets import ImageDataset, make_dataloader
+    from snugfit.data.progress import progress
 
     cfg = learn.infer_config
     n_batches = math.ceil(len(files) / bs)
@@ -148,19 +148,11 @@ def predict_files(
     dataset = ImageDataset(
         [(Path(f), i) for i, f in enumerate(files)], False, cfg["size"], cfg["crop_pct"]
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=bs,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=learn.device.type == "cuda",
-        worker_init_fn=ignore_sigint,
-    )
+    loader = make_dataloader(dataset, batch_size=bs, num_workers=num_workers, device=learn.device)
     learn.model.eval()
     learn.set_memory("prediction batch", eval_bs=min(bs, learn.eval_bs or bs))  # halved on OOM
     console = console or Console(stderr=True)
-    with _progress(console, len(files), "predicting") as advance:
+    with progress(console, len(files), "predicting") as advance:
         for k, (x, index, bad) in enumerate(loader):
             start = k * bs
             rows: dict[int, tuple] = {}

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader
 
 from snugfit.data.augment import batch_augment, denormalize
 from snugfit.errors import SnugfitError, check_count
@@ -88,7 +87,7 @@ def _augment_settings(dls) -> dict:
 
 def _source_batches(learn, dl) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(images, targets)`` to augment: images on the device, values in [0, 255]."""
-    from snugfit.data.loaders import DeviceLoader, ImageDataset, collate, ignore_sigint
+    from snugfit.data.device_loader import DeviceLoader
 
     if not isinstance(dl, DeviceLoader):
         cfg = learn.infer_config
@@ -97,20 +96,5 @@ def _source_batches(learn, dl) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
                 raise SnugfitError("tta: the loader yields features, not images")
             yield denormalize(x.float(), cfg["mean"], cfg["std"]).mul_(255), y
         return
-    dls = dl.dls
     # The files decoded as for training (and cached under the training key).
-    n_classes = dls.c if getattr(dls, "multi_label", False) else None
-    ds = ImageDataset(dl.items, train=True, size=dls.presize, cache=dls.cache, n_classes=n_classes)
-    loader = DataLoader(
-        ds,
-        batch_size=dl.bs,
-        num_workers=dls.num_workers,
-        collate_fn=collate,
-        pin_memory=dl.device.type == "cuda",
-        worker_init_fn=ignore_sigint,
-    )
-    for x, y, bad in loader:
-        for path, reason in bad:
-            dls._skip(path, reason)
-        if x is not None:
-            yield x.to(dl.device, non_blocking=True), y.to(dl.device, non_blocking=True)
+    yield from dl.decoded_batches()

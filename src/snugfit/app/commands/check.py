@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from snugfit.data.check import check_data
+    from snugfit.app.dataset import check_data
 
     keys = ("valid_pct", "seed", "csv", "folder", "fn_col", "label_col", "label_delim", "valid_col")
     report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))

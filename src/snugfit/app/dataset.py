@@ -1,0 +1,72 @@
+"""A run's dataset: the data check of a `TrainConfig`, and the loaders built from its report.
+
+The check splits the items and decodes every file once; `loaders` builds the
+training loaders from what it found (`ImageDataLoaders.from_check`): the same
+split, and no second pass over the file headers.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from snugfit.app.config import TrainConfig
+from snugfit.data.check import check_csv, check_folder
+from snugfit.data.check_report import CheckReport
+from snugfit.data.loaders import ImageDataLoaders
+from snugfit.errors import SnugfitError
+
+
+def check_data(cfg: TrainConfig, console: Console | None = None) -> CheckReport:
+    """The data check of a run's dataset (``cfg.data``): class folders, or ``cfg.csv``.
+
+    Raises:
+        SnugfitError: As `check_folder` or `check_csv`; CSV options without
+            ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
+    """
+    _check_data_options(cfg)
+    if cfg.csv is None:
+        return check_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
+    return check_csv(cfg.data, **csv_args(cfg), console=console)
+
+
+def _check_data_options(cfg: TrainConfig) -> None:
+    """CSV options without a CSV, or two ways of choosing the validation set, are errors."""
+    defaults = TrainConfig("")
+    if cfg.csv is None:
+        given = [
+            "--" + name.replace("_", "-")
+            for name in ("folder", "fn_col", "label_col", "label_delim", "valid_col")
+            if getattr(cfg, name) != getattr(defaults, name)
+        ]
+        if given:
+            raise SnugfitError(f"{', '.join(given)}: only with --csv (the data is class folders)")
+    elif cfg.valid_col is not None and cfg.valid_pct is not None:
+        raise SnugfitError("--valid-col and --valid-pct: give one (a column, or a random split)")
+
+
+def csv_args(cfg: TrainConfig) -> dict:
+    """``ImageDataLoaders.from_csv``'s (and `check_csv`'s) arguments from a run's ``cfg``."""
+    return {
+        "csv_fname": cfg.csv,
+        "folder": cfg.folder,
+        "fn_col": cfg.fn_col,
+        "label_col": cfg.label_col,
+        "valid_col": cfg.valid_col,
+        "valid_pct": 0.2 if cfg.valid_pct is None else cfg.valid_pct,
+        "seed": cfg.seed,
+        "label_delim": cfg.label_delim,
+    }
+
+
+def loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
+    """The loaders of ``cfg``'s data, from its check's ``report``: the check's split, and
+    the files it found unreadable or missing skipped unopened."""
+    return ImageDataLoaders.from_check(
+        report,
+        bs=cfg.bs,
+        size=cfg.size,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+        flip=cfg.flip,
+        seed=cfg.seed,
+    )

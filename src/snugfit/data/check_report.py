@@ -1,0 +1,286 @@
+"""What the data check found: `CheckReport`, its parts, and how it is printed.
+
+`snugfit.data.check` fills a report; ``check.json`` is its `CheckReport.to_dict`, and
+`problem_groups` and `describe` read that dict back for the terminal and for the
+run's ``report.html``. The split items the check used (`CheckReport.split`) travel
+with the report to the loaders but are never printed or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from snugfit.data.items import SplitItems
+
+IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
+MIN_SIDE = 32  # pixels: an image with a shorter side is reported as tiny
+_SHOWN = 10  # problems listed per kind in the table; check.json has them all
+
+LEAK = "train/valid leak"
+TWO_LABELS = "two labels"
+REPEAT = "repeat in a class"
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """A file that cannot be decoded, or that a CSV row names but does not exist;
+    training skips it."""
+
+    path: str
+    split: str  # "train" or "valid"
+    label: str  # multi-label: the labels, joined by spaces (for reading)
+    reason: str
+
+
+@dataclass(frozen=True)
+class TinyImage:
+    """A readable image with a side under the minimum."""
+
+    path: str
+    split: str
+    label: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """Files with the same bytes, and what makes that a problem.
+
+    ``kinds`` holds one or more of `LEAK` (in train and validation), `TWO_LABELS`
+    (in two classes) and `REPEAT` (twice in one class of one split).
+    """
+
+    kinds: list[str]
+    paths: list[str]
+    splits: list[str]
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class EmptyFolder:
+    """A class folder without an image to learn from."""
+
+    path: str
+    label: str
+    reason: str  # "no image files" or "no readable images"
+
+
+@dataclass
+class CheckReport:
+    """What `check_folder` or `check_csv` found. Every field is a plain type (see `to_json`).
+
+    Attributes:
+        root: The dataset folder.
+        layout: ``"folders"`` (train and validation folders), ``"split"``
+            (validation split off at random, ``valid_pct``) or ``"column"``
+            (a CSV column marks the validation rows).
+        valid_pct: The split fraction, for ``"split"``.
+        classes: Class names (training labels, sorted).
+        counts: Usable images, ``counts[split][class]``, splits ``train`` and
+            ``valid``; multi-label: per label, so an image counts once under
+            each of its labels (and under none when it has none).
+        files: Image files found or listed (usable or not).
+        images: Usable images per split (each image once).
+        csv: The CSV file the items were read from (None: class folders).
+        multi_label: Whether an image has a set of labels.
+        unreadable: Files that cannot be decoded.
+        missing: Files a CSV row names that do not exist (the reason says which row).
+        unusable: Unreadable or missing files per class (multi-label: per label).
+        duplicates: Groups of files with the same bytes (usable files only).
+        tiny: Readable images with a side under ``min_side``.
+        empty: Class folders with nothing usable.
+        imbalance: Largest over smallest class, counting training images of
+            classes that have some.
+        max_imbalance: Threshold above which ``imbalance`` is flagged.
+        min_side: Threshold for ``tiny``, in pixels.
+        seconds: Time the check took.
+        split: The split items the check looked at (None when unknown, e.g. a
+            report read back from ``check.json``), for `ImageDataLoaders.from_check`;
+            not part of `to_dict`, ``check.json`` or the printed report.
+    """
+
+    root: str
+    layout: str
+    valid_pct: float | None
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    files: int
+    images: dict[str, int] = field(default_factory=dict)
+    csv: str | None = None
+    multi_label: bool = False
+    unreadable: list[BadImage] = field(default_factory=list)
+    missing: list[BadImage] = field(default_factory=list)
+    unusable: dict[str, int] = field(default_factory=dict)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    tiny: list[TinyImage] = field(default_factory=list)
+    empty: list[EmptyFolder] = field(default_factory=list)
+    imbalance: float = 1.0
+    max_imbalance: float = IMBALANCE_RATIO
+    min_side: int = MIN_SIDE
+    seconds: float = 0.0
+    split: SplitItems | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def usable(self) -> int:
+        """Images training can use."""
+        return sum(self.images.values())
+
+    @property
+    def imbalanced(self) -> bool:
+        """Whether ``imbalance`` is above ``max_imbalance``."""
+        return self.imbalance > self.max_imbalance
+
+    @property
+    def unreadable_files(self) -> dict[str, str]:
+        """Files training must skip, unreadable or missing, path → reason (what
+        `ImageDataLoaders` takes as ``unreadable``)."""
+        return {b.path: b.reason for b in self.unreadable + self.missing}
+
+    @property
+    def problems(self) -> int:
+        """Number of things reported (files, groups, folders, and the imbalance)."""
+        return (
+            len(self.unreadable)
+            + len(self.missing)
+            + len(self.duplicates)
+            + len(self.tiny)
+            + len(self.empty)
+            + self.imbalanced
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain types, with ``usable`` and ``imbalanced`` added (not ``split``)."""
+        plain = asdict(dataclasses.replace(self, split=None))
+        del plain["split"]  # what the loaders need, not what the check found
+        return {**plain, "usable": self.usable, "imbalanced": self.imbalanced}
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write `to_dict` as JSON (UTF-8, file names as they are). Returns the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", "utf-8")
+        return path
+
+    def table(self) -> Table:
+        """Usable images per class (rows) and split (columns), and unreadable files."""
+        caption = None
+        if self.multi_label:
+            caption = "multi-label: an image counts once under each of its labels"
+        t = Table(title=f"{self.usable} of {self.files} images usable", caption=caption)
+        first = "label" if self.multi_label else "class"
+        bad_name = "unreadable or missing" if self.csv is not None else "unreadable"
+        for name in (first, "train", "valid", bad_name):
+            t.add_column(name, justify="left" if name == first else "right")
+        bad = self.unusable
+        for c in self.classes:
+            t.add_row(
+                Text(c),
+                str(self.counts["train"][c]),
+                str(self.counts["valid"][c]),
+                str(bad.get(c, 0)),
+            )
+        t.add_row(
+            "images" if self.multi_label else "total",
+            str(self.images.get("train", 0)),
+            str(self.images.get("valid", 0)),
+            str(len(self.unreadable) + len(self.missing)),
+            style="bold",
+        )
+        return t
+
+    def lines(self) -> list[str]:
+        """The problems, as plain text lines (paths relative to ``root``)."""
+        out = []
+        for head, items in problem_groups(self.to_dict(), self._relative):
+            out.append(head)
+            out += _listed([f"  {item}" for item in items])
+        return out or ["no problems found"]
+
+    def print(self, console: Console) -> None:
+        """Print `table` and `lines` (lines unwrapped, so paths stay whole in a log)."""
+        # markup off: file names may hold "[...]"
+        plain = {"markup": False, "highlight": False, "soft_wrap": True}
+        console.print(f"check: {self.root} ({self.describe()})", **plain)
+        console.print(self.table())
+        for line in self.lines():
+            console.print(line, **plain)
+        console.print(f"checked {self.files} files in {self.seconds:.1f} s", **plain)
+
+    def describe(self) -> str:
+        """Where the items and the split come from, in words."""
+        return describe(self.to_dict(), self._relative)
+
+    def _relative(self, path: str) -> str:
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return path
+
+
+def describe(report: dict, rel: Callable[[str], str] = str) -> str:
+    """Where a report's items and split come from, in words (``report``: `CheckReport.to_dict`)."""
+    if report.get("layout") == "folders":
+        how = "train and validation folders"
+    elif report.get("layout") == "column":
+        how = "validation rows marked in a column"
+    else:
+        how = f"validation split off at random, {report['valid_pct']:g}"
+    if report.get("csv") is not None:
+        kind = "multi-label" if report.get("multi_label") else "single-label"
+        how = f"{rel(report['csv'])}, {kind}; {how}"
+    return how
+
+
+def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[str, list[str]]]:
+    """A report's problems as ``(heading, items)``, for the terminal and for report.html.
+
+    ``report`` is `CheckReport.to_dict` (or check.json read back); ``rel`` shortens paths.
+    """
+    groups = []
+
+    def files(key: str, head: str) -> None:
+        if report.get(key):
+            items = [f"{rel(b['path'])}: {b['reason']}" for b in report[key]]
+            groups.append((head.format(n=len(items)), items))
+
+    files("unreadable", "unreadable: {n} file(s), skipped by training")
+    files("missing", "missing: {n} file(s) listed but not found, skipped")
+    if report.get("duplicates"):
+        items = [
+            f"{', '.join(d['kinds'])}: {' = '.join(map(rel, d['paths']))}"
+            for d in report["duplicates"]
+        ]
+        groups.append((f"duplicates: {len(items)} group(s) of identical files", items))
+    if report.get("imbalanced"):
+        used = {c: n for c, n in report["counts"]["train"].items() if n}
+        big, small = max(used, key=used.get), min(used, key=used.get)
+        groups.append(
+            (
+                f"imbalance: {report['imbalance']:.1f}x between the largest and the smallest "
+                f"class ({big}: {used[big]}, {small}: {used[small]} training images; "
+                f"flagged above {report['max_imbalance']:g}x)",
+                [],
+            )
+        )
+    if report.get("tiny"):
+        items = [f"{rel(t['path'])}: {t['width']}x{t['height']}" for t in report["tiny"]]
+        groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px",
+                       items))  # fmt: skip
+    files("empty", "empty class folders: {n}")
+    return groups
+
+
+def _listed(lines: list[str]) -> list[str]:
+    if len(lines) <= _SHOWN:
+        return lines
+    return [*lines[:_SHOWN], f"  ... and {len(lines) - _SHOWN} more (all in the JSON report)"]
