@@ -49,7 +49,7 @@ from snugfit.app.html_page import (
     tensor_png,
 )
 from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPPED, RunFolder
-from snugfit.data.check import describe, problem_groups
+from snugfit.data.check_report import describe, problem_groups
 from snugfit.events import read_events
 from snugfit.saving.atomic import atomic_write
 

@@ -31,7 +31,7 @@ from rich.console import Console
 
 from snugfit import distributed
 from snugfit.app.config import TrainConfig
-from snugfit.app.dataset import check_data, csv_args
+from snugfit.app.dataset import check_data, loaders
 from snugfit.app.report import write_report
 from snugfit.app.run_folder import RunFolder
 from snugfit.callbacks import SaveCheckpoint, TensorBoardCallback
@@ -39,6 +39,7 @@ from snugfit.data.check_report import CheckReport
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
 from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
 from snugfit.events import JsonLinesSink
+from snugfit.infer.interpret import interpret as interpret_model
 from snugfit.train.factory import vision_learner
 from snugfit.train.learner import Learner
 
@@ -100,8 +101,8 @@ def _data(cfg: TrainConfig, console: Console) -> tuple[CheckReport, ImageDataLoa
     # built, and the loaders skip the unreadable files without opening them again.
     report = _check(cfg, console)
     report.print(console)
-    dls = _loaders(cfg, report)
-    kind = "labels (multi-label)" if dls.multi_label else "classes"
+    dls = loaders(cfg, report)  # from the check's split: no second pass over the files
+    kind = dls.task.classes_word
     console.print(
         f"data: {len(dls.train_items)} train / {len(dls.valid_items)} valid images, "
         f"{dls.c} {kind} ({', '.join(dls.vocab[:8])}{', ...' if dls.c > 8 else ''}), "
@@ -117,8 +118,7 @@ def _learner(cfg: TrainConfig, dls: ImageDataLoaders, console: Console) -> Learn
         cfg.arch,
         pretrained=cfg.pretrained,
         weights=cfg.weights,
-        # None: the multi-label defaults, accuracy_multi and f1_samples
-        metrics=None if dls.multi_label else ("accuracy", "error_rate"),
+        metrics=dls.task.run_metrics,
         opt=cfg.opt,
         wd=cfg.wd,
         precision=cfg.precision,
@@ -156,21 +156,6 @@ def _print_end(learn: Learner, folder: RunFolder, console: Console) -> None:
         )
     done = f"saved model, config, metrics, plots and {folder.report.name} to {folder.root}"
     console.print(done, highlight=False)
-
-
-def _loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
-    """The loaders of ``cfg``'s data; files the check found unusable are skipped unopened."""
-    kw = {
-        "bs": cfg.bs,
-        "size": cfg.size,
-        "num_workers": cfg.num_workers,
-        "device": cfg.device,
-        "flip": cfg.flip,
-        "unreadable": report.unreadable_files,
-    }
-    if cfg.csv is None:
-        return ImageDataLoaders.from_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, **kw)
-    return ImageDataLoaders.from_csv(cfg.data, **csv_args(cfg), **kw)
 
 
 def _check(cfg: TrainConfig, console: Console) -> CheckReport:
@@ -221,19 +206,11 @@ def _write_outputs(
     learn: Learner, folder: RunFolder, console: Console, status: str, interpret: bool
 ):
     """Plots, ``skipped.txt`` and ``report.html`` (with the interpretation of the
-    final model when ``interpret``: single-label, a `ClassificationInterpretation`;
-    multi-label, precision, recall and F1 per label)."""
-    interp = per_label = None
+    final model when ``interpret``: the task's, `snugfit.infer.interpret.interpret`)."""
+    found = {}
     if interpret:  # on every rank: under torchrun the predictions are gathered
-        from snugfit.infer.interpret import ClassificationInterpretation, per_label_report
-
         try:
-            if learn.multi_label:
-                outs, targs = learn.get_preds()
-                probs = outs.float().sigmoid()
-                per_label = per_label_report(probs, targs, learn.dls.vocab, learn.threshold)
-            else:
-                interp = ClassificationInterpretation.from_learner(learn)
+            found = interpret_model(learn)
         except SnugfitError as e:  # e.g. no readable validation image: the report without it
             log.warning(f"report: no interpretation ({e})")
     if not distributed.is_main():
@@ -242,7 +219,7 @@ def _write_outputs(
         learn.recorder.plot_loss(folder.loss_png)
         learn.recorder.plot_lr(folder.lr_png)
     write_skipped(learn.dls.skipped, folder.skipped, console)
-    write_report(folder.root, interp, status=status, per_label=per_label)
+    write_report(folder.root, status=status, **found)
 
 
 def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None:

@@ -415,3 +415,24 @@ def _save_or_return(fig, path):
     out = Path(path)
     fig.savefig(out, format="png", dpi=100)
     return out
+
+
+def interpret(learn) -> dict:
+    """The final model's interpretation for the run report, as `write_report`'s keyword
+    arguments: the task's (``learn.task.name``) entry of `INTERPRETERS`."""
+    return INTERPRETERS[learn.task.name](learn)
+
+
+def _single_label(learn) -> dict:
+    return {"interp": ClassificationInterpretation.from_learner(learn)}
+
+
+def _multi_label(learn) -> dict:
+    outs, targs = learn.get_preds()
+    probs = learn.task.activation(outs.float())
+    return {"per_label": per_label_report(probs, targs, learn.vocab, learn.threshold)}
+
+
+# What the report shows of a final model, per task: a confusion matrix and top losses
+# for single-label models, precision/recall/F1 per label for multi-label ones.
+INTERPRETERS = {"single_label": _single_label, "multi_label": _multi_label}

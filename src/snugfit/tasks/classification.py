@@ -36,6 +36,7 @@ class SingleLabel(Task):
     multi_label = False
     imagenet_head = True
     default_metrics = ("error_rate",)
+    run_metrics = ("accuracy", "error_rate")
 
     def target(self, label: int, n_classes: int) -> int:
         return int(label)
@@ -83,6 +84,8 @@ class MultiLabel(Task):
     # ImageNet's rows are logits of a softmax over 1000 classes, not independent sigmoids.
     imagenet_head = False
     default_metrics = MULTI_LABEL_DEFAULTS
+    run_metrics = MULTI_LABEL_DEFAULTS
+    classes_word = "labels (multi-label)"
 
     def __init__(self, threshold: float = 0.5):
         self.threshold = float(threshold)

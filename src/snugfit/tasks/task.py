@@ -30,7 +30,9 @@ class Task:
     name = "task"
     multi_label = False
     imagenet_head = False  # may a new head start from ImageNet's classifier rows?
-    default_metrics: tuple[str, ...] = ()
+    default_metrics: tuple[str, ...] = ()  # what vision_learner measures by default
+    run_metrics: tuple[str, ...] = ()  # what ``snugfit train`` reports
+    classes_word = "classes"  # what the vocabulary is called in messages
 
     # -- data ---------------------------------------------------------------
     def target(self, label, n_classes: int):

@@ -10,7 +10,7 @@ from torch import nn
 
 from snugfit import models
 from snugfit.saving import read_model_folder
-from snugfit.train.learner import Learner, _preprocessing_of, _task_of
+from snugfit.train.learner import Learner
 
 
 def vision_learner(
@@ -44,20 +44,16 @@ def vision_learner(
             1000 classes, not of independent sigmoids.
         **kwargs: passed to `Learner` (loss_func, opt, wd, cbs, micro_bs, ...).
     """
-    task = _task_of(dls, None)  # TRANSITION: dls.task once data/ has it
+    task = dls.task
     metrics = task.default_metrics if metrics is None else metrics
     vocab = dls.vocab if task.imagenet_head else None
     model = models.create_model(
         arch, dls.c, pretrained=pretrained, weights=weights, vocab=vocab, head_init=head_init
     )
     cfg = models.model_config(model)
-    pre = _preprocessing_of(dls).replace(mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"])
+    pre = dls.preprocessing.replace(mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"])
     name = arch if isinstance(arch, str) else None
-    if hasattr(dls, "with_preprocessing"):  # TRANSITION until data/ has it
-        dls = dls.with_preprocessing(pre)
-    else:
-        dls.mean, dls.std, dls.crop_pct = pre.mean, pre.std, pre.crop_pct
-    learn = Learner(dls, model, metrics=metrics, arch=name, **kwargs)
+    learn = Learner(dls.with_preprocessing(pre), model, metrics=metrics, arch=name, **kwargs)
     if pretrained or weights is not None:
         learn.freeze()
     return learn

@@ -115,16 +115,10 @@ def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
         key = features_key(learn, split)
         if key not in store:
             dl = d.train if split == "train" else d.valid
-            saved_epoch, saved_aug = getattr(dl, "epoch", None), d.augment
-            d.augment = False  # features of the images themselves
-            if saved_epoch is not None:
-                dl.epoch = 0  # a fixed order: the same features array in every run
-            try:
-                feats, targs = compute_features(learn, dl)
-            finally:
-                d.augment = saved_aug
-                if saved_epoch is not None:
-                    dl.epoch = saved_epoch  # the training that follows sees the same data order
+            # The images themselves (no augmentation), in a fixed order (epoch 0's): the
+            # same features array in every run; the loader's own epoch counter is untouched.
+            batches = dl.batches(0, augment=False) if hasattr(dl, "batches") else dl
+            feats, targs = compute_features(learn, batches)
             if feats.numel() * 4 > IN_MEMORY_LIMIT:
                 path = cache_dir() / "features" / f"{key}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,11 +57,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"snugfit: skipping {e}", file=sys.stderr)
             failed += 1
             continue
-        if learn.multi_label:  # the labels above the threshold and their probabilities
-            chosen = probs[probs > learn.threshold].tolist()
-            print(f"{path}\t{' '.join(label)}\t{' '.join(f'{p:.4f}' for p in chosen)}")
-        else:
-            print(f"{path}\t{label}\t{probs.max().item():.4f}")
+        print(learn.task.line(path, label, probs))
     return 1 if failed else 0
 
 
