@@ -79,3 +79,17 @@ def test_vision_learner_uses_the_model_normalisation(image_folder):
     assert learn.dls.mean == tuple(learn.model.pretrained_cfg["mean"])
     xb, _ = learn.dls.one_batch()
     assert xb.shape == (8, 3, 32, 32) and xb.dtype == torch.float32
+
+
+def test_vision_learner_leaves_the_users_loaders_as_they_are(image_folder, tmp_path):
+    dls = ImageDataLoaders.from_folder(image_folder, bs=8, size=32, num_workers=0, seed=0)
+    before = dls.preprocessing
+    learn = vision_learner(dls, "test_vit", pretrained=False)
+    # the learner's loaders carry the model's preprocessing; the user's keep theirs
+    assert dls.preprocessing == before and dls.mean != (0.5, 0.5, 0.5)
+    assert learn.dls is not dls and learn.dls.mean == (0.5, 0.5, 0.5)
+    assert learn.preprocessing == before.replace(mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.95)
+    assert learn.dls.train_items == dls.train_items and learn.dls.skipped is dls.skipped
+    # the preprocessing travels with the saved model
+    loaded = load_learner(learn.save(tmp_path / "m"))
+    assert loaded.preprocessing == learn.preprocessing.replace(presize=None)
