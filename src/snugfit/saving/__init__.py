@@ -2,7 +2,8 @@
 
 Owns every file format snugfit writes and reads back (safetensors + JSON, no
 pickle). May import ``snugfit.errors``, ``snugfit.models`` (to rebuild a saved
-architecture), torch, safetensors and onnx; nothing that trains.
+architecture), ``snugfit.tasks`` (a saved task's fields), torch, safetensors and
+onnx; nothing that trains.
 """
 
 from snugfit.saving.atomic import atomic_write, dedupe_storage

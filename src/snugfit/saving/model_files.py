@@ -20,6 +20,7 @@ from torch import nn
 from snugfit import models
 from snugfit.errors import SnugfitError
 from snugfit.saving.atomic import atomic_write
+from snugfit.tasks import task_from_config
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -99,13 +100,7 @@ def _check_meta(meta, where) -> None:
             raise SnugfitError(f"{where}: field {key!r} must be a list of 3 numbers")
     if not all(x > 0 for x in meta["std"]):
         raise SnugfitError(f"{where}: field 'std' must be positive")
-    # Optional (older files are single-label): multi_label, and then its threshold.
-    if not isinstance(meta.get("multi_label", False), bool):
-        raise SnugfitError(f"{where}: field 'multi_label' must be true or false")
-    if meta.get("multi_label"):
-        t = meta.get("threshold")
-        if not _is_number(t) or not 0 <= t <= 1:
-            raise SnugfitError(f"{where}: field 'threshold' must be a number in [0, 1]")
+    task_from_config(meta, where)  # the task's own fields (checked by the task)
 
 
 def _is_number(x) -> bool:

@@ -135,8 +135,19 @@ class MultiLabel(Task):
         return {"multi_label": True, "threshold": self.threshold}
 
 
-def task_from_config(cfg: dict) -> Task:
-    """The task a saved model was trained for (its ``snugfit.json``)."""
-    if cfg.get("multi_label"):
-        return MultiLabel(cfg.get("threshold", 0.5))
-    return SingleLabel()
+def task_from_config(cfg: dict, where: str = "task") -> Task:
+    """The task a saved model was trained for (its ``snugfit.json``), its fields checked
+    (a file may come from someone else); ``where`` names the file in errors.
+
+    ``multi_label`` is optional (older files are single-label); a multi-label model
+    has a ``threshold`` in [0, 1].
+    """
+    multi = cfg.get("multi_label", False)
+    if not isinstance(multi, bool):
+        raise SnugfitError(f"{where}: field 'multi_label' must be true or false")
+    if not multi:
+        return SingleLabel()
+    t = cfg.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+        raise SnugfitError(f"{where}: field 'threshold' must be a number in [0, 1]")
+    return MultiLabel(t)

@@ -62,9 +62,7 @@ def vision_learner(
 def load_learner(path, device: str | torch.device | None = None) -> Learner:
     """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
     model, meta = read_model_folder(path)
-    infer = {k: meta[k] for k in ("vocab", "size", "crop_pct", "mean", "std")}
-    if meta.get("multi_label"):
-        infer.update(multi_label=True, threshold=meta["threshold"])
+    infer = {k: v for k, v in meta.items() if k not in ("format_version", "arch")}
     learn = Learner(None, model, arch=meta["arch"], infer=infer)
     if device is not None:
         from snugfit.data.loaders import resolve_device
