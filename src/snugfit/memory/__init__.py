@@ -1,8 +1,8 @@
 """Memory: byte units, the saved-activation probe, the plan, precision rules, OOM recovery.
 
-Owns how much memory a training step takes and which settings fit a budget. May
-import: ``snugfit.errors``, ``snugfit.distributed``, ``snugfit.models`` (its stages
-for checkpointing), torch and rich; nothing that trains.
+Owns how much memory a training step takes, the settings that decide it
+(`MemorySettings`) and which of them fit a budget. May import ``snugfit.errors`` and
+``snugfit.models`` (its stages, for checkpointing), torch and rich; nothing that trains.
 """
 
 from snugfit.memory.plan import (
