@@ -56,7 +56,7 @@ class MemoryControl:
         if "checkpointing" in changes:
             how = models.set_grad_checkpointing(self.model, new.checkpointing)
             new = new.replace(checkpointing=new.checkpointing and how != "none")
-        if new.precision != old.precision or ("precision" in changes and self.scaler is None):
+        if new.precision != old.precision:
             self.scaler = make_scaler(new.precision, self.device)
         self.memory = new
         changed = {k: v for k, v in vars(new).items() if vars(old)[k] != v}
