@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from snugfit.errors import SnugfitError
+from snugfit.sizes import parse_size
 
 
 def number(cast, ok, accepted: str):
@@ -29,6 +30,16 @@ non_negative_int = number(int, lambda v: v >= 0, "an integer ≥ 0")
 positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
 non_negative_float = number(float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
 fraction = number(float, lambda v: 0 < v < 1, "between 0 and 1")
+
+
+def image_size(text: str):
+    """``--size 224`` or ``--size 1400x2100`` (height x width)."""
+    try:
+        return parse_size(text)
+    except SnugfitError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, got {text!r} (or HEIGHTxWIDTH, e.g. 1400x2100)"
+        ) from None
 
 
 def column(text: str) -> int | str:

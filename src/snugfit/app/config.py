@@ -22,11 +22,11 @@ class TrainConfig:
     precompute: bool = True  # auto: train the head on precomputed features first
     lr_find: bool = True  # auto: choose the head's learning rate with lr_find
     schedule: str = "one_cycle"  # auto: "one_cycle" or "sgdr" for the unfrozen phase
-    sizes: list[int] | None = None  # auto: progressive resizing of the unfrozen phase
+    sizes: list | None = None  # auto: progressive resizing of the unfrozen phase (sides or [h, w])
     resume: str | None = None  # a checkpoint written by a run: continue it exactly
     checkpoint_every: int | None = None  # also checkpoint every N batches (None: per epoch)
     bs: int = 32
-    size: int = 224
+    size: int | tuple[int, int] = 224  # a side, or (height, width): --size 1400x2100
     lr: float = 2e-3  # fine_tune: base learning rate
     weights: str | None = None
     pretrained: bool = True

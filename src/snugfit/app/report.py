@@ -52,6 +52,7 @@ from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPP
 from snugfit.data.check_report import describe, problem_groups
 from snugfit.events import read_events
 from snugfit.saving.atomic import atomic_write
+from snugfit.sizes import check_size, format_size
 
 __all__ = ["EVENTS", "REPORT", "SECTIONS", "build_report", "write_report"]
 
@@ -220,7 +221,7 @@ def _memory(events: list[dict]) -> str:
             in_fit, fit_plans = True, 0
             where = f"fit {e['fit']}" + (f", phase: {phase}" if phase else "")
             out.append(
-                f'<h3 class="plan">{escape(where)}</h3>\n<p>image size {e["size"]}, batch '
+                f'<h3 class="plan">{escape(where)}</h3>\n<p>image size {format_size(check_size("size", e["size"]))}, batch '
                 f"{e['bs']}, frozen to layer group {e['frozen_to']}"
                 f"{', on precomputed features' if e.get('precompute') else ''}</p>"
             )

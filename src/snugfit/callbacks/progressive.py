@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from snugfit.callbacks import Callback
 from snugfit.errors import SnugfitError
+from snugfit.sizes import Size, as_hw, check_size
 
 
-def size_at(epoch: int, n_epoch: int, sizes: Sequence[int]) -> int:
+def size_at(epoch: int, n_epoch: int, sizes: Sequence[Size]) -> Size:
     """The image size for ``epoch`` of ``n_epoch``: ``sizes`` spread evenly over the epochs.
 
     >>> [size_at(e, 6, [128, 176, 224]) for e in range(6)]
@@ -18,18 +19,26 @@ def size_at(epoch: int, n_epoch: int, sizes: Sequence[int]) -> int:
 
 
 def size_steps(
-    start: int, end: int, n: int, full_frac: float = 0.2, multiple: int = 16
-) -> list[int]:
-    """One size per epoch for ``n`` epochs: from ``start`` growing linearly, the last
-    ``full_frac`` of the epochs at ``end`` (as Composer does); rounded to ``multiple``.
+    start: Size, end: Size, n: int, full_frac: float = 0.2, multiple: int = 16
+) -> list[Size]:
+    """One size per epoch for ``n`` epochs: from ``start`` growing linearly (both
+    sides), the last ``full_frac`` of the epochs at ``end`` (as Composer does);
+    rounded to ``multiple``.
 
     >>> size_steps(128, 224, 5)
     [128, 160, 176, 192, 224]
+    >>> size_steps((64, 96), (128, 192), 3)[:2]
+    [(64, 96), (96, 144)]
     """
     n_full = max(1, round(n * full_frac))
     n_grow = n - n_full
-    grow = [start + (end - start) * i / n_grow for i in range(n_grow)]
-    return [max(multiple, round(s / multiple) * multiple) for s in grow] + [end] * n_full
+    (h0, w0), (h1, w1) = as_hw(start), as_hw(end)
+
+    def side(a: int, b: int, i: int) -> int:
+        return max(multiple, round((a + (b - a) * i / n_grow) / multiple) * multiple)
+
+    grow = [check_size("sizes", (side(h0, h1, i), side(w0, w1, i))) for i in range(n_grow)]
+    return grow + [end] * n_full
 
 
 class ProgressiveResize(Callback):
@@ -42,7 +51,8 @@ class ProgressiveResize(Callback):
     training progress.
 
     Args:
-        sizes: sizes spread evenly over the epochs, e.g. ``[128, 176, 224]``.
+        sizes: sizes spread evenly over the epochs, e.g. ``[128, 176, 224]`` or
+            ``[(700, 1050), (1400, 2100)]``.
         start, end: alternatively, grow from ``start`` to ``end`` (see `size_steps`).
     """
 
@@ -54,8 +64,13 @@ class ProgressiveResize(Callback):
         given = list(sizes) if sizes is not None else [start, end]
         if (sizes is None) == (start is None or end is None) or not given:
             raise SnugfitError("ProgressiveResize: give sizes=[...] or start= and end=")
-        if any(not isinstance(s, int) or s < 1 for s in given):
-            raise SnugfitError(f"sizes: expected positive integer sizes, got {given!r}")
+        for s in given:
+            try:
+                check_size("sizes", s)
+            except SnugfitError:
+                raise SnugfitError(
+                    f"sizes: expected positive sizes (a side or (height, width)), got {given!r}"
+                ) from None
         self.sizes, self.start, self.end = sizes, start, end
 
     def before_epoch(self, learn) -> None:

@@ -24,6 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
 from snugfit.errors import SnugfitError
+from snugfit.sizes import Size, as_hw
 
 # timm's constants under the names this package has always used (one source).
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
@@ -102,8 +103,9 @@ def affine_params(
     The aspect-ratio range is narrowed per image so that the crop always fits
     inside the image at the sampled area; with ``min_scale=1`` the crop is the
     whole image. Rotated corners may fall outside; the sampler reflects them.
-    Aspect ratios are relative to the input, which is square when it comes from
-    `snugfit.data.decode.decode_train`.
+    Aspect ratios are relative to the input, which has the output's aspect when it
+    comes from `snugfit.data.decode.decode_train`; the rotation is a rotation of a
+    square image (`batch_augment` corrects it for others: `_rotate_rigidly`).
 
     Args:
         n: Number of matrices.
@@ -203,7 +205,7 @@ def augment_params(
 
 def batch_augment(
     x_uint8: Tensor,
-    size: int,
+    size: Size,
     *,
     generator: torch.Generator | None = None,
     min_scale: float = 0.75,
@@ -223,7 +225,7 @@ def batch_augment(
 
     Args:
         x_uint8: ``(B, 3, H, W)`` uint8 images on any device.
-        size: Output side length.
+        size: The output: a side (square) or ``(height, width)``.
         generator: CPU generator for all random parameters.
         min_scale: Smallest crop area fraction (1 disables cropping).
         ratio: Range of crop aspect ratios.
@@ -238,9 +240,9 @@ def batch_augment(
             each taking its shard's rows, augment exactly as one process would.
 
     Returns:
-        A float32 tensor ``(B, 3, size, size)`` on the input's device.
+        A float32 tensor ``(B, 3, height, width)`` on the input's device.
     """
-    b = x_uint8.shape[0]
+    b, _, in_h, in_w = x_uint8.shape
     n, rows = draw if draw is not None else (b, slice(0, b))
     theta, contrast, brightness = augment_params(
         n, generator=generator, min_scale=min_scale, ratio=ratio, max_rotate=max_rotate,
@@ -250,7 +252,8 @@ def batch_augment(
     # normalisation (resampling and lighting are linear), saving a pass over the
     # larger input.
     x = x_uint8.float()
-    grid = _sampling_grid(theta[rows].to(x.device), size)
+    theta = _rotate_rigidly(theta[rows], in_w / in_h)
+    grid = _sampling_grid(theta.to(x.device), size)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if contrast is not None:
         x = _lighting(x, contrast[rows], brightness[rows])
@@ -259,23 +262,37 @@ def batch_augment(
     return x.mul_(scale).sub_(_stats(mean, x) / _stats(std, x))
 
 
+def _rotate_rigidly(theta: Tensor, aspect: float) -> Tensor:
+    """`affine_params`' matrices for an input ``aspect`` (width / height) times wider
+    than high: a rotation in normalised coordinates would shear such an image, so the
+    2x2 part ``M`` becomes ``D^-1 M D`` with ``D = diag(aspect, 1)`` (a rotation in
+    pixels). Square inputs are left exactly as they are."""
+    if aspect == 1:
+        return theta
+    theta = theta.clone()
+    theta[:, 0, 1] /= aspect
+    theta[:, 1, 0] *= aspect
+    return theta
+
+
 @functools.lru_cache(maxsize=8)
 def _pixel_centres(size: int, device: torch.device) -> Tensor:
     """The ``size`` pixel-centre coordinates along one axis, normalised to [-1, 1]."""
     return torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=device)
 
 
-def _sampling_grid(theta: Tensor, size: int) -> Tensor:
-    """What ``F.affine_grid(theta, (B, C, size, size), align_corners=False)`` returns.
+def _sampling_grid(theta: Tensor, size: Size) -> Tensor:
+    """What ``F.affine_grid(theta, (B, C, height, width), align_corners=False)`` returns.
 
     Built from outer sums: each output coordinate is ``a*x + b*y + c`` with ``x``
     varying along columns and ``y`` along rows. (A ``bmm`` of a base grid by
     ``theta``, or ``affine_grid`` itself, took 8-9 ms of ~25 for 32 images at
     224 px on 2 CPU cores: a product with an inner dimension of 3 is all overhead.)
     """
-    c = _pixel_centres(size, theta.device)
+    h, w = as_hw(size)
     t = theta.unsqueeze(-1).unsqueeze(-1)  # (B, 2, 3, 1, 1)
-    xs, ys = c.view(1, 1, size), c.view(1, size, 1)
+    xs = _pixel_centres(w, theta.device).view(1, 1, w)
+    ys = _pixel_centres(h, theta.device).view(1, h, 1)
     gx = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
     gy = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
     return torch.stack([gx, gy], dim=-1)
@@ -283,27 +300,28 @@ def _sampling_grid(theta: Tensor, size: int) -> Tensor:
 
 def center_batch(
     x_uint8: Tensor,
-    size: int,
+    size: Size,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Tensor:
     """Convert a uint8 batch to normalised floats without augmentation.
 
     The batch is resized (bilinear, antialiased) only if it is not already
-    ``size`` × ``size``; validation batches are decoded at ``size`` and are not.
+    ``size``; validation batches are decoded at ``size`` and are not.
 
     Args:
         x_uint8: ``(B, 3, H, W)`` uint8 images on any device.
-        size: Output side length.
+        size: The output: a side (square) or ``(height, width)``.
         mean: Per-channel mean for normalisation.
         std: Per-channel standard deviation for normalisation.
 
     Returns:
-        A float32 tensor ``(B, 3, size, size)`` on the input's device.
+        A float32 tensor ``(B, 3, height, width)`` on the input's device.
     """
     x = x_uint8.float().div_(255)
-    if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        ).clamp_(0, 1)
+    hw = as_hw(size)
+    if tuple(x.shape[-2:]) != hw:
+        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp_(
+            0, 1
+        )
     return x.sub_(_stats(mean, x)).div_(_stats(std, x))

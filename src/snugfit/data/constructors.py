@@ -19,6 +19,7 @@ import torch
 from snugfit.data.check_report import CheckReport
 from snugfit.data.items import csv_items, folder_items, image_files_in, list_items, name_re_items
 from snugfit.errors import SnugfitError
+from snugfit.sizes import Size
 
 L = TypeVar("L", bound="LoaderConstructors")
 
@@ -35,8 +36,8 @@ class LoaderConstructors:
         valid_pct: float | None = None,
         seed: int = 42,
         bs: int = 32,
-        size: int = 224,
-        presize: int | None = None,
+        size: Size = 224,
+        presize: Size | None = None,
         num_workers: int | None = None,
         device: str | torch.device | None = None,
         **kw: Any,
@@ -60,7 +61,7 @@ class LoaderConstructors:
                 there is no validation folder).
             seed: Seed for the split, shuffling and augmentation.
             bs: Batch size.
-            size: Model input size.
+            size: Model input size: a side or ``(height, width)``.
             presize: Training decode size (None: automatic).
             num_workers: Decoding processes.
             device: Output device.

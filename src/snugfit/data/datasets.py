@@ -30,6 +30,7 @@ from snugfit import distributed
 from snugfit.data.cache import PixelCache
 from snugfit.data.decode import decode_train, decode_valid
 from snugfit.errors import UnreadableImage
+from snugfit.sizes import Size, as_hw
 from snugfit.tasks import SingleLabel, Task
 
 logger = logging.getLogger("snugfit")
@@ -63,7 +64,7 @@ class ImageDataset(Dataset):
     Args:
         items: ``(path, label index)`` pairs, or ``(path, tuple of label indices)``.
         train: Decode with `decode_train` at ``size`` (else `decode_valid`).
-        size: Output side (``presize`` for training).
+        size: Output size, a side or ``(height, width)`` (``presize`` for training).
         crop_pct: Center-crop fraction for validation decoding.
         cache: Where decoded squares are looked up before decoding and stored
             after (None: always decode).
@@ -75,7 +76,7 @@ class ImageDataset(Dataset):
         self,
         items: Sequence[tuple[Path, int]] | Sequence[tuple[Path, tuple[int, ...]]],
         train: bool,
-        size: int,
+        size: Size,
         crop_pct: float = 0.875,
         cache: PixelCache | None = None,
         task: Task | None = None,
@@ -123,6 +124,11 @@ class ImageDataset(Dataset):
         return [(Path(self.path(i)), self.label(i)) for i in range(len(self))]
 
     @property
+    def shape(self) -> tuple[int, int, int]:
+        """One decoded image's shape, ``(3, height, width)``."""
+        return (3, *as_hw(self.size))
+
+    @property
     def cache_params(self) -> tuple:
         """The decode parameters, part of each cache key."""
         return ("train", self.size) if self.train else ("valid", self.size, self.crop_pct)
@@ -158,7 +164,7 @@ class ImageDataset(Dataset):
         """
         key = key or self.cache_key(i)
         if key is not None:
-            cached = self.cache.get(key, (3, self.size, self.size))
+            cached = self.cache.get(key, self.shape)
             if cached is not None:
                 return torch.from_numpy(np.array(cached))  # copy out of the read-only map
         x = self.decode(i)

@@ -26,6 +26,10 @@ from torch import Tensor
 
 from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, center_batch
 from snugfit.errors import SnugfitError, UnreadableImage
+from snugfit.sizes import Size, as_hw, check_size
+
+_ORIENTATION = 0x0112  # the EXIF tag
+_QUARTER_TURNS = (5, 6, 7, 8)  # orientations stored rotated by 90 degrees
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -85,18 +89,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
+def open_image(path: str | os.PathLike, size: Size | None = None) -> Image.Image:
     """Open an image file as an upright 8-bit RGB Pillow image.
 
     JPEGs are decoded at a reduced scale (Pillow's ``draft``, a DCT-domain
     downscale that is much faster for big photos) when ``size`` is given; the
-    decoded image keeps both sides at least ``size``. EXIF orientation is applied;
-    palette, alpha (composited on white), greyscale, 16-bit and CMYK images are
-    converted to RGB.
+    decoded image keeps its height and width at least ``size``'s (upright, after
+    the EXIF rotation). EXIF orientation is applied; palette, alpha (composited on
+    white), greyscale, 16-bit and CMYK images are converted to RGB.
 
     Args:
         path: Image file.
-        size: Smallest side length the caller needs, or None for full resolution.
+        size: The smallest side, or ``(height, width)``, the caller needs; None:
+            full resolution.
 
     Returns:
         A loaded RGB image, independent of the file.
@@ -110,7 +115,10 @@ def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
     try:
         with Image.open(path) as img:
             if size is not None and img.format == "JPEG":
-                img.draft("RGB", (size, size))
+                h, w = as_hw(size)
+                if img.getexif().get(_ORIENTATION, 1) in _QUARTER_TURNS:
+                    h, w = w, h  # the file is stored on its side
+                img.draft("RGB", (w, h))
             img.load()  # decode now, so errors surface here
             upright = ImageOps.exif_transpose(img)  # a new image
         return _to_rgb(upright)
@@ -132,8 +140,10 @@ def header_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _crop_resize(img: Image.Image, out: int, crop_frac: float) -> Tensor:
-    """Center-crop a square of ``crop_frac`` × the shorter side, resize to ``out``.
+def _crop_resize(img: Image.Image, out: Size, crop_frac: float) -> Tensor:
+    """Center-crop the largest box of ``out``'s aspect, times ``crop_frac``, and
+    resize it to ``out`` (a side or ``(height, width)``): for a square, a square of
+    ``crop_frac`` x the shorter side.
 
     Cropping via ``resize(box=...)`` resamples only the pixels kept (and at
     sub-pixel precision); ``reducing_gap`` first shrinks big images by an integer
@@ -141,26 +151,29 @@ def _crop_resize(img: Image.Image, out: int, crop_frac: float) -> Tensor:
     antialiased resize.
     """
     w, h = img.size
-    side = min(w, h) * crop_frac
-    left, top = (w - side) / 2, (h - side) / 2
+    out_h, out_w = as_hw(out)
+    box_w = min(w, h * out_w / out_h) * crop_frac
+    box_h = min(h, w * out_h / out_w) * crop_frac
+    left, top = (w - box_w) / 2, (h - box_h) / 2
     img = img.resize(
-        (out, out),
+        (out_w, out_h),
         Image.Resampling.BILINEAR,
-        box=(left, top, left + side, top + side),
+        box=(left, top, left + box_w, top + box_h),
         reducing_gap=3.0,
     )
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def decode_train(path: str | os.PathLike, presize: int) -> Tensor:
-    """Decode a training image: shorter side to ``presize``, center-crop a square.
+def decode_train(path: str | os.PathLike, presize: Size) -> Tensor:
+    """Decode a training image: the largest centered box of ``presize``'s aspect
+    (for a square, the shorter side), resized to ``presize``.
 
     Args:
         path: Image file.
-        presize: Side of the square output.
+        presize: The output: a side (square) or ``(height, width)``.
 
     Returns:
-        A uint8 tensor ``(3, presize, presize)``.
+        A uint8 tensor ``(3, height, width)``.
 
     Raises:
         UnreadableImage: The file cannot be decoded.
@@ -168,41 +181,48 @@ def decode_train(path: str | os.PathLike, presize: int) -> Tensor:
     return _crop_resize(open_image(path, presize), presize, 1.0)
 
 
-def _valid_resize(size: int, crop_pct: float) -> int:
-    return round(size / crop_pct)
+def _valid_resize(size: Size, crop_pct: float) -> Size:
+    h, w = as_hw(size)
+    return check_size("size", (round(h / crop_pct), round(w / crop_pct)))
 
 
-def decode_valid(path: str | os.PathLike, size: int, crop_pct: float = 0.875) -> Tensor:
+def _valid_frac(size: Size, crop_pct: float) -> float:
+    h = as_hw(size)[0]
+    return h / round(h / crop_pct)
+
+
+def decode_valid(path: str | os.PathLike, size: Size, crop_pct: float = 0.875) -> Tensor:
     """Decode an evaluation image the timm/ImageNet way.
 
-    The shorter side is resized to ``round(size / crop_pct)`` and the central
-    ``size`` × ``size`` square is kept (done as one resampling of the crop).
+    The image is resized to cover ``round(size / crop_pct)`` (for a square: its
+    shorter side to that) and the central ``size`` is kept (done as one resampling
+    of the crop).
 
     Args:
         path: Image file.
-        size: Side of the square output.
-        crop_pct: Fraction of the resized shorter side kept by the crop.
+        size: The output: a side (square) or ``(height, width)``.
+        crop_pct: Fraction of the resized image kept by the crop.
 
     Returns:
-        A uint8 tensor ``(3, size, size)``.
+        A uint8 tensor ``(3, height, width)``.
 
     Raises:
         UnreadableImage: The file cannot be decoded.
     """
     img = open_image(path, _valid_resize(size, crop_pct))
-    return _crop_resize(img, size, size / _valid_resize(size, crop_pct))
+    return _crop_resize(img, size, _valid_frac(size, crop_pct))
 
 
-def _valid_tensor(image: str | os.PathLike | Image.Image, size: int, crop_pct: float) -> Tensor:
+def _valid_tensor(image: str | os.PathLike | Image.Image, size: Size, crop_pct: float) -> Tensor:
     if isinstance(image, Image.Image):
         img = _to_rgb(ImageOps.exif_transpose(image))
-        return _crop_resize(img, size, size / _valid_resize(size, crop_pct))
+        return _crop_resize(img, size, _valid_frac(size, crop_pct))
     return decode_valid(image, size, crop_pct)
 
 
 def prepare_for_predict(
     images: str | os.PathLike | Image.Image | Sequence[str | os.PathLike | Image.Image],
-    size: int,
+    size: Size,
     crop_pct: float = 0.875,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -213,13 +233,13 @@ def prepare_for_predict(
 
     Args:
         images: One path or PIL image, or a sequence of them.
-        size: Side of the square model input.
+        size: The model input: a side (square) or ``(height, width)``.
         crop_pct: Center-crop fraction, as in `decode_valid`.
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation standard deviation.
 
     Returns:
-        A float32 CPU tensor ``(N, 3, size, size)``.
+        A float32 CPU tensor ``(N, 3, height, width)``.
 
     Raises:
         UnreadableImage: A file cannot be decoded.

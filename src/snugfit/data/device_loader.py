@@ -3,7 +3,7 @@
 The work is split where it is cheapest:
 
 * worker processes (CPU) decode each file, resize it once with Pillow and hand
-  over a small uint8 square (``presize`` for training, ``size`` for validation);
+  over a small uint8 image (``presize`` for training, ``size`` for validation);
 * the main process copies the uint8 batch to the training device (4x less data
   than float32) and runs all augmentation there on whole batches
   (`snugfit.data.augment`).
@@ -126,7 +126,7 @@ class DeviceLoader:
     `LoaderSettings` (`configure`: the model's mean/std, progressive resizing)
     takes effect at the next epoch.
 
-    Iterating yields ``(x, y)``: float32 ``(B, 3, size, size)`` and the task's
+    Iterating yields ``(x, y)``: float32 ``(B, 3, height, width)`` and the task's
     targets (long ``(B,)``; multi-label: multi-hot float32 ``(B, C)``). The last
     batch may be short. The training order and augmentations of epoch ``e``
     depend only on the seed and ``e``; ``epoch`` counts the epochs started (set it
@@ -272,7 +272,7 @@ class DeviceLoader:
             it.close()
 
     def decoded_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """The files decoded as for training, in order: uint8 ``(B, 3, presize, presize)``
+        """The files decoded as for training, in order: uint8 ``(B, 3, *presize)``
         batches on the device (not augmented, not normalised) and their targets.
 
         Unreadable files are left out and recorded in ``skipped``.
@@ -337,9 +337,9 @@ class DeviceLoader:
 
     def _empty_batch(self) -> tuple[Tensor, Tensor]:
         """No images: a rank's empty shard (or one whose images were all unreadable)."""
-        size, device = self.settings.preprocessing.size, self.device
-        x = torch.empty((0, 3, size, size), device=device)
-        return x, self.task.empty_targets(self.n_classes, device)
+        h, w = self.settings.preprocessing.hw
+        x = torch.empty((0, 3, h, w), device=self.device)
+        return x, self.task.empty_targets(self.n_classes, self.device)
 
     # -- pixel cache ----------------------------------------------------------
 
@@ -394,7 +394,7 @@ class DeviceLoader:
             The items stored.
         """
         cache, console = ds.cache, self.settings.console
-        entry = 3 * ds.size * ds.size + 128  # pixels + .npy header
+        entry = math.prod(ds.shape) + 128  # pixels + .npy header
         # Entries of other datasets or sizes make way for the missing ones; the
         # ones this run touched or wrote stay.
         fits = cache.make_room(len(missing) * entry, self.cache_since_ns) // entry
@@ -442,7 +442,7 @@ class DeviceLoader:
         cache = ds.cache
         pin = self.device.type == "cuda"
         for idx in dl.batch_sampler:
-            x = torch.empty((len(idx), 3, ds.size, ds.size), dtype=torch.uint8, pin_memory=pin)
+            x = torch.empty((len(idx), *ds.shape), dtype=torch.uint8, pin_memory=pin)
             y, bad = [], []
             for i in idx:
                 row = x[len(y)]

@@ -45,6 +45,7 @@ from snugfit.data.device_loader import resolve_device as resolve_device
 from snugfit.data.preprocessing import Preprocessing, check_positive_int
 from snugfit.data.usable import usable_items
 from snugfit.errors import SnugfitError
+from snugfit.sizes import Size
 from snugfit.tasks import MultiLabel, SingleLabel
 
 # `resolve_device` is re-exported: it lived here before device_loader.py was split out.
@@ -102,9 +103,10 @@ class ImageDataLoaders(LoaderConstructors):
         vocab: Class names, indexed by label.
         path: Where the data came from (for messages).
         bs: Batch size.
-        size: Side of the square model input.
-        presize: Side the training images are decoded to before augmentation;
-            None follows ``size`` (about 15% larger).
+        size: The model input: a side (square) or ``(height, width)``.
+        presize: What training images are decoded to before augmentation (a side
+            or ``(height, width)``, the aspect of ``size``); None follows ``size``
+            (about 15% larger on each side).
         crop_pct: Center-crop fraction of the validation transform.
         seed: Seed for shuffling and augmentation.
         num_workers: Decoding processes; default ``min(4, cpu count)``.
@@ -155,8 +157,8 @@ class ImageDataLoaders(LoaderConstructors):
         *,
         path: str | os.PathLike | None = None,
         bs: int = 32,
-        size: int = 224,
-        presize: int | None = None,
+        size: Size = 224,
+        presize: Size | None = None,
         crop_pct: float = 0.875,
         seed: int = 42,
         num_workers: int | None = None,
@@ -248,16 +250,17 @@ class ImageDataLoaders(LoaderConstructors):
         return self.settings.augmentation
 
     @property
-    def presize(self) -> int:
+    def presize(self) -> Size:
         """Side training images are decoded to: the one set, else automatic (set None)."""
         return self.preprocessing.train_size
 
     @presize.setter
-    def presize(self, value: int | None) -> None:
+    def presize(self, value: Size | None) -> None:
         self.configure(preprocessing=self.preprocessing.replace(presize=value))
 
-    def set_size(self, size: int) -> None:
-        """Change the model input size; an automatic ``presize`` follows it."""
+    def set_size(self, size: Size) -> None:
+        """Change the model input size (a side or ``(height, width)``); an automatic
+        ``presize`` follows it."""
         self.configure(preprocessing=self.preprocessing.replace(size=size))
 
     def configure(self, **changes: Any) -> None:

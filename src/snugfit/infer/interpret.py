@@ -50,7 +50,8 @@ class ClassificationInterpretation:
         vocab: the ``C`` class names.
         items: the ``N`` image files, for `plot_top_losses` (optional).
         losses: ``(N,)`` per-item losses; default cross-entropy, ``-log probs[i, targets[i]]``.
-        size: side of the images `plot_top_losses` decodes from ``items``.
+        size: size of the images `plot_top_losses` decodes from ``items`` (a side or
+            ``(height, width)``).
         crop_pct: their center-crop fraction (the validation transform).
         images: where `plot_top_losses` gets images when there are no files:
             ``images(indices) -> (k, 3, H, W)`` floats in [0, 1].
@@ -66,7 +67,7 @@ class ClassificationInterpretation:
         vocab: Sequence[str],
         items: Sequence[str | os.PathLike] | None = None,
         losses=None,
-        size: int = 224,
+        size=224,
         crop_pct: float = 0.875,
         images: Callable[[list[int]], torch.Tensor] | None = None,
     ):

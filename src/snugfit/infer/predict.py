@@ -36,6 +36,7 @@ from rich.console import Console
 from torch import Tensor
 
 from snugfit.errors import SnugfitError
+from snugfit.sizes import format_size
 
 CPU_BS = 32  # the CPU batch without a budget: large enough to amortise the per-batch overhead
 MAX_BS = 256  # the most a budget may choose: beyond it, decoding is the bottleneck anyway
@@ -103,7 +104,7 @@ def predict_batch_size(learn, memory_budget: str | int | float | None = None) ->
         return CPU_BS, f"batch {CPU_BS} (the CPU default; --bs or --memory-budget to change)"
     total = torch.cuda.get_device_properties(device).total_memory if on_cuda else None
     budget = parse_bytes(total if memory_budget is None else memory_budget, total=total)
-    size = learn.infer_config["size"]
+    size = learn.preprocessing.size
     profile = profile_eval(
         learn.model,
         size,
@@ -118,7 +119,7 @@ def predict_batch_size(learn, memory_budget: str | int | float | None = None) ->
     per_image = format_bytes(profile.per_sample) if profile.per_sample < GiB else "over 1 GiB"
     return bs, (
         f"batch {bs}: the largest (up to {MAX_BS}) that fits {format_bytes(budget)} "
-        f"({per_image} of activations per image at {size} px, {learn.precision})"
+        f"({per_image} of activations per image at {format_size(size)} px, {learn.precision})"
     )
 
 
@@ -139,14 +140,14 @@ def predict_files(
     from snugfit.data.datasets import ImageDataset, make_dataloader
     from snugfit.data.progress import progress
 
-    cfg = learn.infer_config
+    pre = learn.preprocessing
     n_batches = math.ceil(len(files) / bs)
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1) if n_batches > 1 else 0
     num_workers = min(num_workers, n_batches)
     # Each item's "label" is its index, so rows come back in order, failures included.
     dataset = ImageDataset(
-        [(Path(f), i) for i, f in enumerate(files)], False, cfg["size"], cfg["crop_pct"]
+        [(Path(f), i) for i, f in enumerate(files)], False, pre.size, pre.crop_pct
     )
     loader = make_dataloader(dataset, batch_size=bs, num_workers=num_workers, device=learn.device)
     learn.model.eval()
@@ -158,7 +159,7 @@ def predict_files(
             rows: dict[int, tuple] = {}
             if x is not None:
                 x = x.to(learn.device, non_blocking=True)
-                x = center_batch(x, cfg["size"], cfg["mean"], cfg["std"])
+                x = center_batch(x, pre.size, pre.mean, pre.std)
                 with torch.no_grad():
                     probs = learn.activation(learn.eval_outputs(x)).cpu()
                 for i, p in zip(index.tolist(), probs, strict=True):

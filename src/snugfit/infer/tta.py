@@ -53,7 +53,7 @@ def tta(learn, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
         if learn.dls is None:
             raise SnugfitError("tta: this learner has no data; pass dl=(a loader of batches)")
         dl = learn.dls.valid
-    cfg = learn.infer_config
+    pre = learn.preprocessing
     settings = _augment_settings(learn.dls)
     gen = torch.Generator().manual_seed(seed)
     learn.model.eval()
@@ -61,9 +61,7 @@ def tta(learn, n: int = 4, dl=None, beta: float | None = 0.25, seed: int = 0):
     for x, y in _source_batches(learn, dl):
         total = None
         for _ in range(n):
-            xb = batch_augment(
-                x, cfg["size"], generator=gen, mean=cfg["mean"], std=cfg["std"], **settings
-            )
+            xb = batch_augment(x, pre.size, generator=gen, mean=pre.mean, std=pre.std, **settings)
             p = learn.activation(learn.eval_outputs(xb))
             total = p if total is None else total.add_(p)
         probs.append(total.div_(n))

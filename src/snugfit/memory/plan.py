@@ -36,6 +36,7 @@ from snugfit.memory.probe import (
     static_bytes,
 )
 from snugfit.memory.units import MiB, format_bytes, parse_bytes
+from snugfit.sizes import Size, as_hw, check_size, format_size
 
 
 @dataclass
@@ -71,7 +72,7 @@ class MemoryPlan:
 
     budget: int
     bs: int
-    size: int
+    size: Size
     device_type: str
     candidates: list[Candidate]
     chosen: Candidate | None
@@ -83,7 +84,8 @@ class MemoryPlan:
     def table(self) -> Table:
         """A rich table of the candidates, the chosen one marked with ``▶``."""
         title = (
-            f"memory plan: bs {self.bs} at {self.size} px on {self.device_type}, budget "
+            f"memory plan: bs {self.bs} at {format_size(self.size)} px on {self.device_type}, "
+            f"budget "
             f"{format_bytes(self.budget)}"
             + (f" ({format_bytes(self.reserved)} reserved)" if self.reserved else "")
         )
@@ -114,7 +116,7 @@ class MemoryPlan:
             "budget": self.budget,
             "reserved": self.reserved,
             "bs": self.bs,
-            "size": self.size,
+            "size": self.size if isinstance(self.size, int) else list(self.size),
             "device_type": self.device_type,
             "frozen_to": self.frozen_to,
             "candidates": [{"label": c.label, **asdict(c)} for c in self.candidates],
@@ -196,11 +198,21 @@ def _candidate(
     )
 
 
+def _check_plan_args(bs, size, budget, precisions) -> Size:
+    """The size, checked with the batch, the budget and the precisions of a plan."""
+    for name, value in (("bs", bs), ("budget", budget)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SnugfitError(f"{name}: expected a positive integer, got {value!r}")
+    for p in precisions:
+        check_precision(p, allow_auto=False)
+    return check_size("size", size)
+
+
 def make_plan(
     model: nn.Module,
     *,
     bs: int,
-    size: int,
+    size: Size,
     budget: int,
     device_type: str = "cuda",
     opt: str = "adamw",
@@ -222,7 +234,7 @@ def make_plan(
     Args:
         model: The model as it will train (frozen layers frozen).
         bs: Effective batch size (samples per optimizer step).
-        size: Image side in pixels.
+        size: Image size: a side or ``(height, width)``, in pixels.
         budget: Device memory to plan for, in bytes (see `parse_bytes`).
         device_type: ``"cuda"`` or ``"cpu"``: sets the speed model and ``reserved``.
         opt: ``"adamw"``, ``"sgd"`` or ``"rmsprop"``.
@@ -236,17 +248,14 @@ def make_plan(
         SnugfitError: On a non-positive ``bs``, ``size`` or ``budget``, or an unknown
             precision or optimizer.
     """
-    for name, value in (("bs", bs), ("size", size), ("budget", budget)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SnugfitError(f"{name}: expected a positive integer, got {value!r}")
-    for p in precisions:
-        check_precision(p, allow_auto=False)
+    size = _check_plan_args(bs, size, budget, precisions)
+    h, w = as_hw(size)
     if reserved is None:
         reserved = 512 * MiB if device_type == "cuda" else 0
     static = static_bytes(model, opt)
     fixed_bytes = sum(static.values())
     # The whole batch lives on the device: uint8 presized images plus the augmented floats.
-    input_bytes = bs * 3 * size * size * (1 + 4)
+    input_bytes = bs * 3 * h * w * (1 + 4)
 
     profiles: dict[str, ActivationProfile] = {}
     for p in dict.fromkeys(precisions):
@@ -306,7 +315,7 @@ def enforce_budget(budget: str | int | float, device: torch.device | str) -> int
 def eval_batch_size(
     static: int,
     profile: ActivationProfile,
-    size: int,
+    size: Size,
     budget: int,
     *,
     reserved: int = 0,
@@ -327,7 +336,8 @@ def eval_batch_size(
     >>> eval_batch_size(100 * MiB, prof, 224, budget=2 * GiB, max_bs=32)
     32
     """
-    input_per_sample = 3 * size * size * (1 + 4)
+    h, w = as_hw(size)
+    input_per_sample = 3 * h * w * (1 + 4)
     room = budget - reserved - static - 1.15 * profile.fixed - 64 * MiB
     per_sample = 1.15 * profile.per_sample + input_per_sample
     return max(1, min(max_bs, math.floor(room / per_sample)))

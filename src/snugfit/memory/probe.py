@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 from snugfit.errors import SnugfitError
 from snugfit.memory.precision import autocast, check_precision
 from snugfit.models.checkpointing import checkpoint_units, model_stages
+from snugfit.sizes import Size, as_hw
 
 # Optimizer state as a multiple of the trainable parameters' bytes.
 OPT_STATE = {"adamw": 2, "sgd": 1, "rmsprop": 1}  # Adam: exp_avg + exp_avg_sq; SGD: momentum
@@ -186,22 +187,23 @@ def _on_device(model: nn.Module, device: torch.device):
         model.to(home)
 
 
-def _probe_setup(size: int, precision: str, channels_last: bool, device):
+def _probe_setup(size: Size, precision: str, channels_last: bool, device):
     """What a memory probe needs: the device, its autocast context factory, and
-    ``inputs(n)``, random ``(n, 3, size, size)`` images in the model's memory format."""
+    ``inputs(n)``, random ``(n, 3, height, width)`` images in the model's memory format."""
     check_precision(precision, allow_auto=False)
     device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def inputs(n: int) -> torch.Tensor:
-        return torch.randn(n, 3, size, size, device=device).to(memory_format=memory_format)
+        h, w = as_hw(size)
+        return torch.randn(n, 3, h, w, device=device).to(memory_format=memory_format)
 
     return device, autocast_for(precision, device.type), inputs
 
 
 def profile_activations(
     model: nn.Module,
-    size: int,
+    size: Size,
     *,
     precision: str = "fp32",
     channels_last: bool = False,
@@ -212,13 +214,13 @@ def profile_activations(
     A model that cannot train on a single sample (train-mode BatchNorm over one value
     per channel) is probed at 2 and 4 instead.
 
-    Inputs are random ``(n, 3, size, size)`` images on ``device``. A model that lives
+    Inputs are random ``(n, 3, height, width)`` images on ``device``. A model that lives
     on another device is moved there for the probe and back. The global RNG state is
     left as it was (dropout draws from a forked one).
 
     Args:
         model: The model, with the ``requires_grad`` flags it will train with.
-        size: Image side in pixels.
+        size: Image size: a side or ``(height, width)``, in pixels.
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` for autocast (bfloat16 on the CPU).
         channels_last: Give the inputs NHWC memory format.
         device: Where the probe runs.
@@ -367,7 +369,7 @@ def forward_peak_bytes(
 
 def profile_eval(
     model: nn.Module,
-    size: int,
+    size: Size,
     *,
     precision: str = "fp32",
     channels_last: bool = False,

@@ -76,7 +76,7 @@ def _check_meta(meta, where) -> None:
     expected = {
         "arch": str,
         "vocab": list,
-        "size": int,
+        "size": (int, list),
         "crop_pct": (int, float),
         "mean": list,
         "std": list,
@@ -90,8 +90,12 @@ def _check_meta(meta, where) -> None:
         raise SnugfitError(f"{where}: field 'vocab' must be a non-empty list of class names")
     if len(set(vocab)) != len(vocab):
         raise SnugfitError(f"{where}: field 'vocab' has repeated class names")
-    if meta["size"] < 1:
-        raise SnugfitError(f"{where}: field 'size' must be a positive integer")
+    size = meta["size"]
+    sides = size if isinstance(size, list) else [size]
+    if len(sides) not in (1, 2) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sides
+    ):
+        raise SnugfitError(f"{where}: field 'size' must be a positive integer or [height, width]")
     if not 0 < meta["crop_pct"] <= 1:
         raise SnugfitError(f"{where}: field 'crop_pct' must be in (0, 1]")
     for key in ("mean", "std"):

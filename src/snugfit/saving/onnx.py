@@ -2,9 +2,10 @@
 
 The graph is the model alone, in eval mode and float32:
 
-* input ``input``: float32 ``(N, 3, size, size)``, RGB images prepared as for
-  validation and as the model's ``snugfit.json`` describes them: the shorter side
-  resized to ``round(size / crop_pct)``, the central ``size`` square kept, values
+* input ``input``: float32 ``(N, 3, height, width)``, RGB images prepared as for
+  validation and as the model's ``snugfit.json`` describes them (``size``: a side, or
+  ``[height, width]``): resized to cover ``round(size / crop_pct)``, the central
+  ``size`` kept, values
   scaled to [0, 1], then ``(x - mean) / std`` per channel;
 * output ``logits``: ``(N, n_classes)``, before softmax (or, for a multi-label
   model, before the sigmoid).
@@ -40,14 +41,15 @@ from torch import nn
 from snugfit import models
 from snugfit.errors import SnugfitError, first_line
 from snugfit.saving.model_files import read_model_folder
+from snugfit.sizes import as_hw, check_size
 
 log = logging.getLogger("snugfit")
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 INPUT_FORMAT = (
-    "float32 NCHW RGB: shorter side resized to round(size / crop_pct), center crop of "
-    "size x size, scaled to [0, 1], then (x - mean) / std per channel"
+    "float32 NCHW RGB: resized to cover round(size / crop_pct), center crop of size "
+    "(a side, or [height, width]), scaled to [0, 1], then (x - mean) / std per channel"
 )
 OUTPUT_FORMAT = "logits (N, len(vocab)): softmax gives probabilities (sigmoid if multi_label)"
 _INSTALL = "install it with: pip install 'snugfit[onnx]'"
@@ -123,11 +125,12 @@ def export_onnx(
     meta = {**cfg, "input_format": INPUT_FORMAT, "output": OUTPUT_FORMAT}
     props = {k: json.dumps(v) for k, v in meta.items()}
     # Dynamo specialises a dimension traced at size 1: trace a dynamic batch at 2.
-    x = torch.randn(2 if dynamic_batch else 1, 3, cfg["size"], cfg["size"])
+    h, w = as_hw(check_size("size", cfg["size"]))
+    x = torch.randn(2 if dynamic_batch else 1, 3, h, w)
     path.parent.mkdir(parents=True, exist_ok=True)
     used = _export(model, x, path, props, opset, dynamic_batch, exporter)
     result = OnnxExport(path, used, _opset_of(path), dynamic_batch, None, "")
-    result.max_diff, result.check = _check(model, path, cfg["size"], dynamic_batch, atol, check)
+    result.max_diff, result.check = _check(model, path, (h, w), dynamic_batch, atol, check)
     return result
 
 
@@ -229,7 +232,7 @@ def _opset_of(path: Path) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _check(model, path: Path, size: int, dynamic: bool, atol: float, check: bool):
+def _check(model, path: Path, hw: tuple[int, int], dynamic: bool, atol: float, check: bool):
     """``(max_diff, one line)``: PyTorch's and onnxruntime's logits on a random batch."""
     if not check:
         return None, "check: not asked for"
@@ -238,7 +241,7 @@ def _check(model, path: Path, size: int, dynamic: bool, atol: float, check: bool
     except ImportError:
         return None, f"check: skipped, onnxruntime is not installed ({_INSTALL})"
     n = 3 if dynamic else 1  # dynamic: a batch size the export never saw
-    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(n, 3, *hw, generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
     with torch.no_grad():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from snugfit.app.arguments import add_memory_args, non_negative_int, positive_int
+from snugfit.app.arguments import add_memory_args, image_size, non_negative_int, positive_int
 from snugfit.app.config import TrainConfig
 
 NAME = "lr-find"
@@ -25,7 +25,9 @@ def add_parser(subparsers) -> None:
         "--no-pretrained", dest="pretrained", action="store_false", help="start from random weights"
     )
     lf.add_argument("--bs", type=positive_int, default=d.bs)
-    lf.add_argument("--size", type=positive_int, default=d.size)
+    lf.add_argument(
+        "--size", type=image_size, default=d.size, help="a side (224) or HEIGHTxWIDTH (1400x2100)"
+    )
     lf.add_argument("--unfrozen", action="store_true", help="sweep with every layer training")
     lf.add_argument("--num-it", type=positive_int, default=100)
     lf.add_argument("--workers", dest="num_workers", type=non_negative_int, default=None)

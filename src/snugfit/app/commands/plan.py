@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from snugfit.app.arguments import add_memory_args, positive_int
+from snugfit.app.arguments import add_memory_args, image_size, positive_int
 from snugfit.app.config import TrainConfig
 
 NAME = "plan"
@@ -32,7 +32,9 @@ def add_parser(subparsers) -> None:
         help="number of classes when no DATA is given (default 2)",
     )
     pl.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
-    pl.add_argument("--size", type=positive_int, default=d.size)
+    pl.add_argument(
+        "--size", type=image_size, default=d.size, help="a side (224) or HEIGHTxWIDTH (1400x2100)"
+    )
     pl.add_argument("--bs", type=positive_int, default=d.bs, help="effective batch size")
     pl.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
     pl.add_argument(

@@ -16,6 +16,7 @@ from snugfit.app.arguments import (
     add_csv_args,
     add_memory_args,
     fraction,
+    image_size,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -94,10 +95,11 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     )
     t.add_argument(
         "--sizes",
-        type=positive_int,
+        type=image_size,
         nargs="+",
         default=None,
-        help="auto: progressive resizing of the unfrozen phase, e.g. 128 176 224",
+        help="auto: progressive resizing of the unfrozen phase, e.g. 128 176 224 "
+        "(or HEIGHTxWIDTH sizes)",
     )
     t.add_argument(
         "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
@@ -114,7 +116,12 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
 def _model_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     """Batch, image size, learning rate and the starting weights."""
     t.add_argument("--bs", type=positive_int, default=d.bs, help="batch size")
-    t.add_argument("--size", type=positive_int, default=d.size, help="image size (px)")
+    t.add_argument(
+        "--size",
+        type=image_size,
+        default=d.size,
+        help="image size in pixels: a side (224) or HEIGHTxWIDTH (1400x2100)",
+    )
     t.add_argument("--lr", type=positive_float, default=d.lr, help="fine_tune: base learning rate")
     t.add_argument(
         "--weights",
