@@ -21,8 +21,6 @@ import functools
 
 import torch
 
-from snugfit.errors import SnugfitError
-
 
 def accuracy(preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
     """Fraction of samples whose arg-max prediction equals the target."""
@@ -85,17 +83,3 @@ def metric_name(fn) -> str:
     if isinstance(fn, functools.partial):
         return metric_name(fn.func)
     return getattr(fn, "__name__", type(fn).__name__)
-
-
-def resolve_metric(m, multi_label: bool = False):
-    """A metric callable from a name in `METRICS` (checked against the labels), or ``m``."""
-    if isinstance(m, str):
-        if m not in METRICS:
-            raise SnugfitError(f"metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
-        if multi_label and m in SINGLE_LABEL:
-            raise SnugfitError(
-                f"metrics: {m!r} needs single-label data; for multi-label use "
-                f"{' or '.join(repr(n) for n in MULTI_LABEL_DEFAULTS)}"
-            )
-        return METRICS[m]
-    return m
