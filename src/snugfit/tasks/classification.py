@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from snugfit.errors import SnugfitError
+from snugfit.tasks.evaluation import ConcatEvaluator, Evaluator
 from snugfit.tasks.metrics import METRICS, MULTI_LABEL_DEFAULTS, SINGLE_LABEL
 from snugfit.tasks.task import Task, stack_class_indices, stack_vectors
 
@@ -29,7 +30,14 @@ def _named_metric(m, refused: Sequence[str], hint: str):
     return METRICS[m]
 
 
-class SingleLabel(Task):
+class _Classification(Task):
+    """What both classification tasks share: evaluation over the set's outputs."""
+
+    def evaluator(self, loss_func: Callable, metrics: Sequence, vocab: Sequence[str]) -> Evaluator:
+        return ConcatEvaluator(loss_func, metrics)
+
+
+class SingleLabel(_Classification):
     """One class per image: cross-entropy on logits, softmax probabilities."""
 
     name = "single_label"
@@ -74,7 +82,7 @@ class SingleLabel(Task):
         return {"multi_label": False}
 
 
-class MultiLabel(Task):
+class MultiLabel(_Classification):
     """Any set of classes per image (possibly none): a sigmoid and binary
     cross-entropy per class (fastai's ``BCEWithLogitsLossFlat``: the mean over samples
     and classes); a class is predicted when its probability is above ``threshold``."""

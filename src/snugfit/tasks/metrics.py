@@ -1,7 +1,8 @@
-"""Metrics computed over a whole validation set, on the device.
+"""Classification metrics, computed over a whole validation set, on the device.
 
 A metric takes the concatenated model outputs and targets of the validation
-set and returns a 0-d tensor; the loop calls ``.item()`` once per epoch.
+set and returns a 0-d tensor (`snugfit.tasks.evaluation.ConcatEvaluator` calls it
+once per evaluation).
 
 Single-label metrics (`accuracy`, `error_rate`) take logits ``(N, C)`` and class
 indices ``(N,)``; multi-label ones (`accuracy_multi`, `f1_samples`) take logits

@@ -6,6 +6,8 @@ A `Task` is one small object that knows, for its kind of target:
   (`target`, `stack_targets`, `empty_targets`), and a batch image's title (`title`);
 - training: the default loss and metrics, and which metric names make sense
   (`loss`, `default_metrics`, `metric`);
+- evaluation: the loss and metrics over a set, one batch at a time (`evaluator`, an
+  `snugfit.tasks.evaluation.Evaluator`; under torchrun its sums add over ranks);
 - prediction: outputs to probabilities (`activation`), probabilities to labels
   (`labels`), a prediction as CSV cells and as a printed line (`csv_cells`, `line`);
 - the model: whether a new head may start from ImageNet's classifier rows
@@ -17,11 +19,13 @@ and never ask which task they have.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from snugfit.tasks.evaluation import Evaluator
 
 
 class Task:
@@ -57,6 +61,11 @@ class Task:
 
     def metric(self, m):
         """A metric callable from a name (checked against the task), or ``m`` itself."""
+        raise NotImplementedError
+
+    def evaluator(self, loss_func: Callable, metrics: Sequence, vocab: Sequence[str]) -> Evaluator:
+        """A fresh `Evaluator` of ``loss_func`` and ``metrics`` (from `metric`) over a set
+        of these classes."""
         raise NotImplementedError
 
     # -- prediction -----------------------------------------------------------
