@@ -2,7 +2,8 @@
 
 A metric takes the concatenated model outputs and targets of the validation
 set and returns a 0-d tensor (`snugfit.tasks.evaluation.ConcatEvaluator` calls it
-once per evaluation).
+once per evaluation). Segmentation's metrics read a confusion matrix of pixels
+instead (`snugfit.tasks.seg_metrics`).
 
 Single-label metrics (`accuracy`, `error_rate`) take logits ``(N, C)`` and class
 indices ``(N,)``; multi-label ones (`accuracy_multi`, `f1_samples`) take logits

@@ -1,4 +1,4 @@
-"""The task seam: what differs between single-label, multi-label (and later segmentation).
+"""The task seam: what differs between single-label, multi-label and segmentation.
 
 A `Task` is one small object that knows, for its kind of target:
 
@@ -9,7 +9,8 @@ A `Task` is one small object that knows, for its kind of target:
 - evaluation: the loss and metrics over a set, one batch at a time (`evaluator`, an
   `snugfit.tasks.evaluation.Evaluator`; under torchrun its sums add over ranks);
 - prediction: outputs to probabilities (`activation`), probabilities to labels
-  (`labels`), a prediction as CSV cells and as a printed line (`csv_cells`, `line`);
+  (`labels`), a prediction as CSV cells and as a printed line (`csv_cells`,
+  `csv_values`, `line`);
 - the model: whether a new head may start from ImageNet's classifier rows
   (`imagenet_head`), and what is saved with the model (`config`, `task_from_config`).
 
@@ -79,6 +80,10 @@ class Task:
 
     def csv_cells(self, probs: Tensor, vocab: Sequence[str]) -> tuple[str, float]:
         """``(label text, probability)`` of one prediction, for a CSV row."""
+        raise NotImplementedError
+
+    def csv_values(self, probs: Tensor) -> list[float]:
+        """One prediction's number per class, for the CSV's per-class columns."""
         raise NotImplementedError
 
     def line(self, path: str, label, probs: Tensor) -> str:
