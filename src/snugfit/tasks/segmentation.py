@@ -223,7 +223,7 @@ class SegmentationEvaluator(Evaluator):
     def _loss_sum(self) -> Tensor:
         if not self.losses:
             return torch.zeros((), dtype=torch.float64)
-        return torch.stack([v.double().cpu() for v in self.losses]).sum()
+        return torch.stack(self.losses).cpu().double().sum()  # one copy from the device
 
     def sums(self) -> Tensor:
         images = torch.tensor(float(self.images), dtype=torch.float64)
