@@ -112,7 +112,7 @@ class ClassificationInterpretation:
         if getattr(learn, "multi_label", False):
             raise SnugfitError(
                 "from_learner: interpretation is for single-label classifiers; this learner "
-                "is multi-label (score learn.get_preds() with snugfit.metrics.f1_samples)"
+                "is multi-label (score learn.get_preds() with snugfit.tasks.metrics.f1_samples)"
             )
         dl = _default_loader(learn, dl, "from_learner")
         outs, targs = learn.get_preds(dl)

@@ -187,7 +187,8 @@ def csv_row(learn, path: str, probs: Tensor | None, error: str | None) -> list[s
     if probs is None:
         return [path, "", "", *([""] * len(vocab)), error or ""]
     label, top = learn.task.csv_cells(probs, vocab)
-    return [path, label, f"{top:.6g}", *(f"{p:.6g}" for p in probs.tolist()), ""]
+    values = learn.task.csv_values(probs)  # class probabilities, or pixel shares per class
+    return [path, label, f"{top:.6g}", *(f"{p:.6g}" for p in values), ""]
 
 
 def predict_to_csv(
