@@ -9,13 +9,20 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
 
 from snugfit.errors import SnugfitError
 from snugfit.models import (
     SegmentationModel,
+    batchnorm_to_eval,
     create_segmentation_model,
+    freeze_groups,
+    group_names,
+    is_cnn,
     is_segmentation_model,
+    layer_groups,
     load_weights,
+    norm_and_bias_param_names,
     packaged_lite0_weights,
     segmentation_config,
 )
@@ -162,3 +169,53 @@ def test_unknown_names_give_one_line_with_close_matches():
 
 def test_decoder_name_is_case_insensitive():
     assert seg(decoder="DeepLabV3Plus").decoder_name == "deeplabv3plus"
+
+
+# --------------------------------------------------------------------------- layer groups
+
+
+def decoder_and_head_ids(model: SegmentationModel) -> set[int]:
+    return {id(p) for m in (model.decoder, model.segmentation_head) for p in m.parameters()}
+
+
+@pytest.mark.parametrize(
+    ("arch", "decoder", "names"),
+    [
+        ("test_resnet", "unet", ["stem", "stage1", "stage2", "stage3", "stage4"]),
+        ("test_efficientnet", "fpn", ["stem", *[f"stage{i}" for i in range(1, 6)]]),
+        ("test_convnext", "deeplabv3plus", ["stem", "stage1", "stage2", "stage3", "stage4"]),
+    ],
+)
+def test_layer_groups_are_encoder_stages_then_decoder_and_head(arch, decoder, names):
+    model = seg(arch, decoder=decoder)
+    groups = layer_groups(model)
+    assert group_names(model) == [*names, "decoder+head"]
+    assert {id(p) for _, p in groups[-1]} == decoder_and_head_ids(model)
+    ids = [id(p) for group in groups for _, p in group]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    named = dict(model.named_parameters())
+    assert all(named[n] is p for group in groups for n, p in group)
+    # Stage groups follow the encoder's structure: the stem first, then stage by stage.
+    assert all(n.startswith("encoder.model.") for group in groups[:-1] for n, _ in group)
+
+
+def test_freezing_all_but_the_last_group_freezes_exactly_the_encoder():
+    model = seg("test_resnet", decoder="unet")
+    model.train()
+    freeze_groups(layer_groups(model), -1)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == decoder_and_head_ids(model)
+    assert batchnorm_to_eval(model) > 0  # the decoder's BatchNorms still train
+    encoder_bns = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    decoder_bns = [m for m in model.decoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert encoder_bns and not any(m.training for m in encoder_bns)
+    assert decoder_bns and all(m.training for m in decoder_bns)
+
+
+def test_weight_decay_names_and_cnn():
+    model = seg("test_resnet", decoder="unet")
+    names = norm_and_bias_param_names(model)
+    assert "decoder.blocks.0.conv1.1.weight" in names  # a decoder BatchNorm
+    assert "segmentation_head.0.bias" in names
+    assert "segmentation_head.0.weight" not in names
+    assert is_cnn(model)
