@@ -15,6 +15,7 @@ from snugfit.errors import SnugfitError
 from snugfit.models import (
     SegmentationModel,
     batchnorm_to_eval,
+    checkpoint_units,
     create_segmentation_model,
     freeze_groups,
     group_names,
@@ -22,9 +23,11 @@ from snugfit.models import (
     is_segmentation_model,
     layer_groups,
     load_weights,
+    model_stages,
     norm_and_bias_param_names,
     packaged_lite0_weights,
     segmentation_config,
+    set_grad_checkpointing,
 )
 from snugfit.models.encoders import encoder_key_map
 from snugfit.models.segmentation import pad_to_multiple
@@ -219,3 +222,51 @@ def test_weight_decay_names_and_cnn():
     assert "segmentation_head.0.bias" in names
     assert "segmentation_head.0.weight" not in names
     assert is_cnn(model)
+
+
+# --------------------------------------------------------------------------- checkpointing
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_checkpoint_units_are_encoder_then_decoder_blocks(decoder):
+    model = seg("test_resnet", decoder=decoder)
+    units = checkpoint_units(model)
+    assert model_stages(model) == units
+    encoder_blocks = [m for m in model.encoder.modules() if type(m).__name__ == "BasicBlock"]
+    encoder_blocks += [m for m in model.encoder.modules() if type(m).__name__ == "Bottleneck"]
+    n_decoder = {"unet": 5, "fpn": 8, "deeplabv3plus": 3}[decoder]
+    assert len(units) == 4 + n_decoder
+    assert {id(u) for u in units[:4]} == {id(m) for m in encoder_blocks}
+    decoder_ids = {id(m) for m in model.decoder.modules()}
+    assert all(id(u) in decoder_ids for u in units[4:])
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("frozen_encoder", [False, True])
+def test_checkpointing_keeps_outputs_and_gradients(decoder, frozen_encoder):
+    plain, ckpt = seg("test_resnet", decoder=decoder), seg("test_resnet", decoder=decoder)
+    # Eval-mode BatchNorm and fp32: the recomputed forward is the same computation.
+    plain.eval()
+    ckpt.eval()
+    if frozen_encoder:
+        for model in (plain, ckpt):
+            freeze_groups(layer_groups(model), -1)
+    keys = list(ckpt.state_dict())
+    assert set_grad_checkpointing(ckpt) == "generic"
+    assert list(ckpt.state_dict()) == keys
+    assert all(type(u).__name__.startswith("Checkpointed") for u in checkpoint_units(ckpt))
+
+    x = torch.randn(2, 3, 50, 70)
+    out_plain, out_ckpt = plain(x), ckpt(x)
+    torch.testing.assert_close(out_ckpt, out_plain)
+    out_plain.square().mean().backward()
+    out_ckpt.square().mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        if frozen_encoder and name.startswith("encoder."):
+            assert p.grad is None and q.grad is None, name
+        else:
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+    assert set_grad_checkpointing(ckpt, False) == "generic"
+    assert not any(type(u).__name__.startswith("Checkpointed") for u in checkpoint_units(ckpt))
+    assert set_grad_checkpointing(ckpt, False) == "generic"  # turning it off twice is harmless
