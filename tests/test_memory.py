@@ -21,7 +21,12 @@ from snugfit.memory import (
     saved_tensor_bytes,
     static_bytes,
 )
-from snugfit.models import checkpoint_units, model_stages, set_grad_checkpointing
+from snugfit.models import (
+    checkpoint_units,
+    create_segmentation_model,
+    model_stages,
+    set_grad_checkpointing,
+)
 
 MiB = 2**20
 
@@ -284,6 +289,37 @@ def test_checkpointed_prediction_keeps_what_checkpointing_keeps(arch, size, n_un
     kept = saved_tensor_bytes(model, torch.randn(4, 3, size, size)).total
     assert predicted_kept == pytest.approx(kept, rel=0.10)
     assert kept < 0.6 * activation_bytes(profile, 4)
+
+
+@pytest.mark.parametrize(
+    ("arch", "decoder", "n_units"),
+    [("resnet18", "unet", 8 + 5), ("resnet18", "fpn", 8 + 8), ("resnet18", "deeplabv3plus", 8 + 3)],
+)
+def test_checkpointed_prediction_for_segmentation_models(arch, decoder, n_units):
+    torch.manual_seed(0)
+    model = create_segmentation_model(arch, 3, decoder=decoder, pretrained=False)
+    assert len(checkpoint_units(model)) == n_units  # encoder blocks, then decoder blocks
+    profile = profile_activations(model, 64)
+    recomputed = max(profile.stage_per_sample)
+    predicted_kept = activation_bytes(profile, 4, checkpointing=True) - 4 * recomputed
+    assert set_grad_checkpointing(model) == "generic"
+    kept = saved_tensor_bytes(model, torch.randn(4, 3, 64, 64)).total
+    print(f"{arch} {decoder}: kept {kept / MiB:.2f} MiB, predicted {predicted_kept / MiB:.2f} MiB")
+    assert predicted_kept == pytest.approx(kept, rel=0.06)
+    assert kept < 0.6 * activation_bytes(profile, 4)
+
+
+def test_a_stage_output_saved_outside_counts_outside():
+    # The ReLU saves its output; the convolution after the stage saves it again, so
+    # checkpointing the stage would keep it: it is not the stage's to drop.
+    stage = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    model = nn.Sequential(stage, nn.Conv2d(4, 2, 1))
+    x = torch.randn(2, 3, 8, 8)
+    saved = saved_tensor_bytes(model, x, stages=[stage])
+    image, relu_out = 2 * 3 * 8 * 8 * 4, 2 * 4 * 8 * 8 * 4
+    assert saved.total == image + relu_out
+    assert saved.per_stage == [image]  # the convolution's input only
+    assert saved.stage_inputs == [image]
 
 
 def staged_model() -> nn.Sequential:

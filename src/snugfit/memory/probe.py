@@ -37,7 +37,8 @@ class SavedBytes:
 
     Attributes:
         total: Bytes of the unique storages saved (parameters and buffers excluded).
-        per_stage: For each stage, the bytes first saved while it ran.
+        per_stage: For each stage, the bytes first saved while it ran and not saved
+            again outside every stage: what checkpointing the stage would drop.
         stage_inputs: For each stage, the bytes of its input tensor(s).
     """
 
@@ -84,18 +85,26 @@ def saved_tensor_bytes(
     # not reused by a later tensor and miscounted as already seen.
     seen: dict[int, Tensor] = {}
     count = [0]
+    per_stage = [0] * len(stages)
+    stage_inputs = [0] * len(stages)
+    started: dict[int, int] = {}
+    owner: dict[int, int] = {}  # storage -> the stage that first saved it
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in static and ptr not in seen:
+        if ptr in static:
+            return t
+        if ptr not in seen:
             seen[ptr] = t
             count[0] += storage.nbytes()
+            if started:
+                owner[ptr] = next(reversed(started))
+        elif not started and ptr in owner:
+            # A stage's output saved again outside the stages (a decoder's output by the
+            # head): checkpointing the stage keeps it all the same, so it counts outside.
+            per_stage[owner.pop(ptr)] -= storage.nbytes()
         return t
-
-    per_stage = [0] * len(stages)
-    stage_inputs = [0] * len(stages)
-    started: dict[int, int] = {}
 
     def pre_hook(i: int):
         def hook(module, args):
@@ -114,25 +123,34 @@ def saved_tensor_bytes(
     for i, stage in enumerate(stages):
         handles.append(stage.register_forward_pre_hook(pre_hook(i)))
         handles.append(stage.register_forward_hook(post_hook(i)))
-    modes = {m: m.training for m in model.modules()}
-    buffers = [b.detach().clone() for b in model.buffers()]
     try:
-        model.train()
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        with torch.enable_grad(), hooks, autocast():
+        with _in_train_mode(model), torch.enable_grad(), hooks, autocast():
             out = model(x)
         total = count[0]
         del out
     finally:
         for h in handles:
             h.remove()
+        seen.clear()
+    return SavedBytes(total, per_stage, stage_inputs)
+
+
+@contextlib.contextmanager
+def _in_train_mode(model: nn.Module):
+    """Run in train mode, then put back the train/eval flags and the buffers (BatchNorm
+    running stats) as they were."""
+    modes = {m: m.training for m in model.modules()}
+    buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        model.train()
+        yield
+    finally:
         for m, training in modes.items():
             m.training = training
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)
-        seen.clear()
-    return SavedBytes(total, per_stage, stage_inputs)
 
 
 # --------------------------------------------------------------------------- profiles

@@ -1,8 +1,10 @@
-"""Models: creation, weight loading and conversion, layer groups, activation checkpointing.
+"""Models: creation, weight loading and conversion, layer groups, activation checkpointing,
+for classifiers and segmentation models (smp decoders on timm encoders).
 
 Owns everything that knows a network's structure (timm's model contract: heads,
-``group_matcher``, ``set_grad_checkpointing``). May import ``snugfit.errors``,
-torch, timm and safetensors; nothing else of snugfit.
+``group_matcher``, ``set_grad_checkpointing``; smp's encoder, decoder and head). May
+import ``snugfit.errors``, torch, timm, segmentation-models-pytorch and safetensors;
+nothing else of snugfit.
 """
 
 from snugfit.models.checkpointing import checkpoint_units, model_stages, set_grad_checkpointing
@@ -12,6 +14,7 @@ from snugfit.models.create import (
     imagenet_rows,
     model_config,
     packaged_lite0_weights,
+    pretrained_timm_model,
 )
 from snugfit.models.groups import (
     batchnorm_to_eval,
@@ -22,24 +25,35 @@ from snugfit.models.groups import (
     layer_groups,
     norm_and_bias_param_names,
 )
+from snugfit.models.segmentation import (
+    SegmentationModel,
+    create_segmentation_model,
+    is_segmentation_model,
+    segmentation_config,
+)
 from snugfit.models.weights import convert_by_order, load_weights
 
 __all__ = [
     "PACKAGED_ARCH",
+    "SegmentationModel",
     "batchnorm_to_eval",
     "checkpoint_units",
     "convert_by_order",
     "create_model",
+    "create_segmentation_model",
     "freeze_groups",
     "group_names",
     "imagenet_rows",
     "is_cnn",
     "is_norm",
+    "is_segmentation_model",
     "layer_groups",
     "load_weights",
     "model_config",
     "model_stages",
     "norm_and_bias_param_names",
     "packaged_lite0_weights",
+    "pretrained_timm_model",
+    "segmentation_config",
     "set_grad_checkpointing",
 ]

@@ -1,8 +1,9 @@
 """Activation checkpointing: a model's stages, and recomputing their activations in backward.
 
 timm models have ``set_grad_checkpointing``; other models get a generic fallback that
-checkpoints each child of their stages (`model_stages`). The memory planner uses the
-same units (`checkpoint_units`) to predict what checkpointing keeps.
+checkpoints each child of their stages (`model_stages`). A segmentation model
+checkpoints each block of its encoder's stages and of its decoder. The memory planner
+uses the same units (`checkpoint_units`) to predict what checkpointing keeps.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from snugfit.models.encoders import encoder_blocks
+from snugfit.models.segmentation import decoder_blocks, is_segmentation_model
 
 
 def model_stages(model: nn.Module) -> list[nn.Module]:
@@ -19,7 +23,10 @@ def model_stages(model: nn.Module) -> list[nn.Module]:
     ``model.stages`` (ConvNeXt) or ``model.layers``, or ``[layer1, ..., layer4]``
     (ResNet). Other models: the children of their largest ``nn.Sequential`` or
     ``nn.ModuleList`` by parameter count. Returns ``[]`` when there is none.
+    A segmentation model: its `checkpoint_units`.
     """
+    if is_segmentation_model(model):
+        return checkpoint_units(model)
     for attr in ("blocks", "stages", "layers"):
         seq = getattr(model, attr, None)
         if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 0:
@@ -46,7 +53,12 @@ def checkpoint_units(model: nn.Module) -> list[nn.Module]:
     the generic fallback checkpoints each child of a stage; so the units are the
     children of stages that are containers, the ``blocks`` of stages that have them,
     and otherwise the stages themselves.
+
+    A segmentation model: the blocks of its encoder's stages (`encoder_blocks`), then
+    the decoder's (`decoder_blocks`); each is checkpointed as a whole.
     """
+    if is_segmentation_model(model):
+        return encoder_blocks(model.encoder.model) + decoder_blocks(model)
     units: list[nn.Module] = []
     for stage in model_stages(model):
         blocks = getattr(stage, "blocks", None)
@@ -77,16 +89,50 @@ class _CheckpointedSequential(nn.Sequential):
         return input
 
 
+_CHECKPOINTED: dict[type, type] = {}
+
+
+def _checkpointed_class(cls: type) -> type:
+    """A subclass of ``cls`` whose forward recomputes its activations during backward
+    (one per class, so that modules of one class share it)."""
+    if cls not in _CHECKPOINTED:
+
+        def forward(self, *args, **kwargs):
+            run = super(sub, self).forward
+            if not torch.is_grad_enabled():
+                return run(*args, **kwargs)
+            # Non-reentrant, as in _CheckpointedSequential.
+            return checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+        sub = type(f"Checkpointed{cls.__name__}", (cls,), {"forward": forward})
+        _CHECKPOINTED[cls] = sub
+    return _CHECKPOINTED[cls]
+
+
+def _set_unit_checkpointing(units: list[nn.Module], enable: bool) -> None:
+    """Swap each unit's class to its checkpointed subclass (or back): its children,
+    parameters and state-dict keys stay, only ``forward`` changes."""
+    originals = {sub: cls for cls, sub in _CHECKPOINTED.items()}
+    for unit in units:
+        plain = originals.get(type(unit), type(unit))
+        unit.__class__ = _checkpointed_class(plain) if enable else plain
+
+
 def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> str:
     """Turn activation checkpointing on or off.
 
     Uses timm's ``model.set_grad_checkpointing`` when the model has it. Otherwise every
     stage (`model_stages`) that is a plain ``nn.Sequential`` gets its class swapped
-    to one that checkpoints each child; disabling swaps it back.
+    to one that checkpoints each child; disabling swaps it back. A segmentation model
+    gets each of its `checkpoint_units` swapped to a class that checkpoints it.
 
     Returns:
         ``"timm"``, ``"generic"``, or ``"none"`` when neither applies.
     """
+    if is_segmentation_model(model):
+        units = checkpoint_units(model)
+        _set_unit_checkpointing(units, enable)
+        return "generic" if units else "none"
     if hasattr(model, "set_grad_checkpointing"):
         try:
             model.set_grad_checkpointing(enable)

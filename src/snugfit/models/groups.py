@@ -1,7 +1,8 @@
 """Layer groups (for freezing and discriminative learning rates), weight decay, BatchNorm.
 
 `layer_groups` / `group_names` split a model into body groups (from timm's
-``group_matcher``) plus the head as the last group; `freeze_groups` freezes a
+``group_matcher``) plus the head as the last group (for a segmentation model: the
+encoder's stages, then the decoder and head together); `freeze_groups` freezes a
 prefix of them; `norm_and_bias_param_names` names the parameters that get no
 weight decay; `batchnorm_to_eval` keeps frozen BatchNorm statistics put.
 """
@@ -16,6 +17,8 @@ from timm.models import group_parameters
 from torch import nn
 
 from snugfit.errors import SnugfitError
+from snugfit.models.encoders import classifier_matcher, encoder_param_groups
+from snugfit.models.segmentation import SegmentationModel, is_segmentation_model
 
 NamedParams = list[tuple[str, nn.Parameter]]
 
@@ -28,6 +31,12 @@ def layer_groups(model: nn.Module) -> list[NamedParams]:
     always the head: exactly the parameters of ``model.get_classifier()``. Models
     without a group matcher get their body split into up to two groups by
     top-level children; their head is ``get_classifier()`` or the last ``nn.Linear``.
+
+    A segmentation model (`is_segmentation_model`) is split into its encoder's
+    groups, named and split as its timm classifier's body would be (the classifier's
+    ``group_matcher``; two halves by top-level children without one), and one last
+    group, ``"decoder+head"``: the decoder and the segmentation head. So freezing all
+    groups but the last freezes exactly the encoder.
 
     Every parameter appears in exactly one group; empty groups are dropped.
 
@@ -49,6 +58,8 @@ def group_names(model: nn.Module) -> list[str]:
 
 
 def _named_groups(model: nn.Module) -> list[tuple[str, NamedParams]]:
+    if is_segmentation_model(model):
+        return _segmentation_groups(model)
     head_ids = {id(p) for p in _head_module_params(model)}
     named = list(model.named_parameters())
     head = [(n, p) for n, p in named if id(p) in head_ids]
@@ -60,6 +71,26 @@ def _named_groups(model: nn.Module) -> list[tuple[str, NamedParams]]:
     )
     groups = [(name, params) for name, params in groups if params]
     return [*groups, ("head", head)]
+
+
+def _segmentation_groups(model: SegmentationModel) -> list[tuple[str, NamedParams]]:
+    """The encoder's groups, then ``"decoder+head"``: everything outside the encoder."""
+    prefix = "encoder.model."
+    named = list(model.named_parameters())
+    encoder = {n[len(prefix) :]: p for n, p in named if n.startswith(prefix)}
+    split = encoder_param_groups(model.encoder.model, model.arch)
+    if split is None:
+        groups = _fallback_body_groups(model.encoder.model, list(encoder.items()))
+    else:
+        matcher = classifier_matcher(model.arch)
+        groups = [
+            (_group_kind(first, matcher) if first else "neck", [(n, encoder[n]) for n in names])
+            for first, names in split
+        ]
+        groups = _number_names(groups)
+    groups = [(name, [(prefix + n, p) for n, p in params]) for name, params in groups if params]
+    rest = [(n, p) for n, p in named if not n.startswith(prefix)]
+    return [*groups, ("decoder+head", rest)]
 
 
 def _head_module_params(model: nn.Module) -> list[nn.Parameter]:
