@@ -68,7 +68,9 @@ def scene(size: tuple[int, int], rng: np.random.Generator, photos: list[Path]):
         k = int(rng.integers(1, 4))
         m = np.array(_shape_mask(k, h, w, rng)) > 127
         img[m] = _texture(k, h, w, rng)[m]
-        edge = np.array(Image.fromarray(m.astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)) > 0
+        edge = (
+            np.array(Image.fromarray(m.astype(np.uint8) * 255).filter(ImageFilter.FIND_EDGES)) > 0
+        )
         mask[m] = k
         mask[edge] = 255
     return img, mask

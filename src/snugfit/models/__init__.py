@@ -31,6 +31,7 @@ from snugfit.models.segmentation import (
     is_segmentation_model,
     segmentation_config,
 )
+from snugfit.models.specs import class_rows, has_classifier, rebuild, spec
 from snugfit.models.weights import convert_by_order, load_weights
 
 __all__ = [
@@ -38,11 +39,13 @@ __all__ = [
     "SegmentationModel",
     "batchnorm_to_eval",
     "checkpoint_units",
+    "class_rows",
     "convert_by_order",
     "create_model",
     "create_segmentation_model",
     "freeze_groups",
     "group_names",
+    "has_classifier",
     "imagenet_rows",
     "is_cnn",
     "is_norm",
@@ -54,6 +57,8 @@ __all__ = [
     "norm_and_bias_param_names",
     "packaged_lite0_weights",
     "pretrained_timm_model",
+    "rebuild",
     "segmentation_config",
     "set_grad_checkpointing",
+    "spec",
 ]

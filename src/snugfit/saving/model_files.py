@@ -55,7 +55,9 @@ def read_model_folder(path) -> tuple[nn.Module, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SnugfitError(f"{meta_file}: not valid JSON ({e})") from None
     _check_meta(meta, meta_file)
-    model = models.create_model(meta["arch"], len(meta["vocab"]), pretrained=False)
+    if meta.get("decoder") is not None and not isinstance(meta["decoder"], str):
+        raise SnugfitError(f"{meta_file}: field 'decoder' must be a decoder name")
+    model = models.rebuild(meta, len(meta["vocab"]))
     _check_classes(model, weights_file, len(meta["vocab"]), meta_file)
     try:
         load_model(model, str(weights_file))
@@ -119,10 +121,7 @@ def _check_classes(model, weights_file: Path, n_classes: int, meta_file: Path) -
     """
     from safetensors import safe_open
 
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    names = {id(p): n for n, p in model.named_parameters()}
-    weight = getattr(head, "weight", None)
-    key = names.get(id(weight)) if weight is not None else None
+    key = models.class_rows(model)
     if key is None:
         return  # no single linear head to compare with: load_model checks shapes
     try:

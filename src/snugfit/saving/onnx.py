@@ -51,7 +51,10 @@ INPUT_FORMAT = (
     "float32 NCHW RGB: resized to cover round(size / crop_pct), center crop of size "
     "(a side, or [height, width]), scaled to [0, 1], then (x - mean) / std per channel"
 )
-OUTPUT_FORMAT = "logits (N, len(vocab)): softmax gives probabilities (sigmoid if multi_label)"
+OUTPUT_FORMAT = (
+    "logits (N, len(vocab)), or (N, len(vocab), height, width) for a segmentation model: "
+    "softmax over the classes gives probabilities (sigmoid if multi_label)"
+)
 _INSTALL = "install it with: pip install 'snugfit[onnx]'"
 
 
@@ -115,13 +118,14 @@ def export_onnx(
     else:
         if path is None:
             raise SnugfitError("export_onnx: give the path of the .onnx file to write")
-        model, cfg = learn_or_path.model, {"arch": learn_or_path.arch, **learn_or_path.infer_config}
+        learn = learn_or_path
+        model, cfg = learn.model, {**learn.model_spec, **learn.infer_config}
     path = Path(path)
     try:
         import onnx  # noqa: F401 (needed by both exporters and for the metadata)
     except ImportError:
         raise SnugfitError(f"export --onnx needs the onnx package; {_INSTALL}") from None
-    model = _fp32_copy(model, cfg["arch"], len(cfg["vocab"]))
+    model = _fp32_copy(model, cfg)
     meta = {**cfg, "input_format": INPUT_FORMAT, "output": OUTPUT_FORMAT}
     props = {k: json.dumps(v) for k, v in meta.items()}
     # Dynamo specialises a dimension traced at size 1: trace a dynamic batch at 2.
@@ -134,15 +138,16 @@ def export_onnx(
     return result
 
 
-def _fp32_copy(model: nn.Module, arch: str | None, n_classes: int) -> nn.Module:
+def _fp32_copy(model: nn.Module, cfg: dict) -> nn.Module:
     """``model`` as a fresh float32 CPU module in eval mode.
 
-    Rebuilt from the architecture name when there is one: the copy then has none of
-    the training-time state (activation checkpointing, ``torch.compile``,
-    channels-last weights) that could change what the exporter traces.
+    Rebuilt from its saved description (``cfg``: the architecture, and the decoder of
+    a segmentation model) when there is one: the copy then has none of the
+    training-time state (activation checkpointing, ``torch.compile``, channels-last
+    weights) that could change what the exporter traces.
     """
-    if arch is not None:
-        copy_ = models.create_model(arch, n_classes, pretrained=False)
+    if cfg.get("arch") is not None:
+        copy_ = models.rebuild(cfg, len(cfg["vocab"]))
         copy_.load_state_dict(model.state_dict())
     else:
         copy_ = copy.deepcopy(model).cpu()

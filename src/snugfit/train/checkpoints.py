@@ -107,12 +107,12 @@ class CheckpointIO:
         """Write ``path/model.safetensors`` and ``path/snugfit.json``: no pickle."""
         if not distributed.is_main():
             return Path(path)  # rank 0 writes for all
-        if self.arch is None:
+        if self.model_spec["arch"] is None:
             raise SnugfitError(
                 "save: this learner's model is not a timm architecture name; "
                 "save its state_dict yourself or build it with vision_learner(arch='...')"
             )
-        return write_model_folder(path, self.model, {"arch": self.arch, **self.infer_config})
+        return write_model_folder(path, self.model, {**self.model_spec, **self.infer_config})
 
     def to(self, device: torch.device):
         """Move the model to ``device`` (a learner loaded for prediction)."""

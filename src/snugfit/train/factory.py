@@ -1,5 +1,6 @@
-"""Making learners: for transfer learning from a timm architecture, or for prediction
-from a saved model folder."""
+"""Making learners: for transfer learning from a timm architecture (classification,
+`vision_learner`; segmentation, `segmentation_learner` / `unet_learner`), or for
+prediction from a saved model folder (`load_learner`)."""
 
 from __future__ import annotations
 
@@ -59,10 +60,55 @@ def vision_learner(
     return learn
 
 
+def segmentation_learner(
+    dls,
+    arch: str,
+    decoder: str = "unet",
+    pretrained: bool = True,
+    weights=None,
+    metrics: Sequence | None = None,
+    **kwargs,
+) -> Learner:
+    """A Learner for segmentation: a segmentation-models-pytorch decoder on a timm encoder.
+
+    The encoder starts from ``arch``'s pretrained ImageNet weights (timm's hub, the
+    packaged EfficientNet-Lite0, or a local ``weights`` file in timm or
+    efficientnet-pytorch format, every shape checked), the decoder and head from
+    scratch; the data is normalised with the encoder's mean/std (``learn.dls`` is a
+    copy of ``dls`` with that preprocessing), and the encoder is frozen when it starts
+    pretrained (``fine_tune`` unfreezes it). Layer groups: the encoder's stages, then
+    the decoder and head. Images of any size go through (padded to the encoder's
+    output stride, the logits cropped back).
+
+    Args:
+        dls: `SegmentationDataLoaders`.
+        arch: a timm encoder name, e.g. "resnet34" or "tf_efficientnet_lite0".
+        decoder: "unet", "fpn" or "deeplabv3plus".
+        pretrained, weights: as for `vision_learner`.
+        metrics: metric names or callables; None: the task's (dice, iou, pixel_accuracy).
+        **kwargs: passed to `Learner`.
+    """
+    metrics = dls.task.default_metrics if metrics is None else metrics
+    model = models.create_segmentation_model(
+        arch, dls.c, decoder=decoder, pretrained=pretrained, weights=weights
+    )
+    cfg = models.segmentation_config(model)
+    pre = dls.preprocessing.replace(mean=cfg["mean"], std=cfg["std"])  # crop_pct stays
+    learn = Learner(dls.with_preprocessing(pre), model, metrics=metrics, arch=arch, **kwargs)
+    if pretrained or weights is not None:
+        learn.freeze()
+    return learn
+
+
+def unet_learner(dls, arch: str, **kwargs) -> Learner:
+    """fastai's name: `segmentation_learner` with a UNet decoder."""
+    return segmentation_learner(dls, arch, decoder="unet", **kwargs)
+
+
 def load_learner(path, device: str | torch.device | None = None) -> Learner:
     """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
     model, meta = read_model_folder(path)
-    infer = {k: v for k, v in meta.items() if k not in ("format_version", "arch")}
+    infer = {k: v for k, v in meta.items() if k not in ("format_version", "arch", "decoder")}
     learn = Learner(None, model, arch=meta["arch"], infer=infer)
     if device is not None:
         from snugfit.data.loaders import resolve_device

@@ -229,6 +229,18 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
         return {"vocab": self.vocab, **self.preprocessing.to_config(), **self.task.config()}
 
     @property
+    def model_spec(self) -> dict:
+        """What a saved model needs to rebuild the network: ``arch`` (and ``decoder``)."""
+        return models.spec(self.model, self.arch)
+
+    @property
+    def can_precompute(self) -> bool:
+        """Whether the head can train alone on precomputed features: a classifier's
+        head can; a segmentation decoder, which needs the encoder's skip features,
+        cannot (and not under torchrun, which shards images)."""
+        return models.has_classifier(self.model) and not self.distributed
+
+    @property
     def multi_label(self) -> bool:
         return self.task.multi_label
 
@@ -368,7 +380,7 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
             # Every rank trains on its shard of each batch (precomputed features are
             # not sharded: the head trains on images), through DDP.
             return self.dls.train, self.dls.valid, distributed.wrap(self.model, self.device)
-        if self.precompute and self.frozen_to == len(self.groups) - 1:
+        if self.precompute and self.can_precompute and self.frozen_to == len(self.groups) - 1:
             train, valid = feature_loaders(self, self._features)
             return train, valid, self.model.get_classifier()
         return self.dls.train, self.dls.valid, self.model

@@ -203,6 +203,11 @@ def _check_auto_fit(schedule: str, sizes, **values) -> None:
 def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find, cbs) -> float:
     """Steps 1-4: the head on precomputed features (or images), then with
     augmentation; returns the head's learning rate."""
+    if precompute and head_epochs and not learn.can_precompute:
+        _log(learn, "  precomputed features do not apply to this model (its decoder needs the "
+                    "encoder's skip features, or torchrun shards the images): the head trains "
+                    "on images")  # fmt: skip
+        precompute = False
     learn.precompute = precompute
     if head_epochs:
         _phase(learn, "head on " + ("precomputed features" if precompute else "images"))

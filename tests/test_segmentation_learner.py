@@ -1,0 +1,84 @@
+"""A Learner on a segmentation model: training, freezing, planning, saving, resuming."""
+
+import io
+from types import SimpleNamespace
+
+import torch
+from rich.console import Console
+
+from snugfit import Learner
+from snugfit.models import create_segmentation_model
+from snugfit.tasks import Segmentation
+from snugfit.train.factory import load_learner
+
+CODES = ["background", "blob"]
+
+
+def blob_batches(n_batches=3, bs=4, hw=(32, 48), seed=0):
+    """Images whose mask is where the red channel is high (a learnable rule)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(bs, 3, *hw, generator=g)
+        y = (x[:, 0] > 0.5).long()
+        y[:, 0, :] = 255  # a void row
+        out.append((x, y))
+    return out
+
+
+def seg_dls(**kw):
+    batches = blob_batches(**kw)
+    return SimpleNamespace(
+        train=batches, valid=batches[:1], bs=batches[0][0].shape[0], device=torch.device("cpu"),
+        vocab=CODES, c=2, size=tuple(batches[0][0].shape[-2:]), crop_pct=1.0,
+        mean=(0.5,) * 3, std=(0.5,) * 3, task=Segmentation(),
+    )  # fmt: skip
+
+
+def seg_learner(decoder="unet", **kw):
+    torch.manual_seed(0)
+    model = create_segmentation_model("resnet18", 2, decoder=decoder, pretrained=False)
+    quiet = Console(file=io.StringIO())
+    return Learner(seg_dls(), model, metrics=["dice", "iou"], arch="resnet18",
+                   precision="fp32", console=quiet, **kw)  # fmt: skip
+
+
+def test_it_trains_and_the_encoder_freezes():
+    learn = seg_learner()
+    learn.freeze()
+    names = {n for n, p in learn.model.named_parameters() if p.requires_grad}
+    assert names and all(not n.startswith("encoder.") for n in names)
+    assert not learn.can_precompute  # the decoder needs the encoder's skip features
+    before = learn.validate()
+    learn.unfreeze()
+    learn.fit_one_cycle(4, 1e-3)
+    after = learn.validate()
+    assert after["valid_loss"] < before["valid_loss"] and 0 <= after["dice"] <= 1
+    rows = learn.recorder.rows
+    assert {"dice", "iou"} <= rows[-1].keys() and len(rows) == 4
+
+
+def test_plan_checkpointing_and_micro_batches_keep_the_math():
+    a, b = seg_learner(), seg_learner(micro_bs=2, checkpointing=True, bn_freeze_below=0)
+    for learn in (a, b):
+        learn.unfreeze()
+        learn.model.eval()  # no BN statistics: micro-batches are then exact
+    xb, yb = a.dls.train[0]
+    la, lb = a.train_step(xb, yb), b.train_step(xb, yb)
+    assert torch.allclose(la, lb, atol=1e-5) and b.checkpointing
+    p = seg_learner(memory_budget="1GB").plan(bs=4, size=(32, 48))
+    assert p.chosen is not None and p.size == (32, 48)
+
+
+def test_save_load_predicts_the_same_masks(tmp_path):
+    learn = seg_learner()
+    learn.fit(1, 1e-3)
+    folder = learn.save(tmp_path / "m")
+    loaded = load_learner(folder)
+    assert loaded.task.name == "segmentation" and loaded.model_spec == {
+        "arch": "resnet18", "decoder": "unet",
+    }  # fmt: skip
+    x = learn.dls.valid[0][0]
+    learn.model.eval(), loaded.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval_outputs(x), learn.eval_outputs(x), atol=1e-5)
