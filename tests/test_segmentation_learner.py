@@ -82,3 +82,24 @@ def test_save_load_predicts_the_same_masks(tmp_path):
     learn.model.eval(), loaded.model.eval()
     with torch.no_grad():
         assert torch.allclose(loaded.eval_outputs(x), learn.eval_outputs(x), atol=1e-5)
+
+
+def test_interpretation_and_report_sections(tmp_path):
+    from snugfit.app.report import write_report
+    from snugfit.infer.interpret import interpret
+    from snugfit.infer.interpret_seg import image_dice
+
+    learn = seg_learner()
+    found = interpret(learn)
+    seg = found["seg"]
+    y = learn.dls.valid[0][1]
+    assert seg.confusion.sum() == (y != 255).sum()  # every non-void pixel, once
+    assert len(seg.worst) == 4 and seg.worst[0].dice <= seg.worst[-1].dice
+    assert seg.worst[0].image.shape[0] == 3 and seg.worst[0].truth.shape == seg.worst[0].pred.shape
+    # one image's Dice by hand: background left out, a class in neither is not counted
+    pred = torch.tensor([[0, 1], [1, 1]])
+    truth = torch.tensor([[0, 1], [0, 255]])
+    assert image_dice(pred, truth, 3) == 2 * 1 / (2 * 1 + 1 + 0)
+    page = write_report(tmp_path, status="completed", **found).read_text()
+    assert "lowest Dice" in page and page.count('data-name="thumb"') == 3 * 4
+    assert '<td class="l">blob</td>' in page

@@ -48,6 +48,7 @@ from snugfit.app.html_page import (
     table,
     tensor_png,
 )
+from snugfit.app.report_seg import seg_sections
 from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPPED, RunFolder
 from snugfit.data.check_report import describe, problem_groups
 from snugfit.events import read_events
@@ -81,6 +82,7 @@ def write_report(
     events: Sequence[dict] | None = None,
     top_k: int = 9,
     per_label: dict | None = None,
+    seg=None,
 ) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
@@ -91,11 +93,13 @@ def write_report(
         status: how the run ended: "completed", or the reason it stopped.
         events: the event log; default ``run_dir/events.jsonl``.
         top_k: images in the top-losses section.
-        per_label: a multi-label run's `snugfit.interpret.per_label_report` of
+        per_label: a multi-label run's `snugfit.infer.interpret.per_label_report` of
             the final model (None: not computed, or a single-label run).
+        seg: a segmentation run's `SegmentationInterpretation` of the final model
+            (`snugfit.app.report_seg` shows it).
     """
     run_dir = Path(run_dir)
-    page = build_report(run_dir, interp, status, events, top_k, per_label)
+    page = build_report(run_dir, interp, status, events, top_k, per_label, seg)
     path = RunFolder(run_dir).report
 
     def write(tmp):
@@ -112,6 +116,7 @@ def build_report(
     events: Sequence[dict] | None = None,
     top_k: int = 9,
     per_label: dict | None = None,
+    seg=None,
 ) -> str:
     """The page `write_report` writes, as a string."""
     folder = RunFolder(run_dir)
@@ -132,6 +137,8 @@ def build_report(
         "skipped": _skipped(folder.skipped),
         "events": _event_log(events),
     }
+    if seg is not None:
+        body.update(seg_sections(seg))
     title = f"snugfit run: {config.get('arch', '')} on {config.get('data', run_dir)}"
     nav = " ".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name in SECTIONS)
     sections = "\n".join(

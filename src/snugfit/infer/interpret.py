@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from snugfit.errors import SnugfitError, check_count
+from snugfit.infer.interpret_seg import SegmentationInterpretation
 
 log = logging.getLogger("snugfit")
 
@@ -434,6 +435,15 @@ def _multi_label(learn) -> dict:
     return {"per_label": per_label_report(probs, targs, learn.vocab, learn.threshold)}
 
 
+def _segmentation(learn) -> dict:
+    return {"seg": SegmentationInterpretation.from_learner(learn)}
+
+
 # What the report shows of a final model, per task: a confusion matrix and top losses
-# for single-label models, precision/recall/F1 per label for multi-label ones.
-INTERPRETERS = {"single_label": _single_label, "multi_label": _multi_label}
+# for single-label models, precision/recall/F1 per label for multi-label ones, Dice and
+# IoU per class and the lowest-Dice images for segmentation.
+INTERPRETERS = {
+    "single_label": _single_label,
+    "multi_label": _multi_label,
+    "segmentation": _segmentation,
+}
