@@ -30,7 +30,6 @@ from torch import nn
 from snugfit import distributed, models
 from snugfit.callbacks import Callback, ProgressCallback, Recorder
 from snugfit.callbacks.auto_precision import AutoPrecision
-from snugfit.data.preprocessing import Preprocessing
 from snugfit.errors import NonFiniteLoss, SnugfitError, check_optional_count, first_line
 from snugfit.events import EventLog
 from snugfit.memory.oom import StepSnapshot, is_oom
@@ -42,7 +41,7 @@ from snugfit.memory.precision import (
     resolve_precision,
 )
 from snugfit.memory.settings import MemorySettings
-from snugfit.tasks import MultiLabel, SingleLabel, Task, metric_name, task_from_config
+from snugfit.tasks import metric_name
 from snugfit.train.checkpoints import CheckpointIO
 from snugfit.train.fitting import Fitting
 from snugfit.train.interrupt import DeferredInterrupt
@@ -57,7 +56,7 @@ from snugfit.train.optim import (
 )
 from snugfit.train.planning import Planner
 from snugfit.train.precompute import feature_loaders
-from snugfit.train.predicting import Predicting
+from snugfit.train.predicting import Predicting, task_of
 from snugfit.train.resume import RecipeProgress, position
 
 log = logging.getLogger("snugfit")
@@ -152,7 +151,7 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
         self.sync_bn = sync_bn and self.distributed
         self.model = self._placed(model, channels_last, compile)
         self.net = self.model  # what the loop calls: the model, or only its head
-        self.task = _task_of(dls, infer)
+        self.task = task_of(dls, infer)
         self.loss_func = loss_func or self.task.loss()
         self.metrics = [self.task.metric(m) for m in metrics]
         self.groups, self.group_names = models.layer_groups(model), models.group_names(model)
@@ -209,52 +208,6 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
     @property
     def metric_names(self) -> list[str]:
         return [metric_name(m) for m in self.metrics]
-
-    @property
-    def vocab(self) -> list[str]:
-        """The class names: the data's, or the saved model's."""
-        return list(self.dls.vocab if self.dls is not None else self._infer["vocab"])
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        """How images become inputs: the data's now, or the saved model's."""
-        if self.dls is None:
-            return Preprocessing.from_config(self._infer)
-        return _preprocessing_of(self.dls)
-
-    @property
-    def infer_config(self) -> dict:
-        """What predicting needs without training data (and what `save` writes): the
-        classes, the image transform and the task's settings."""
-        return {"vocab": self.vocab, **self.preprocessing.to_config(), **self.task.config()}
-
-    @property
-    def model_spec(self) -> dict:
-        """What a saved model needs to rebuild the network: ``arch`` (and ``decoder``)."""
-        return models.spec(self.model, self.arch)
-
-    @property
-    def can_precompute(self) -> bool:
-        """Whether the head can train alone on precomputed features: a classifier's
-        head can; a segmentation decoder, which needs the encoder's skip features,
-        cannot (and not under torchrun, which shards images)."""
-        return models.has_classifier(self.model) and not self.distributed
-
-    @property
-    def multi_label(self) -> bool:
-        return self.task.multi_label
-
-    @property
-    def threshold(self) -> float:
-        """Multi-label: `predict` returns the classes whose probability is above it
-        (saved with the model)."""
-        return getattr(self.task, "threshold", 0.5)
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        if not self.task.multi_label:
-            raise SnugfitError("threshold: only multi-label models decide by a threshold")
-        self.task = self.task.with_threshold(value)
 
     # -- freezing -----------------------------------------------------------
     def freeze_to(self, n: int) -> None:
@@ -481,22 +434,3 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
     def autocast(self):
         """The mixed-precision context of forward passes (a no-op in fp32)."""
         return autocast_for(self.precision, self.device)
-
-
-def _task_of(dls, infer: dict | None) -> Task:
-    """The task: the data's, else the saved model's (``infer``), else single-label."""
-    if dls is None:
-        return task_from_config(infer or {})
-    task = getattr(dls, "task", None)
-    if task is not None:
-        return task
-    return MultiLabel() if getattr(dls, "multi_label", False) else SingleLabel()
-
-
-def _preprocessing_of(dls) -> Preprocessing:
-    """``dls.preprocessing``; loaders without one (a custom or fake loader) describe
-    their images by ``size``, ``mean``, ``std`` and ``crop_pct``."""
-    p = getattr(dls, "preprocessing", None)
-    if p is not None:
-        return p
-    return Preprocessing(dls.size, mean=dls.mean, std=dls.std, crop_pct=dls.crop_pct)

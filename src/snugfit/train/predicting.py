@@ -1,8 +1,10 @@
 """Evaluation and prediction through a learner (the work is `snugfit.infer`'s).
 
-`Predicting` is the part of `snugfit.train.learner.Learner` that runs the model
-without a graph: `eval_outputs` (chunks halved on out-of-memory, through
-``set_memory``), validation, ``get_preds``, ``predict`` and test-time augmentation.
+`Predicting` is the part of `snugfit.train.learner.Learner` that knows what the
+model predicts (its classes, preprocessing, task, and what a saved model needs:
+``infer_config``, ``model_spec``) and runs it without a graph: `eval_outputs`
+(chunks halved on out-of-memory, through ``set_memory``), validation,
+``get_preds``, ``predict`` and test-time augmentation.
 """
 
 from __future__ import annotations
@@ -12,15 +14,65 @@ from collections.abc import Sequence
 
 import torch
 
-from snugfit.errors import first_line
+from snugfit import models
+from snugfit.data.preprocessing import Preprocessing
+from snugfit.errors import SnugfitError, first_line
 from snugfit.infer import evaluate, tta
 from snugfit.memory.oom import is_oom, release_memory
+from snugfit.tasks import MultiLabel, SingleLabel, Task, task_from_config
 
 log = logging.getLogger("snugfit")
 
 
 class Predicting:
-    """Forward passes without a graph (see the module docstring)."""
+    """Forward passes without a graph, and what a prediction needs to know (see the
+    module docstring)."""
+
+    @property
+    def vocab(self) -> list[str]:
+        """The class names: the data's, or the saved model's."""
+        return list(self.dls.vocab if self.dls is not None else self._infer["vocab"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become inputs: the data's now, or the saved model's."""
+        if self.dls is None:
+            return Preprocessing.from_config(self._infer)
+        return preprocessing_of(self.dls)
+
+    @property
+    def infer_config(self) -> dict:
+        """What predicting needs without training data (and what `save` writes): the
+        classes, the image transform and the task's settings."""
+        return {"vocab": self.vocab, **self.preprocessing.to_config(), **self.task.config()}
+
+    @property
+    def model_spec(self) -> dict:
+        """What a saved model needs to rebuild the network: ``arch`` (and ``decoder``)."""
+        return models.spec(self.model, self.arch)
+
+    @property
+    def can_precompute(self) -> bool:
+        """Whether the head can train alone on precomputed features: a classifier's
+        head can; a segmentation decoder, which needs the encoder's skip features,
+        cannot (and not under torchrun, which shards images)."""
+        return models.has_classifier(self.model) and not self.distributed
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task.multi_label
+
+    @property
+    def threshold(self) -> float:
+        """Multi-label: `predict` returns the classes whose probability is above it
+        (saved with the model)."""
+        return getattr(self.task, "threshold", 0.5)
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if not self.task.multi_label:
+            raise SnugfitError("threshold: only multi-label models decide by a threshold")
+        self.task = self.task.with_threshold(value)
 
     def eval_outputs(self, xb: torch.Tensor) -> torch.Tensor:
         """Outputs (float32) of a batch without a graph, in chunks of ``eval_bs``;
@@ -82,3 +134,22 @@ class Predicting:
         validation set), ``(1 - beta) *`` the mean over ``n`` augmented passes ``+ beta *``
         the plain predictions; ``beta=None``: the augmented mean only (see `snugfit.infer.tta`)."""
         return tta.tta(self, n=n, dl=dl, beta=beta, seed=seed)
+
+
+def task_of(dls, infer: dict | None) -> Task:
+    """The task: the data's, else the saved model's (``infer``), else single-label."""
+    if dls is None:
+        return task_from_config(infer or {})
+    task = getattr(dls, "task", None)
+    if task is not None:
+        return task
+    return MultiLabel() if getattr(dls, "multi_label", False) else SingleLabel()
+
+
+def preprocessing_of(dls) -> Preprocessing:
+    """``dls.preprocessing``; loaders without one (a custom or fake loader) describe
+    their images by ``size``, ``mean``, ``std`` and ``crop_pct``."""
+    p = getattr(dls, "preprocessing", None)
+    if p is not None:
+        return p
+    return Preprocessing(dls.size, mean=dls.mean, std=dls.std, crop_pct=dls.crop_pct)
