@@ -33,10 +33,13 @@ With ``sync_bn`` the BatchNorm layers communicate inside every forward and
 backward: an OOM on one rank would leave the others waiting there, so OOM
 recovery is off and an OOM ends the job (torchrun stops the other ranks).
 
-Validation is sharded the same way (no sample is seen twice, no padding), and
-the loss and metrics are means over the whole set: per-rank means weighted by
-the shard's size, summed (`weighted_means`). Metrics must be means over samples
-(accuracy, error rate...) for that to be exact.
+Validation is sharded the same way (no sample is seen twice, no padding): each
+rank's evaluator (the task's, `snugfit.tasks.evaluation`) keeps sums that add over
+samples, and one host all-reduce of them (`reduce_sums`) gives every rank the
+whole set's loss and metrics. That is exact for sums (segmentation's pixel counts)
+and for values that are means over samples (classification's loss, accuracy,
+error rate, accuracy_multi, f1_samples); a user's metric that is not a mean over
+samples becomes the mean of the shards' values weighted by their sizes.
 
 Only rank 0 writes files and prints; `is_main` says which rank this is.
 """
@@ -253,15 +256,6 @@ def reduce_gradients(params: list[nn.Parameter], weight: float, loss_sum: torch.
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
     return total
-
-
-def weighted_means(values: list[torch.Tensor], n: int) -> list[float]:
-    """Means over all ranks of per-rank means ``values`` over ``n`` samples each."""
-    device = values[0].device if values else torch.device("cpu")
-    t = torch.stack([v.detach().double().reshape(()) * n for v in values])
-    t = torch.cat([t, torch.tensor([float(n)], dtype=torch.float64, device=device)])
-    dist.all_reduce(t)
-    return (t[:-1] / t[-1]).tolist()
 
 
 def gather_batches(

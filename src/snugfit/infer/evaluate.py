@@ -1,5 +1,9 @@
 """Forward passes without a graph: evaluation, outputs over a loader, predicting images.
 
+Evaluation streams: each batch's outputs go to the task's evaluator
+(`snugfit.tasks.evaluation`) as they come, so a set whose outputs would not fit in
+memory together (segmentation logits) is measured all the same.
+
 Every inference path of a `Learner` (validation in the loop, `get_preds`,
 `predict`, and through them TTA, precomputed features and batch prediction)
 runs the model through ``learn.eval_outputs``: in chunks of ``learn.eval_bs``,
@@ -17,7 +21,7 @@ import torch
 from snugfit import distributed
 from snugfit.data.decode import prepare_for_predict
 from snugfit.errors import SnugfitError
-from snugfit.tasks.metrics import metric_name
+from snugfit.tasks.evaluation import Evaluator
 
 log = logging.getLogger("snugfit")
 
@@ -40,17 +44,30 @@ def get_preds(learn, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(outs), torch.cat(targs)
 
 
+@torch.no_grad()
 def evaluate(learn, dl) -> tuple[float, dict[str, float]]:
     """The loss and metrics over ``dl``; under torchrun, over the whole set."""
+    return evaluation(learn, dl).result()
+
+
+@torch.no_grad()
+def evaluation(learn, dl) -> Evaluator:
+    """The task's `Evaluator` fed every batch of ``dl``, one at a time (no batch's
+    outputs are kept unless the task keeps them); under torchrun each rank feeds its
+    shards and the ranks' sums are added, so it covers the whole set on every rank.
+    Its ``result()`` is `evaluate`'s; a task's evaluator may tell more (per class)."""
     if learn.distributed:
         distributed.average_buffers(learn.model)  # BN statistics moved apart on the shards
-    preds, targs = learn.get_preds(dl)
-    if learn.distributed:  # means over the whole set from each rank's shard
-        values = [learn.loss_func(preds, targs), *(m(preds, targs) for m in learn.metrics)]
-        loss, *means = distributed.weighted_means(values, len(targs))
-        return loss, {metric_name(m): v for m, v in zip(learn.metrics, means, strict=True)}
-    loss = learn.loss_func(preds, targs).item()
-    return loss, {metric_name(m): m(preds, targs).item() for m in learn.metrics}
+    learn.model.eval()
+    ev = learn.task.evaluator(learn.loss_func, learn.metrics, learn.vocab)
+    for xb, yb in dl:
+        if len(xb):  # not a rank's empty shard of a batch, under torchrun
+            ev.update(learn.eval_outputs(xb), yb)
+    if learn.distributed:
+        ev.load_sums(torch.tensor(distributed.reduce_sums(ev.sums().tolist()), dtype=torch.float64))
+    if ev.n == 0:
+        raise SnugfitError("the validation set yielded no images (all unreadable?)")
+    return ev
 
 
 @torch.no_grad()

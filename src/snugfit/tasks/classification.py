@@ -8,20 +8,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from snugfit.errors import SnugfitError
+from snugfit.tasks.evaluation import ConcatEvaluator, Evaluator
 from snugfit.tasks.metrics import METRICS, MULTI_LABEL_DEFAULTS, SINGLE_LABEL
+from snugfit.tasks.seg_metrics import SEGMENTATION_METRICS
 from snugfit.tasks.task import Task, stack_class_indices, stack_vectors
 
 
 def _named_metric(m, refused: Sequence[str], hint: str):
     if not isinstance(m, str):
         return m
+    if m in SEGMENTATION_METRICS:
+        raise SnugfitError(f"metrics: {m!r} needs segmentation data")
     if m not in METRICS:
         raise SnugfitError(f"metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
     if m in refused:
@@ -29,7 +33,17 @@ def _named_metric(m, refused: Sequence[str], hint: str):
     return METRICS[m]
 
 
-class SingleLabel(Task):
+class _Classification(Task):
+    """What both classification tasks share: evaluation over the set's outputs."""
+
+    def evaluator(self, loss_func: Callable, metrics: Sequence, vocab: Sequence[str]) -> Evaluator:
+        return ConcatEvaluator(loss_func, metrics)
+
+    def csv_values(self, probs: Tensor) -> list[float]:
+        return probs.tolist()
+
+
+class SingleLabel(_Classification):
     """One class per image: cross-entropy on logits, softmax probabilities."""
 
     name = "single_label"
@@ -74,7 +88,7 @@ class SingleLabel(Task):
         return {"multi_label": False}
 
 
-class MultiLabel(Task):
+class MultiLabel(_Classification):
     """Any set of classes per image (possibly none): a sigmoid and binary
     cross-entropy per class (fastai's ``BCEWithLogitsLossFlat``: the mean over samples
     and classes); a class is predicted when its probability is above ``threshold``."""
@@ -133,21 +147,3 @@ class MultiLabel(Task):
 
     def config(self) -> dict:
         return {"multi_label": True, "threshold": self.threshold}
-
-
-def task_from_config(cfg: dict, where: str = "task") -> Task:
-    """The task a saved model was trained for (its ``snugfit.json``), its fields checked
-    (a file may come from someone else); ``where`` names the file in errors.
-
-    ``multi_label`` is optional (older files are single-label); a multi-label model
-    has a ``threshold`` in [0, 1].
-    """
-    multi = cfg.get("multi_label", False)
-    if not isinstance(multi, bool):
-        raise SnugfitError(f"{where}: field 'multi_label' must be true or false")
-    if not multi:
-        return SingleLabel()
-    t = cfg.get("threshold")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
-        raise SnugfitError(f"{where}: field 'threshold' must be a number in [0, 1]")
-    return MultiLabel(t)

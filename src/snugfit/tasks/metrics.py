@@ -1,7 +1,9 @@
-"""Metrics computed over a whole validation set, on the device.
+"""Classification metrics, computed over a whole validation set, on the device.
 
 A metric takes the concatenated model outputs and targets of the validation
-set and returns a 0-d tensor; the loop calls ``.item()`` once per epoch.
+set and returns a 0-d tensor (`snugfit.tasks.evaluation.ConcatEvaluator` calls it
+once per evaluation). Segmentation's metrics read a confusion matrix of pixels
+instead (`snugfit.tasks.seg_metrics`).
 
 Single-label metrics (`accuracy`, `error_rate`) take logits ``(N, C)`` and class
 indices ``(N,)``; multi-label ones (`accuracy_multi`, `f1_samples`) take logits
@@ -20,8 +22,6 @@ from __future__ import annotations
 import functools
 
 import torch
-
-from snugfit.errors import SnugfitError
 
 
 def accuracy(preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
@@ -85,17 +85,3 @@ def metric_name(fn) -> str:
     if isinstance(fn, functools.partial):
         return metric_name(fn.func)
     return getattr(fn, "__name__", type(fn).__name__)
-
-
-def resolve_metric(m, multi_label: bool = False):
-    """A metric callable from a name in `METRICS` (checked against the labels), or ``m``."""
-    if isinstance(m, str):
-        if m not in METRICS:
-            raise SnugfitError(f"metrics: unknown metric {m!r}; known: {', '.join(METRICS)}")
-        if multi_label and m in SINGLE_LABEL:
-            raise SnugfitError(
-                f"metrics: {m!r} needs single-label data; for multi-label use "
-                f"{' or '.join(repr(n) for n in MULTI_LABEL_DEFAULTS)}"
-            )
-        return METRICS[m]
-    return m

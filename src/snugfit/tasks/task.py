@@ -1,4 +1,4 @@
-"""The task seam: what differs between single-label, multi-label (and later segmentation).
+"""The task seam: what differs between single-label, multi-label and segmentation.
 
 A `Task` is one small object that knows, for its kind of target:
 
@@ -6,8 +6,11 @@ A `Task` is one small object that knows, for its kind of target:
   (`target`, `stack_targets`, `empty_targets`), and a batch image's title (`title`);
 - training: the default loss and metrics, and which metric names make sense
   (`loss`, `default_metrics`, `metric`);
+- evaluation: the loss and metrics over a set, one batch at a time (`evaluator`, an
+  `snugfit.tasks.evaluation.Evaluator`; under torchrun its sums add over ranks);
 - prediction: outputs to probabilities (`activation`), probabilities to labels
-  (`labels`), a prediction as CSV cells and as a printed line (`csv_cells`, `line`);
+  (`labels`), a prediction as CSV cells and as a printed line (`csv_cells`,
+  `csv_values`, `line`);
 - the model: whether a new head may start from ImageNet's classifier rows
   (`imagenet_head`), and what is saved with the model (`config`, `task_from_config`).
 
@@ -17,11 +20,13 @@ and never ask which task they have.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from snugfit.tasks.evaluation import Evaluator
 
 
 class Task:
@@ -59,6 +64,11 @@ class Task:
         """A metric callable from a name (checked against the task), or ``m`` itself."""
         raise NotImplementedError
 
+    def evaluator(self, loss_func: Callable, metrics: Sequence, vocab: Sequence[str]) -> Evaluator:
+        """A fresh `Evaluator` of ``loss_func`` and ``metrics`` (from `metric`) over a set
+        of these classes."""
+        raise NotImplementedError
+
     # -- prediction -----------------------------------------------------------
     def activation(self, outputs: Tensor) -> Tensor:
         """Probabilities from model outputs."""
@@ -70,6 +80,10 @@ class Task:
 
     def csv_cells(self, probs: Tensor, vocab: Sequence[str]) -> tuple[str, float]:
         """``(label text, probability)`` of one prediction, for a CSV row."""
+        raise NotImplementedError
+
+    def csv_values(self, probs: Tensor) -> list[float]:
+        """One prediction's number per class, for the CSV's per-class columns."""
         raise NotImplementedError
 
     def line(self, path: str, label, probs: Tensor) -> str:
