@@ -17,7 +17,8 @@ from snugfit.data.check import check_csv, check_folder
 from snugfit.data.check_report import CheckReport
 from snugfit.data.datasets import ImageDataset, SkipList, collate, ignore_sigint, make_dataloader
 from snugfit.data.decode import decode_train, decode_valid, open_image, prepare_for_predict
-from snugfit.data.device_loader import DeviceLoader, LoaderSettings, resolve_device
+from snugfit.data.device_loader import DeviceLoader
+from snugfit.data.settings import LoaderSettings, resolve_device
 from snugfit.data.items import (
     IMAGE_EXTENSIONS,
     SplitItems,
