@@ -105,7 +105,15 @@ class ImageDataset(Dataset):
         n_classes: int = 0,
     ):
         self._paths = PathList(p for p, _ in items)
-        labels = [lab for _, lab in items]
+        self._pack_labels([lab for _, lab in items])
+        self.task = task or SINGLE_LABEL
+        self.n_classes = n_classes
+        self.train = train
+        self.size = size
+        self.crop_pct = crop_pct
+        self.cache = cache
+
+    def _pack_labels(self, labels: list) -> None:
         if labels and isinstance(labels[0], tuple):  # label sets: ragged, packed flat
             self.labels = None
             self._label_offsets = np.zeros(len(labels) + 1, dtype=np.int64)
@@ -113,12 +121,6 @@ class ImageDataset(Dataset):
             self._label_flat = np.array([c for lab in labels for c in lab], dtype=np.int64)
         else:
             self.labels = np.array(labels, dtype=np.int64)
-        self.task = task or SINGLE_LABEL
-        self.n_classes = n_classes
-        self.train = train
-        self.size = size
-        self.crop_pct = crop_pct
-        self.cache = cache
 
     def __len__(self) -> int:
         return len(self._paths)
