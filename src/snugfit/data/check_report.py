@@ -244,11 +244,8 @@ class CheckReport:
 def describe(report: dict, rel: Callable[[str], str] = str) -> str:
     """Where a report's items and split come from, in words (``report``: `CheckReport.to_dict`)."""
     if report.get("task") == "segmentation":
-        classes = (
-            f"classes from {rel(report['codes'])}"
-            if report.get("codes")
-            else ("classes numbered by mask value")
-        )
+        codes = report.get("codes")
+        classes = f"classes from {Path(codes).name}" if codes else "classes numbered by mask value"
         if report.get("layout") == "valid.txt":
             return f"segmentation: images/ and masks/, {classes}; validation images listed in valid.txt"
         return (

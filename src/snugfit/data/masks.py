@@ -87,7 +87,7 @@ def open_mask(path: str | os.PathLike) -> np.ndarray:
         raise
     except _HEADER_ERRORS as e:
         raise UnreadableImage(path, failure_reason(e)) from e
-    return np.ascontiguousarray(values, dtype=np.uint8)
+    return np.array(values, dtype=np.uint8)  # a writable copy, independent of the file
 
 
 def upright_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -100,9 +100,10 @@ def _pairs(root: Path) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
     for m in get_image_files(masks_dir):
         (png if m.suffix.lower() == MASK_SUFFIX else other)[stem(m, masks_dir)] = m
     by_name: dict[str, Path] = {}
-    pairs, no_mask = [], []
+    pairs, no_mask, seen = [], [], set()
     for image in get_image_files(images_dir):
         name = stem(image, images_dir)
+        seen.add(name)
         if name in by_name:
             no_mask.append((image, f"another image has the name {name!r}: {by_name[name]}"))
         elif name in png:
@@ -111,7 +112,8 @@ def _pairs(root: Path) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
         else:
             why = f"; {other[name]} is not a PNG" if name in other else ""
             no_mask.append((image, f"no mask ({masks_dir / name}{MASK_SUFFIX} not found{why})"))
-    used = {m for _, m in pairs}
+    # A mask of an image's name that is no PNG is in that image's reason, not here.
+    used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
     no_image = sorted(m for m in [*png.values(), *other.values()] if m not in used)
     return pairs, no_mask, no_image
 
