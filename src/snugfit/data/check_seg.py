@@ -150,11 +150,9 @@ def check_segmentation(
 def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
     """Images without a mask (or sharing a name), masks without an image."""
     out = []
-    train = {image for image, _ in found.train}
-    for image, reason in found.no_mask:
+    for image, reason in found.no_mask:  # never split: only pairs are
         kind = "no mask" if reason.startswith("no mask") else "same name"
-        split = "train" if image in train else "valid"  # not split: as where it would go
-        out.append(PairProblem(kind, str(image), split, reason, str(image)))
+        out.append(PairProblem(kind, str(image), "", reason, str(image)))
     for mask in found.no_image:
         out.append(PairProblem("no image", str(mask), "", "no image of this name in images/"))
     return out

@@ -36,7 +36,8 @@ class PairProblem:
     Attributes:
         kind: One of `snugfit.data.check_report.PAIR_PROBLEMS`.
         path: The file at fault (the mask for a mask's problem).
-        split: ``"train"`` or ``"valid"``; ``""`` for a mask without an image.
+        split: ``"train"`` or ``"valid"``; ``""`` for a file of no pair (an image
+            without a mask, a mask without an image).
         reason: What is wrong, in words.
         image: The pair's image, which training skips (None: a mask without an image).
     """
