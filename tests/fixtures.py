@@ -77,3 +77,73 @@ def make_multilabel_csv(root: Path, n: int = 120, seed: int = 0, p: float = 0.5)
         rows.append(f"{name},{' '.join(present)}\n")
     (root / "labels.csv").write_text("fname,labels\n" + "".join(rows))
     return root
+
+
+# Segmentation: class k is drawn in SEG_COLOURS[k] (plus noise), void in VOID_COLOUR,
+# so a mask can be computed from an image's own pixels (`classes_of_pixels`), and
+# checked again after any transform that moves image and mask together.
+SEG_CODES = ("background", "red", "green", "yellow")
+SEG_COLOURS = [(40, 60, 220), (220, 40, 40), (40, 200, 60), (210, 210, 40)]
+VOID_COLOUR = (128, 128, 128)
+
+
+def classes_of_pixels(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint8: each pixel's nearest class colour (255 for the void grey)."""
+    palette = np.array([*SEG_COLOURS, VOID_COLOUR], dtype=np.float64)
+    d = ((rgb[..., None, :].astype(np.float64) - palette) ** 2).sum(-1)
+    labels = d.argmin(-1).astype(np.uint8)
+    labels[labels == len(SEG_COLOURS)] = 255
+    return labels
+
+
+def seg_scene(
+    rng: np.random.Generator, h: int, w: int, void: bool = True, noise: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB scene (uint8 ``(h, w, 3)``): shapes of classes 1-3 (and a void patch) on the
+    background class, plus noise up to ``noise``; and its mask, computed from those pixels."""
+    labels = np.zeros((h, w), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for _ in range(int(rng.integers(3, 6))):
+        k = int(rng.integers(1, len(SEG_COLOURS)))
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(0.12, 0.3) * h, rng.uniform(0.12, 0.3) * w
+        if rng.random() < 0.5:
+            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        else:
+            inside = (abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)
+        labels[inside] = k
+    if void:
+        top, left = int(rng.integers(0, h - h // 6)), int(rng.integers(0, w - w // 6))
+        labels[top : top + h // 6, left : left + w // 6] = 255
+    palette = np.array([*SEG_COLOURS, *[VOID_COLOUR] * (256 - len(SEG_COLOURS))], np.int16)
+    jitter = rng.integers(-noise, noise + 1, size=(h, w, 3), dtype=np.int16)
+    rgb = np.clip(palette[labels] + jitter, 0, 255).astype(np.uint8)
+    return rgb, classes_of_pixels(rgb)
+
+
+def make_segmentation_folder(
+    root: Path,
+    n: int = 10,
+    sizes=((48, 72), (60, 90)),
+    codes=SEG_CODES,
+    valid: list[str] | None = None,
+    seed: int = 0,
+    ext: str = ".png",
+    noise: int = 20,
+) -> Path:
+    """Write ``root/images/scene_<i><ext>`` and ``root/masks/scene_<i>.png`` (image sizes
+    cycling through ``sizes``, each ``(height, width)``), ``root/codes.txt`` when
+    ``codes`` and ``root/valid.txt`` listing ``valid`` when given. Returns ``root``."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        rgb, mask = seg_scene(rng, h, w, noise=noise)
+        Image.fromarray(rgb, "RGB").save(root / "images" / f"scene_{i:02d}{ext}")
+        Image.fromarray(mask, "L").save(root / "masks" / f"scene_{i:02d}.png")
+    if codes:
+        (root / "codes.txt").write_text("".join(f"{c}\n" for c in codes))
+    if valid is not None:
+        (root / "valid.txt").write_text("".join(f"{v}\n" for v in valid))
+    return root

@@ -126,3 +126,20 @@ def test_sampling_grid_equals_affine_grid():
     for size in (7, 32):
         expected = F.affine_grid(theta, [5, 3, size, size], align_corners=False)
         assert torch.allclose(_sampling_grid(theta, size), expected, atol=1e-6)
+
+
+def test_extent_windows_fit_in_the_image_and_keep_the_draws():
+    # Crops out of a larger image (segmentation): a window of (0.4, 0.25) of the input at
+    # scale 1, zoomed in down to half its area; the random stream is used as without it.
+    g1, g2 = _gen(4), _gen(4)
+    affine_params(500, min_scale=0.5, max_rotate=0.0, generator=g1)
+    theta = affine_params(500, min_scale=0.5, max_rotate=0.0, generator=g2, extent=(0.4, 0.25))
+    assert torch.equal(g1.get_state(), g2.get_state())
+    a, t = theta[:, :, :2], theta[:, :, 2]
+    half = torch.stack([a[:, 0, 0].abs(), a[:, 1, 1].abs()], dim=1)
+    assert (t.abs() + half).max() <= 1 + 1e-5  # inside the image
+    area = a.det().abs() / (0.4 * 0.25)
+    assert area.min() >= 0.5 - 1e-5 and area.max() <= 1 + 1e-5
+    assert t.abs().max() > 0.5  # placed anywhere in the image, not only the centre
+    whole = affine_params(50, generator=_gen(9))
+    assert torch.equal(whole, affine_params(50, generator=_gen(9), extent=(1.0, 1.0)))

@@ -3,6 +3,7 @@
 from snugfit.app.config import TrainConfig
 from snugfit.callbacks import Callback
 from snugfit.data.loaders import ImageDataLoaders
+from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import NonFiniteLoss, SnugfitError, UnreadableImage
 from snugfit.tasks.metrics import accuracy, accuracy_multi, error_rate, f1_samples
 from snugfit.train.factory import load_learner, vision_learner
@@ -15,6 +16,7 @@ __all__ = [
     "ImageDataLoaders",
     "Learner",
     "NonFiniteLoss",
+    "SegmentationDataLoaders",
     "SnugfitError",
     "TrainConfig",
     "UnreadableImage",

@@ -1,8 +1,9 @@
 """A run's dataset: the data check of a `TrainConfig`, and the loaders built from its report.
 
 The check splits the items and decodes every file once; `loaders` builds the
-training loaders from what it found (`ImageDataLoaders.from_check`): the same
-split, and no second pass over the file headers.
+training loaders from what it found (`ImageDataLoaders.from_check`, or
+`SegmentationDataLoaders.from_check` for a segmentation folder: ``images/`` and
+``masks/``): the same split, and no second pass over the file headers.
 """
 
 from __future__ import annotations
@@ -12,18 +13,27 @@ from rich.console import Console
 from snugfit.app.config import TrainConfig
 from snugfit.data.check import check_csv, check_folder
 from snugfit.data.check_report import CheckReport
+from snugfit.data.check_seg import check_segmentation
+from snugfit.data.check_seg_report import SegmentationCheckReport
 from snugfit.data.loaders import ImageDataLoaders
+from snugfit.data.seg_items import is_segmentation_folder
+from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import SnugfitError
 
 
-def check_data(cfg: TrainConfig, console: Console | None = None) -> CheckReport:
-    """The data check of a run's dataset (``cfg.data``): class folders, or ``cfg.csv``.
+def check_data(
+    cfg: TrainConfig, console: Console | None = None
+) -> CheckReport | SegmentationCheckReport:
+    """The data check of a run's dataset (``cfg.data``): a segmentation folder (``images/``
+    and ``masks/``), class folders, or ``cfg.csv``.
 
     Raises:
-        SnugfitError: As `check_folder` or `check_csv`; CSV options without
-            ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
+        SnugfitError: As `check_segmentation`, `check_folder` or `check_csv`; CSV
+            options without ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
     """
     _check_data_options(cfg)
+    if cfg.csv is None and is_segmentation_folder(cfg.data):
+        return check_segmentation(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
     if cfg.csv is None:
         return check_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
     return check_csv(cfg.data, **csv_args(cfg), console=console)
@@ -58,15 +68,21 @@ def csv_args(cfg: TrainConfig) -> dict:
     }
 
 
-def loaders(cfg: TrainConfig, report: CheckReport) -> ImageDataLoaders:
+def loaders(
+    cfg: TrainConfig, report: CheckReport | SegmentationCheckReport
+) -> ImageDataLoaders | SegmentationDataLoaders:
     """The loaders of ``cfg``'s data, from its check's ``report``: the check's split, and
-    the files it found unreadable or missing skipped unopened."""
-    return ImageDataLoaders.from_check(
-        report,
-        bs=cfg.bs,
-        size=cfg.size,
-        num_workers=cfg.num_workers,
-        device=cfg.device,
-        flip=cfg.flip,
-        seed=cfg.seed,
-    )
+    the files it found unreadable or missing skipped unopened (segmentation: training
+    on crops of ``cfg.crop`` when the configuration has one, else whole images)."""
+    settings = {
+        "bs": cfg.bs,
+        "size": cfg.size,
+        "num_workers": cfg.num_workers,
+        "device": cfg.device,
+        "flip": cfg.flip,
+        "seed": cfg.seed,
+    }
+    if isinstance(report, SegmentationCheckReport):
+        crop = getattr(cfg, "crop", None)  # a field the segmentation run adds
+        return SegmentationDataLoaders.from_check(report, crop=crop, **settings)
+    return ImageDataLoaders.from_check(report, **settings)

@@ -89,20 +89,23 @@ def affine_params(
     max_rotate: float = 10.0,
     flip: bool = True,
     generator: torch.Generator | None = None,
+    extent: tuple[float, float] = (1.0, 1.0),
 ) -> Tensor:
     """Sample one affine matrix per image for ``F.affine_grid``.
 
     Each matrix maps output coordinates to input coordinates, both normalised to
     ``[-1, 1]`` (``align_corners=False``). It combines:
 
-    * a random resized crop: area fraction uniform in ``[min_scale, 1]``, aspect
-      ratio log-uniform in ``ratio``, placed uniformly at random inside the image;
+    * a random resized crop: area fraction uniform in ``[min_scale, 1]`` of the
+      ``extent`` window, aspect ratio log-uniform in ``ratio``, placed uniformly at
+      random inside the image;
     * a horizontal flip with probability 0.5 (if ``flip``);
     * a rotation uniform in ``[-max_rotate, max_rotate]`` degrees.
 
     The aspect-ratio range is narrowed per image so that the crop always fits
     inside the image at the sampled area; with ``min_scale=1`` the crop is the
-    whole image. Rotated corners may fall outside; the sampler reflects them.
+    whole ``extent`` window (the whole image by default). Rotated corners may fall
+    outside; the sampler reflects them.
     Aspect ratios are relative to the input, which has the output's aspect when it
     comes from `snugfit.data.decode.decode_train`; the rotation is a rotation of a
     square image (`batch_augment` corrects it for others: `_rotate_rigidly`).
@@ -114,23 +117,25 @@ def affine_params(
         max_rotate: Largest rotation, in degrees.
         flip: Whether to flip half of the images horizontally.
         generator: CPU generator the parameters are drawn from.
+        extent: ``(fh, fw)``: the fraction of the input's height and width the output
+            covers at scale 1, each in ``(0, 1]``; e.g. ``(512/1400, 512/2100)`` for
+            512x512 crops out of 1400x2100 images (segmentation). The draws are the
+            same whatever the extent; ``(1, 1)`` gives exactly the matrices of before.
 
     Returns:
         A float32 CPU tensor of shape ``(n, 2, 3)``.
     """
     if not 0 < min_scale <= 1:
         raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    fh, fw = (float(f) for f in extent)
+    if not (0 < fh <= 1 and 0 < fw <= 1):
+        raise ValueError(f"extent must be two fractions in (0, 1], got {extent}")
     scale = _uniform(n, min_scale, 1.0, generator)
-    # A crop of area s fits (width, height <= 1) only for ratios in [s, 1/s].
-    log_lo = torch.maximum(torch.full_like(scale, math.log(ratio[0])), scale.log())
-    log_hi = torch.minimum(torch.full_like(scale, math.log(ratio[1])), -scale.log())
-    log_hi = torch.maximum(log_lo, log_hi)  # an empty range collapses to its lower end
-    r = torch.exp(
-        log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-    )
-    # Half-extents of the crop in normalised coordinates equal its fractions of the image.
-    w = (scale * r).sqrt().clamp(max=1.0)
-    h = (scale / r).sqrt().clamp(max=1.0)
+    r = _crop_ratio(scale, ratio, fh, fw, generator)
+    # Half-extents of the crop in normalised coordinates equal its fractions of the image
+    # (times 1.0 exactly for the whole image).
+    w = (fw * (scale * r).sqrt()).clamp(max=1.0)
+    h = (fh * (scale / r).sqrt()).clamp(max=1.0)
     cx = (1 - w) * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
     cy = (1 - h) * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
     if flip:
@@ -149,6 +154,28 @@ def affine_params(
         dim=1,
     )
     return theta.float()
+
+
+def _crop_ratio(
+    scale: Tensor, ratio: tuple[float, float], fh: float, fw: float, generator
+) -> Tensor:
+    """Aspect ratios log-uniform in ``ratio``, narrowed so that each crop fits.
+
+    A crop of area s (of the extent window ``(fh, fw)``) fits (width, height <= 1) only
+    for ratios in [s fh^2, 1 / (s fw^2)]: [s, 1/s] for the whole image (log 1 = 0 exactly,
+    so those draws are those of before extents).
+    """
+    n = len(scale)
+    log_lo = torch.maximum(
+        torch.full_like(scale, math.log(ratio[0])), scale.log() + 2 * math.log(fh)
+    )
+    log_hi = torch.minimum(
+        torch.full_like(scale, math.log(ratio[1])), -scale.log() - 2 * math.log(fw)
+    )
+    log_hi = torch.maximum(log_lo, log_hi)  # an empty range collapses to its lower end
+    return torch.exp(
+        log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+    )
 
 
 def _stats(values: Sequence[float], x: Tensor) -> Tensor:
@@ -186,16 +213,19 @@ def augment_params(
     max_rotate: float = 10.0,
     flip: bool = True,
     max_lighting: float = 0.2,
+    extent: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Every random draw of `batch_augment` for ``n`` images, in its order.
+    """Every random draw of `batch_augment` (and `batch_augment_masks`) for ``n``
+    images, in its order; ``extent`` changes the matrices, not the draws.
 
     Returns:
         The affine matrices ``(n, 2, 3)`` and the contrast and brightness factors
         ``(n,)`` (None when ``max_lighting`` is 0).
     """
     theta = affine_params(
-        n, min_scale=min_scale, ratio=ratio, max_rotate=max_rotate, flip=flip, generator=generator
-    )
+        n, min_scale=min_scale, ratio=ratio, max_rotate=max_rotate, flip=flip,
+        generator=generator, extent=extent,
+    )  # fmt: skip
     if max_lighting <= 0:
         return theta, None, None
     contrast = _uniform(n, 1 - max_lighting, 1 + max_lighting, generator).float()
@@ -255,11 +285,95 @@ def batch_augment(
     theta = _rotate_rigidly(theta[rows], in_w / in_h)
     grid = _sampling_grid(theta.to(x.device), size)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return _light_and_normalize(x, contrast, brightness, rows, mean, std)
+
+
+def _light_and_normalize(
+    x: Tensor,
+    contrast: Tensor | None,
+    brightness: Tensor | None,
+    rows: slice,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Tensor:
+    """Resampled 0..255 floats: lighting (when drawn), clamp, normalisation, in place."""
     if contrast is not None:
         x = _lighting(x, contrast[rows], brightness[rows])
     x = x.clamp_(0, 255)
     scale = 1 / (255 * _stats(std, x))
     return x.mul_(scale).sub_(_stats(mean, x) / _stats(std, x))
+
+
+def batch_augment_masks(
+    x_uint8: Tensor,
+    masks: Tensor,
+    size: Size,
+    *,
+    extent: tuple[float, float] = (1.0, 1.0),
+    generator: torch.Generator | None = None,
+    min_scale: float = 0.75,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    max_rotate: float = 10.0,
+    flip: bool = True,
+    max_lighting: float = 0.2,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    draw: tuple[int, slice] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`batch_augment` for images with masks (segmentation): one geometric transform per
+    image, applied to the image and to its mask with the same sampling grid.
+
+    The image is resampled bilinearly, the mask with nearest neighbours (a class value
+    is never blended with another); both reflect at the borders, so a reflected pixel
+    keeps the label of the pixel it mirrors and image and mask stay aligned everywhere.
+    Lighting changes the images only. The draws are `batch_augment`'s, in its order.
+
+    Args:
+        x_uint8: ``(B, 3, H, W)`` uint8 images on any device.
+        masks: ``(B, H, W)`` integer masks (class indices, 255 void) on the same device.
+        size: The output: a side or ``(height, width)``; with ``extent`` below 1, a
+            crop of the input (e.g. 512 out of 1400x2100).
+        extent: The fraction ``(fh, fw)`` of the input the output covers at scale 1
+            (`affine_params`); ``size / input size`` for crops at the input's scale.
+        draw: As in `batch_augment` (torchrun shards).
+        generator, min_scale, ratio, max_rotate, flip, max_lighting, mean, std: As in
+            `batch_augment`.
+
+    Returns:
+        ``(x, y)``: float32 ``(B, 3, height, width)`` and long ``(B, height, width)``.
+    """
+    b, _, in_h, in_w = x_uint8.shape
+    n, rows = draw if draw is not None else (b, slice(0, b))
+    theta, contrast, brightness = augment_params(
+        n, generator=generator, min_scale=min_scale, ratio=ratio, max_rotate=max_rotate,
+        flip=flip, max_lighting=max_lighting, extent=extent,
+    )  # fmt: skip
+    x = x_uint8.float()
+    theta = _rotate_rigidly(theta[rows], in_w / in_h)
+    grid = _sampling_grid(theta.to(x.device), size)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # Class values 0..255 are exact in float32; "nearest" picks one of them.
+    y = F.grid_sample(
+        masks.unsqueeze(1).float(), grid, mode="nearest", padding_mode="reflection",
+        align_corners=False,
+    ).squeeze(1)  # fmt: skip
+    return _light_and_normalize(x, contrast, brightness, rows, mean, std), y.long()
+
+
+def center_crop(x: Tensor, size: Size) -> Tensor:
+    """The central ``size`` window of ``(..., H, W)`` images or masks (no resampling).
+
+    >>> center_crop(torch.arange(16).view(4, 4), 2).tolist()
+    [[5, 6], [9, 10]]
+    """
+    h, w = as_hw(size)
+    in_h, in_w = x.shape[-2:]
+    if (h, w) == (in_h, in_w):
+        return x
+    if h > in_h or w > in_w:
+        raise SnugfitError(f"crop: {h}x{w} does not fit in {in_h}x{in_w}")
+    top, left = (in_h - h) // 2, (in_w - w) // 2
+    return x[..., top : top + h, left : left + w]
 
 
 def _rotate_rigidly(theta: Tensor, aspect: float) -> Tensor:

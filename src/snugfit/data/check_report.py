@@ -2,7 +2,8 @@
 
 `snugfit.data.check` fills a report; ``check.json`` is its `CheckReport.to_dict`, and
 `problem_groups` and `describe` read that dict back for the terminal and for the
-run's ``report.html``. The split items the check used (`CheckReport.split`) travel
+run's ``report.html``; they read a segmentation folder's report too
+(`snugfit.data.check_seg_report`, ``"task": "segmentation"``). The split items the check used (`CheckReport.split`) travel
 with the report to the loaders but are never printed or written.
 """
 
@@ -29,6 +30,19 @@ _SHOWN = 10  # problems listed per kind in the table; check.json has them all
 LEAK = "train/valid leak"
 TWO_LABELS = "two labels"
 REPEAT = "repeat in a class"
+
+# What can be wrong with a segmentation folder's files (`PairProblem.kind`), and the
+# heading each kind is listed under.
+PAIR_PROBLEMS = {
+    "no mask": "images without a mask: {n}, not used",
+    "same name": "images whose name another image has: {n}, not used (a mask is per name)",
+    "no image": "masks without an image: {n}, not used",
+    "unreadable": "unreadable images or masks: {n} pair(s), skipped by training",
+    "mask format": "masks that are not 8-bit class indices: {n} pair(s), skipped by training",
+    "size": "image and mask of different sizes: {n} pair(s), skipped by training",
+    "values": "masks with values that are neither a class nor void (255): {n} pair(s), "
+    "skipped by training",
+}
 
 
 @dataclass(frozen=True)
@@ -203,7 +217,7 @@ class CheckReport:
         out = []
         for head, items in problem_groups(self.to_dict(), self._relative):
             out.append(head)
-            out += _listed([f"  {item}" for item in items])
+            out += listed([f"  {item}" for item in items])
         return out or ["no problems found"]
 
     def print(self, console: Console) -> None:
@@ -229,6 +243,15 @@ class CheckReport:
 
 def describe(report: dict, rel: Callable[[str], str] = str) -> str:
     """Where a report's items and split come from, in words (``report``: `CheckReport.to_dict`)."""
+    if report.get("task") == "segmentation":
+        codes = report.get("codes")
+        classes = f"classes from {Path(codes).name}" if codes else "classes numbered by mask value"
+        if report.get("layout") == "valid.txt":
+            return f"segmentation: images/ and masks/, {classes}; validation images listed in valid.txt"
+        return (
+            f"segmentation: images/ and masks/, {classes}; validation split off at random, "
+            f"{report['valid_pct']:g}"
+        )
     if report.get("layout") == "folders":
         how = "train and validation folders"
     elif report.get("layout") == "column":
@@ -247,6 +270,8 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
     ``report`` is `CheckReport.to_dict` (or check.json read back); ``rel`` shortens paths.
     """
     groups = []
+    if report.get("task") == "segmentation":
+        return _pair_groups(report, rel)
 
     def files(key: str, head: str) -> None:
         if report.get(key):
@@ -280,7 +305,27 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
     return groups
 
 
-def _listed(lines: list[str]) -> list[str]:
+def _pair_groups(report: dict, rel: Callable[[str], str]) -> list[tuple[str, list[str]]]:
+    """`problem_groups` of a segmentation folder's report: each kind of `PAIR_PROBLEMS`,
+    then the classes absent from the training masks."""
+    groups = []
+    root = str(report.get("root", "")).rstrip("/\\") + os.sep  # reasons name files too
+
+    def line(p: dict) -> str:
+        return f"{rel(p['path'])}: {p['reason'].replace(root, '')}"
+
+    for kind, head in PAIR_PROBLEMS.items():
+        items = [line(p) for p in report["issues"] if p["kind"] == kind]
+        if items:
+            groups.append((head.format(n=len(items)), items))
+    if report.get("absent"):
+        names = ", ".join(repr(c) for c in report["absent"])
+        groups.append((f"absent from the training masks: {names}; the model never learns them", []))
+    return groups
+
+
+def listed(lines: list[str]) -> list[str]:
+    """At most `_SHOWN` lines, then one saying how many more the JSON report has."""
     if len(lines) <= _SHOWN:
         return lines
     return [*lines[:_SHOWN], f"  ... and {len(lines) - _SHOWN} more (all in the JSON report)"]

@@ -3,6 +3,8 @@
 * `ImageDataset` decodes ``(path, label)`` items to uint8 squares (through the
   pixel cache when there is one) and gives each its target through the task
   (`snugfit.tasks`); a file that fails to decode becomes an `Unreadable` sentinel.
+  `snugfit.data.seg_loader.SegmentationDataset` is its segmentation twin (the mask
+  travels in the pixels); `PathList` packs either's paths.
 * `collate` stacks a batch, dropping the sentinels; `SkipList` records them, once
   per file, for the whole dataset.
 * `EpochShuffle` and `ShardBatches` fix the training order by ``(seed, epoch)``
@@ -49,13 +51,33 @@ class Unreadable(NamedTuple):
     reason: str
 
 
+class PathList:
+    """Paths packed into one numpy byte buffer rather than a list of Python objects:
+    forked workers that touch Python objects update their reference counts, copying
+    every page they sit on, so a big list slowly duplicates itself in each worker.
+
+    >>> paths = PathList(["a.jpg", Path("b/c.png")])
+    >>> len(paths), paths[1]
+    (2, 'b/c.png')
+    """
+
+    def __init__(self, paths):
+        encoded = [os.fsencode(p) for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return os.fsdecode(self._bytes[self._offsets[i] : self._offsets[i + 1]].tobytes())
+
+
 class ImageDataset(Dataset):
     """``(path, label)`` items decoded to uint8 squares.
 
-    Paths are packed into one numpy byte buffer rather than a list of Python
-    objects: forked workers that touch Python objects update their reference
-    counts, copying every page they sit on, so a big list slowly duplicates
-    itself in each worker.
+    Paths are packed (`PathList`), and so are labels.
 
     Labels are class indices (packed in ``labels``), or tuples of class indices
     (multi-label items; packed the same way, ``labels`` is then None; see
@@ -82,18 +104,8 @@ class ImageDataset(Dataset):
         task: Task | None = None,
         n_classes: int = 0,
     ):
-        encoded = [os.fsencode(p) for p, _ in items]
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
-        self._paths = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        labels = [lab for _, lab in items]
-        if labels and isinstance(labels[0], tuple):  # label sets: ragged, packed flat
-            self.labels = None
-            self._label_offsets = np.zeros(len(labels) + 1, dtype=np.int64)
-            np.cumsum([len(lab) for lab in labels], out=self._label_offsets[1:])
-            self._label_flat = np.array([c for lab in labels for c in lab], dtype=np.int64)
-        else:
-            self.labels = np.array(labels, dtype=np.int64)
+        self._paths = PathList(p for p, _ in items)
+        self._pack_labels([lab for _, lab in items])
         self.task = task or SINGLE_LABEL
         self.n_classes = n_classes
         self.train = train
@@ -101,12 +113,21 @@ class ImageDataset(Dataset):
         self.crop_pct = crop_pct
         self.cache = cache
 
+    def _pack_labels(self, labels: list) -> None:
+        if labels and isinstance(labels[0], tuple):  # label sets: ragged, packed flat
+            self.labels = None
+            self._label_offsets = np.zeros(len(labels) + 1, dtype=np.int64)
+            np.cumsum([len(lab) for lab in labels], out=self._label_offsets[1:])
+            self._label_flat = np.array([c for lab in labels for c in lab], dtype=np.int64)
+        else:
+            self.labels = np.array(labels, dtype=np.int64)
+
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return len(self._paths)
 
     def path(self, i: int) -> str:
         """The file of item ``i``."""
-        return os.fsdecode(self._paths[self._offsets[i] : self._offsets[i + 1]].tobytes())
+        return self._paths[i]
 
     def label(self, i: int) -> int | tuple[int, ...]:
         """Item ``i``'s class index, or tuple of class indices (multi-label)."""
@@ -141,6 +162,23 @@ class ImageDataset(Dataset):
             return self.cache.key_for(self.path(i), self.cache_params)
         except OSError:
             return None  # decoding will report what is wrong with the file
+
+    @property
+    def entry_bytes(self) -> int:
+        """Disk bytes of one item's cache entry (pixels and the .npy header)."""
+        return math.prod(self.shape) + 128
+
+    def is_cached(self, key) -> bool:
+        """Whether the entry of ``key`` exists; marks it as just used (`PixelCache.touch`)."""
+        return self.cache.touch(key)
+
+    def read_cached(self, key, out: np.ndarray) -> bool:
+        """Read the entry of ``key`` into ``out`` (an item's pixels); False on a miss."""
+        return self.cache.read_into(key, out)
+
+    def store(self, key, x: Tensor) -> bool:
+        """Cache an item's decoded pixels under ``key``; False if the bound stops it."""
+        return self.cache.put(key, x.numpy())
 
     def decode(self, i: int) -> Tensor:
         """Decode item ``i`` from its file (no cache).
@@ -212,12 +250,15 @@ class SkipList:
 
 
 def collate(
-    samples: list[tuple[Tensor, Any] | Unreadable], task: Task = SINGLE_LABEL
+    samples: list[tuple[Tensor, Any] | Unreadable], task: Task | None = SINGLE_LABEL
 ) -> tuple[Tensor | None, Tensor | None, list[tuple[str, str]]]:
     """Stack decoded samples, dropping `Unreadable` ones.
 
+    ``task`` None: the samples' targets are part of their pixels (segmentation masks,
+    `snugfit.data.seg_loader`) and ``y`` is None.
+
     Returns:
-        ``(x, y, bad)``: uint8 images ``(B, 3, H, W)``, the targets stacked by
+        ``(x, y, bad)``: uint8 images ``(B, C, H, W)``, the targets stacked by
         ``task`` (long ``(B,)``, or multi-hot float32 ``(B, C)``; both None if
         every sample was unreadable) and ``(path, reason)`` pairs.
     """
@@ -232,7 +273,8 @@ def collate(
         # sent to the main process.
         x.share_memory_()
     torch.stack([s[0] for s in good], out=x)
-    return x, task.stack_targets([s[1] for s in good]), bad
+    y = task.stack_targets([s[1] for s in good]) if task is not None else None
+    return x, y, bad
 
 
 def ignore_sigint(_worker_id: int) -> None:

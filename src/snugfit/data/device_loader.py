@@ -20,24 +20,19 @@ setting changes; the change takes effect at the next epoch.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from rich.console import Console
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from snugfit import distributed
-from snugfit.data.augment import Augmentation, augment_params, batch_augment, center_batch
+from snugfit.data.augment import augment_params, batch_augment, center_batch
 from snugfit.data.cache import PixelCache
 from snugfit.data.datasets import (
     EpochShuffle,
@@ -48,73 +43,14 @@ from snugfit.data.datasets import (
     make_dataloader,
     mix_seed,
 )
-from snugfit.data.preprocessing import Preprocessing, check_positive_int
 from snugfit.data.progress import progress
+from snugfit.data.settings import LoaderSettings
+from snugfit.data.settings import resolve_device as resolve_device
 from snugfit.errors import SnugfitError, UnreadableImage
+from snugfit.sizes import Size
 from snugfit.tasks import Task
 
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch device that exists here; None: CUDA when present, else CPU.
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device is None:
-        return distributed.device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise SnugfitError(
-            f"device: cannot read {device!r}; use cpu, cuda or cuda:N (or any torch device)"
-        ) from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise SnugfitError(f"device: {device!r} asked for, but CUDA is not available here")
-        if dev.index is not None and dev.index >= n:
-            raise SnugfitError(f"device: {device!r} asked for, but there are only {n} GPU(s)")
-    return distributed.device_for(dev)  # under torchrun, "cuda" is this process's GPU
-
-
-@dataclass(frozen=True)
-class LoaderSettings:
-    """What a `DeviceLoader` works with besides its items: one frozen value, replaced whole.
-
-    Attributes:
-        bs: Batch size.
-        preprocessing: Input size, training decode size, validation crop, normalisation.
-        augmentation: The training augmentation.
-        seed: Seed of the training order and augmentations.
-        device: Where batches are delivered.
-        num_workers: Decoding processes (None: ``min(4, cpu count)``).
-        console: Where the cache pre-pass shows its progress.
-    """
-
-    bs: int
-    preprocessing: Preprocessing
-    augmentation: Augmentation
-    seed: int
-    device: torch.device
-    num_workers: int | None
-    console: Console
-
-    def __post_init__(self):
-        object.__setattr__(self, "bs", check_positive_int("bs", self.bs))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise SnugfitError(f"seed: must be an integer, got {self.seed!r}")
-        object.__setattr__(self, "seed", int(self.seed))
-        workers = self.num_workers
-        if workers is None:
-            workers = min(4, os.cpu_count() or 1)
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise SnugfitError(f"num_workers: must be an integer >= 0, got {workers!r}")
-        object.__setattr__(self, "num_workers", workers)
-        object.__setattr__(self, "device", torch.device(self.device))
-
-    def replace(self, **changes: Any) -> LoaderSettings:
-        """A copy with some fields changed (and checked)."""
-        return dataclasses.replace(self, **changes)
+# `resolve_device` is re-exported: it lived here before settings.py was split out.
 
 
 class DeviceLoader:
@@ -197,9 +133,21 @@ class DeviceLoader:
         """Unreadable files seen so far (shared with the other loader), path → reason."""
         return self.skips.files
 
-    def _decode_size(self) -> int:
+    def _decode_size(self) -> Size:
         p = self.settings.preprocessing
         return p.train_size if self.train else p.size
+
+    def _dataset(self, train: bool, size: Size) -> ImageDataset:
+        """The items as a dataset decoding for training (or validation) at ``size``."""
+        return ImageDataset(
+            self.items,
+            train,
+            size,
+            self.settings.preprocessing.crop_pct,
+            self.cache,
+            task=self.task,
+            n_classes=self.n_classes,
+        )
 
     @property
     def dataset(self) -> ImageDataset:
@@ -214,15 +162,7 @@ class DeviceLoader:
                s.device.type, s.seed, where)  # fmt: skip
         if self._dataloader is None or key != self._key:
             self.close()
-            ds = ImageDataset(
-                self.items,
-                self.train,
-                self._decode_size(),
-                s.preprocessing.crop_pct,
-                self.cache,
-                task=self.task,
-                n_classes=self.n_classes,
-            )
+            ds = self._dataset(self.train, self._decode_size())
             order = EpochShuffle(len(ds), s.seed) if self.train else None
             batching: dict[str, Any] = {"batch_size": s.bs, "sampler": order}
             if where[1] > 1:
@@ -278,14 +218,7 @@ class DeviceLoader:
         Unreadable files are left out and recorded in ``skipped``.
         """
         s = self.settings
-        ds = ImageDataset(
-            self.items,
-            True,
-            s.preprocessing.train_size,
-            cache=self.cache,
-            task=self.task,
-            n_classes=self.n_classes,
-        )
+        ds = self._dataset(True, s.preprocessing.train_size)
         loader = make_dataloader(
             ds,
             batch_size=s.bs,
@@ -297,7 +230,7 @@ class DeviceLoader:
             for path, reason in bad:
                 self.skips.skip(path, reason)
             if x is not None:
-                yield x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+                yield self._split(*self._to_device(x, y))
 
     def _batches(
         self, epoch: int, prepass: bool = True, augment: bool | None = None
@@ -311,7 +244,7 @@ class DeviceLoader:
         # shard's rows: the ranks together augment exactly as one process would.
         gen = torch.Generator().manual_seed(mix_seed(s.seed, epoch, 1))
         shards = dl.batch_sampler if isinstance(dl.batch_sampler, ShardBatches) else None
-        p, params = s.preprocessing, s.augmentation.params()
+        params = s.augmentation.params()
         augment = self.train and (s.augmentation.enabled if augment is None else augment)
         keys = self._cached_keys(dl.dataset, prepass)
         source = dl if keys is None else self._read_cached(dl, keys)
@@ -325,15 +258,30 @@ class DeviceLoader:
                         augment_params(draw[0], generator=gen, **params)
                     yield self._empty_batch()  # every rank takes every step together
                 continue
-            x = x.to(s.device, non_blocking=True)
-            y = y.to(s.device, non_blocking=True)
-            if augment:
-                x = batch_augment(
-                    x, p.size, generator=gen, mean=p.mean, std=p.std, draw=draw, **params
-                )
-            else:
-                x = center_batch(x, p.size, p.mean, p.std)
-            yield x, y
+            x, y = self._split(*self._to_device(x, y))
+            yield self._to_batch(x, y, gen, draw, augment)
+
+    def _to_device(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        device = self.settings.device
+        x = x.to(device, non_blocking=True)
+        return x, (y.to(device, non_blocking=True) if y is not None else None)
+
+    def _split(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A collated batch's images and targets (segmentation: out of the pixels)."""
+        return x, y
+
+    def _to_batch(
+        self, x: Tensor, y: Tensor, gen: torch.Generator, draw: tuple | None, augment: bool
+    ) -> tuple[Tensor, Tensor]:
+        """A uint8 batch on the device as the model's input: augmented, or resized and
+        normalised; ``gen`` and ``draw`` as in `batch_augment`."""
+        p = self.settings.preprocessing
+        if augment:
+            params = self.settings.augmentation.params()
+            x = batch_augment(x, p.size, generator=gen, mean=p.mean, std=p.std, draw=draw, **params)
+        else:
+            x = center_batch(x, p.size, p.mean, p.std)
+        return x, y
 
     def _empty_batch(self) -> tuple[Tensor, Tensor]:
         """No images: a rank's empty shard (or one whose images were all unreadable)."""
@@ -355,7 +303,7 @@ class DeviceLoader:
         keys = [ds.cache_key(i) for i in range(len(ds))]
         # utime is the existence check and marks the entry as recently used, so
         # making room for missing entries (`_fill`) deletes other, older ones first.
-        present = [k is not None and cache.touch(k) for k in keys]
+        present = [k is not None and ds.is_cached(k) for k in keys]
         skipped = self.skips
         missing = [
             i
@@ -374,7 +322,7 @@ class DeviceLoader:
             distributed.barrier()
             looked = sorted(set(mine) | set(missing))
             for i in looked:
-                present[i] = i in stored or cache.touch(keys[i])
+                present[i] = i in stored or ds.is_cached(keys[i])
             missing = [i for i in looked if not present[i] and ds.path(i) not in skipped]
         elif missing and prepass:
             stored = self._fill(ds, missing, keys)
@@ -394,7 +342,7 @@ class DeviceLoader:
             The items stored.
         """
         cache, console = ds.cache, self.settings.console
-        entry = math.prod(ds.shape) + 128  # pixels + .npy header
+        entry = ds.entry_bytes
         # Entries of other datasets or sizes make way for the missing ones; the
         # ones this run touched or wrote stay.
         fits = cache.make_room(len(missing) * entry, self.cache_since_ns) // entry
@@ -439,7 +387,6 @@ class DeviceLoader:
     ) -> Iterator[tuple[Tensor | None, Tensor | None, list[tuple[str, str]]]]:
         """`collate`-style batches read from the cache in this process, in ``dl``'s order."""
         ds: ImageDataset = dl.dataset
-        cache = ds.cache
         pin = self.device.type == "cuda"
         for idx in dl.batch_sampler:
             x = torch.empty((len(idx), *ds.shape), dtype=torch.uint8, pin_memory=pin)
@@ -447,7 +394,7 @@ class DeviceLoader:
             for i in idx:
                 row = x[len(y)]
                 key = keys[i]
-                if key is None or not cache.read_into(key, row.numpy()):
+                if key is None or not ds.read_cached(key, row.numpy()):
                     # Trimmed by another process, or an unreadable file: decode
                     # (and re-cache) it here; a failure is dropped as in `collate`.
                     try:
@@ -459,7 +406,11 @@ class DeviceLoader:
             if not y:
                 yield None, None, bad
                 continue
-            yield x[: len(y)], self.task.stack_targets(y), bad
+            yield x[: len(y)], self._stack_targets(y), bad
+
+    def _stack_targets(self, targets: list) -> Tensor | None:
+        """The targets of a batch read from the cache, as `collate` stacks them."""
+        return self.task.stack_targets(targets)
 
 
 class _Fill(Dataset):
@@ -477,7 +428,7 @@ class _Fill(Dataset):
             x = self.ds.decode(i)
         except UnreadableImage as e:
             return i, False, e.reason
-        return i, self.ds.cache.put(key, x.numpy()), None
+        return i, self.ds.store(key, x), None
 
 
 def _as_list(samples: list) -> list:

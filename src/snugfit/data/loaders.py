@@ -15,19 +15,17 @@ time (truncated data), reported once through the ``snugfit`` logger and recorded
 in ``ImageDataLoaders.skipped``.
 
 Finding the items and their labels and splitting them is `snugfit.data.items`;
-batches are made by `snugfit.data.device_loader`.
+batches are made by `snugfit.data.device_loader`; what these loaders share with
+`snugfit.data.segmentation.SegmentationDataLoaders` is `snugfit.data.loaders_base`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -35,16 +33,13 @@ from rich.console import Console
 from torch import Tensor
 
 from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, denormalize
-from snugfit.data.cache import PixelCache
-from snugfit.data.cache import cache_size as cache_size_bytes
 from snugfit.data.constructors import LoaderConstructors
-from snugfit.data.datasets import SkipList
 from snugfit.data.decode import prepare_for_predict
 from snugfit.data.device_loader import DeviceLoader, LoaderSettings
 from snugfit.data.device_loader import resolve_device as resolve_device
+from snugfit.data.loaders_base import DataLoadersBase
 from snugfit.data.preprocessing import Preprocessing, check_positive_int
 from snugfit.data.usable import usable_items
-from snugfit.errors import SnugfitError
 from snugfit.sizes import Size
 from snugfit.tasks import MultiLabel, SingleLabel
 
@@ -53,32 +48,7 @@ from snugfit.tasks import MultiLabel, SingleLabel
 logger = logging.getLogger("snugfit")
 
 
-class _Setting:
-    """An `ImageDataLoaders` attribute that reads one field of its settings (or of the
-    settings' preprocessing or augmentation); assigning it makes new settings and
-    pushes them to both loaders (`ImageDataLoaders.configure`)."""
-
-    def __init__(self, part: str | None = None, field: str | None = None):
-        self.part, self.field = part, field
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.field = self.field or name
-
-    def __get__(self, dls: ImageDataLoaders | None, owner: type | None = None) -> Any:
-        if dls is None:
-            return self
-        value = dls.settings if self.part is None else getattr(dls.settings, self.part)
-        return getattr(value, self.field)
-
-    def __set__(self, dls: ImageDataLoaders, value: Any) -> None:
-        if self.part is None:
-            dls.configure(**{self.field: value})
-        else:
-            part = getattr(dls.settings, self.part)
-            dls.configure(**{self.part: part.replace(**{self.field: value})})
-
-
-class ImageDataLoaders(LoaderConstructors):
+class ImageDataLoaders(LoaderConstructors, DataLoadersBase):
     """Training and validation loaders for image classification.
 
     Build one with `from_folder`, `from_name_re`, `from_csv`, `from_lists`,
@@ -134,21 +104,6 @@ class ImageDataLoaders(LoaderConstructors):
             header is opened here (files in ``unreadable`` are still left out).
     """
 
-    bs = _Setting()
-    seed = _Setting()
-    device = _Setting()
-    num_workers = _Setting()
-    console = _Setting()
-    size = _Setting("preprocessing")
-    mean = _Setting("preprocessing")
-    std = _Setting("preprocessing")
-    crop_pct = _Setting("preprocessing")
-    augment = _Setting("augmentation", "enabled")
-    min_scale = _Setting("augmentation")
-    max_rotate = _Setting("augmentation")
-    flip = _Setting("augmentation")
-    max_lighting = _Setting("augmentation")
-
     def __init__(
         self,
         train_items: Sequence[tuple[Path, int]],
@@ -178,25 +133,24 @@ class ImageDataLoaders(LoaderConstructors):
         multi_label: bool = False,
         checked: bool = False,
     ):
-        self.path = Path(path) if path is not None else None
-        self.task = MultiLabel() if multi_label else SingleLabel()
-        self.settings = LoaderSettings(
-            bs=check_positive_int("bs", bs),
-            preprocessing=Preprocessing(size, presize, mean, std, crop_pct),
-            augmentation=Augmentation(augment, min_scale, max_rotate, flip, max_lighting),
-            seed=seed,
-            device=resolve_device(device),
-            num_workers=num_workers,
-            console=console or Console(stderr=True),
+        self._setup(
+            path=path,
+            task=MultiLabel() if multi_label else SingleLabel(),
+            settings=LoaderSettings(
+                bs=check_positive_int("bs", bs),
+                preprocessing=Preprocessing(size, presize, mean, std, crop_pct),
+                augmentation=Augmentation(augment, min_scale, max_rotate, flip, max_lighting),
+                seed=seed,
+                device=resolve_device(device),
+                num_workers=num_workers,
+                console=console or Console(stderr=True),
+            ),
+            vocab=vocab,
+            unreadable=unreadable,
+            cache=cache,
+            cache_size=cache_size,
+            cache_root=cache_root,
         )
-        self.vocab = list(vocab)
-        self.skips = SkipList(unreadable)
-        # Resolved even when off, so a bad cache_size is reported either way.
-        max_bytes = cache_size_bytes(cache_size)
-        self.cache = PixelCache(cache_root, max_bytes) if cache else None
-        # Entries used since then belong to this run: making room never deletes
-        # them. A second early, as file times come from a coarser kernel clock.
-        self.cache_since_ns = time.time_ns() - 10**9
         self.train_items, self.valid_items = usable_items(
             train_items,
             valid_items,
@@ -222,69 +176,7 @@ class ImageDataLoaders(LoaderConstructors):
             DeviceLoader(self.valid_items, False, settings, **shared),
         )
 
-    # -- settings -----------------------------------------------------------
-
-    @property
-    def c(self) -> int:
-        """Number of classes."""
-        return len(self.vocab)
-
-    @property
-    def multi_label(self) -> bool:
-        """Whether an image has a set of classes (the task is `MultiLabel`)."""
-        return self.task.multi_label
-
-    @property
-    def skipped(self) -> dict[str, str]:
-        """Files left out as unreadable (or missing), path → reason."""
-        return self.skips.files
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        """Input size, training decode size, validation crop and normalisation."""
-        return self.settings.preprocessing
-
-    @property
-    def augmentation(self) -> Augmentation:
-        """The training augmentation's settings."""
-        return self.settings.augmentation
-
-    @property
-    def presize(self) -> Size:
-        """Side training images are decoded to: the one set, else automatic (set None)."""
-        return self.preprocessing.train_size
-
-    @presize.setter
-    def presize(self, value: Size | None) -> None:
-        self.configure(preprocessing=self.preprocessing.replace(presize=value))
-
-    def set_size(self, size: Size) -> None:
-        """Change the model input size (a side or ``(height, width)``); an automatic
-        ``presize`` follows it."""
-        self.configure(preprocessing=self.preprocessing.replace(size=size))
-
-    def configure(self, **changes: Any) -> None:
-        """Change settings (fields of `LoaderSettings`: ``bs``, ``preprocessing``,
-        ``augmentation``, ...) and push them to both loaders: they take effect at the
-        next epoch."""
-        self.settings = self.settings.replace(**changes)
-        self.train.configure(self.settings)
-        self.valid.configure(self.settings)
-
-    def with_preprocessing(self, preprocessing: Preprocessing) -> ImageDataLoaders:
-        """New loaders with ``preprocessing``, sharing these ones' items, classes, task,
-        skipped files and cache (no file is opened); this object is left as it is."""
-        new = copy.copy(self)
-        new.settings = self.settings.replace(preprocessing=preprocessing)
-        new.train, new.valid = self._device_loaders(new.settings)
-        new.train.epoch, new.valid.epoch = self.train.epoch, self.valid.epoch
-        return new
-
     # -- use ----------------------------------------------------------------
-
-    def one_batch(self) -> tuple[Tensor, Tensor]:
-        """One augmented training batch ``(x, y)`` on ``device``."""
-        return self.train.one_batch()
 
     def test_tensor(
         self, images: str | os.PathLike | Image.Image | Sequence[str | os.PathLike | Image.Image]
@@ -307,9 +199,7 @@ class ImageDataLoaders(LoaderConstructors):
         """
         from matplotlib.figure import Figure  # Figure alone needs no display/pyplot
 
-        loader = {"train": self.train, "valid": self.valid}.get(split)
-        if loader is None:
-            raise SnugfitError(f"split: must be 'train' or 'valid', got {split!r}")
+        loader = self.loader(split)
         n = check_positive_int("n", n)
         x, y = loader.one_batch()
         x = denormalize(x[:n].float().cpu(), self.mean, self.std).clamp(0, 1)
@@ -326,18 +216,6 @@ class ImageDataLoaders(LoaderConstructors):
         out = Path(path)
         fig.savefig(out, format="png", dpi=80)
         return out
-
-    def cache_stats(self) -> dict[str, int]:
-        """Items found in (``hits``) and missing from (``misses``) the cache, over all epochs."""
-        return {
-            "hits": self.train.cache_hits + self.valid.cache_hits,
-            "misses": self.train.cache_misses + self.valid.cache_misses,
-        }
-
-    def close(self) -> None:
-        """Shut down both loaders' worker processes now (they restart when iterated)."""
-        self.train.close()
-        self.valid.close()
 
     def __repr__(self) -> str:
         return (

@@ -2,8 +2,10 @@
 
 `Preprocessing` holds the input ``size`` (a side, or ``(height, width)``: see
 `snugfit.sizes`), the training decode size ``presize`` (None: about 15% larger than
-``size``, see `auto_presize`), the validation ``crop_pct`` and the normalisation
-``mean`` and ``std``. The loaders own the current one
+``size``, see `auto_presize`), the validation ``crop_pct``, the normalisation
+``mean`` and ``std``, and for segmentation the training ``crop``: training images
+are then decoded at ``size`` and randomly cropped to ``crop``, while validation and
+prediction see the whole image at ``size``. The loaders own the current one
 (``dls.preprocessing``); a learner's saved model carries it (``snugfit.json``) so
 that prediction needs no training data. Changing a setting makes a new value
 (`Preprocessing.replace`); nobody edits one in place.
@@ -11,6 +13,9 @@ that prediction needs no training data. Changing a setting makes a new value
 >>> p = Preprocessing(224)
 >>> p.train_size, p.replace(size=128).train_size, p.replace(size=(1400, 2100)).train_size
 (256, 144, (1608, 2416))
+>>> s = Preprocessing((1400, 2100), crop=512, crop_pct=1.0)
+>>> s.train_size, s.train_input
+((1400, 2100), 512)
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class Preprocessing:
         std: Per-channel normalisation standard deviation.
         crop_pct: Validation: the shorter side is resized to ``round(size /
             crop_pct)`` and the central ``size`` square kept.
+        crop: Segmentation: the training input, a window (a side or ``(height,
+            width)``, at most ``size`` on each side) cropped out of images decoded
+            at ``size``, with no ``presize``; validation sees whole images
+            (``crop_pct`` 1). None: training inputs are ``size`` (classification).
     """
 
     size: Size
@@ -75,6 +84,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
     crop_pct: float = 0.875
+    crop: Size | None = None
 
     def __post_init__(self):
         size = check_size("size", self.size)
@@ -92,11 +102,37 @@ class Preprocessing:
         object.__setattr__(self, "crop_pct", float(self.crop_pct))
         object.__setattr__(self, "mean", _stats("mean", self.mean))
         object.__setattr__(self, "std", _stats("std", self.std))
+        if self.crop is not None:
+            self._check_crop(size)
+
+    def _check_crop(self, size: Size) -> None:
+        crop = check_size("crop", self.crop)
+        if any(c > s for c, s in zip(as_hw(crop), as_hw(size), strict=True)):
+            raise SnugfitError(
+                f"crop: must fit in size ({format_size(size)}), got {format_size(crop)}"
+            )
+        if self.presize is not None:
+            raise SnugfitError(
+                "presize: not used with a crop (training images are decoded at size)"
+            )
+        if self.crop_pct != 1:
+            raise SnugfitError(
+                f"crop_pct: must be 1 with a crop (validation sees whole images), got {self.crop_pct}"
+            )
+        object.__setattr__(self, "crop", crop)
 
     @property
     def train_size(self) -> Size:
-        """What training images are decoded to: ``presize``, or automatic."""
-        return self.presize if self.presize is not None else auto_presize(self.size)
+        """What training images are decoded to: ``presize``, or automatic (with a
+        ``crop``: ``size``)."""
+        if self.presize is not None:
+            return self.presize
+        return self.size if self.crop is not None else auto_presize(self.size)
+
+    @property
+    def train_input(self) -> Size:
+        """The size of training batches: ``crop``, else ``size``."""
+        return self.crop if self.crop is not None else self.size
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -108,13 +144,17 @@ class Preprocessing:
         return dataclasses.replace(self, **changes)
 
     def to_config(self) -> dict:
-        """The fields a saved model needs to predict, as plain JSON values."""
-        return {
-            "size": self.size if isinstance(self.size, int) else list(self.size),
+        """The fields a saved model needs to predict, as plain JSON values (``crop``
+        only when there is one: the tile of sliding-window prediction)."""
+        out = {
+            "size": _plain(self.size),
             "crop_pct": self.crop_pct,
             "mean": list(self.mean),
             "std": list(self.std),
         }
+        if self.crop is not None:
+            out["crop"] = _plain(self.crop)
+        return out
 
     @classmethod
     def from_config(cls, cfg: dict) -> Preprocessing:
@@ -125,4 +165,9 @@ class Preprocessing:
             std=tuple(cfg["std"]),
             crop_pct=cfg["crop_pct"],
             presize=cfg.get("presize"),
+            crop=cfg.get("crop"),
         )
+
+
+def _plain(size: Size) -> int | list[int]:
+    return size if isinstance(size, int) else list(size)

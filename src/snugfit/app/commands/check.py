@@ -1,4 +1,5 @@
-"""``snugfit check``: check an image folder or CSV dataset before training on it."""
+"""``snugfit check``: check an image folder, a CSV dataset or a segmentation folder
+before training on it."""
 
 from __future__ import annotations
 
@@ -15,20 +16,24 @@ def add_parser(subparsers) -> None:
     d = TrainConfig("")
     ck = subparsers.add_parser(
         NAME,
-        help="check an image folder or CSV dataset: counts, unreadable files, duplicates, "
-        "imbalance",
+        help="check an image folder, CSV dataset or segmentation folder: counts, unreadable "
+        "files, duplicates, imbalance",
         description="Decode every image of DATA (as train would split it) and report usable "
         "images per class (multi-label: per label) and split, unreadable files with the "
         "reason, CSV rows naming missing files, identical files (train/valid leaks, two "
-        "labels, repeats), class imbalance, tiny images and empty class folders. Exit status "
-        "0 when training can use the data.",
+        "labels, repeats), class imbalance, tiny images and empty class folders. A "
+        "segmentation folder (DATA/images and DATA/masks, optional codes.txt and valid.txt) "
+        "gets each class's pixel share per split, and images without a mask, masks without "
+        "an image, unreadable, colour or 16-bit masks, image/mask size mismatches and mask "
+        "values that are not classes. Exit status 0 when training can use the data.",
     )
     ck.add_argument("data", help=DATA_HELP)
     ck.add_argument(
         "--valid-pct",
         type=fraction,
         default=None,
-        help="split this fraction off train for validation (default: use DATA/val; 0.2 with --csv)",
+        help="split this fraction off train for validation (default: use DATA/val, or "
+        "DATA/valid.txt for a segmentation folder; else 0.2)",
     )
     add_csv_args(ck)
     ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")

@@ -1,0 +1,212 @@
+"""Segmentation masks: reading one, what is wrong with one, and decoding an image with it.
+
+A mask is a single-channel 8-bit image of its image's size, each pixel's value a
+class index, 255 void (`snugfit.tasks.VOID`). It labels the image as it is shown:
+upright, after the image's EXIF rotation. Per file, as `snugfit.data.decode` is for
+images:
+
+* `open_mask` reads a mask's values: greyscale ``L``; palette ``P`` read as its
+  indices (PASCAL VOC's masks are palette PNGs whose index is the class); bilevel
+  ``1`` as 0 and 1. Colour (RGB), 16-bit, float and alpha masks are refused with
+  `snugfit.errors.UnreadableImage` and a reason saying so: their values are not
+  class indices, and guessing would train on wrong labels.
+* `pair_header_problem`: what the two headers already say is wrong (a cheap check
+  for loaders built without the data check).
+* `decode_pair`: the image (bilinear) and its mask (nearest neighbour, so a class is
+  never blended with another) cut with the same box and resized to the same size,
+  as one uint8 ``(4, H, W)`` array: 3 colour channels and the mask.
+* `value_counts` and `value_problem`: a mask's pixels per value, and the values that
+  are neither a class nor void.
+
+Problems with a pair are reported under the image's path (the item training skips),
+with a reason that names the mask file when the mask is at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from snugfit.data.decode import centred_box, failure_reason, header_problem, is_empty, open_image
+from snugfit.errors import UnreadableImage
+from snugfit.sizes import Size, as_hw
+from snugfit.tasks import VOID
+
+_ORIENTATION = 0x0112  # the EXIF tag
+_QUARTER_TURNS = (5, 6, 7, 8)  # orientations stored rotated by 90 degrees
+_HEADER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class NotAMask(UnreadableImage):
+    """A readable image that cannot be a mask: colour, 16-bit, float or with alpha."""
+
+
+def mode_problem(mode: str) -> str | None:
+    """Why a Pillow image ``mode`` cannot be a mask; None for ``L``, ``P`` and ``1``.
+
+    >>> mode_problem("L") is None, mode_problem("RGB")
+    (True, 'colour (RGB) mask: a mask must be one 8-bit channel of class indices')
+    """
+    if mode in ("L", "P", "1"):
+        return None
+    need = "a mask must be one 8-bit channel of class indices"
+    if mode in ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+        return f"colour ({mode}) mask: {need}"
+    if mode.startswith("I;16"):
+        return f"16-bit ({mode}) mask: {need}"
+    if mode in ("I", "F"):
+        return f"32-bit ({mode}) mask: {need}"
+    if mode in ("LA", "La", "PA"):
+        return f"mask with an alpha channel ({mode}): {need}"
+    return f"unsupported mask mode {mode}: {need}"
+
+
+def open_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask file's values: a uint8 ``(H, W)`` array (see the module docstring).
+
+    Raises:
+        UnreadableImage: The file is empty, not an image, truncated, or not an
+            8-bit single-channel mask (colour, 16-bit, with alpha).
+    """
+    if is_empty(path):
+        raise UnreadableImage(path, "empty file")
+    try:
+        with Image.open(path) as img:
+            problem = mode_problem(img.mode)
+            if problem is not None:
+                raise NotAMask(path, problem)
+            img.load()
+            values = np.asarray(img)  # "P": the palette indices; "1": booleans
+    except UnreadableImage:
+        raise
+    except _HEADER_ERRORS as e:
+        raise UnreadableImage(path, failure_reason(e)) from e
+    return np.array(values, dtype=np.uint8)  # a writable copy, independent of the file
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """An image's ``(width, height)`` as shown (after its EXIF rotation), from its header."""
+    with Image.open(path) as img:
+        w, h = img.size
+        turned = img.getexif().get(_ORIENTATION, 1) in _QUARTER_TURNS
+    return (h, w) if turned else (w, h)
+
+
+def mismatch(image_size: tuple[int, int], mask_size: tuple[int, int], mask) -> str | None:
+    """The reason an image of ``image_size`` and its ``mask`` of ``mask_size`` (both
+    ``(width, height)``) cannot be a pair; None when they have the same size."""
+    if tuple(image_size) == tuple(mask_size):
+        return None
+    (w, h), (mw, mh) = image_size, mask_size
+    return f"image is {w}x{h} but its mask {mask} is {mw}x{mh} (width x height)"
+
+
+def pair_header_problem(image: str | os.PathLike, mask: str | os.PathLike) -> str | None:
+    """Why an image and its mask cannot be used, judging by their headers: the image's
+    problem, the mask's (empty, not an image, not 8-bit single-channel) or a size
+    mismatch; None when both look fine."""
+    problem = header_problem(image)
+    if problem is not None:
+        return problem
+    if is_empty(mask):
+        return f"mask {mask}: empty file"
+    try:
+        with Image.open(mask) as m:
+            mode, mask_size = m.mode, m.size
+        image_size = upright_size(image)
+    except FileNotFoundError:
+        return f"no mask ({mask} not found)"
+    except _HEADER_ERRORS as e:
+        return f"mask {mask}: {failure_reason(e)}"
+    problem = mode_problem(mode)
+    if problem is not None:
+        return f"mask {mask}: {problem}"
+    return mismatch(image_size, mask_size, mask)
+
+
+def value_counts(mask: np.ndarray) -> np.ndarray:
+    """Pixels per value 0..255 of a uint8 mask: an int64 ``(256,)`` array."""
+    return np.bincount(mask.ravel(), minlength=256)
+
+
+def value_problem(counts: np.ndarray, n_classes: int) -> str | None:
+    """Which values of a mask (its `value_counts`) are neither a class nor void.
+
+    >>> counts = np.zeros(256, dtype=np.int64); counts[[0, 2, 7, 255]] = 1
+    >>> value_problem(counts, 3)
+    'values 7 are not classes (0-2) or void (255)'
+    """
+    bad = [v for v in np.flatnonzero(counts).tolist() if v >= n_classes and v != VOID]
+    if not bad:
+        return None
+    shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+    return f"values {shown} are not classes (0-{n_classes - 1}) or void ({VOID})"
+
+
+def decode_pair(
+    image: str | os.PathLike,
+    mask: str | os.PathLike,
+    size: Size,
+    n_classes: int | None = None,
+) -> Tensor:
+    """An image and its mask cut with one box and resized to ``size`` together.
+
+    The box is the largest centred one of ``size``'s aspect (the whole image when the
+    aspects agree), in the image's full-resolution pixels (JPEGs are not decoded at a
+    reduced scale here: the mask's pixels must map exactly); the image is resampled
+    bilinearly, the mask with nearest neighbours.
+
+    Args:
+        image: The image file.
+        mask: Its mask file.
+        size: The output: a side or ``(height, width)``.
+        n_classes: When given, a mask value that is neither a class nor void is an error.
+
+    Returns:
+        A uint8 tensor ``(4, height, width)``: RGB, then the mask.
+
+    Raises:
+        UnreadableImage: Under the image's path: the image cannot be decoded, or its
+            mask cannot (the reason names the mask), or their sizes differ, or the
+            mask has values that are not classes.
+    """
+    img = open_image(image)
+    try:
+        values = open_mask(mask)
+    except UnreadableImage as e:
+        raise UnreadableImage(image, f"mask {mask}: {e.reason}") from None
+    mask_size = (values.shape[1], values.shape[0])
+    problem = mismatch(img.size, mask_size, mask)
+    if problem is None and n_classes is not None:
+        problem = value_problem(value_counts(values), n_classes)
+        problem = problem and f"mask {mask}: {problem}"
+    if problem is not None:
+        raise UnreadableImage(image, problem)
+    out_h, out_w = as_hw(size)
+    box = centred_box(*img.size, size)
+    rgb = img.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    labels = Image.fromarray(values, "L").resize((out_w, out_h), Image.Resampling.NEAREST, box=box)
+    pixels = np.concatenate([np.asarray(rgb), np.asarray(labels)[:, :, None]], axis=2)
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def scan_masks(masks: list[Path], workers: int | None = None) -> list[np.ndarray | str]:
+    """Each mask's `value_counts`, or the reason it cannot be read, decoded in threads
+    (Pillow releases the GIL while it decodes), in order."""
+    if workers is None:
+        workers = min(16, 2 * (os.cpu_count() or 1))
+
+    def counts(mask: Path) -> np.ndarray | str:
+        try:
+            return value_counts(open_mask(mask))
+        except UnreadableImage as e:
+            return e.reason
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(counts, masks, chunksize=16))

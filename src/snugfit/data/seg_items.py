@@ -1,0 +1,241 @@
+"""Finding a segmentation dataset's items: image/mask pairs, the classes and the split.
+
+The folder layout `snugfit.data.segmentation.SegmentationDataLoaders.from_folder` and
+`snugfit.data.check_seg.check_segmentation` read::
+
+    DATA/images/<name>.<ext>   any image format snugfit reads (subfolders allowed)
+    DATA/masks/<name>.png      the same relative name, .png; 8-bit class indices, 255 void
+    DATA/codes.txt             optional: line i is the name of class i
+    DATA/valid.txt             optional: the validation images, one name a line
+
+An item is ``(image file, mask file)``. Only text files are opened here: images
+without a mask, masks without an image and names listed twice are returned for the
+caller to report; reading the pixels is `snugfit.data.masks`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from snugfit.data.items import get_image_files, split_random
+from snugfit.errors import SnugfitError, first_line
+from snugfit.tasks import VOID
+
+IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
+MASK_SUFFIX = ".png"
+
+Pair = tuple[Path, Path]
+
+
+def is_segmentation_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has the layout above (``images/`` and ``masks/`` folders)."""
+    return (Path(path) / IMAGES).is_dir() and (Path(path) / MASKS).is_dir()
+
+
+class SegmentationItems(NamedTuple):
+    """What `folder_pairs` (or `label_func_pairs`) found."""
+
+    train: list[Pair]
+    valid: list[Pair]
+    vocab: list[str] | None  # codes.txt's names; None: numbered from the masks' values
+    seed: int
+    layout: str  # "valid.txt" (the validation images listed) or "split" (random)
+    valid_pct: float | None  # the random split's fraction
+    no_mask: list[tuple[Path, str]]  # images without a mask, with the reason
+    no_image: list[Path]  # masks without an image (or not .png), never used
+    codes: Path | None  # the codes file read
+
+
+def read_codes(path: Path) -> list[str]:
+    """Class names from a codes file: line i names class i (trailing blank lines ignored).
+
+    Raises:
+        SnugfitError: Unreadable, empty, a blank or repeated name, more than 255 classes.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SnugfitError(f"{path}: cannot read the class names ({first_line(e)})") from None
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    return check_codes(names, str(path))
+
+
+def check_codes(names: Sequence, where: str) -> list[str]:
+    """``names`` as class names (strings), checked: none blank or repeated, 1 to 255."""
+    names = [str(n).strip() for n in names]
+    if not names:
+        raise SnugfitError(f"{where}: no class names")
+    for i, name in enumerate(names):
+        if not name:
+            raise SnugfitError(f"{where}, line {i + 1}: empty class name")
+        if name in names[:i]:
+            raise SnugfitError(f"{where}, line {i + 1}: class name {name!r} repeated")
+    if len(names) > VOID:
+        raise SnugfitError(f"{where}: {len(names)} classes; at most {VOID} ({VOID} is void)")
+    return names
+
+
+def numbered_codes(top: int) -> list[str]:
+    """``class_0`` ... ``class_<top>``: names for classes numbered by mask values."""
+    return [f"class_{i}" for i in range(top + 1)]
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _pairs(root: Path) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
+    """Images with their masks (sorted), images without one, masks without an image."""
+    images_dir, masks_dir = root / IMAGES, root / MASKS
+
+    def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
+        return _relative(path.with_suffix(""), folder)
+
+    png, other = {}, {}
+    for m in get_image_files(masks_dir):
+        (png if m.suffix.lower() == MASK_SUFFIX else other)[stem(m, masks_dir)] = m
+    by_name: dict[str, Path] = {}
+    pairs, no_mask, seen = [], [], set()
+    for image in get_image_files(images_dir):
+        name = stem(image, images_dir)
+        seen.add(name)
+        if name in by_name:
+            no_mask.append((image, f"another image has the name {name!r}: {by_name[name]}"))
+        elif name in png:
+            by_name[name] = image
+            pairs.append((image, png[name]))
+        else:
+            why = f"; {other[name]} is not a PNG" if name in other else ""
+            no_mask.append((image, f"no mask ({masks_dir / name}{MASK_SUFFIX} not found{why})"))
+    # A mask of an image's name that is no PNG is in that image's reason, not here.
+    used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
+    no_image = sorted(m for m in [*png.values(), *other.values()] if m not in used)
+    return pairs, no_mask, no_image
+
+
+def _valid_names(path: Path) -> list[tuple[int, str]]:
+    """``(line number, name)`` of each name in a valid.txt (blank lines and # skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SnugfitError(f"{path}: cannot read the validation names ({first_line(e)})") from None
+    return [(n, s.strip()) for n, s in enumerate(lines, 1) if s.strip() and not s.startswith("#")]
+
+
+def _split_by_list(
+    pairs: list[Pair], images_dir: Path, valid_file: Path
+) -> tuple[list[Pair], list[Pair]]:
+    """Pairs whose image valid.txt names (its path under images/, or its file name)."""
+    index: dict[str, int] = {}
+    for i, (image, _) in enumerate(pairs):
+        index[_relative(image, images_dir)] = i
+        index.setdefault(image.name, i)
+    chosen = set()
+    for n, name in _valid_names(valid_file):
+        i = index.get(name.replace("\\", "/").removeprefix(f"{IMAGES}/"))
+        if i is None:
+            raise SnugfitError(
+                f"{valid_file}, line {n}: no image {name!r} (with a mask) in {images_dir}"
+            )
+        chosen.add(i)
+    if not chosen:
+        raise SnugfitError(f"{valid_file}: names no validation image")
+    train = [p for i, p in enumerate(pairs) if i not in chosen]
+    return train, [p for i, p in enumerate(pairs) if i in chosen]
+
+
+def split_pairs(pairs: list[Pair], valid_pct: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded random split of ``pairs`` (`split_random`: the same for the same seed)."""
+    train_idx, valid_idx = split_random(len(pairs), valid_pct, seed)
+    return [pairs[i] for i in train_idx], [pairs[i] for i in valid_idx]
+
+
+def folder_pairs(
+    path: str | os.PathLike, valid_pct: float | None = None, seed: int = 42
+) -> SegmentationItems:
+    """The split pairs of a segmentation folder (the layout of the module docstring).
+
+    Validation: the images ``valid.txt`` lists; with ``valid_pct`` given, or without
+    a valid.txt, a seeded random split (``valid_pct`` default 0.2).
+
+    Raises:
+        SnugfitError: Missing folder, no ``images/`` or ``masks/``, no image with a
+            mask, a bad codes.txt, a valid.txt naming no image or an unknown one, an
+            empty training or validation set.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SnugfitError(f"{root}: no such directory")
+    for sub in (IMAGES, MASKS):
+        if not (root / sub).is_dir():
+            raise SnugfitError(
+                f"{root / sub}: no such directory (a segmentation folder has {IMAGES}/ "
+                f"and {MASKS}/)"
+            )
+    pairs, no_mask, no_image = _pairs(root)
+    if not pairs:
+        found = f"{len(no_mask)} images, {len(no_image)} masks"
+        hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
+        raise SnugfitError(f"{root}: no image with a mask ({found}){hint}")
+    codes_file = root / CODES
+    vocab = read_codes(codes_file) if codes_file.is_file() else None
+    valid_file = root / VALID
+    if valid_pct is None and valid_file.is_file():
+        train, valid = _split_by_list(pairs, root / IMAGES, valid_file)
+        layout = "valid.txt"
+    else:
+        valid_pct = 0.2 if valid_pct is None else valid_pct
+        train, valid = split_pairs(pairs, valid_pct, seed)
+        layout = "split"
+    _not_empty(root, train, valid)
+    codes = codes_file if vocab is not None else None
+    return SegmentationItems(train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes)
+
+
+def label_func_pairs(
+    path: str | os.PathLike,
+    fnames: Sequence[str | os.PathLike],
+    label_func: Callable[[Path], str | os.PathLike],
+    codes: Sequence[str] | None,
+    valid_pct: float,
+    seed: int,
+) -> SegmentationItems:
+    """The split pairs of images and ``label_func(image) -> mask file`` (fastai's
+    ``from_label_func``); images whose mask does not exist are in ``no_mask``.
+
+    Raises:
+        SnugfitError: No files, a failing ``label_func``, bad ``codes``, no image with
+            a mask, an empty training or validation set.
+    """
+    root = Path(path)
+    files = [root / f for f in fnames]
+    if not files:
+        raise SnugfitError("fnames: the list of files is empty")
+    pairs, no_mask = [], []
+    for f in files:
+        try:
+            mask = Path(label_func(f))
+        except Exception as e:
+            raise SnugfitError(f"{f}: label_func failed ({first_line(e)})") from None
+        if mask.is_file():
+            pairs.append((f, mask))
+        else:
+            no_mask.append((f, f"no mask ({mask} not found)"))
+    if not pairs:
+        raise SnugfitError(f"{root}: no image with a mask; e.g. {no_mask[0][0]}: {no_mask[0][1]}")
+    vocab = check_codes(codes, "codes") if codes is not None else None
+    train, valid = split_pairs(pairs, valid_pct, seed)
+    _not_empty(root, train, valid)
+    return SegmentationItems(train, valid, vocab, seed, "split", valid_pct, no_mask, [], None)
+
+
+def _not_empty(root: Path, train: list[Pair], valid: list[Pair]) -> None:
+    if not train:
+        raise SnugfitError(f"{root}: the training set is empty (every image is for validation)")
+    if not valid:
+        raise SnugfitError(f"{root}: the validation set is empty (no image with a mask)")

@@ -1,0 +1,456 @@
+"""The loaders of a segmentation dataset: `SegmentationDataLoaders`.
+
+The same settings and plumbing as `snugfit.data.loaders.ImageDataLoaders`
+(`snugfit.data.loaders_base`): values pushed to the two device loaders, one skip
+list, the pixel cache, ``from_check`` from the data check without a second pass.
+What differs:
+
+* items are ``(image, mask)`` pairs (`snugfit.data.seg_items` finds them);
+* ``size`` is the working resolution: images and masks are decoded at ``size``
+  (the largest centred box of its aspect: the whole image when the aspects agree),
+  validation sees that whole image, and training sees random ``crop`` windows of it
+  (``crop`` default: ``size``), flipped, rotated and zoomed together with their
+  masks. There is no presize: training crops are taken at the scale validation
+  sees, so a 512x512 crop of a 1400x2100 image is 512x512 pixels of it;
+* the task is `snugfit.tasks.Segmentation`; ``vocab`` is the class names (codes).
+
+Batches: training ``x`` float32 ``(B, 3, *crop)``, ``y`` long ``(B, *crop)``;
+validation ``(B, 3, *size)`` and ``(B, *size)``; mask values are class indices
+and 255 (void).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from torch import Tensor
+
+from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, denormalize
+from snugfit.data.check_seg_report import SegmentationCheckReport
+from snugfit.data.datasets import SkipList
+from snugfit.data.decode import prepare_for_predict
+from snugfit.data.loaders_base import DataLoadersBase
+from snugfit.data.masks import pair_header_problem, scan_masks
+from snugfit.data.preprocessing import Preprocessing, check_positive_int
+from snugfit.data.seg_items import (
+    Pair,
+    SegmentationItems,
+    check_codes,
+    folder_pairs,
+    label_func_pairs,
+    numbered_codes,
+)
+from snugfit.data.seg_loader import SegmentationDeviceLoader
+from snugfit.data.settings import LoaderSettings, resolve_device
+from snugfit.errors import SnugfitError
+from snugfit.sizes import Size, as_hw, check_size
+from snugfit.tasks import VOID, Segmentation
+
+logger = logging.getLogger("snugfit")
+
+
+class SegmentationDataLoaders(DataLoadersBase):
+    """Training and validation loaders for semantic segmentation (see the module docstring).
+
+    Build one with `from_folder`, `from_label_func` or `from_check`. Pairs whose image
+    or mask header is unreadable, whose sizes differ, or whose mask is not 8-bit
+    single-channel are left out (and reported) at construction; pairs that fail to
+    decode later (truncated data, mask values that are not classes) are skipped when
+    met. Both end up in ``skipped``, under the image's path.
+
+    Settings are read and set as attributes, as for ``ImageDataLoaders``: ``bs``,
+    ``seed``, ``device``, ``num_workers``, ``console``; ``size``, ``crop``, ``mean``,
+    ``std`` (``preprocessing``); ``augment``, ``min_scale``, ``max_rotate``, ``flip``,
+    ``max_lighting`` (``augmentation``).
+
+    Args:
+        train_items: ``(image file, mask file)`` pairs for training.
+        valid_items: The same for validation.
+        vocab: Class names: class ``i`` is mask value ``i`` (at most 255 classes).
+        path: Where the data came from (for messages).
+        bs: Batch size.
+        size: The working resolution, a side or ``(height, width)``: what validation
+            and prediction see whole, and what training crops are cut from.
+        crop: The training window, a side or ``(height, width)`` at most ``size``;
+            None: ``size`` (whole images, zoomed and rotated).
+        seed: Seed for shuffling and augmentation.
+        num_workers: Decoding processes; default ``min(4, cpu count)``.
+        device: Device batches are delivered to; default CUDA when available.
+        min_scale: Smallest area of the zoomed window, as a fraction of ``crop``.
+        max_rotate: Largest random rotation, in degrees.
+        flip: Random horizontal flips.
+        max_lighting: Largest relative brightness/contrast change (images only).
+        augment: Augment training batches (False: the central ``crop`` window).
+        mean: Normalisation mean (the learner sets the model's).
+        std: Normalisation standard deviation.
+        cache: Keep decoded images and masks in the pixel cache (False: decode every epoch).
+        cache_size: Bound on the cache folder (see ``ImageDataLoaders``).
+        cache_root: Cache folder; default ``cache_dir() / "images"``.
+        console: Where the cache pre-pass shows its progress (default: stderr).
+        unreadable: Images already known to be unusable, path → reason (e.g. the data
+            check's): left out unopened, not reported again.
+        left_out: Images to leave out and report now, path → reason (e.g. images
+            without a mask, found when listing the folder).
+        checked: A data check decoded every pair: no header is opened here.
+        loss: The task's loss: ``"ce"`` (cross-entropy) or ``"dice_ce"``, both ignoring void.
+    """
+
+    def __init__(
+        self,
+        train_items: Sequence[Pair],
+        valid_items: Sequence[Pair],
+        vocab: Sequence[str],
+        *,
+        path: str | os.PathLike | None = None,
+        bs: int = 8,
+        size: Size = 224,
+        crop: Size | None = None,
+        seed: int = 42,
+        num_workers: int | None = None,
+        device: str | torch.device | None = None,
+        min_scale: float = 0.75,
+        max_rotate: float = 10.0,
+        flip: bool = True,
+        max_lighting: float = 0.2,
+        augment: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        cache: bool = True,
+        cache_size: str | int | None = None,
+        cache_root: str | os.PathLike | None = None,
+        console: Console | None = None,
+        unreadable: Mapping[str, str] | None = None,
+        left_out: Mapping[str, str] | None = None,
+        checked: bool = False,
+        loss: str = "ce",
+    ):
+        size = check_size("size", size)
+        preprocessing = Preprocessing(
+            size, None, mean, std, 1.0, crop=size if crop is None else crop
+        )
+        self._setup(
+            path=path,
+            task=Segmentation(loss=loss),
+            settings=LoaderSettings(
+                bs=check_positive_int("bs", bs),
+                preprocessing=preprocessing,
+                augmentation=Augmentation(augment, min_scale, max_rotate, flip, max_lighting),
+                seed=seed,
+                device=resolve_device(device),
+                num_workers=num_workers,
+                console=console or Console(stderr=True),
+            ),
+            vocab=check_codes(vocab, "vocab"),
+            unreadable=unreadable,
+            cache=cache,
+            cache_size=cache_size,
+            cache_root=cache_root,
+        )
+        where = self.path if self.path is not None else "data"
+        if self.c < 2:
+            raise SnugfitError(
+                f"{where}: found only one class ({self.vocab[0]!r}); need at least two"
+            )
+        for image, reason in (left_out or {}).items():
+            self.skips.skip(image, reason)
+        self.train_items = usable_pairs(train_items, self.skips, checked)
+        self.valid_items = usable_pairs(valid_items, self.skips, checked)
+        if not self.train_items:
+            raise SnugfitError(f"{where}: the training set is empty (no readable image/mask pair)")
+        if not self.valid_items:
+            raise SnugfitError(
+                f"{where}: the validation set is empty (no readable image/mask pair)"
+            )
+        self.train, self.valid = self._device_loaders(self.settings)
+
+    def _device_loaders(
+        self, settings: LoaderSettings
+    ) -> tuple[SegmentationDeviceLoader, SegmentationDeviceLoader]:
+        shared = {
+            "task": self.task,
+            "n_classes": self.c,
+            "skips": self.skips,
+            "cache": self.cache,
+            "cache_since_ns": self.cache_since_ns,
+        }
+        return (
+            SegmentationDeviceLoader(self.train_items, True, settings, **shared),
+            SegmentationDeviceLoader(self.valid_items, False, settings, **shared),
+        )
+
+    # -- constructors ---------------------------------------------------------
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | os.PathLike,
+        *,
+        size: Size = 224,
+        crop: Size | None = None,
+        bs: int = 8,
+        valid_pct: float | None = None,
+        seed: int = 42,
+        loss: str = "ce",
+        **kw: Any,
+    ) -> SegmentationDataLoaders:
+        """Loaders of ``path/images/<name>.<ext>`` and ``path/masks/<name>.png``
+        (`snugfit.data.seg_items`).
+
+        Classes: ``path/codes.txt`` (line i names class i), else ``class_0`` ...
+        up to the largest value in the masks (every mask is read for it). Validation:
+        the images ``path/valid.txt`` names; with ``valid_pct``, or without a
+        valid.txt, a random split seeded by ``seed`` (``valid_pct`` default 0.2).
+        Images without a mask are left out and reported (``skipped``), and so are
+        masks without an image (logged).
+
+        Args:
+            path: The dataset folder.
+            size, crop, bs, seed, loss: As for the class.
+            valid_pct: Validation fraction of a random split (see above).
+            **kw: Further settings of the class.
+
+        Raises:
+            SnugfitError: Missing folders, no pair, a bad codes.txt or valid.txt, fewer
+                than two classes, an empty training or validation set.
+        """
+        found = folder_pairs(path, valid_pct, seed)
+        return cls._from_items(found, path, size=size, crop=crop, bs=bs, loss=loss, **kw)
+
+    @classmethod
+    def from_label_func(
+        cls,
+        path: str | os.PathLike,
+        fnames: Sequence[str | os.PathLike],
+        label_func: Callable[[Path], str | os.PathLike],
+        codes: Sequence[str] | None = None,
+        valid_pct: float = 0.2,
+        seed: int = 42,
+        **kw: Any,
+    ) -> SegmentationDataLoaders:
+        """Loaders of images and their masks, ``label_func(image path) -> mask path``
+        (fastai's ``SegmentationDataLoaders.from_label_func``).
+
+        Args:
+            path: The dataset folder; relative ``fnames`` are under it.
+            fnames: The image files.
+            label_func: Image file → its mask file.
+            codes: Class names (class ``i`` is mask value ``i``); None: ``class_0`` ...
+                up to the largest value in the masks.
+            valid_pct: Validation fraction of the seeded random split.
+            seed: Seed for the split, shuffling and augmentation.
+            **kw: Further settings of the class (size, crop, bs, loss, ...).
+        """
+        found = label_func_pairs(path, fnames, label_func, codes, valid_pct, seed)
+        return cls._from_items(found, path, **kw)
+
+    @classmethod
+    def _from_items(
+        cls, found: SegmentationItems, path: str | os.PathLike, **kw: Any
+    ) -> SegmentationDataLoaders:
+        left_out = {str(image): reason for image, reason in found.no_mask}
+        if found.no_image:
+            logger.warning(
+                "%s: %d mask(s) without an image, not used (e.g. %s)",
+                path,
+                len(found.no_image),
+                found.no_image[0],
+            )
+        vocab = found.vocab
+        if vocab is None:
+            known = {**(kw.get("unreadable") or {}), **left_out}
+            vocab, bad = _numbered_classes(found.train + found.valid, known, path)
+            left_out.update(bad)
+        return cls(
+            found.train,
+            found.valid,
+            vocab,
+            path=path,
+            seed=found.seed,
+            left_out=left_out,
+            **kw,
+        )
+
+    @classmethod
+    def from_check(cls, report: SegmentationCheckReport, **kw: Any) -> SegmentationDataLoaders:
+        """Loaders of the pairs a data check split (`snugfit.data.check_seg.check_segmentation`),
+        with its classes, no second split and no second pass over the files: the pairs
+        it found unusable are skipped unopened, and no other file is opened before it is
+        decoded.
+
+        Args:
+            report: The check's report (with its ``split``).
+            **kw: Further settings (size, crop, bs, ...); ``seed`` defaults to the check's.
+
+        Raises:
+            SnugfitError: The report has no split items (one read back from ``check.json``).
+        """
+        split = report.split
+        if split is None:
+            raise SnugfitError(
+                f"{report.root}: the check report has no split items (read back from "
+                "check.json?); run the check again"
+            )
+        kw.setdefault("seed", split.seed)
+        unreadable = {**report.unreadable_files, **(kw.pop("unreadable", None) or {})}
+        return cls(
+            split.train,
+            split.valid,
+            split.vocab,
+            path=report.root,
+            unreadable=unreadable,
+            checked=True,
+            **kw,
+        )
+
+    # -- settings -------------------------------------------------------------
+
+    @property
+    def crop(self) -> Size:
+        """The training window (``size`` when training on whole images)."""
+        return self.preprocessing.train_input
+
+    @crop.setter
+    def crop(self, value: Size | None) -> None:
+        p = self.preprocessing
+        self.configure(preprocessing=p.replace(crop=p.size if value is None else value))
+
+    def set_size(self, size: Size, crop: Size | None = None) -> None:
+        """Change the working resolution; the training ``crop`` is given, or keeps its
+        fraction of the size (each side rounded; whole images stay whole)."""
+        p = self.preprocessing
+        size = check_size("size", size)
+        if crop is None:
+            crop = tuple(
+                min(new, max(1, round(c * new / old)))
+                for c, old, new in zip(as_hw(p.train_input), p.hw, as_hw(size), strict=True)
+            )
+        self.configure(preprocessing=p.replace(size=size, crop=crop))
+
+    # -- use ------------------------------------------------------------------
+
+    def test_tensor(
+        self, images: str | os.PathLike | Image.Image | Sequence[str | os.PathLike | Image.Image]
+    ) -> Tensor:
+        """Files or PIL images as a normalised CPU batch: the whole image at ``size``."""
+        return prepare_for_predict(images, self.size, 1.0, self.mean, self.std)
+
+    def show_batch(
+        self,
+        path: str | os.PathLike = "batch.png",
+        n: int = 8,
+        split: str = "train",
+        alpha: float = 0.45,
+    ) -> Path:
+        """Save a grid of ``n`` images of a batch with their masks overlaid (a colour per
+        class, void left bare), titled with their largest classes.
+
+        Args:
+            path: PNG file to write.
+            n: Number of images (at most one batch).
+            split: ``"train"`` (augmented crops) or ``"valid"`` (whole images).
+            alpha: Opacity of the class colours.
+
+        Returns:
+            The path written.
+        """
+        from matplotlib.figure import Figure  # Figure alone needs no display/pyplot
+
+        loader = self.loader(split)
+        n = check_positive_int("n", n)
+        x, y = loader.one_batch()
+        x = denormalize(x[:n].float().cpu(), self.mean, self.std).clamp(0, 1)
+        y = y[:n].cpu()
+        shown = overlay(x, y, class_colours(self.c), alpha)
+        cols = math.ceil(math.sqrt(len(y)))
+        rows = math.ceil(len(y) / cols)
+        h, w = x.shape[-2:]
+        fig = Figure(figsize=(2.4 * cols * max(1.0, w / h), 2.6 * rows))
+        for i, (img, mask) in enumerate(zip(shown, y, strict=True)):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            ax.imshow(img)
+            ax.set_title(self.task.title(mask, self.vocab), fontsize=8)
+            ax.axis("off")
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, format="png", dpi=80)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationDataLoaders({len(self.train_items)} train, {len(self.valid_items)} "
+            f"valid, {self.c} classes, bs={self.bs}, size={self.size}, crop={self.crop}, "
+            f"device={self.device}, skipped={len(self.skipped)})"
+        )
+
+
+def usable_pairs(items: Sequence[Pair], skips: SkipList, checked: bool) -> list[tuple[Path, Path]]:
+    """Pairs not in ``skips`` whose headers look fine (unless ``checked``: a data check
+    decoded them); the others are recorded in ``skips`` under the image's path."""
+    pairs = [(Path(i), Path(m)) for i, m in items if str(i) not in skips]
+    if not pairs or checked:
+        return pairs
+    # Opening a header is mostly waiting on the file system: threads overlap it.
+    with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
+        problems = list(pool.map(lambda p: pair_header_problem(*p), pairs, chunksize=64))
+    kept = []
+    for pair, problem in zip(pairs, problems, strict=True):
+        if problem is None:
+            kept.append(pair)
+        else:
+            skips.skip(pair[0], problem)
+    return kept
+
+
+def _numbered_classes(
+    pairs: Sequence[Pair], known: Mapping[str, str], where
+) -> tuple[list[str], dict[str, str]]:
+    """``class_0`` ... up to the largest class value in the masks, and the images whose
+    mask cannot be read (image → reason)."""
+    pairs = [(i, m) for i, m in pairs if str(i) not in known]
+    found = scan_masks([m for _, m in pairs])
+    seen = np.zeros(256, dtype=np.int64)
+    bad = {}
+    for (image, mask), counts in zip(pairs, found, strict=True):
+        if isinstance(counts, str):
+            bad[str(image)] = f"mask {mask}: {counts}"
+        else:
+            seen += counts
+    values = np.flatnonzero(seen[:VOID])
+    if not len(values):
+        raise SnugfitError(
+            f"{where}: no class values in the masks (every readable mask is void, {VOID}); "
+            "nothing to learn"
+        )
+    return numbered_codes(int(values[-1])), bad
+
+
+def class_colours(n: int) -> np.ndarray:
+    """``(n, 3)`` distinct colours in ``[0, 1]``, one per class (matplotlib's tab20, then
+    golden-ratio hues)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import hsv_to_rgb
+
+    tab = np.array([colormaps["tab20"](i)[:3] for i in range(20)])
+    extra = [hsv_to_rgb(((i * 0.618034) % 1, 0.8, 0.9)) for i in range(max(0, n - 20))]
+    return np.concatenate([tab, np.array(extra).reshape(-1, 3)])[:n]
+
+
+def overlay(x01: Tensor, masks: Tensor, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """``(B, H, W, 3)`` images in ``[0, 1]`` with each class's pixels tinted by its colour
+    (void pixels as they are)."""
+    img = x01.permute(0, 2, 3, 1).numpy().copy()
+    m = masks.numpy()
+    labelled = m != VOID
+    tint = colours[np.where(labelled, m, 0)]
+    img[labelled] = (1 - alpha) * img[labelled] + alpha * tint[labelled]
+    return img
