@@ -165,14 +165,14 @@ def train(capsys, data: Path, out: Path, *extra: str) -> tuple[int, str]:
 
 def with_learner(monkeypatch, setup):
     """Make `snugfit train` call ``setup(learn)`` on the learner it builds."""
-    build = snugfit.app.run.vision_learner
+    build = snugfit.app.run.learner_for
 
     def patched(*args, **kwargs):
         learn = build(*args, **kwargs)
         setup(learn)
         return learn
 
-    monkeypatch.setattr(snugfit.app.run, "vision_learner", patched)
+    monkeypatch.setattr(snugfit.app.run, "learner_for", patched)
 
 
 def test_report_renders_its_sections_and_images_in_chromium(

@@ -103,3 +103,27 @@ def test_interpretation_and_report_sections(tmp_path):
     page = write_report(tmp_path, status="completed", **found).read_text()
     assert "lowest Dice" in page and page.count('data-name="thumb"') == 3 * 4
     assert '<td class="l">blob</td>' in page
+
+
+def test_a_large_input_is_probed_smaller_and_scaled_by_area(monkeypatch):
+    import snugfit.memory.probe as probe
+
+    model = create_segmentation_model("resnet18", 3, pretrained=False)
+    full = probe.measure(model, (128, 192))
+    monkeypatch.setattr(probe, "PROBE_PIXELS", 64 * 96)
+    scaled = probe.profile_activations(model, (128, 192), room=0)  # no room: scale
+    assert scaled.probed_at == (64, 96)
+    assert abs(scaled.per_sample / full.per_sample - 1) < 0.02
+    again = probe.profile_activations(model, (128, 192), room=2**40)  # room: measure
+    assert again.probed_at is None and again.per_sample == full.per_sample
+
+
+def test_plan_command_on_a_segmentation_folder(tmp_path, capsys):
+    from fixtures import make_segmentation_folder
+    from test_cli import run_cli
+
+    root = make_segmentation_folder(tmp_path / "seg", n=4)
+    code, out, err = run_cli(capsys, "plan", str(root), "--arch", "resnet18", "--size",
+                             "64x96", "--crop", "32", "--bs", "4", "--gpu-mem", "2GB")  # fmt: skip
+    assert code == 0, err
+    assert out.count("at 32 px on cuda") == 2 and "decoder" not in err

@@ -1,22 +1,34 @@
-"""snugfit: fine-tune pretrained image classifiers that fit your machine."""
+"""snugfit: fine-tune pretrained image classifiers and segmentation models that fit your
+machine."""
 
 from snugfit.app.config import TrainConfig
 from snugfit.callbacks import Callback
 from snugfit.data.loaders import ImageDataLoaders
 from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import NonFiniteLoss, SnugfitError, UnreadableImage
+from snugfit.infer.interpret import ClassificationInterpretation
+from snugfit.tasks import MultiLabel, Segmentation, SingleLabel
 from snugfit.tasks.metrics import accuracy, accuracy_multi, error_rate, f1_samples
-from snugfit.train.factory import load_learner, vision_learner
+from snugfit.train.factory import (
+    load_learner,
+    segmentation_learner,
+    unet_learner,
+    vision_learner,
+)
 from snugfit.train.learner import Learner
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Callback",
+    "ClassificationInterpretation",
     "ImageDataLoaders",
     "Learner",
+    "MultiLabel",
     "NonFiniteLoss",
+    "Segmentation",
     "SegmentationDataLoaders",
+    "SingleLabel",
     "SnugfitError",
     "TrainConfig",
     "UnreadableImage",
@@ -25,5 +37,7 @@ __all__ = [
     "error_rate",
     "f1_samples",
     "load_learner",
+    "segmentation_learner",
+    "unet_learner",
     "vision_learner",
 ]

@@ -66,6 +66,7 @@ def budget(text: str) -> str:
 
 DATA_HELP = (
     "folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*); "
+    "segmentation: DATA/images/* and DATA/masks/*.png (codes.txt, valid.txt optional); "
     "with --csv, the folder the CSV's file names are relative to"
 )
 

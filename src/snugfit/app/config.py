@@ -27,6 +27,10 @@ class TrainConfig:
     checkpoint_every: int | None = None  # also checkpoint every N batches (None: per epoch)
     bs: int = 32
     size: int | tuple[int, int] = 224  # a side, or (height, width): --size 1400x2100
+    # Segmentation (a folder with images/ and masks/): training crops, decoder, loss.
+    crop: int | tuple[int, int] | None = None  # train on random crops of this size
+    decoder: str = "unet"  # "unet", "fpn" or "deeplabv3plus"
+    loss: str = "ce"  # "ce" (cross-entropy ignoring void) or "dice_ce"
     lr: float = 2e-3  # fine_tune: base learning rate
     weights: str | None = None
     pretrained: bool = True

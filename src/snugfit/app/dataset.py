@@ -83,6 +83,5 @@ def loaders(
         "seed": cfg.seed,
     }
     if isinstance(report, SegmentationCheckReport):
-        crop = getattr(cfg, "crop", None)  # a field the segmentation run adds
-        return SegmentationDataLoaders.from_check(report, crop=crop, **settings)
+        return SegmentationDataLoaders.from_check(report, crop=cfg.crop, loss=cfg.loss, **settings)
     return ImageDataLoaders.from_check(report, **settings)

@@ -40,7 +40,7 @@ from snugfit.data.loaders import ImageDataLoaders, resolve_device
 from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
 from snugfit.events import JsonLinesSink
 from snugfit.infer.interpret import interpret as interpret_model
-from snugfit.train.factory import vision_learner
+from snugfit.train.factory import learner_for
 from snugfit.train.learner import Learner
 
 log = logging.getLogger("snugfit")
@@ -113,9 +113,10 @@ def _data(cfg: TrainConfig, console: Console) -> tuple[CheckReport, ImageDataLoa
 
 
 def _learner(cfg: TrainConfig, dls: ImageDataLoaders, console: Console) -> Learner:
-    return vision_learner(
+    return learner_for(
         dls,
         cfg.arch,
+        decoder=cfg.decoder,
         pretrained=cfg.pretrained,
         weights=cfg.weights,
         metrics=dls.task.run_metrics,

@@ -21,6 +21,7 @@ import torch
 from snugfit import distributed
 from snugfit.data.decode import prepare_for_predict
 from snugfit.errors import SnugfitError
+from snugfit.infer.predict_seg import predict_masks
 from snugfit.tasks.evaluation import Evaluator
 
 log = logging.getLogger("snugfit")
@@ -72,7 +73,11 @@ def evaluation(learn, dl) -> Evaluator:
 
 @torch.no_grad()
 def predict_many(learn, images: Sequence) -> tuple[list, torch.Tensor]:
-    """`Learner.predict_many`: labels (a list per image, multi-label) and probabilities."""
+    """`Learner.predict_many`: labels (a list per image, multi-label) and probabilities;
+    a segmentation model: masks and per-pixel probabilities at each image's own size
+    (lists: the sizes differ; `snugfit.infer.predict_seg`)."""
+    if learn.task.name == "segmentation":
+        return predict_masks(learn, images)
     pre = learn.preprocessing
     x = prepare_for_predict(images, pre.size, pre.crop_pct, pre.mean, pre.std)
     learn.model.eval()

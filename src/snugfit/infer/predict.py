@@ -104,7 +104,7 @@ def predict_batch_size(learn, memory_budget: str | int | float | None = None) ->
         return CPU_BS, f"batch {CPU_BS} (the CPU default; --bs or --memory-budget to change)"
     total = torch.cuda.get_device_properties(device).total_memory if on_cuda else None
     budget = parse_bytes(total if memory_budget is None else memory_budget, total=total)
-    size = learn.preprocessing.size
+    size = learn.preprocessing.train_input  # a segmentation model predicts crop-sized tiles
     profile = profile_eval(
         learn.model,
         size,
@@ -237,3 +237,47 @@ def predict_to_csv(
                 summary.skipped.append((path, error))
             writer.writerow(csv_row(learn, path, probs, error))
     return summary
+
+
+def predict_outputs(
+    learn,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    csv_path: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    overlay: bool = False,
+    bs: int | None = None,
+    memory_budget: str | int | float | None = None,
+    num_workers: int | None = None,
+):
+    """Predict every image of ``inputs`` into a CSV (``csv_path``) and, for a
+    segmentation model, a mask per image in the folder ``out``: the task's writer
+    (`WRITERS`). Returns a summary with ``line()`` and ``skipped``."""
+    files = image_inputs(inputs)
+    write = WRITERS.get(learn.task.name, _classes_csv)
+    return write(learn, files, csv_path=csv_path, out=out, overlay=overlay, bs=bs,
+                 memory_budget=memory_budget, num_workers=num_workers)  # fmt: skip
+
+
+def _classes_csv(learn, files, *, csv_path, out, overlay, bs, memory_budget, num_workers):
+    if out is not None or overlay:
+        raise SnugfitError(
+            "--out, --overlay: write a mask per image, for segmentation models; "
+            "this model is a classifier: use --csv"
+        )
+    return predict_to_csv(learn, files, csv_path, bs=bs, memory_budget=memory_budget,
+                          num_workers=num_workers)  # fmt: skip
+
+
+def _masks(learn, files, *, csv_path, out, overlay, bs, memory_budget, num_workers):
+    from snugfit.infer.predict_seg import predict_to_folder
+
+    if out is None and overlay:
+        raise SnugfitError("--overlay: give --out DIR for the overlays")
+    tiles = bs if bs is not None else predict_batch_size(learn, memory_budget)[0]
+    return predict_to_folder(learn, files, out, overlay=overlay, csv_path=csv_path, tiles=tiles)
+
+
+# How each task's predictions are written: a CSV row per image for classifiers; a mask
+# file per image (and pixel shares in the CSV) for segmentation models.
+WRITERS = {"segmentation": _masks}

@@ -89,6 +89,8 @@ class MemoryPlan:
             f"{format_bytes(self.budget)}"
             + (f" ({format_bytes(self.reserved)} reserved)" if self.reserved else "")
         )
+        if self.probed_at is not None:
+            title += f"; activations measured at {format_size(self.probed_at)}, scaled by area"
         table = Table(title=title)
         table.add_column("")
         table.add_column("candidate")
@@ -118,10 +120,16 @@ class MemoryPlan:
             "bs": self.bs,
             "size": self.size if isinstance(self.size, int) else list(self.size),
             "device_type": self.device_type,
+            "probed_at": None if self.probed_at is None else list(as_hw(self.probed_at)),
             "frozen_to": self.frozen_to,
             "candidates": [{"label": c.label, **asdict(c)} for c in self.candidates],
             "chosen": next((i for i, c in enumerate(self.candidates) if c is self.chosen), None),
         }
+
+    @property
+    def probed_at(self) -> Size | None:
+        """The smaller size the activations were measured at (None: at ``size``)."""
+        return next((p.probed_at for p in self.profiles.values() if p.probed_at), None)
 
     def summary(self) -> str:
         """One line: the chosen configuration and its predicted peak, or what would be needed."""
@@ -220,6 +228,7 @@ def make_plan(
     channels_last: bool = False,
     probe_device: str | torch.device = "cpu",
     reserved: int | None = None,
+    extra_per_sample: int = 0,
 ) -> MemoryPlan:
     """Predict the peak of every configuration and choose the fastest that fits.
 
@@ -243,6 +252,8 @@ def make_plan(
         probe_device: Where the probe runs; the CPU works whatever ``device_type`` is.
         reserved: Bytes used outside PyTorch's allocator (default: 512 MiB for the CUDA
             context on ``"cuda"``, 0 otherwise).
+        extra_per_sample: Further bytes per sample on the device besides the uint8 and
+            float images (a segmentation mask: its uint8 copy and its int64 targets).
 
     Raises:
         SnugfitError: On a non-positive ``bs``, ``size`` or ``budget``, or an unknown
@@ -255,7 +266,7 @@ def make_plan(
     static = static_bytes(model, opt)
     fixed_bytes = sum(static.values())
     # The whole batch lives on the device: uint8 presized images plus the augmented floats.
-    input_bytes = bs * 3 * h * w * (1 + 4)
+    input_bytes = bs * (3 * h * w * (1 + 4) + extra_per_sample)
 
     profiles: dict[str, ActivationProfile] = {}
     for p in dict.fromkeys(precisions):

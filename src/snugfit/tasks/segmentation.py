@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from snugfit.errors import SnugfitError
+from snugfit.sizes import as_hw
 from snugfit.tasks.evaluation import Evaluator
 from snugfit.tasks.metrics import METRICS, metric_name
 from snugfit.tasks.seg_losses import LOSSES
@@ -107,6 +108,11 @@ class Segmentation(Task):
         return ", ".join(names) + more if names else "(void)"
 
     # -- training -----------------------------------------------------------
+    def target_bytes(self, size) -> int:
+        """A mask at input ``size``: its uint8 copy and its int64 targets."""
+        h, w = as_hw(size)
+        return h * w * (1 + 8)
+
     def loss(self) -> nn.Module:
         return LOSSES[self.loss_name]()
 

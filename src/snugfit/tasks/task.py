@@ -56,6 +56,11 @@ class Task:
         """How a batch grid titles an image with this target."""
         raise NotImplementedError
 
+    def target_bytes(self, size) -> int:
+        """Bytes one sample's target takes on the device at input ``size`` (the memory
+        plan counts them); a class index or a label vector: nothing worth counting."""
+        return 0
+
     # -- training -----------------------------------------------------------
     def loss(self) -> nn.Module:
         raise NotImplementedError

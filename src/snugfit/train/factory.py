@@ -105,6 +105,15 @@ def unet_learner(dls, arch: str, **kwargs) -> Learner:
     return segmentation_learner(dls, arch, decoder="unet", **kwargs)
 
 
+def learner_for(dls, arch: str, *, decoder: str = "unet", **kwargs) -> Learner:
+    """The learner of ``dls``'s task: `segmentation_learner` (with ``decoder``) for
+    segmentation loaders, `vision_learner` for the others."""
+    if dls.task.name == "segmentation":
+        kwargs.pop("head_init", None)  # a decoder has no ImageNet rows to start from
+        return segmentation_learner(dls, arch, decoder=decoder, **kwargs)
+    return vision_learner(dls, arch, **kwargs)
+
+
 def load_learner(path, device: str | torch.device | None = None) -> Learner:
     """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
     model, meta = read_model_folder(path)

@@ -91,7 +91,7 @@ class MemoryControl:
 
     def phase_key(self) -> tuple:
         """What moves memory now: the frozen groups, the image size and the batch size."""
-        return phase_key(self.frozen_to, self.dls.size, self.dls.bs)
+        return phase_key(self.frozen_to, self.preprocessing.train_input, self.dls.bs)
 
     def plan(self, budget=None, bs=None, size=None, apply: bool = True, device_type=None):
         """Plan precision, micro-batch and checkpointing to fit ``budget``; print the table.
@@ -107,12 +107,13 @@ class MemoryControl:
         p = self.planner.make(
             self.model,
             bs=bs or self.dls.bs,
-            size=size or self.dls.size,
+            size=size or self.preprocessing.train_input,
             precision_request=self.precision_request,
             precision=self.precision,
             opt=self.opt_name,
             channels_last=self.channels_last,
             shards=distributed.world_size() if self.distributed else 1,
+            extra_per_sample=self.task.target_bytes(size or self.preprocessing.train_input),
             budget=budget,
             device_type=device_type,
         )

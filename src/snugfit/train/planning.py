@@ -66,6 +66,7 @@ class Planner:
         opt: str,
         channels_last: bool,
         shards: int = 1,
+        extra_per_sample: int = 0,
         budget=None,
         device_type: str | None = None,
     ) -> MemoryPlan:
@@ -102,6 +103,7 @@ class Planner:
             precisions=precisions,
             channels_last=channels_last,
             probe_device=self.device,
+            extra_per_sample=extra_per_sample,
         )
 
     def advice(self) -> str:

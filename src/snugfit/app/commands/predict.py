@@ -1,4 +1,5 @@
-"""``snugfit predict``: classify images with a saved model, printed or into a CSV file."""
+"""``snugfit predict``: predict images with a saved model, printed, into a CSV file, or
+(segmentation) as a mask file per image."""
 
 from __future__ import annotations
 
@@ -13,15 +14,24 @@ NAME = "predict"
 def add_parser(subparsers) -> None:
     pr = subparsers.add_parser(
         NAME,
-        help="classify images with a saved model",
+        help="predict images with a saved model (classes, or masks)",
         description="Print path, label and probability per image; or, with --csv, predict "
         "every image of folders (recursively) in batches that fit the device memory and "
         "write path, label, probability, one prob_<class> column per class and error. "
+        "A segmentation model predicts each image at its own size (a sliding window of "
+        "training-crop tiles): --out DIR writes DIR/<stem>.png (a class index per pixel), "
+        "--overlay a colour overlay too, --csv each image's pixel share per class. "
         "Exit status 1 when some file could not be read.",
     )
     pr.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--csv", default=None, help="write the predictions to this CSV file")
+    pr.add_argument(
+        "--out", default=None, metavar="DIR", help="segmentation: write a mask per image here"
+    )
+    pr.add_argument(
+        "--overlay", action="store_true", help="segmentation: also DIR/<stem>_overlay.png"
+    )
     pr.add_argument(
         "--bs",
         type=positive_int,
@@ -47,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from snugfit.train.factory import load_learner
 
     learn = load_learner(args.model, resolve_device(args.device))
-    if args.csv is not None:
-        return _predict_csv(learn, args)
+    if args.csv is not None or args.out is not None or args.overlay:
+        return _predict_outputs(learn, args)
     failed = 0
     for path in image_inputs(args.images):
         try:
@@ -61,18 +71,21 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _predict_csv(learn, args: argparse.Namespace) -> int:
-    from snugfit.infer.predict import predict_to_csv
+def _predict_outputs(learn, args: argparse.Namespace) -> int:
+    from snugfit.infer.predict import predict_outputs
 
-    summary = predict_to_csv(
+    summary = predict_outputs(
         learn,
         args.images,
-        args.csv,
+        csv_path=args.csv,
+        out=args.out,
+        overlay=args.overlay,
         bs=args.bs,
         memory_budget=args.memory_budget,
         num_workers=args.num_workers,
     )
-    print(summary.bs_reason, file=sys.stderr)
+    if getattr(summary, "bs_reason", None):
+        print(summary.bs_reason, file=sys.stderr)
     for path, reason in summary.skipped:
         print(f"snugfit: skipping {path}: {reason}", file=sys.stderr)
     print(summary.line())

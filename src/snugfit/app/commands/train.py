@@ -122,6 +122,7 @@ def _model_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         default=d.size,
         help="image size in pixels: a side (224) or HEIGHTxWIDTH (1400x2100)",
     )
+    _segmentation_args(t, d)
     t.add_argument("--lr", type=positive_float, default=d.lr, help="fine_tune: base learning rate")
     t.add_argument(
         "--weights",
@@ -183,6 +184,31 @@ def _memory_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     t.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
     t.add_argument("--wd", type=non_negative_float, default=d.wd, help="decoupled weight decay")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+
+
+def _segmentation_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    g = t.add_argument_group(
+        "segmentation", "for a folder of images/ and masks/ (a class index per pixel, 255 void)"
+    )
+    g.add_argument(
+        "--crop",
+        type=image_size,
+        default=None,
+        help="train on random crops of this size out of the images at --size "
+        "(e.g. 512 out of 1400x2100); validation and prediction see whole images",
+    )
+    g.add_argument(
+        "--decoder",
+        default=d.decoder,
+        choices=["unet", "fpn", "deeplabv3plus"],
+        help=f"segmentation-models-pytorch decoder on the --arch encoder (default {d.decoder})",
+    )
+    g.add_argument(
+        "--loss",
+        default=d.loss,
+        choices=["ce", "dice_ce"],
+        help="ce: cross-entropy ignoring void; dice_ce: Dice plus cross-entropy",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
