@@ -127,3 +127,15 @@ def test_plan_command_on_a_segmentation_folder(tmp_path, capsys):
                              "64x96", "--crop", "32", "--bs", "4", "--gpu-mem", "2GB")  # fmt: skip
     assert code == 0, err
     assert out.count("at 32 px on cuda") == 2 and "decoder" not in err
+
+
+def test_the_decoders_batchnorm_trains_at_small_micro_batches():
+    from torch import nn
+
+    learn = seg_learner(micro_bs=2)  # below bn_freeze_below=16
+    learn.unfreeze()
+    learn.train_mode()
+    bns = {n: m for n, m in learn.model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    enc = [m.training for n, m in bns.items() if n.startswith("encoder.")]
+    dec = [m.training for n, m in bns.items() if n.startswith("decoder.")]
+    assert enc and dec and not any(enc) and all(dec)  # no statistics to keep in the decoder

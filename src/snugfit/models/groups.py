@@ -222,13 +222,20 @@ def freeze_groups(groups: Sequence[NamedParams], n: int) -> int:
 
 
 def batchnorm_to_eval(model: nn.Module, everywhere: bool = False) -> int:
-    """Put frozen BatchNorm layers (all of them with ``everywhere``) in eval mode, so
-    they use and keep their running statistics; returns the number of trainable ones."""
+    """Put frozen BatchNorm layers (with ``everywhere``, all but those of parts the model
+    builds without statistics) in eval mode, so they use and keep their running
+    statistics; returns the number of trainable ones.
+
+    A part built from scratch, such as a segmentation decoder (``fresh_modules()``),
+    has no statistics to keep: its BatchNorm layers train at any micro-batch.
+    """
+    fresh = getattr(model, "fresh_modules", list)()
+    new = {id(m) for part in fresh for m in part.modules()}
     trainable = 0
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             frozen = m.weight is not None and not m.weight.requires_grad
             trainable += not frozen
-            if frozen or everywhere:
+            if frozen or (everywhere and id(m) not in new):
                 m.eval()
     return trainable

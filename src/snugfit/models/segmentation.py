@@ -61,6 +61,11 @@ class SegmentationModel(nn.Module):
         self.n_classes = n_classes
         self.stride = int(net.encoder.output_stride)
 
+    def fresh_modules(self) -> list[nn.Module]:
+        """The parts built from scratch (decoder and head): their BatchNorm layers have
+        no statistics to keep, so they train even at small micro-batches."""
+        return [self.decoder, self.segmentation_head]
+
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         features = self.encoder(pad_to_multiple(x, self.stride))
