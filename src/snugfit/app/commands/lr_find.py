@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
         description="fastai's lr_find on the model as training would start it (head only, "
         "or --unfrozen); prints the suggestions and saves the plot.",
     )
-    lf.add_argument("data", help="image folder (as for train)")
+    lf.add_argument("data", help="image folder, or segmentation folder (as for train)")
     lf.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
     lf.add_argument("--weights", default=None, help="local weights file")
     lf.add_argument(
@@ -37,12 +37,13 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from snugfit.data.loaders import ImageDataLoaders
-    from snugfit.train.factory import vision_learner
+    from snugfit.data.seg_items import is_segmentation_folder
+    from snugfit.data.segmentation import SegmentationDataLoaders
+    from snugfit.train.factory import learner_for
 
-    dls = ImageDataLoaders.from_folder(
-        args.data, bs=args.bs, size=args.size, num_workers=args.num_workers
-    )
-    learn = vision_learner(
+    kind = SegmentationDataLoaders if is_segmentation_folder(args.data) else ImageDataLoaders
+    dls = kind.from_folder(args.data, bs=args.bs, size=args.size, num_workers=args.num_workers)
+    learn = learner_for(
         dls,
         args.arch,
         pretrained=args.pretrained,
