@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from rich.console import Console
 from torch import nn
 
-from fixtures import make_image_folder
+from fixtures import make_image_folder, make_segmentation_folder
 from snugfit import Learner
 from snugfit.callbacks import Callback
 from snugfit.data.datasets import EpochShuffle, ShardBatches
@@ -80,6 +80,38 @@ def _train(
     }
 
 
+class TinySegNet(nn.Module):
+    """Per-pixel logits without BatchNorm: shards are exact."""
+
+    def __init__(self, n_classes: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, n_classes, 1)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+    def get_classifier(self):
+        return self.net[-1]  # the last layer group
+
+
+def _train_seg(root: Path) -> dict:
+    from snugfit import SegmentationDataLoaders
+
+    dls = SegmentationDataLoaders.from_folder(
+        root, bs=BS, size=(16, 24), crop=12, num_workers=0, device="cpu", cache=False
+    )
+    torch.manual_seed(0)
+    learn = Learner(dls, TinySegNet(), metrics=["dice", "pixel_accuracy"], precision="fp32",
+                    console=Console(file=io.StringIO(), force_terminal=False))  # fmt: skip
+    learn.fit(2, lr=1e-2)
+    return {
+        "params": {k: v.detach().clone() for k, v in learn.model.state_dict().items()},
+        "rows": learn.recorder.rows,
+    }
+
+
 class _CtrlCOnRank1(Callback):
     """Ctrl-C reaching rank 1 only, during the second batch (a terminal's signal
     reaches the ranks at different moments)."""
@@ -125,6 +157,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
         "ctrl_c": _ctrl_c_on_rank1(Path(root)),
         "cached": _train(Path(root), cache_root=out / "cache"),
         "augmented": _train(Path(root), augment=True),
+        "segmentation": _train_seg(Path(root).parent / "seg"),
     }
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -141,6 +174,7 @@ def ddp_runs(tmp_path_factory):
     """Two ranks trained (bounded by a timeout), and the single-process reference."""
     tmp = tmp_path_factory.mktemp("ddp")
     root = make_image_folder(tmp / "data", n_train=9, n_valid=5)
+    make_segmentation_folder(tmp / "seg", n=18, sizes=((16, 24),))
     out = tmp / "out"
     out.mkdir()
     start = time.perf_counter()
@@ -163,6 +197,7 @@ def ddp_runs(tmp_path_factory):
         "ranks": ranks,
         "single": single,
         "single_augmented": _train(root, augment=True),
+        "single_segmentation": _train_seg(tmp / "seg"),
         "out": out,
         "seconds": time.perf_counter() - start,
     }
@@ -256,3 +291,14 @@ def test_ranks_augment_their_shards_exactly_as_one_process(ddp_runs):
     ), "augmentation should change the run"
     for rank in ddp_runs["ranks"]:
         _assert_same_params(rank["augmented"]["params"], single["params"])
+
+
+def test_two_ranks_segment_like_one_process(ddp_runs):
+    """Sharded crops, augmentations drawn per global batch, and the validation Dice
+    from the ranks' summed confusion matrices: as one process."""
+    single = ddp_runs["single_segmentation"]
+    for rank in ddp_runs["ranks"]:
+        _assert_same_params(rank["segmentation"]["params"], single["params"])
+        for r1, r2 in zip(rank["segmentation"]["rows"], single["rows"], strict=True):
+            assert r1["dice"] == pytest.approx(r2["dice"], abs=1e-6)
+            assert r1["valid_loss"] == pytest.approx(r2["valid_loss"], abs=1e-5)
