@@ -112,3 +112,9 @@ def test_onnx_export_at_height_x_width(image_folder, tmp_path):
     assert dims == [1, 3, 32, 48]
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert meta["size"] == [32, 48]
+
+
+def test_a_vit_says_which_size_it_takes(image_folder):
+    dls = ImageDataLoaders.from_folder(image_folder, bs=4, size=(32, 48), num_workers=0)
+    with pytest.raises(SnugfitError, match=r"takes 224 images only .* not 32x48; use size=224"):
+        vision_learner(dls, "vit_tiny_patch16_224", pretrained=False)

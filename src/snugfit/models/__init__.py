@@ -11,6 +11,7 @@ from snugfit.models.checkpointing import checkpoint_units, model_stages, set_gra
 from snugfit.models.create import (
     PACKAGED_ARCH,
     create_model,
+    fixed_input_size,
     imagenet_rows,
     model_config,
     packaged_lite0_weights,
@@ -43,6 +44,7 @@ __all__ = [
     "convert_by_order",
     "create_model",
     "create_segmentation_model",
+    "fixed_input_size",
     "freeze_groups",
     "group_names",
     "has_classifier",

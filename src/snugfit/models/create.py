@@ -238,3 +238,14 @@ def model_config(model: nn.Module) -> dict[str, Any]:
         "input_size": side,
         "interpolation": str(cfg.get("interpolation") or "bilinear"),
     }
+
+
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """``(height, width)`` when the model takes that input size only (a ViT whose
+    position embedding is fixed: timm's ``strict_img_size``); None when any size works."""
+    patch = getattr(model, "patch_embed", None)
+    if patch is None or getattr(model, "dynamic_img_size", False):
+        return None
+    if not getattr(patch, "strict_img_size", False) or getattr(patch, "img_size", None) is None:
+        return None
+    return tuple(int(s) for s in patch.img_size)

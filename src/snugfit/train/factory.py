@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from snugfit import models
+from snugfit.errors import SnugfitError
 from snugfit.saving import read_model_folder
+from snugfit.sizes import as_hw, format_size
 from snugfit.train.learner import Learner
 
 
@@ -51,6 +53,7 @@ def vision_learner(
     model = models.create_model(
         arch, dls.c, pretrained=pretrained, weights=weights, vocab=vocab, head_init=head_init
     )
+    _check_size(model, arch, dls.preprocessing.train_input)
     cfg = models.model_config(model)
     pre = dls.preprocessing.replace(mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"])
     name = arch if isinstance(arch, str) else None
@@ -58,6 +61,18 @@ def vision_learner(
     if pretrained or weights is not None:
         learn.freeze()
     return learn
+
+
+def _check_size(model: nn.Module, arch, size) -> None:
+    """One clear line when the model takes one input size only and the data has another."""
+    fixed = models.fixed_input_size(model)
+    if fixed is not None and as_hw(size) != fixed:
+        name = arch if isinstance(arch, str) else type(model).__name__
+        raise SnugfitError(
+            f"size: {name} takes {format_size(fixed)} images only (its position embedding "
+            f"is fixed), not {format_size(size)}; use size={format_size(fixed)} (--size "
+            f"{format_size(fixed)}), or a convolutional model for other sizes"
+        )
 
 
 def segmentation_learner(
