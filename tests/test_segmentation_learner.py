@@ -139,3 +139,20 @@ def test_the_decoders_batchnorm_trains_at_small_micro_batches():
     enc = [m.training for n, m in bns.items() if n.startswith("encoder.")]
     dec = [m.training for n, m in bns.items() if n.startswith("decoder.")]
     assert enc and dec and not any(enc) and all(dec)  # no statistics to keep in the decoder
+
+
+def test_the_plan_at_1400x2100(monkeypatch):
+    """The satellite scenario's question, planned on the CPU for an 11 GB card."""
+    import snugfit.memory.probe as probe
+    from snugfit.memory import make_plan, parse_bytes
+
+    monkeypatch.setattr(probe, "free_bytes", lambda device: 0)  # measure small, scale
+    model = create_segmentation_model("resnet18", 5, pretrained=False)
+    plan = make_plan(model, bs=8, size=(1400, 2100), budget=parse_bytes("11GB"),
+                     precisions=("fp32", "bf16"))  # fmt: skip
+    assert plan.probed_at == (416, 640) and plan.to_dict()["size"] == [1400, 2100]
+    peaks = {(c.precision, c.checkpointing, c.micro_bs): c.peak for c in plan.candidates}
+    # more images, more memory; checkpointing and 16-bit each save some
+    assert peaks["fp32", False, 8] > peaks["fp32", False, 4] > peaks["fp32", False, 1]
+    assert peaks["fp32", True, 4] < peaks["fp32", False, 4] > peaks["bf16", False, 4]
+    assert plan.chosen is not None and plan.chosen.fits and not peaks["fp32", False, 8] < 11e9
