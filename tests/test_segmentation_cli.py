@@ -25,6 +25,7 @@ def test_train_predict_and_export_a_segmentation_model(seg_folder, tmp_path, cap
     code, stdout, err = run_cli(capsys, "train", str(seg_folder), *TRAIN, "--out", str(out))
     assert code == 0, err
     assert "classes (segmentation)" in stdout and "dice" in stdout
+    assert "precomputed features do not apply to this model" in stdout
     meta = json.loads((out / "model" / "snugfit.json").read_text())
     assert meta["decoder"] == "unet" and meta["task"] == "segmentation"
     assert meta["vocab"] == list(SEG_CODES) and meta["size"] == [48, 72] and meta["crop"] == 32
@@ -36,7 +37,8 @@ def test_train_predict_and_export_a_segmentation_model(seg_folder, tmp_path, cap
     Image.open(image).resize((101, 67)).save(odd)
     masks = tmp_path / "masks"
     code, stdout, err = run_cli(capsys, "predict", str(out / "model"), str(image), str(odd),
-                                "--out", str(masks), "--overlay", "--csv", str(tmp_path / "p.csv"))  # fmt: skip
+                                "--out", str(masks), "--overlay", "--flip", "--csv",
+                                str(tmp_path / "p.csv"))  # fmt: skip
     assert code == 0, err
     m = np.array(Image.open(masks / "odd.png"))
     assert m.shape == (67, 101) and m.dtype == np.uint8 and m.max() < len(SEG_CODES)
@@ -63,6 +65,8 @@ def test_a_classifier_refuses_mask_outputs(image_folder, tmp_path, capsys):
     code, _, err = run_cli(capsys, "predict", str(out / "model"), str(image_folder), "--out",
                            str(tmp_path / "m"))  # fmt: skip
     assert code == 2 and "for segmentation models; this model is a classifier" in err
+    code, _, err = run_cli(capsys, "predict", str(out / "model"), str(image_folder), "--flip")
+    assert code == 2 and "--flip" in err
 
 
 def test_segmentation_resume_is_exact(seg_folder, tmp_path):

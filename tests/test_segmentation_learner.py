@@ -156,3 +156,13 @@ def test_the_plan_at_1400x2100(monkeypatch):
     assert peaks["fp32", False, 8] > peaks["fp32", False, 4] > peaks["fp32", False, 1]
     assert peaks["fp32", True, 4] < peaks["fp32", False, 4] > peaks["bf16", False, 4]
     assert plan.chosen is not None and plan.chosen.fits and not peaks["fp32", False, 8] < 11e9
+
+
+def test_lr_find_and_sgdr_on_a_segmentation_model():
+    learn = seg_learner()
+    learn.unfreeze()
+    found = learn.lr_find(num_it=6)
+    assert len(found.lrs) >= 2 and found.suggested > 0
+    learn.fit_sgdr(2, 1, lr_max=slice(1e-4, 1e-3))  # cycles of 1 and 2 epochs
+    lrs = [row[-1] for row in learn.recorder.lrs]
+    assert len(learn.recorder.rows) == 3 and lrs[0] < max(lrs)  # a warm-up, then the top

@@ -90,8 +90,59 @@ class EmptyFolder:
     reason: str  # "no image files" or "no readable images"
 
 
+class ReportText:
+    """What a check report writes and prints, whatever it checked: its JSON, the
+    problem lines (`problem_groups` of `to_dict`), where its items come from
+    (`describe`), and the whole print-out ending with ``checked_line``."""
+
+    root: str
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def table(self) -> Table:
+        raise NotImplementedError
+
+    def checked_line(self) -> str:
+        raise NotImplementedError
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write `to_dict` as JSON (UTF-8, file names as they are). Returns the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", "utf-8")
+        return path
+
+    def lines(self) -> list[str]:
+        """The problems, as plain text lines (paths relative to ``root``)."""
+        out = []
+        for head, items in problem_groups(self.to_dict(), self._relative):
+            out.append(head)
+            out += listed([f"  {item}" for item in items])
+        return out or ["no problems found"]
+
+    def print(self, console: Console) -> None:
+        """Print `table` and `lines` (lines unwrapped, so paths stay whole in a log)."""
+        # markup off: file names may hold "[...]"
+        plain = {"markup": False, "highlight": False, "soft_wrap": True}
+        console.print(f"check: {self.root} ({self.describe()})", **plain)
+        console.print(self.table())
+        for line in self.lines():
+            console.print(line, **plain)
+        console.print(self.checked_line(), **plain)
+
+    def describe(self) -> str:
+        """Where the items and the split come from, in words."""
+        return describe(self.to_dict(), self._relative)
+
+    def _relative(self, path: str) -> str:
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return path
+
+
 @dataclass
-class CheckReport:
+class CheckReport(ReportText):
     """What `check_folder` or `check_csv` found. Every field is a plain type (see `to_json`).
 
     Attributes:
@@ -179,12 +230,6 @@ class CheckReport:
         del plain["split"]  # what the loaders need, not what the check found
         return {**plain, "usable": self.usable, "imbalanced": self.imbalanced}
 
-    def to_json(self, path: str | os.PathLike) -> Path:
-        """Write `to_dict` as JSON (UTF-8, file names as they are). Returns the path."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", "utf-8")
-        return path
-
     def table(self) -> Table:
         """Usable images per class (rows) and split (columns), and unreadable files."""
         caption = None
@@ -212,33 +257,8 @@ class CheckReport:
         )
         return t
 
-    def lines(self) -> list[str]:
-        """The problems, as plain text lines (paths relative to ``root``)."""
-        out = []
-        for head, items in problem_groups(self.to_dict(), self._relative):
-            out.append(head)
-            out += listed([f"  {item}" for item in items])
-        return out or ["no problems found"]
-
-    def print(self, console: Console) -> None:
-        """Print `table` and `lines` (lines unwrapped, so paths stay whole in a log)."""
-        # markup off: file names may hold "[...]"
-        plain = {"markup": False, "highlight": False, "soft_wrap": True}
-        console.print(f"check: {self.root} ({self.describe()})", **plain)
-        console.print(self.table())
-        for line in self.lines():
-            console.print(line, **plain)
-        console.print(f"checked {self.files} files in {self.seconds:.1f} s", **plain)
-
-    def describe(self) -> str:
-        """Where the items and the split come from, in words."""
-        return describe(self.to_dict(), self._relative)
-
-    def _relative(self, path: str) -> str:
-        try:
-            return str(Path(path).relative_to(self.root))
-        except ValueError:
-            return path
+    def checked_line(self) -> str:
+        return f"checked {self.files} files in {self.seconds:.1f} s"
 
 
 def describe(report: dict, rel: Callable[[str], str] = str) -> str:

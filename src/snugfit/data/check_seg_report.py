@@ -10,17 +10,13 @@ keeps the split it checked for `SegmentationDataLoaders.from_check`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from snugfit.data.check_report import describe, listed, problem_groups
+from snugfit.data.check_report import ReportText
 from snugfit.data.items import SplitItems
 
 SPLITS = ("train", "valid")
@@ -50,7 +46,7 @@ class PairProblem:
 
 
 @dataclass
-class SegmentationCheckReport:
+class SegmentationCheckReport(ReportText):
     """What `check_segmentation` found. Every field is a plain type (see `to_json`).
 
     Attributes:
@@ -138,12 +134,6 @@ class SegmentationCheckReport:
             "missing": [asdict(p) for p in self.missing],
         }
 
-    def to_json(self, path: str | os.PathLike) -> Path:
-        """Write `to_dict` as JSON (UTF-8, file names as they are). Returns the path."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", "utf-8")
-        return path
-
     def table(self) -> Table:
         """Pixel share per class (rows) and split, and the pairs holding each class."""
         t = Table(
@@ -168,31 +158,5 @@ class SegmentationCheckReport:
         )
         return t
 
-    def lines(self) -> list[str]:
-        """The problems, as plain text lines (paths relative to ``root``)."""
-        out = []
-        for head, items in problem_groups(self.to_dict(), self._relative):
-            out.append(head)
-            out += listed([f"  {item}" for item in items])
-        return out or ["no problems found"]
-
-    def print(self, console: Console) -> None:
-        """Print the table and the problem lines (unwrapped, so paths stay whole in a log)."""
-        plain = {"markup": False, "highlight": False, "soft_wrap": True}
-        console.print(f"check: {self.root} ({self.describe()})", **plain)
-        console.print(self.table())
-        for line in self.lines():
-            console.print(line, **plain)
-        console.print(
-            f"checked {self.files} images and {self.masks} masks in {self.seconds:.1f} s", **plain
-        )
-
-    def describe(self) -> str:
-        """Where the pairs, the classes and the split come from, in words."""
-        return describe(self.to_dict(), self._relative)
-
-    def _relative(self, path: str) -> str:
-        try:
-            return str(Path(path).relative_to(self.root))
-        except ValueError:
-            return path
+    def checked_line(self) -> str:
+        return f"checked {self.files} images and {self.masks} masks in {self.seconds:.1f} s"

@@ -18,6 +18,7 @@ import torch
 
 from snugfit.data.check_report import CheckReport
 from snugfit.data.items import csv_items, folder_items, image_files_in, list_items, name_re_items
+from snugfit.data.loaders_base import checked_split
 from snugfit.errors import SnugfitError
 from snugfit.sizes import Size
 
@@ -264,14 +265,7 @@ class LoaderConstructors:
         Raises:
             SnugfitError: The report has no split items (one read back from ``check.json``).
         """
-        split = report.split
-        if split is None:
-            raise SnugfitError(
-                f"{report.root}: the check report has no split items (read back from "
-                "check.json?); run the check again"
-            )
-        kw.setdefault("seed", split.seed)
-        unreadable = {**report.unreadable_files, **(kw.pop("unreadable", None) or {})}
+        split, unreadable = checked_split(report, kw)
         return cls(
             split.train,
             split.valid,

@@ -190,3 +190,17 @@ class DataLoadersBase:
         """Shut down both loaders' worker processes now (they restart when iterated)."""
         self.train.close()
         self.valid.close()
+
+
+def checked_split(report, kw: dict) -> tuple:
+    """``from_check``'s start: the report's split (refused when it has none, as one read
+    back from check.json), the files it found unusable joined to any given, and the
+    check's seed as the default (``kw`` is updated)."""
+    split = report.split
+    if split is None:
+        raise SnugfitError(
+            f"{report.root}: the check report has no split items (read back from "
+            "check.json?); run the check again"
+        )
+    kw.setdefault("seed", split.seed)
+    return split, {**report.unreadable_files, **(kw.pop("unreadable", None) or {})}

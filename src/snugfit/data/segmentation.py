@@ -39,7 +39,7 @@ from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, deno
 from snugfit.data.check_seg_report import SegmentationCheckReport
 from snugfit.data.datasets import SkipList
 from snugfit.data.decode import prepare_for_predict
-from snugfit.data.loaders_base import DataLoadersBase
+from snugfit.data.loaders_base import DataLoadersBase, checked_split
 from snugfit.data.masks import pair_header_problem, scan_masks
 from snugfit.data.preprocessing import Preprocessing, check_positive_int
 from snugfit.data.seg_items import (
@@ -294,14 +294,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         Raises:
             SnugfitError: The report has no split items (one read back from ``check.json``).
         """
-        split = report.split
-        if split is None:
-            raise SnugfitError(
-                f"{report.root}: the check report has no split items (read back from "
-                "check.json?); run the check again"
-            )
-        kw.setdefault("seed", split.seed)
-        unreadable = {**report.unreadable_files, **(kw.pop("unreadable", None) or {})}
+        split, unreadable = checked_split(report, kw)
         return cls(
             split.train,
             split.valid,

@@ -246,6 +246,7 @@ def predict_outputs(
     csv_path: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     overlay: bool = False,
+    flip: bool = False,
     bs: int | None = None,
     memory_budget: str | int | float | None = None,
     num_workers: int | None = None,
@@ -255,27 +256,29 @@ def predict_outputs(
     (`WRITERS`). Returns a summary with ``line()`` and ``skipped``."""
     files = image_inputs(inputs)
     write = WRITERS.get(learn.task.name, _classes_csv)
-    return write(learn, files, csv_path=csv_path, out=out, overlay=overlay, bs=bs,
+    return write(learn, files, csv_path=csv_path, out=out, overlay=overlay, flip=flip, bs=bs,
                  memory_budget=memory_budget, num_workers=num_workers)  # fmt: skip
 
 
-def _classes_csv(learn, files, *, csv_path, out, overlay, bs, memory_budget, num_workers):
-    if out is not None or overlay:
+def _classes_csv(learn, files, *, csv_path, out, overlay, flip, bs, memory_budget, num_workers):
+    if out is not None or overlay or flip:
         raise SnugfitError(
-            "--out, --overlay: write a mask per image, for segmentation models; "
+            "--out, --overlay, --flip: masks at full resolution, for segmentation models; "
             "this model is a classifier: use --csv"
         )
     return predict_to_csv(learn, files, csv_path, bs=bs, memory_budget=memory_budget,
                           num_workers=num_workers)  # fmt: skip
 
 
-def _masks(learn, files, *, csv_path, out, overlay, bs, memory_budget, num_workers):
+def _masks(learn, files, *, csv_path, out, overlay, flip, bs, memory_budget, num_workers):
     from snugfit.infer.predict_seg import predict_to_folder
 
     if out is None and overlay:
         raise SnugfitError("--overlay: give --out DIR for the overlays")
     tiles = bs if bs is not None else predict_batch_size(learn, memory_budget)[0]
-    return predict_to_folder(learn, files, out, overlay=overlay, csv_path=csv_path, tiles=tiles)
+    return predict_to_folder(
+        learn, files, out, overlay=overlay, csv_path=csv_path, flip=flip, tiles=tiles
+    )
 
 
 # How each task's predictions are written: a CSV row per image for classifiers; a mask

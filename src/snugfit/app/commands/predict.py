@@ -33,6 +33,11 @@ def add_parser(subparsers) -> None:
         "--overlay", action="store_true", help="segmentation: also DIR/<stem>_overlay.png"
     )
     pr.add_argument(
+        "--flip",
+        action="store_true",
+        help="segmentation: also predict each tile mirrored and average (test-time augmentation)",
+    )
+    pr.add_argument(
         "--bs",
         type=positive_int,
         default=None,
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from snugfit.train.factory import load_learner
 
     learn = load_learner(args.model, resolve_device(args.device))
-    if args.csv is not None or args.out is not None or args.overlay:
+    if args.csv is not None or args.out is not None or args.overlay or args.flip:
         return _predict_outputs(learn, args)
     failed = 0
     for path in image_inputs(args.images):
@@ -80,6 +85,7 @@ def _predict_outputs(learn, args: argparse.Namespace) -> int:
         csv_path=args.csv,
         out=args.out,
         overlay=args.overlay,
+        flip=args.flip,
         bs=args.bs,
         memory_budget=args.memory_budget,
         num_workers=args.num_workers,
