@@ -3,13 +3,14 @@ segmentation: targets, loss, metrics, streaming evaluation, activation, decoding
 predictions, what is saved.
 
 Owns the task seam (`Task`), the evaluators that measure a set one batch at a time
-(`Evaluator`), the metrics and the segmentation losses. May import
+(`Evaluator`), the metrics, label smoothing and the segmentation losses. May import
 ``snugfit.errors``, torch and numpy only, so that data, training, prediction and
 saving can all use it.
 """
 
 from snugfit.tasks.classification import MultiLabel, SingleLabel
 from snugfit.tasks.evaluation import ConcatEvaluator, Evaluator
+from snugfit.tasks.losses import LabelSmoothingCrossEntropy, smooth_labels
 from snugfit.tasks.metrics import accuracy, accuracy_multi, error_rate, f1_samples, metric_name
 from snugfit.tasks.saved import task_from_config
 from snugfit.tasks.seg_losses import DiceCrossEntropy, SegmentationCrossEntropy
@@ -22,6 +23,7 @@ __all__ = [
     "ConcatEvaluator",
     "DiceCrossEntropy",
     "Evaluator",
+    "LabelSmoothingCrossEntropy",
     "MultiLabel",
     "Segmentation",
     "SegmentationCrossEntropy",
@@ -37,5 +39,6 @@ __all__ = [
     "iou",
     "metric_name",
     "pixel_accuracy",
+    "smooth_labels",
     "task_from_config",
 ]

@@ -41,7 +41,7 @@ from snugfit.memory.precision import (
     resolve_precision,
 )
 from snugfit.memory.settings import MemorySettings
-from snugfit.tasks import metric_name
+from snugfit.tasks import LabelSmoothingCrossEntropy, metric_name
 from snugfit.train.checkpoints import CheckpointIO
 from snugfit.train.fitting import Fitting
 from snugfit.train.interrupt import DeferredInterrupt
@@ -70,7 +70,8 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
         model: the network; it is moved to ``dls.device``.
         loss_func: defaults to cross-entropy; for multi-label data (``dls.multi_label``)
             to ``BCEWithLogitsLoss`` (sigmoid outputs, the mean over samples and classes,
-            as fastai's ``BCEWithLogitsLossFlat``).
+            as fastai's ``BCEWithLogitsLossFlat``). Single-label data may use
+            `snugfit.tasks.LabelSmoothingCrossEntropy` (refused for other tasks).
         opt: "adamw" (default), "sgd" or "rmsprop".
         wd: decoupled weight decay (none on norm layers and biases).
         metrics: callables ``(preds, targs) -> 0-d tensor`` or names ("accuracy";
@@ -152,6 +153,11 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
         self.model = self._placed(model, channels_last, compile)
         self.net = self.model  # what the loop calls: the model, or only its head
         self.task = task_of(dls, infer)
+        if isinstance(loss_func, LabelSmoothingCrossEntropy) and self.task.name != "single_label":
+            raise SnugfitError(
+                "loss_func: LabelSmoothingCrossEntropy is for single-label classification "
+                f"(a softmax over the classes), not {self.task.name} data"
+            )
         self.loss_func = loss_func or self.task.loss()
         self.metrics = [self.task.metric(m) for m in metrics]
         self.groups, self.group_names = models.layer_groups(model), models.group_names(model)
