@@ -2,12 +2,12 @@
 machine."""
 
 from snugfit.app.config import TrainConfig
-from snugfit.callbacks import Callback
+from snugfit.callbacks import Callback, CutMix, MixUp
 from snugfit.data.loaders import ImageDataLoaders
 from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import NonFiniteLoss, SnugfitError, UnreadableImage
 from snugfit.infer.interpret import ClassificationInterpretation
-from snugfit.tasks import MultiLabel, Segmentation, SingleLabel
+from snugfit.tasks import LabelSmoothingCrossEntropy, MultiLabel, Segmentation, SingleLabel
 from snugfit.tasks.metrics import accuracy, accuracy_multi, error_rate, f1_samples
 from snugfit.train.factory import (
     load_learner,
@@ -22,8 +22,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Callback",
     "ClassificationInterpretation",
+    "CutMix",
     "ImageDataLoaders",
+    "LabelSmoothingCrossEntropy",
     "Learner",
+    "MixUp",
     "MultiLabel",
     "NonFiniteLoss",
     "Segmentation",

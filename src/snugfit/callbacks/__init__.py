@@ -7,7 +7,7 @@ The loop (``Learner._fit``, `snugfit.train.learner`) calls the events in this or
         before_epoch
         before_train                      # model in train mode, frozen BN in eval
         for xb, yb in train batches:      # one batch = one optimizer step
-            before_batch                  # schedules set LR / momentum here
+            before_batch                  # schedules set LR / momentum; MixUp may replace xb, yb
             for each micro-batch:         # forward, weighted loss, backward
                 after_loss
             before_step                   # gradients of the whole batch are ready
@@ -64,7 +64,9 @@ def _noop(learn) -> None:
 
 
 from snugfit.callbacks.checkpoints import SaveCheckpoint  # noqa: E402
+from snugfit.callbacks.cutmix import CutMix  # noqa: E402
 from snugfit.callbacks.early_stopping import EarlyStopping  # noqa: E402
+from snugfit.callbacks.mixup import MixUp  # noqa: E402
 from snugfit.callbacks.progress import ProgressCallback  # noqa: E402
 from snugfit.callbacks.recorder import Recorder  # noqa: E402
 from snugfit.callbacks.save_best import SaveBest  # noqa: E402
@@ -75,8 +77,10 @@ from snugfit.callbacks.tensorboard import TensorBoardCallback  # noqa: E402
 __all__ = [
     "EVENTS",
     "Callback",
+    "CutMix",
     "CycleSnapshots",
     "EarlyStopping",
+    "MixUp",
     "ParamScheduler",
     "ProgressCallback",
     "Recorder",
