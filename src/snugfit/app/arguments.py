@@ -30,6 +30,7 @@ non_negative_int = number(int, lambda v: v >= 0, "an integer ≥ 0")
 positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
 non_negative_float = number(float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
 fraction = number(float, lambda v: 0 < v < 1, "between 0 and 1")
+below_one = number(float, lambda v: 0 <= v < 1, "a number ≥ 0 and < 1")
 
 
 def image_size(text: str):

@@ -55,6 +55,10 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun: SyncBatchNorm (CUDA; turns OOM recovery off)
     opt: str = "adamw"
     wd: float = 0.01
+    # Regularisation of classification (0: off), fastai's names in brackets.
+    label_smoothing: float = 0.0  # eps (LabelSmoothingCrossEntropy); single-label only
+    mixup: float = 0.0  # alpha of MixUp's Beta(alpha, alpha)
+    cutmix: float = 0.0  # alpha of CutMix's Beta(alpha, alpha); not with mixup
     device: str | None = None
     tensorboard: bool = False  # also log each epoch's scalars to OUT/tensorboard
 

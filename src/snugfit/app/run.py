@@ -3,7 +3,10 @@
 Shared by ``snugfit train`` and ``snugfit demo``. The data are class folders
 (`ImageDataLoaders.from_folder`) or, with ``cfg.csv``, a CSV of files and labels
 (`ImageDataLoaders.from_csv`; multi-label with ``cfg.label_delim``: BCE loss,
-``accuracy_multi`` and ``f1_samples``). Everything a run produces goes
+``accuracy_multi`` and ``f1_samples``). ``cfg.label_smoothing``, ``cfg.mixup`` and
+``cfg.cutmix`` (0: off) add `LabelSmoothingCrossEntropy`, `MixUp` or `CutMix`
+(`regularisation`: classification only, label smoothing single-label only, MixUp
+or CutMix, not both). Everything a run produces goes
 to ``cfg.out``: the model (safetensors + JSON), ``config.json``, ``check.json``
 (`snugfit.data.check`: the data check run first), ``metrics.csv``,
 ``checkpoint.safetensors`` (resumable with ``--resume``),
@@ -34,12 +37,13 @@ from snugfit.app.config import TrainConfig
 from snugfit.app.dataset import check_data, loaders
 from snugfit.app.report import write_report
 from snugfit.app.run_folder import RunFolder
-from snugfit.callbacks import SaveCheckpoint, TensorBoardCallback
+from snugfit.callbacks import CutMix, MixUp, SaveCheckpoint, TensorBoardCallback
 from snugfit.data.check_report import CheckReport
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
 from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
 from snugfit.events import JsonLinesSink
 from snugfit.infer.interpret import interpret as interpret_model
+from snugfit.tasks import LabelSmoothingCrossEntropy
 from snugfit.train.factory import learner_for
 from snugfit.train.learner import Learner
 
@@ -55,9 +59,11 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     folder = RunFolder(Path(cfg.out))
     # Before the data check: a missing tensorboard package fails at once.
     tensorboard = TensorBoardCallback(folder.tensorboard) if cfg.tensorboard and main else None
+    check_regularisation(cfg)  # bad values fail before the data check
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     report, dls = _data(cfg, console)
-    learn = _learner(cfg, dls, console)
+    loss_func, mixing = regularisation(cfg, dls.task)
+    learn = _learner(cfg, dls, console, loss_func)
     if main:
         _start_files(folder, cfg, report, learn)
     learn.events.emit("run_start", out=str(folder.root), resume=cfg.resume)
@@ -72,7 +78,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     )
     # One resumable checkpoint, rewritten atomically after every epoch (and every
     # N batches, and on Ctrl-C).
-    cbs = [SaveCheckpoint(folder.checkpoint, every_batches=cfg.checkpoint_every)]
+    cbs = [SaveCheckpoint(folder.checkpoint, every_batches=cfg.checkpoint_every), *mixing]
     if tensorboard is not None:
         cbs.append(tensorboard)
     try:
@@ -112,10 +118,11 @@ def _data(cfg: TrainConfig, console: Console) -> tuple[CheckReport, ImageDataLoa
     return report, dls
 
 
-def _learner(cfg: TrainConfig, dls: ImageDataLoaders, console: Console) -> Learner:
+def _learner(cfg: TrainConfig, dls: ImageDataLoaders, console: Console, loss_func) -> Learner:
     return learner_for(
         dls,
         cfg.arch,
+        loss_func=loss_func,
         decoder=cfg.decoder,
         pretrained=cfg.pretrained,
         weights=cfg.weights,
@@ -130,6 +137,43 @@ def _learner(cfg: TrainConfig, dls: ImageDataLoaders, console: Console) -> Learn
         sync_bn=cfg.sync_bn,
         console=console,
     )
+
+
+REGULARISATION = {"label_smoothing": "--label-smoothing", "mixup": "--mixup", "cutmix": "--cutmix"}
+
+
+def check_regularisation(cfg: TrainConfig) -> None:
+    """One line naming the flag for a bad label smoothing, MixUp or CutMix value."""
+    for field, flag in REGULARISATION.items():
+        value = getattr(cfg, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e308:
+            raise SnugfitError(f"{flag}: expected a number >= 0 (0: off), got {value!r}")
+    if cfg.label_smoothing >= 1:
+        raise SnugfitError(
+            f"--label-smoothing: expected a number >= 0 and < 1, got {cfg.label_smoothing!r}"
+        )
+    if cfg.mixup and cfg.cutmix:
+        raise SnugfitError("--mixup, --cutmix: choose one of them (each mixes every batch)")
+
+
+def regularisation(cfg: TrainConfig, task) -> tuple[LabelSmoothingCrossEntropy | None, list]:
+    """The loss (None: the task's) and the callbacks that ``cfg``'s label smoothing,
+    MixUp and CutMix ask for, refused where the task has no use for them."""
+    check_regularisation(cfg)
+    on = [flag for field, flag in REGULARISATION.items() if getattr(cfg, field)]
+    if on and task.name == "segmentation":
+        raise SnugfitError(
+            f"{on[0]}: for classification only; segmentation has its own losses (--loss)"
+        )
+    if cfg.label_smoothing and task.multi_label:
+        raise SnugfitError(
+            "--label-smoothing: for single-label data only (multi-label data trains "
+            "independent sigmoids; --mixup and --cutmix work there)"
+        )
+    loss = LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing else None
+    if cfg.mixup:
+        return loss, [MixUp(cfg.mixup)]
+    return loss, [CutMix(cfg.cutmix)] if cfg.cutmix else []
 
 
 def _start_files(folder: RunFolder, cfg: TrainConfig, report: CheckReport, learn: Learner) -> None:

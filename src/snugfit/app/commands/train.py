@@ -15,6 +15,7 @@ from snugfit.app.arguments import (
     DATA_HELP,
     add_csv_args,
     add_memory_args,
+    below_one,
     fraction,
     image_size,
     non_negative_float,
@@ -38,6 +39,7 @@ def add_parser(subparsers) -> None:
     _recipe_args(t, d)
     _model_args(t, d)
     _data_args(t, d)
+    _regularisation_args(t, d)
     _memory_args(t, d)
     t.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     t.add_argument(
@@ -156,6 +158,37 @@ def _data_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         type=non_negative_int,
         default=None,
         help="decoding worker processes",
+    )
+
+
+def _regularisation_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Label smoothing, MixUp and CutMix (classification; 0: off)."""
+    g = t.add_argument_group(
+        "regularisation", "classification only; 0 turns each off (the default)"
+    )
+    g.add_argument(
+        "--label-smoothing",
+        type=below_one,
+        default=d.label_smoothing,
+        metavar="EPS",
+        help="cross-entropy against targets smoothed by EPS, e.g. 0.1 (fastai's "
+        "LabelSmoothingCrossEntropy(eps), timm's --smoothing); single-label data only",
+    )
+    g.add_argument(
+        "--mixup",
+        type=non_negative_float,
+        default=d.mixup,
+        metavar="ALPHA",
+        help="blend each training batch with a shuffled copy, weight ~ Beta(ALPHA, ALPHA), "
+        "e.g. 0.4 (fastai's MixUp, timm's --mixup)",
+    )
+    g.add_argument(
+        "--cutmix",
+        type=non_negative_float,
+        default=d.cutmix,
+        metavar="ALPHA",
+        help="paste a box from a shuffled copy of each training batch, area ~ Beta(ALPHA, "
+        "ALPHA), e.g. 1.0 (fastai's CutMix, timm's --cutmix); not with --mixup",
     )
 
 
