@@ -21,7 +21,7 @@ from torch import nn
 
 from fixtures import make_image_folder, make_segmentation_folder
 from snugfit import Learner
-from snugfit.callbacks import Callback
+from snugfit.callbacks import EMA, Callback
 from snugfit.data.datasets import EpochShuffle, ShardBatches
 from snugfit.data.loaders import ImageDataLoaders
 from snugfit.distributed import shard
@@ -46,7 +46,7 @@ class TinyNet(nn.Module):
 
 def _train(
     root: Path, csv: Path | None = None, fail=None, epochs: int = 2, cache_root=None,
-    augment=False,
+    augment=False, ema=False,
 ) -> dict:  # fmt: skip
     dls = ImageDataLoaders.from_folder(
         root, bs=BS, size=16, num_workers=0, device="cpu", augment=augment,
@@ -68,7 +68,7 @@ def _train(
                 raise torch.OutOfMemoryError("CUDA out of memory. (injected)")
 
         learn.model.register_forward_pre_hook(hook)
-    learn.fit(epochs, lr=1e-2)
+    learn.fit(epochs, lr=1e-2, cbs=[EMA(0.9)] if ema else [])
     return {
         "preds": learn.get_preds(),
         "params": {k: v.detach().clone() for k, v in learn.model.state_dict().items()},
@@ -157,6 +157,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
         "ctrl_c": _ctrl_c_on_rank1(Path(root)),
         "cached": _train(Path(root), cache_root=out / "cache"),
         "augmented": _train(Path(root), augment=True),
+        "ema": _train(Path(root), ema=True),
         "segmentation": _train_seg(Path(root).parent / "seg"),
     }
     torch.save(results, out / f"rank{rank}.pt")
@@ -197,6 +198,7 @@ def ddp_runs(tmp_path_factory):
         "ranks": ranks,
         "single": single,
         "single_augmented": _train(root, augment=True),
+        "single_ema": _train(root, ema=True),
         "single_segmentation": _train_seg(tmp / "seg"),
         "out": out,
         "seconds": time.perf_counter() - start,
@@ -221,6 +223,20 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(ddp_runs):
         assert row["train_loss"] == pytest.approx(ref["train_loss"], abs=1e-6)
     rows = [[{**row, "time": 0} for row in r["plain"]["rows"]] for r in ddp_runs["ranks"]]
     assert rows[0] == rows[1]  # every rank knows the same numbers
+
+
+def test_every_rank_keeps_the_same_average_as_one_process(ddp_runs):
+    """EMA under DDP: no communication, the same weights, so the same average."""
+    single = ddp_runs["single_ema"]
+    assert not torch.allclose(
+        single["params"]["head.weight"], ddp_runs["single"]["params"]["head.weight"]
+    )
+    for r in ddp_runs["ranks"]:
+        _assert_same_params(r["ema"]["params"], single["params"])
+        for row, ref in zip(r["ema"]["rows"], single["rows"], strict=True):
+            assert row["valid_loss"] == pytest.approx(ref["valid_loss"], abs=1e-6)
+    a, b = (r["ema"]["params"] for r in ddp_runs["ranks"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_only_rank_0_writes_the_metrics_file(ddp_runs):

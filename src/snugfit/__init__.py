@@ -2,7 +2,7 @@
 machine."""
 
 from snugfit.app.config import TrainConfig
-from snugfit.callbacks import Callback, CutMix, MixUp
+from snugfit.callbacks import EMA, Callback, CutMix, MixUp
 from snugfit.data.loaders import ImageDataLoaders
 from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import NonFiniteLoss, SnugfitError, UnreadableImage
@@ -20,6 +20,7 @@ from snugfit.train.learner import Learner
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
     "Callback",
     "ClassificationInterpretation",
     "CutMix",

@@ -28,6 +28,7 @@ The kinds emitted, in the order a run meets them (fields after the colon):
   auto precision, a checkpoint, the user);
 - ``epoch``: fit, the ``metrics.csv`` row (its time as ``seconds``), lrs (`Recorder`);
 - ``checkpoint``: path, position (`SaveCheckpoint`);
+- ``ema``: fit, updates, kept (the model kept the average, or an error dropped it) (`EMA`);
 - ``oom``: phase ("train": epoch, batch, from, to, error, fit; "eval": from, to, error),
   the settings or chunk sizes before and after (``learn.oom_events`` lists them);
 - ``nonfinite``: message, value, at; ``interrupt``: fit, epoch, batch (`Learner._fit`);

@@ -37,7 +37,8 @@ from snugfit.app.config import TrainConfig
 from snugfit.app.dataset import check_data, loaders
 from snugfit.app.report import write_report
 from snugfit.app.run_folder import RunFolder
-from snugfit.callbacks import CutMix, MixUp, SaveCheckpoint, TensorBoardCallback
+from snugfit.callbacks import EMA, CutMix, MixUp, SaveCheckpoint, TensorBoardCallback
+from snugfit.callbacks.ema import check_decay
 from snugfit.data.check_report import CheckReport
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
 from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
@@ -52,6 +53,8 @@ log = logging.getLogger("snugfit")
 
 def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     console = console or Console()
+    if cfg.ema is not None:
+        check_decay("ema", cfg.ema)  # before minutes of data checking
     # Under torchrun: join the job first; rank 0 prints and writes the run's files.
     main = not distributed.setup(resolve_device(cfg.device)) or distributed.is_main()
     if not main:
@@ -81,6 +84,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     cbs = [SaveCheckpoint(folder.checkpoint, every_batches=cfg.checkpoint_every), *mixing]
     if tensorboard is not None:
         cbs.append(tensorboard)
+    if cfg.ema is not None:  # every fit of the recipe averages its own steps
+        cbs.append(EMA(cfg.ema))
     try:
         _fit(learn, cfg, cbs)
         learn.save(folder.model)

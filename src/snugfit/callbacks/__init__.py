@@ -66,6 +66,7 @@ def _noop(learn) -> None:
 from snugfit.callbacks.checkpoints import SaveCheckpoint  # noqa: E402
 from snugfit.callbacks.cutmix import CutMix  # noqa: E402
 from snugfit.callbacks.early_stopping import EarlyStopping  # noqa: E402
+from snugfit.callbacks.ema import EMA  # noqa: E402
 from snugfit.callbacks.mixup import MixUp  # noqa: E402
 from snugfit.callbacks.progress import ProgressCallback  # noqa: E402
 from snugfit.callbacks.recorder import Recorder  # noqa: E402
@@ -75,6 +76,7 @@ from snugfit.callbacks.snapshots import CycleSnapshots  # noqa: E402
 from snugfit.callbacks.tensorboard import TensorBoardCallback  # noqa: E402
 
 __all__ = [
+    "EMA",
     "EVENTS",
     "Callback",
     "CutMix",

@@ -104,6 +104,15 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         "(or HEIGHTxWIDTH sizes)",
     )
     t.add_argument(
+        "--ema",
+        type=fraction,
+        default=None,
+        metavar="DECAY",
+        help="average the weights after every step with this decay, e.g. 0.999 (timm's "
+        "--model-ema-decay, with a warm-up): each epoch validates the average, and the "
+        "model saved is the average",
+    )
+    t.add_argument(
         "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
     )
     t.add_argument(
