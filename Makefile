@@ -34,15 +34,18 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# bench/recipe.py against fastai run in the same process: fastai lives in the
-# benchmark's own environment (it is not a dependency), which sees .venv's packages.
+# bench/recipe.py against fastai run in the same process: fastai and scikit-image
+# (the textures' photos) live in the benchmark's own environment (neither is a
+# dependency), which sees .venv's packages. Options: make bench-recipe ARGS="--seeds 0".
 FASTAI_VENV := bench/.venv-fastai
+ARGS ?=
 bench-recipe: $(STAMP)
 	test -x $(FASTAI_VENV)/bin/python || $(PYTHON) -m venv $(FASTAI_VENV)
 	$(BIN)/python -c "import site; print(site.getsitepackages()[0]); print('$(CURDIR)/src')" \
 		> $$($(FASTAI_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/snugfit-venv.pth
-	$(FASTAI_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt fastai==2.8.12 2>&1 | $(QUIET_PIP)
-	$(FASTAI_VENV)/bin/python bench/recipe.py
+	$(FASTAI_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+		fastai==2.8.12 'scikit-image>=0.22,<1' 2>&1 | $(QUIET_PIP)
+	$(FASTAI_VENV)/bin/python bench/recipe.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(FASTAI_VENV) runs build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
