@@ -43,8 +43,13 @@ def test_auto_fit_runs_the_checklist_and_keeps_the_best_phase(image_folder):
 def test_unfreezing_is_skipped_when_nothing_improved(image_folder):
     learn = colour_learner(image_folder)
     learn.auto_fit(1, head_epochs=0, head_aug_epochs=0, lr_find=False)
-    assert "phase: unfrozen skipped" in learn.console.file.getvalue()
+    out = learn.console.file.getvalue()
+    assert "phase: unfrozen skipped" in out
     assert learn.recipe_state["best_phase"] == "start"
+    # said plainly (the colour classes are no ImageNet classes: a fresh head)
+    assert "no training phase improved on the start: the model kept is the pretrained " in out
+    assert "the head it started from" in out
+    assert learn.events.of("kept")[-1]["phase"] == "start"
     assert learn.frozen_to == len(learn.groups) - 1  # never unfrozen
     with pytest.raises(SnugfitError, match="schedule"):
         learn.auto_fit(1, schedule="cosine")
@@ -64,3 +69,41 @@ def test_the_seed_fastai_calls_work(image_folder, tmp_path, monkeypatch):
     assert learn.to_fp16() is learn and learn.precision == "fp16"
     learn.fit_sgdr(3, 1, cycle_mult=2)
     assert len(learn.recorder.rows) == 3 + 6 + 12 + 7
+
+
+class SpoilLastHeadEpoch:
+    """Makes the head answer the first class for everything, with confidence, just
+    before the validation of the first fit's last epoch: that epoch validates far
+    worse than the one before it."""
+
+    order = 0
+
+    def __init__(self):
+        self.fits = 0
+
+    def __getattr__(self, name):
+        return lambda learn: None
+
+    def before_fit(self, learn):
+        self.fits += 1
+
+    def before_validate(self, learn):
+        if self.fits == 1 and learn.epoch == learn.n_epoch - 1:
+            head = learn.model.get_classifier()
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.copy_(torch.tensor([20.0, -20.0]))
+
+
+def test_auto_fit_keeps_the_best_epoch_not_the_last_of_a_phase(image_folder):
+    learn = colour_learner(image_folder)
+    learn.auto_fit(0, head_epochs=3, head_aug_epochs=0, lr_find=False,
+                   cbs=[SpoilLastHeadEpoch()])  # fmt: skip
+    rows = learn.recorder.rows
+    assert len(rows) == 3 and rows[2]["valid_loss"] > rows[1]["valid_loss"]
+    best = min(range(3), key=lambda i: rows[i]["valid_loss"])
+    assert best < 2
+    assert learn.events.of("kept")[-1]["epoch"] == best
+    # the weights loaded are that epoch's: the same validation loss again
+    assert learn.validate()["valid_loss"] == pytest.approx(rows[best]["valid_loss"], abs=1e-5)
+    assert f"kept the weights after phase 'head', epoch {best}" in learn.console.file.getvalue()

@@ -161,10 +161,19 @@ def _run(run_dir: Path, status: str, config: dict, events: list[dict]) -> str:
             rows.append(("duration", f"{events[-1]['time'] - started:.1f} s"))
     kept = [e for e in events if e["kind"] == "kept"]
     if kept:
-        rows.append(("weights kept", f"after phase '{kept[-1]['phase']}'"))
+        rows.append(("weights kept", _kept(kept[-1])))
     rows.append(("report written", _when(datetime.datetime.now().timestamp())))
     cls = "ok" if ok else "bad"
     return f'<p class="status {cls}">{escape(status)}</p>\n' + kv_table(rows)
+
+
+def _kept(event: dict) -> str:
+    """Which weights the recipe kept, plainly when training improved on nothing."""
+    if event["phase"] == "start":
+        return ("the pretrained model as it started: no training phase improved on it "
+                "(with ImageNet class names: ImageNet's own classifier for your classes)")  # fmt: skip
+    epoch = event.get("epoch")
+    return f"after phase '{event['phase']}'" + (f", epoch {epoch}" if epoch is not None else "")
 
 
 def _config(config: dict) -> str:

@@ -22,9 +22,12 @@ visible in the output and each one switchable:
 7. train the whole network with one-cycle or SGDR (``schedule``), early
    stopping and, optionally, progressive resizing (``sizes``).
 
-After every phase the validation loss is compared with the best so far; the
-weights of the best phase are restored at the end (a phase that did not help,
-such as unfreezing on a tiny data set, costs time but not accuracy).
+After every epoch the validation loss is compared with the best so far; the
+weights of the best epoch (of any phase) are restored at the end (a phase that
+did not help, such as unfreezing on a tiny data set, costs time but not
+accuracy; a phase whose last epoch overfits keeps its best epoch). When no epoch
+improved on the start, the run says so: the model kept is the pretrained one
+with its starting head.
 
 Decisions (learning rates) are kept in ``learn.recipe_state``, which checkpoints
 carry, so a resumed run takes the same ones instead of sweeping again.
@@ -35,9 +38,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from snugfit.callbacks import Callback
 from snugfit.callbacks.early_stopping import EarlyStopping
 from snugfit.callbacks.progressive import ProgressiveResize
 from snugfit.errors import SnugfitError, check_count, check_positive
+from snugfit.models import imagenet_rows
 
 
 def _log(learn, text: str) -> None:
@@ -69,7 +74,7 @@ def _decide_lr(learn, key: str, phase: str, default: float, run_sweep: bool) -> 
 
 
 class _Best:
-    """The weights of the phase with the lowest validation loss so far.
+    """The weights of the epoch with the lowest validation loss so far (any phase).
 
     Kept in ``learn.recipe_state`` and ``learn.recipe_tensors``, which checkpoints
     carry: a resumed run compares with the same best, not with the weights it
@@ -82,19 +87,26 @@ class _Best:
         saved = learn.recipe_state
         if "best_loss" in saved:  # resumed
             self.loss, self.phase = saved["best_loss"], saved["best_phase"]
+            self.epoch = saved.get("best_epoch")
             self.state = {k[5:]: v for k, v in learn.recipe_tensors.items() if k[:5] == "best."}
         else:
-            self._keep(learn.validate()["valid_loss"], "start")
+            self._keep(learn.validate()["valid_loss"], "start", None)
 
-    def _keep(self, loss: float, phase: str) -> None:
-        self.loss, self.phase, self.state = loss, phase, _host_copy(self.learn.model)
-        self.learn.recipe_state.update(best_loss=loss, best_phase=phase)
+    def _keep(self, loss: float, phase: str, epoch: int | None) -> None:
+        self.loss, self.phase, self.epoch = loss, phase, epoch
+        self.state = _host_copy(self.learn.model)
+        self.learn.recipe_state.update(best_loss=loss, best_phase=phase, best_epoch=epoch)
         self.learn.recipe_tensors.update({f"best.{k}": v for k, v in self.state.items()})
 
     def update(self, learn, phase: str) -> None:
+        """Keep the current weights if the epoch just validated beat the best."""
         loss = learn.recorder.rows[-1]["valid_loss"] if learn.recorder.rows else float("inf")
         if loss < self.loss:
-            self._keep(loss, phase)
+            self._keep(loss, phase, learn.epoch)
+
+    def tracking(self, phase: str) -> Callback:
+        """A callback that offers every epoch of a fit of ``phase`` to `update`."""
+        return _EpochBest(self, phase)
 
     def restore(self, learn) -> str:
         learn.model.load_state_dict(self.state)
@@ -102,6 +114,19 @@ class _Best:
         del learn.recipe_state["best_loss"]
         learn.recipe_tensors = {k: v for k, v in learn.recipe_tensors.items() if k[:5] != "best."}
         return self.phase
+
+
+class _EpochBest(Callback):
+    """Offers each validated epoch to `_Best` (after the Recorder's row; before EMA
+    puts the raw weights back, so the weights kept are the ones validated)."""
+
+    order = 72
+
+    def __init__(self, best: _Best, phase: str):
+        self.best, self.phase = best, phase
+
+    def after_epoch(self, learn) -> None:
+        self.best.update(learn, self.phase)
 
 
 def _host_copy(model) -> dict:
@@ -175,17 +200,30 @@ def auto_fit(
         extra = [EarlyStopping("valid_loss", patience=patience)]
         if sizes:
             extra.append(ProgressiveResize(sizes))
+        extra.append(best.tracking("unfrozen"))
         _unfrozen_phase(learn, epochs, default, lr_find_unfrozen, lr_mult, schedule,
                         [*extra, *cbs])  # fmt: skip
-        best.update(learn, "unfrozen")
+    _keep_best(learn, best, time.perf_counter() - start)
+
+
+def _keep_best(learn, best: _Best, seconds: float) -> None:
+    """Load the best epoch's weights and say which they are (plainly when no training
+    improved on the pretrained start)."""
+    epoch = best.epoch
     kept = best.restore(learn)
     learn.recipe_state["best_phase"] = kept
-    learn.events.emit("kept", phase=kept, valid_loss=best.loss)
-    _log(
-        learn,
-        f"auto_fit: kept the weights after phase '{kept}' (validation loss {best.loss:.4f}); "
-        f"{time.perf_counter() - start:.0f} s",
-    )
+    learn.events.emit("kept", phase=kept, epoch=epoch, valid_loss=best.loss)
+    if kept == "start":
+        what = "no training phase improved on the start: the model kept is "
+        if learn.dls.task.imagenet_head and imagenet_rows(learn.dls.vocab):
+            what += "the pretrained ImageNet classifier for your classes"
+        else:
+            what += "the pretrained model with the head it started from"
+    else:
+        what = f"kept the weights after phase '{kept}'"
+        if epoch is not None:
+            what += f", epoch {epoch}"
+    _log(learn, f"auto_fit: {what} (validation loss {best.loss:.4f}); {seconds:.0f} s")
 
 
 def _check_auto_fit(schedule: str, sizes, **values) -> None:
@@ -212,15 +250,15 @@ def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find,
     if head_epochs:
         _phase(learn, "head on " + ("precomputed features" if precompute else "images"))
         lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
-        learn.fit_one_cycle(head_epochs, lr_head, cbs=cbs)
-        best.update(learn, "head")
+        learn.fit_one_cycle(head_epochs, lr_head, cbs=[*cbs, best.tracking("head")])
     else:
         lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
     learn.precompute = False
     if head_aug_epochs:
         _phase(learn, "head with data augmentation")
-        learn.fit_one_cycle(head_aug_epochs, lr_head / 2, pct_start=0.3, cbs=cbs)
-        best.update(learn, "head with augmentation")
+        phase = "head with augmentation"
+        learn.fit_one_cycle(head_aug_epochs, lr_head / 2, pct_start=0.3,
+                            cbs=[*cbs, best.tracking(phase)])  # fmt: skip
     return lr_head
 
 
