@@ -211,6 +211,27 @@ def test_train_auto_recipe_prints_its_phases_and_resumes(image_folder, tmp_path,
     assert (out / "metrics.csv").read_text().splitlines() == rows
 
 
+def test_train_tta_evaluates_the_final_model_and_reports_it(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(image_folder), *TRAIN, "--recipe", "fine_tune", "--epochs", "1",
+            "--tta", "2", "--out", str(out)]  # fmt: skip
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    line = stdout[stdout.index("TTA (") :].replace("\n", " ")
+    assert line.startswith("TTA (2 augmented passes blended with the plain one): valid_loss ")
+    assert "error_rate" in line and "(without: " in line
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    (tta,) = [e for e in events if e["kind"] == "tta"]
+    assert tta["n"] == 2 and set(tta["tta"]) == set(tta["plain"]) >= {"valid_loss", "error_rate"}
+    # the plain figures are the final weights' validation: the last epoch's row
+    last = list(csv.DictReader((out / "metrics.csv").open()))[-1]
+    assert float(last["error_rate"]) == pytest.approx(tta["plain"]["error_rate"], abs=1e-4)
+    assert "with TTA" in (out / "report.html").read_text()
+    with pytest.raises(SystemExit) as e:
+        run_cli(capsys, *args[:-2], "--tta", "-1")
+    assert e.value.code == 2 and "argument --tta: must be an integer" in capsys.readouterr().err
+
+
 def test_lr_find_command(image_folder, tmp_path, capsys):
     plot = tmp_path / "lr.png"
     code, out, err = run_cli(

@@ -227,6 +227,21 @@ def test_tta_accuracy_not_worse_than_plain(trained):
     assert tta_acc >= plain_acc - 0.125  # at most one of the 8 images
 
 
+def test_validate_tta_scores_the_tta_probabilities(trained):
+    # beta=1: the plain predictions, so exactly validate()'s loss and metrics
+    plain = trained.validate()
+    same = trained.validate_tta(n=2, beta=1.0)
+    assert same.keys() == plain.keys()
+    for k in plain:
+        assert same[k] == pytest.approx(plain[k], abs=1e-5)
+    # otherwise: the accuracy and the cross-entropy of the averaged probabilities
+    probs, targs = trained.tta(n=3, beta=0.25)
+    got = trained.validate_tta(n=3, beta=0.25)
+    assert got["accuracy"] == pytest.approx((probs.argmax(-1) == targs).float().mean().item())
+    nll = -probs[torch.arange(len(targs)), targs].log().mean().item()
+    assert got["valid_loss"] == pytest.approx(nll, rel=1e-4)
+
+
 def test_tta_on_a_loader_of_normalised_batches():
     learn = make_learner()
     probs, targs = learn.tta(n=2)

@@ -214,6 +214,18 @@ def trained(tmp_path_factory):
     return learn
 
 
+def test_validate_tta_of_a_multi_label_model(trained):
+    # beta=1 is the plain sigmoid outputs: logits of them score as validate() does
+    plain = trained.validate()
+    same = trained.validate_tta(n=2, beta=1.0)
+    for k in plain:
+        assert same[k] == pytest.approx(plain[k], abs=1e-4)
+    probs, targs = trained.tta(n=2, beta=0.5)
+    got = trained.validate_tta(n=2, beta=0.5)
+    expected = ((probs > 0.5).float() == targs).float().mean().item()
+    assert got["accuracy_multi"] == pytest.approx(expected)
+
+
 def test_learns_labels_from_pixels(trained):
     assert isinstance(trained.loss_func, nn.BCEWithLogitsLoss)
     assert trained.metric_names == ["accuracy_multi", "f1_samples"]

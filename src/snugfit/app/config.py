@@ -26,6 +26,7 @@ class TrainConfig:
     resume: str | None = None  # a checkpoint written by a run: continue it exactly
     checkpoint_every: int | None = None  # also checkpoint every N batches (None: per epoch)
     ema: float | None = None  # keep, validate and save an EMA of the weights with this decay
+    tta: int = 0  # also evaluate the final model with N test-time-augmented passes (0: off)
     bs: int = 32
     size: int | tuple[int, int] = 224  # a side, or (height, width): --size 1400x2100
     # Segmentation (a folder with images/ and masks/): training crops, decoder, loss.

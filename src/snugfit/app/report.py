@@ -162,6 +162,7 @@ def _run(run_dir: Path, status: str, config: dict, events: list[dict]) -> str:
     kept = [e for e in events if e["kind"] == "kept"]
     if kept:
         rows.append(("weights kept", _kept(kept[-1])))
+    rows += [("with TTA", _tta(e)) for e in events if e["kind"] == "tta"]
     rows.append(("report written", _when(datetime.datetime.now().timestamp())))
     cls = "ok" if ok else "bad"
     return f'<p class="status {cls}">{escape(status)}</p>\n' + kv_table(rows)
@@ -174,6 +175,14 @@ def _kept(event: dict) -> str:
                 "(with ImageNet class names: ImageNet's own classifier for your classes)")  # fmt: skip
     epoch = event.get("epoch")
     return f"after phase '{event['phase']}'" + (f", epoch {epoch}" if epoch is not None else "")
+
+
+def _tta(event: dict) -> str:
+    """The final model's validation with test-time augmentation, against without."""
+    plain, tta = event["plain"], event["tta"]
+    return f"{event['n']} augmented passes: " + ", ".join(
+        f"{k} {tta[k]:.4f} (without: {plain[k]:.4f})" for k in tta if k in plain
+    )
 
 
 def _config(config: dict) -> str:

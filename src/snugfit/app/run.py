@@ -100,10 +100,21 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     finally:
         if tensorboard is not None:
             tensorboard.close()
+    if cfg.tta:
+        _evaluate_tta(learn, cfg.tta, console)
     learn.events.emit("run_end", status="completed")
     _write_outputs(learn, folder, console, "completed", interpret=True)
     _print_end(learn, folder, console)
     return learn
+
+
+def _evaluate_tta(learn: Learner, n: int, console: Console) -> None:
+    """The final model's validation with and without TTA, printed and in the events."""
+    plain, tta = learn.validate(), learn.validate_tta(n)
+    learn.events.emit("tta", n=n, plain=plain, tta=tta)
+    figures = ", ".join(f"{k} {tta[k]:.4f} (without: {plain[k]:.4f})" for k in tta)
+    console.print(f"TTA ({n} augmented passes blended with the plain one): {figures}",
+                  highlight=False)  # fmt: skip
 
 
 def _data(cfg: TrainConfig, console: Console) -> tuple[CheckReport, ImageDataLoaders]:

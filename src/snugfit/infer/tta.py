@@ -96,3 +96,18 @@ def _source_batches(learn, dl) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return
     # The files decoded as for training (and cached under the training key).
     yield from dl.decoded_batches()
+
+
+@torch.no_grad()
+def tta_evaluate(learn, n: int = 4, beta: float | None = 0.25, seed: int = 0):
+    """The validation loss and metrics of the TTA probabilities (`tta`), scored like
+    `Learner.validate` scores the plain outputs: the loss and metrics see outputs whose
+    activation is the averaged probabilities (log-probabilities; multi-label: logits).
+    Returns ``{"valid_loss": ..., metric: ...}``."""
+    if learn.task.name == "segmentation":
+        raise SnugfitError("tta: for classification (segmentation predicts with flips instead)")
+    probs, targets = tta(learn, n=n, beta=beta, seed=seed)
+    ev = learn.task.evaluator(learn.loss_func, learn.metrics, learn.vocab)
+    ev.update(learn.task.outputs_of(probs.float()), targets)
+    loss, metrics = ev.result()
+    return {"valid_loss": loss, **metrics}

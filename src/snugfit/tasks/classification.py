@@ -74,6 +74,9 @@ class SingleLabel(_Classification):
     def activation(self, outputs: Tensor) -> Tensor:
         return outputs.softmax(dim=-1)
 
+    def outputs_of(self, probs: Tensor) -> Tensor:
+        return probs.clamp_min(1e-12).log()  # softmax(log p) = p for rows summing to 1
+
     def labels(self, probs: Tensor, vocab: Sequence[str]) -> list[str]:
         return [vocab[i] for i in probs.argmax(dim=-1).tolist()]
 
@@ -132,6 +135,9 @@ class MultiLabel(_Classification):
 
     def activation(self, outputs: Tensor) -> Tensor:
         return outputs.sigmoid()
+
+    def outputs_of(self, probs: Tensor) -> Tensor:
+        return torch.logit(probs, eps=1e-6)
 
     def labels(self, probs: Tensor, vocab: Sequence[str]) -> list[list[str]]:
         above = (probs > self.threshold).tolist()

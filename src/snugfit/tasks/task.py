@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from snugfit.errors import SnugfitError
 from snugfit.tasks.evaluation import Evaluator
 
 
@@ -78,6 +79,13 @@ class Task:
     def activation(self, outputs: Tensor) -> Tensor:
         """Probabilities from model outputs."""
         raise NotImplementedError
+
+    def outputs_of(self, probs: Tensor) -> Tensor:
+        """Model outputs whose `activation` is ``probs`` (to score averaged
+        probabilities, as TTA makes, with the loss and metrics)."""
+        raise SnugfitError(
+            f"{self.name}: no outputs from probabilities (TTA is for classification)"
+        )
 
     def labels(self, probs: Tensor, vocab: Sequence[str]) -> list:
         """The predicted label of each row of ``probs``."""

@@ -135,6 +135,11 @@ class Predicting:
         the plain predictions; ``beta=None``: the augmented mean only (see `snugfit.infer.tta`)."""
         return tta.tta(self, n=n, dl=dl, beta=beta, seed=seed)
 
+    def validate_tta(self, n: int = 4, beta: float | None = 0.25, seed: int = 0) -> dict:
+        """`validate` with test-time augmentation: the loss and metrics of `tta`'s
+        probabilities on the validation set (see `snugfit.infer.tta.tta_evaluate`)."""
+        return tta.tta_evaluate(self, n=n, beta=beta, seed=seed)
+
 
 def task_of(dls, infer: dict | None) -> Task:
     """The task: the data's, else the saved model's (``infer``), else single-label."""

@@ -113,6 +113,14 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         "model saved is the average",
     )
     t.add_argument(
+        "--tta",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="also evaluate the final model with test-time augmentation: the mean of N "
+        "augmented passes blended with the plain one (fastai's learn.tta; 0: off)",
+    )
+    t.add_argument(
         "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
     )
     t.add_argument(
