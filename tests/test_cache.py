@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import multiprocessing as mp
@@ -12,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+import snugfit.data.cache
 import snugfit.data.datasets
 from fixtures import colour_image, make_image_folder
 from snugfit.data.augment import center_batch
@@ -288,7 +290,7 @@ def test_default_root_size_and_env(image_folder, monkeypatch, tmp_path):
     assert demo.cache_dir is cache_dir
 
 
-@pytest.mark.parametrize("value", ["lots", -5, "0GB"])
+@pytest.mark.parametrize("value", ["lots", -5, "1.5"])
 def test_bad_cache_size_names_the_argument(image_folder, value):
     with pytest.raises(SnugfitError, match="cache_size"):
         ImageDataLoaders.from_folder(image_folder, **FAST, cache_size=value)
@@ -316,3 +318,63 @@ def test_one_batch_does_not_decode_the_whole_set(image_folder, monkeypatch):
     dls.one_batch()
     assert len(calls) == 4  # one batch, not all 16 (and those 4 are now cached)
     assert len(_entries(dls.cache.root)) == 4
+
+
+# -- a folder that cannot be written is not a full cache ---------------------------------
+
+REASONS = {errno.EACCES: "permission denied", errno.EROFS: "read-only filesystem",
+           errno.ENOSPC: "no space left on device"}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", list(REASONS), ids=errno.errorcode.get)
+def test_an_unwritable_cache_folder_says_why_once_and_images_are_decoded(
+    image_folder, monkeypatch, caplog, fault
+):
+    def refuse(*args, **kwargs):
+        raise OSError(fault, os.strerror(fault))
+
+    monkeypatch.setattr(snugfit.data.cache.tempfile, "mkstemp", refuse)
+    calls = _count_decodes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="snugfit"):
+        dls = ImageDataLoaders.from_folder(image_folder, **FAST, console=_quiet())
+        for _ in range(2):
+            assert sorted(int(v) for _, y in dls.train for v in y) == [0] * 8 + [1] * 8
+    assert len(calls) == 32  # every image decoded in each epoch
+    assert _entries(dls.cache.root) == []
+    assert caplog.messages == [
+        f"pixel cache {dls.cache.root}: cannot write there ({REASONS[fault]}): images are "
+        "decoded every epoch instead; set $SNUGFIT_CACHE to another folder, or "
+        "SNUGFIT_CACHE_SIZE=0 to turn the cache off"
+    ]
+
+
+def test_a_disk_that_fills_up_keeps_the_entries_written_and_says_so(
+    image_folder, monkeypatch, caplog
+):
+    write_array, written = np.lib.format.write_array, []
+
+    def fill_up(f, array, **kwargs):
+        if len(written) == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(array.shape)
+        return write_array(f, array, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", fill_up)
+    with caplog.at_level(logging.WARNING, logger="snugfit"):
+        dls = ImageDataLoaders.from_folder(image_folder, **FAST, console=_quiet())
+        for _ in range(2):
+            assert sorted(int(v) for _, y in dls.train for v in y) == [0] * 8 + [1] * 8
+    assert len(_entries(dls.cache.root)) == 5  # those written stay (and are read)
+    assert not list(dls.cache.root.glob("??/*.tmp"))  # the failed one's temporary is gone
+    assert len(caplog.messages) == 1 and "no space left on device" in caplog.messages[0]
+    assert "is full" not in caplog.messages[0]
+
+
+@pytest.mark.parametrize("zero", ["0", "0GB", "0 MiB"])
+def test_cache_size_zero_turns_the_cache_off(image_folder, monkeypatch, zero):
+    assert cache_size(zero) == cache_size(0) == 0
+    monkeypatch.setenv("SNUGFIT_CACHE_SIZE", zero)
+    dls = ImageDataLoaders.from_folder(image_folder, **FAST, console=_quiet())
+    assert dls.cache is None
+    assert len(_batches(dls.train)) == 4 and len(_batches(dls.valid)) == 2
+    assert not cache_dir().exists()

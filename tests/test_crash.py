@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 from fixtures import make_image_folder
 from snugfit.callbacks import Callback, SaveCheckpoint
+from snugfit.errors import WriteError
 from snugfit.saving import checkpoint
 from snugfit.saving.checkpoint import read_checkpoint
 from snugfit.train.interrupt import DeferredInterrupt
@@ -332,7 +333,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, monk
     saved_tensors, saved_meta = read_checkpoint(path)
     learn.fit(1)  # new weights, moments, history
     monkeypatch.setattr(checkpoint, "save_file", _torn_save_file)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match=f"cannot write {path}: no space left on device"):
         learn.save_checkpoint(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # no temporary left
     tensors, meta = read_checkpoint(path)

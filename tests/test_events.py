@@ -11,7 +11,7 @@ import pytest
 
 from snugfit.app.cli import main
 from snugfit.errors import NonFiniteLoss
-from snugfit.events import EventLog, JsonLinesSink, read_events
+from snugfit.events import EventLog, JsonLinesSink, read_events, runs
 from test_cli import TRAIN
 from test_learner import fake_dls, make_learner
 from test_nonfinite import PoisonLoss
@@ -135,3 +135,39 @@ def test_tensorboard_missing_is_one_error_line(image_folder, tmp_path, capsys, m
     assert err.startswith("snugfit: error: --tensorboard: the tensorboard package is not installed")
     assert "pip install 'snugfit[tensorboard]'" in err
     assert not out.exists()  # failed before the data check and before any output
+
+
+def test_each_run_of_a_folder_begins_with_run_start_and_the_report_shows_the_last(
+    image_folder, tmp_path, capsys, monkeypatch
+):
+    """Interrupted, then resumed: events.jsonl holds two runs, each from its run_start
+    on (with what building the learner logged after it), and the report describes the
+    resumed one."""
+    import snugfit.app.run
+    from test_report import with_learner
+
+    build = snugfit.app.run.learner_for
+    with_learner(monkeypatch, lambda learn: learn.cbs.append(PressCtrlC(fit_index=1)))
+    out = tmp_path / "run"
+    args = ["train", str(image_folder), *TRAIN, "--out", str(out), "--recipe", "fine_tune",
+            "--epochs", "1", "--freeze-epochs", "1", "--memory-budget", "1GB",
+            "--checkpointing"]  # fmt: skip
+    assert main(args) == 130, capsys.readouterr().err
+    monkeypatch.setattr(snugfit.app.run, "learner_for", build)
+    ckpt = out / "checkpoint.safetensors"
+    assert main([*args, "--resume", str(ckpt)]) == 0, capsys.readouterr().err
+
+    first, second = runs(read_events(out / "events.jsonl"))
+    for run, resume in ((first, None), (second, str(ckpt))):
+        assert run[0] == {**run[0], "kind": "run_start", "resume": resume}
+        # --checkpointing is set while the learner is built, before run_start is emitted
+        assert run[1]["kind"] == "memory" and run[1]["why"] == "asked for"
+        assert [e["kind"] for e in run].count("run_start") == 1
+    assert first[-1]["status"] == "interrupted (Ctrl-C)" and second[-1]["status"] == "completed"
+    assert [e["kind"] for e in first].count("plan") == 2  # the head's, the unfrozen fit's
+    assert "plan" not in [e["kind"] for e in second]  # the checkpoint's settings are kept
+    page = (out / "report.html").read_text("utf-8")
+    memory = page[page.index('<section id="memory">') :]
+    memory = memory[: memory.index("</section>")]
+    assert "this run resumed with its checkpoint&#x27;s settings" in memory
+    assert f"{ckpt} at fit 1, epoch 0, batch 1" in page

@@ -18,7 +18,7 @@ import torch
 import snugfit.app.run
 from fixtures import make_image_folder
 from snugfit.app.cli import main
-from snugfit.app.report import SECTIONS, write_report
+from snugfit.app.report import SECTIONS, build_report, write_report
 from snugfit.callbacks import Callback
 from snugfit.infer.interpret import ClassificationInterpretation
 from test_cli import TRAIN
@@ -278,3 +278,45 @@ def test_report_escapes_what_comes_from_the_run(tmp_path):
     # what the run did not leave says so
     assert "no check.json in the run folder" in page and "no metrics.csv" in page
     assert "no memory plan was made" in page
+
+
+def _section(page: str, sid: str) -> str:
+    start = page.index(f'<section id="{sid}">')
+    return page[start : page.index("</section>", start)]
+
+
+def test_the_report_of_a_resumed_run_shows_its_own_plans_and_labels_the_runs(tmp_path):
+    """A resumed run appends to events.jsonl: the killed run's plans and OOMs are not its."""
+
+    def plan(summary: str) -> dict:
+        return {"kind": "plan", "summary": summary, "budget": 2**30, "device_type": "cpu"}
+
+    fit = {"size": 32, "bs": 8, "frozen_to": 0}
+    oom = {"phase": "train", "epoch": 0, "batch": 1, "error": "OutOfMemoryError"}
+    ckpt = "run/checkpoint.safetensors"
+    events = [
+        {"time": 0.0, "kind": "run_start", "out": "run", "resume": None},
+        {"time": 1.0, "kind": "fit_start", "fit": 0, **fit},
+        {"time": 1.1, **plan("plan of the killed run")},
+        {"time": 1.2, "kind": "oom", **oom},
+        {"time": 9.0, "kind": "run_start", "out": "run", "resume": ckpt},
+        {"time": 9.5, "kind": "resume", "checkpoint": ckpt,
+         "position": {"fit_index": 0, "epoch": 0, "iter": 3}},
+        {"time": 10.0, "kind": "fit_start", "fit": 0, **fit},
+        {"time": 10.1, **plan("plan of the resumed run")},
+        {"time": 12.0, "kind": "fit_end", "fit": 0},
+    ]  # fmt: skip
+    page = build_report(tmp_path, events=events)
+    memory = _section(page, "memory")
+    assert "plan of the resumed run" in memory and "plan of the killed run" not in memory
+    assert memory.count('<h3 class="plan">') == 1
+    run = _section(page, "run")
+    assert f"{ckpt} at fit 0, epoch 0, batch 3" in run and "1 in this folder" in run
+    assert 'duration</td><td class="l">3.0 s' in run  # the last run's: 9.0 -> 12.0
+    ooms = _section(page, "oom")
+    assert "No out-of-memory errors." in ooms and "and 1 in earlier runs" in ooms
+    log = _section(page, "events")
+    assert "9 events of 2 runs" in log
+    assert "plan of the killed run" in log and "plan of the resumed run" in log
+    cells = re.findall(r"<tr><td class=\"l\">(\d)</td>", log)  # the run column
+    assert cells == ["1"] * 4 + ["2"] * 5

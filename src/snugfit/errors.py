@@ -7,6 +7,10 @@ the file or argument and says what is wrong. The CLI prints it as a single line
 
 from __future__ import annotations
 
+import errno as _errno
+import os
+import re
+
 
 class SnugfitError(ValueError):
     """Bad input or a state training cannot go on from, explained in one line."""
@@ -28,6 +32,65 @@ class NonFiniteLoss(SnugfitError):
     def __init__(self, message: str, value: float = float("nan"), where=None):
         self.value, self.where = value, where
         super().__init__(message)
+
+
+class WriteError(SnugfitError):
+    """A file or folder that could not be written: no space left on device, permission
+    denied, read-only filesystem... (`snugfit.saving.disk` makes them from OS errors).
+
+    Attributes:
+        path: What could not be written.
+        reason: Why, in words (``"no space left on device"``).
+        errno: The OS error number, when known.
+    """
+
+    def __init__(self, path, reason: str, errno: int | None = None, message: str | None = None):
+        self.path, self.reason, self.errno = str(path), reason, errno
+        super().__init__(message or f"cannot write {self.path}: {reason}")
+
+
+_REASONS = {
+    _errno.ENOSPC: "no space left on device",
+    _errno.EDQUOT: "disk quota exceeded",
+    _errno.EACCES: "permission denied",
+    _errno.EPERM: "permission denied",
+    _errno.EROFS: "read-only filesystem",
+    _errno.ENOENT: "no such file or folder",
+    _errno.ENOTDIR: "a file is in the way of a folder",
+    _errno.EISDIR: "a folder is in the way",
+    _errno.EFBIG: "file too large",
+    _errno.EIO: "input/output error",
+    _errno.ENAMETOOLONG: "name too long",
+}
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # std::io::Error's Display
+
+
+def errno_of(e: BaseException) -> int | None:
+    """The OS error number behind ``e``: an ``OSError``'s (or a `WriteError`'s), or the
+    one a Rust I/O error (safetensors) puts in its message; None for other errors."""
+    if isinstance(e, (OSError, WriteError)):
+        return e.errno
+    if isinstance(e, Exception):
+        match = _RUST_OS_ERROR.search(str(e))
+        return int(match.group(1)) if match else None
+    return None
+
+
+def reason_of(e: BaseException) -> str:
+    """Why a write failed, in words, whether the OS error came from Python or from
+    safetensors (a Rust I/O error: its message ends in ``(os error N)``).
+
+    >>> reason_of(OSError(28, "No space left on device"))
+    'no space left on device'
+    >>> reason_of(RuntimeError("I/O error: Read-only file system (os error 30)"))
+    'read-only filesystem'
+    """
+    if isinstance(e, WriteError):
+        return e.reason
+    n = errno_of(e)
+    if n is None:
+        return first_line(e)
+    return _REASONS.get(n) or os.strerror(n).lower()
 
 
 def first_line(e: BaseException) -> str:

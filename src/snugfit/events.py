@@ -15,7 +15,9 @@ to write ``events.jsonl`` into the run folder.
 
 The kinds emitted, in the order a run meets them (fields after the colon):
 
-- ``run_start``: out, resume; ``data``: train, valid, classes, unreadable (`snugfit.app.run`);
+- ``run_start``: out, resume (the checkpoint a resumed run starts from; each run of a
+  folder appends to its log and begins with this event: `runs`); ``data``: train, valid,
+  classes, unreadable (`snugfit.app.run`);
 - ``freeze``: frozen_to, groups (`Learner.freeze_to`); ``resume``: checkpoint, position;
 - ``recipe_start``: recipe, valid_loss; ``phase``: name, and skipped when a phase is
   left out; ``lr``: phase, lr, why (a learning rate a recipe chose); ``kept``: phase,
@@ -44,6 +46,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from snugfit.saving.disk import append_text, optional
+
 
 class EventLog:
     """Events in the order they happened, and the sinks that receive them."""
@@ -63,6 +67,17 @@ class EventLog:
         self.records.append(event)
         for sink in self.sinks:
             sink(event)
+        return event
+
+    def start_run(self, **fields) -> dict:
+        """Record ``run_start`` first, before the events recorded so far: those come from
+        setting up the run it starts (building a learner logs its freezing and memory
+        settings). Call it before adding sinks, so that each run's lines in a log
+        begin with its ``run_start`` (`runs` splits a log there)."""
+        if self.sinks:
+            raise ValueError("start_run: call it before adding sinks")
+        event = self.emit("run_start", **fields)
+        self.records.insert(0, self.records.pop())
         return event
 
     def add_sink(self, sink: Callable[[dict], None], replay: bool = True) -> None:
@@ -89,15 +104,26 @@ class JsonLinesSink:
     nothing measurable. Values JSON cannot hold become plain ones: NaN and
     infinities the strings ``"nan"``, ``"inf"``, ``"-inf"`` (strict JSON has no
     such numbers), paths and other objects their ``str``.
+
+    A line that cannot be written (disk full) is kept and written with the next
+    event that can be: training goes on, after one warning (``warn``: False
+    silences it, for a run already stopping on that fault). A line is written
+    whole or not at all (`snugfit.saving.disk.append_text`).
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.warn = True
+        self.failed = False  # some lines wait for a write that succeeds
+        self._pending: list[str] = []
 
     def __call__(self, event: dict) -> None:
         line = json.dumps(_plain(event), ensure_ascii=False, allow_nan=False, default=str)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        self._pending.append(line + "\n")
+        with optional(self.path.name, warn=self.warn and not self.failed):
+            self.failed = True  # until the write below has succeeded
+            append_text(self.path, "".join(self._pending))
+            self._pending, self.failed = [], False
 
 
 def read_events(path: str | os.PathLike) -> list[dict]:
@@ -115,6 +141,24 @@ def read_events(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return events
+
+
+def runs(events: list[dict]) -> list[list[dict]]:
+    """The events of a log split into runs, each from its ``run_start`` on.
+
+    A resumed run appends to its folder's log: the report shows the last run. Events
+    before the first ``run_start`` (a log written without one) make a run of their own.
+
+    >>> [[e["kind"] for e in run] for run in runs(
+    ...     [{"kind": "run_start"}, {"kind": "epoch"}, {"kind": "run_start"}, {"kind": "resume"}])]
+    [['run_start', 'epoch'], ['run_start', 'resume']]
+    """
+    out: list[list[dict]] = []
+    for e in events:
+        if e["kind"] == "run_start" or not out:
+            out.append([])
+        out[-1].append(e)
+    return out
 
 
 def _plain(value):

@@ -1,7 +1,8 @@
 """The ``snugfit`` command line: train, check, plan, predict, export, lr-find, demo.
 
 Bad input ends with one line, ``snugfit: error: <what is wrong>``, and exit
-status 2; no traceback. Ctrl-C ends with status 130; during ``train`` it first
+status 2; no traceback. So does a disk fault (no space left, permission denied,
+read-only filesystem: `snugfit.saving.disk`). Ctrl-C ends with status 130; during ``train`` it first
 saves a checkpoint and prints the command that resumes the run.
 
 Each subcommand is a module of `snugfit.app.commands` (its arguments and what
@@ -43,6 +44,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("snugfit: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        from snugfit.saving.disk import disk_fault
+
+        line = disk_fault(e)
+        if line is None:
+            raise
+        print(f"snugfit: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

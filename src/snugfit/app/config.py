@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from snugfit.saving.atomic import atomic_write
+
 
 @dataclass
 class TrainConfig:
@@ -65,8 +67,10 @@ class TrainConfig:
     tensorboard: bool = False  # also log each epoch's scalars to OUT/tensorboard
 
     def to_json(self, path) -> Path:
+        """Write the configuration as JSON to ``path``, atomically."""
         path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2))
+        text = json.dumps(asdict(self), indent=2)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
         return path
 
     @classmethod

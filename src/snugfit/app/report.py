@@ -5,7 +5,8 @@
 ``lr.png``, ``batch.png``) and, when given one, a `ClassificationInterpretation`
 of the final model, and writes one page with a section for each:
 
-* ``run``: how the run ended (completed, stopped on a non-finite loss, interrupted);
+* ``run``: how the run ended (completed, stopped on a non-finite loss, interrupted,
+  stopped by a failed write) and, for a resumed run, the checkpoint it resumed from;
 * ``config``: the configuration;
 * ``data``: the data check (images per class and split, problems found);
 * ``memory``: each memory plan, under the phase it was made for (``plan`` events);
@@ -19,9 +20,11 @@ of the final model, and writes one page with a section for each:
 run's page says so, and has the per-label report);
 * ``oom``: out-of-memory events and the settings each retry moved to;
 * ``skipped``: files training could not read;
-* ``events``: the whole event log (see `snugfit.events`).
+* ``events``: the whole event log (see `snugfit.events`), each event with its run.
 
-A section whose inputs do not exist says so instead. The page needs no network
+A resumed run appends to the folder's ``events.jsonl``: the run, memory and OOM
+sections describe the last run (`snugfit.events.runs`), and say what earlier runs
+left in the log. A section whose inputs do not exist says so instead. The page needs no network
 and no script: the CSS is inline and images are PNG ``data:`` URIs. It is plain
 string building (the pieces are in `snugfit.app.html_page`) with every value from
 the run escaped (file names, class names and error messages can hold ``<`` or ``&``).
@@ -51,7 +54,7 @@ from snugfit.app.html_page import (
 from snugfit.app.report_seg import seg_sections
 from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPPED, RunFolder
 from snugfit.data.check_report import describe, problem_groups
-from snugfit.events import read_events
+from snugfit.events import read_events, runs
 from snugfit.saving.atomic import atomic_write
 from snugfit.sizes import check_size, format_size
 
@@ -120,11 +123,14 @@ def build_report(
 ) -> str:
     """The page `write_report` writes, as a string."""
     folder = RunFolder(run_dir)
-    events = list(read_events(folder.events) if events is None else events)
+    log = list(read_events(folder.events) if events is None else events)
+    by_run = runs(log)
+    events = by_run[-1] if by_run else []  # the last run: a resumed one appends
+    earlier = [e for run in by_run[:-1] for e in run]
     config = _read_json(folder.config)
     multi = per_label is not None or config.get("label_delim") is not None
     body = {
-        "run": _run(run_dir, status, config, events),
+        "run": _run(run_dir, status, events, len(by_run)),
         "config": _config(config),
         "data": _data(_read_json(folder.check), folder.batch_png),
         "memory": _memory(events),
@@ -133,9 +139,9 @@ def build_report(
         "confusion": note(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
         "classes": _labels(per_label) if multi else _classes(interp),
         "top-losses": note(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),
-        "oom": _ooms(events),
+        "oom": _ooms(events, earlier),
         "skipped": _skipped(folder.skipped),
-        "events": _event_log(events),
+        "events": _event_log(by_run),
     }
     if seg is not None:
         body.update(seg_sections(seg))
@@ -151,7 +157,7 @@ def build_report(
 # -- sections -------------------------------------------------------------------------
 
 
-def _run(run_dir: Path, status: str, config: dict, events: list[dict]) -> str:
+def _run(run_dir: Path, status: str, events: list[dict], n_runs: int) -> str:
     ok = status == "completed"
     rows = [("status", status), ("run folder", str(run_dir.resolve()))]
     started = next((e["time"] for e in events if e["kind"] == "run_start"), None)
@@ -159,6 +165,13 @@ def _run(run_dir: Path, status: str, config: dict, events: list[dict]) -> str:
         rows.append(("started", _when(started)))
         if events:
             rows.append(("duration", f"{events[-1]['time'] - started:.1f} s"))
+    resumed = next((e for e in events if e["kind"] == "resume"), None)
+    if resumed is not None:
+        p = resumed.get("position") or {}
+        at = f"fit {p.get('fit_index')}, epoch {p.get('epoch')}, batch {p.get('iter')}"
+        rows.append(("resumed from", f"{resumed.get('checkpoint')} at {at}"))
+    if n_runs > 1:
+        rows.append(("earlier runs", f"{n_runs - 1} in this folder (their events: event log)"))
     kept = [e for e in events if e["kind"] == "kept"]
     if kept:
         rows.append(("weights kept", _kept(kept[-1])))
@@ -261,6 +274,8 @@ def _memory(events: list[dict]) -> str:
                 out.append(note("no new plan: the frozen layers, size and batch are unchanged"))
             in_fit = False
     if not planned:
+        if any(e["kind"] == "resume" for e in events):
+            return note("no memory plan was made: this run resumed with its checkpoint's settings")
         return note(
             "no memory plan was made: plans are made on a GPU, or when a memory budget "
             "is given (--memory-budget)"
@@ -398,10 +413,12 @@ def _top_losses(interp, k: int) -> str:
     return missing + table(head, rows, left=4)
 
 
-def _ooms(events: list[dict]) -> str:
+def _ooms(events: list[dict], earlier: list[dict]) -> str:
     ooms = [e for e in events if e["kind"] == "oom"]
+    before = sum(e["kind"] == "oom" for e in earlier)
+    more = note(f"and {before} in earlier runs of this folder (event log)") if before else ""
     if not ooms:
-        return "<p>No out-of-memory errors.</p>"
+        return "<p>No out-of-memory errors.</p>" + more
     rows = [
         [
             e.get("phase", ""),
@@ -415,7 +432,7 @@ def _ooms(events: list[dict]) -> str:
         for e in ooms
     ]
     head = ["phase", "fit", "epoch", "batch", "from", "retried with", "error"]
-    return f"<p>{len(ooms)} recovered.</p>\n" + table(head, rows, left=7)
+    return f"<p>{len(ooms)} recovered.</p>\n" + table(head, rows, left=7) + more
 
 
 def _skipped(path: Path) -> str:
@@ -432,18 +449,20 @@ def _skipped(path: Path) -> str:
     )
 
 
-def _event_log(events: list[dict]) -> str:
-    if not events:
+def _event_log(by_run: list[list[dict]]) -> str:
+    if not by_run:
         return note(f"no {EVENTS} in the run folder")
-    t0 = events[0]["time"]
+    t0 = by_run[0][0]["time"]
     rows = []
-    for e in events:
-        fields = {k: v for k, v in e.items() if k not in ("time", "kind", "candidates")}
-        text = json.dumps(fields, ensure_ascii=False, default=str)
-        rows.append([f"{e['time'] - t0:.1f}", e["kind"], text[:400]])
+    for n, run in enumerate(by_run, start=1):
+        for e in run:
+            fields = {k: v for k, v in e.items() if k not in ("time", "kind", "candidates")}
+            text = json.dumps(fields, ensure_ascii=False, default=str)
+            rows.append([n, f"{e['time'] - t0:.1f}", e["kind"], text[:400]])
+    count = f"{len(rows)} events" + (f" of {len(by_run)} runs" if len(by_run) > 1 else "")
     return (
-        f"<details><summary>{len(events)} events ({EVENTS})</summary>\n"
-        + table(["s", "kind", "fields"], rows, left=3)
+        f"<details><summary>{count} ({EVENTS})</summary>\n"
+        + table(["run", "s", "kind", "fields"], rows, left=4)
         + "</details>"
     )
 

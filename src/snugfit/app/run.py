@@ -41,9 +41,11 @@ from snugfit.callbacks import EMA, CutMix, MixUp, SaveCheckpoint, TensorBoardCal
 from snugfit.callbacks.ema import check_decay
 from snugfit.data.check_report import CheckReport
 from snugfit.data.loaders import ImageDataLoaders, resolve_device
-from snugfit.errors import NonFiniteLoss, SnugfitError, first_line
+from snugfit.errors import NonFiniteLoss, SnugfitError, WriteError, first_line
 from snugfit.events import JsonLinesSink
 from snugfit.infer.interpret import interpret as interpret_model
+from snugfit.saving.atomic import atomic_write
+from snugfit.saving.disk import check_writable, optional
 from snugfit.tasks import LabelSmoothingCrossEntropy
 from snugfit.train.factory import learner_for
 from snugfit.train.learner import Learner
@@ -63,13 +65,15 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     # Before the data check: a missing tensorboard package fails at once.
     tensorboard = TensorBoardCallback(folder.tensorboard) if cfg.tensorboard and main else None
     check_regularisation(cfg)  # bad values fail before the data check
+    if main:  # and an --out that cannot be written
+        check_writable(folder.root, "--out")
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     report, dls = _data(cfg, console)
     loss_func, mixing = regularisation(cfg, dls.task)
     learn = _learner(cfg, dls, console, loss_func)
-    if main:
-        _start_files(folder, cfg, report, learn)
-    learn.events.emit("run_start", out=str(folder.root), resume=cfg.resume)
+    learn.events.start_run(out=str(folder.root), resume=cfg.resume)
+    unwritten: list[str] = []  # outputs a failed write left out (each warned about)
+    sink = _start_files(folder, cfg, report, learn, unwritten) if main else None
     learn.events.emit(
         "data",
         train=len(dls.train_items),
@@ -91,9 +95,13 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
         learn.save(folder.model)
     except BaseException as e:
         status = _stopped(e)
+        # A disk fault stops the run with one line: the outputs hit it again quietly.
+        warn = not isinstance(e, WriteError)
+        if sink is not None:
+            sink.warn = warn
         learn.events.emit("run_end", status=status)
         try:  # what exists; the error that stopped the run stays the one raised
-            _write_outputs(learn, folder, console, status, interpret=False)
+            _write_outputs(learn, folder, console, status, interpret=False, warn=warn)
         except Exception as report_error:
             log.warning(f"could not write the report: {first_line(report_error)}")
         raise
@@ -103,8 +111,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     if cfg.tta:
         _evaluate_tta(learn, cfg.tta, console)
     learn.events.emit("run_end", status="completed")
-    _write_outputs(learn, folder, console, "completed", interpret=True)
-    _print_end(learn, folder, console)
+    _write_outputs(learn, folder, console, "completed", interpret=True, unwritten=unwritten)
+    _print_end(learn, folder, console, unwritten)
     return learn
 
 
@@ -192,21 +200,30 @@ def regularisation(cfg: TrainConfig, task) -> tuple[LabelSmoothingCrossEntropy |
     return loss, [CutMix(cfg.cutmix)] if cfg.cutmix else []
 
 
-def _start_files(folder: RunFolder, cfg: TrainConfig, report: CheckReport, learn: Learner) -> None:
+def _start_files(
+    folder: RunFolder, cfg: TrainConfig, report: CheckReport, learn: Learner, unwritten: list
+) -> JsonLinesSink:
     """What is known before training (configuration, data check, a batch), and where
-    the metrics and the event log go."""
-    folder.root.mkdir(parents=True, exist_ok=True)
+    the metrics and the event log go; returns the event log's sink.
+
+    Each file is written atomically; the configuration must be, the others a run
+    can do without (a failed write warns, goes into ``unwritten``, and the run goes on).
+    """
     cfg.to_json(folder.config)
-    report.to_json(folder.check)
-    learn.dls.show_batch(folder.batch_png)  # what the model sees: augmented, presized
+    with optional(folder.check.name, unwritten=unwritten):
+        atomic_write(folder.check, report.to_json)
+    with optional(folder.batch_png.name, unwritten=unwritten):  # augmented, presized
+        atomic_write(folder.batch_png, learn.dls.show_batch)
     if cfg.resume is None:
         folder.metrics.unlink(missing_ok=True)  # a resumed run appends to its history
         folder.events.unlink(missing_ok=True)
     learn.recorder.csv_path = folder.metrics
-    learn.events.add_sink(JsonLinesSink(folder.events))  # the events so far, then each new
+    sink = JsonLinesSink(folder.events)
+    learn.events.add_sink(sink)  # the events so far, then each new
+    return sink
 
 
-def _print_end(learn: Learner, folder: RunFolder, console: Console) -> None:
+def _print_end(learn: Learner, folder: RunFolder, console: Console, unwritten: list) -> None:
     if learn.oom_events:
         console.print(
             f"recovered from {len(learn.oom_events)} out-of-memory error(s); "
@@ -216,6 +233,8 @@ def _print_end(learn: Learner, folder: RunFolder, console: Console) -> None:
             highlight=False,
         )
     done = f"saved model, config, metrics, plots and {folder.report.name} to {folder.root}"
+    if unwritten:
+        done = f"saved the model to {folder.root}; not written: {', '.join(unwritten)} (see above)"
     console.print(done, highlight=False)
 
 
@@ -258,16 +277,27 @@ def _stopped(e: BaseException) -> str:
     """How a run that raised ``e`` ended, in words for the report."""
     if isinstance(e, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
-    if isinstance(e, NonFiniteLoss):
+    if isinstance(e, (NonFiniteLoss, WriteError)):
         return f"stopped: {e}"
     return f"failed: {first_line(e)}"
 
 
 def _write_outputs(
-    learn: Learner, folder: RunFolder, console: Console, status: str, interpret: bool
+    learn: Learner,
+    folder: RunFolder,
+    console: Console,
+    status: str,
+    interpret: bool,
+    warn: bool = True,
+    unwritten: list | None = None,
 ):
     """Plots, ``skipped.txt`` and ``report.html`` (with the interpretation of the
-    final model when ``interpret``: the task's, `snugfit.infer.interpret.interpret`)."""
+    final model when ``interpret``: the task's, `snugfit.infer.interpret.interpret`).
+
+    Each can be done without: one that cannot be written is warned about (with
+    ``warn``; else logged at debug level), put in ``unwritten``, and the others
+    are still written.
+    """
     found = {}
     if interpret:  # on every rank: under torchrun the predictions are gathered
         try:
@@ -276,11 +306,17 @@ def _write_outputs(
             log.warning(f"report: no interpretation ({e})")
     if not distributed.is_main():
         return  # under torchrun, rank 0 writes them
+    writes = []
     if learn.recorder.losses:
-        learn.recorder.plot_loss(folder.loss_png)
-        learn.recorder.plot_lr(folder.lr_png)
-    write_skipped(learn.dls.skipped, folder.skipped, console)
-    write_report(folder.root, status=status, **found)
+        writes += [
+            (folder.loss_png, learn.recorder.plot_loss),
+            (folder.lr_png, learn.recorder.plot_lr),
+        ]
+    writes.append((folder.skipped, lambda path: write_skipped(learn.dls.skipped, path, console)))
+    writes.append((folder.report, lambda _: write_report(folder.root, status=status, **found)))
+    for path, write in writes:
+        with optional(path.name, warn, unwritten):
+            write(path)
 
 
 def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None:
@@ -288,5 +324,6 @@ def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None
     if not skipped:
         path.unlink(missing_ok=True)
         return
-    path.write_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())))
+    text = "".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items()))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     console.print(f"skipped {len(skipped)} unreadable file(s); list in {path}", highlight=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
-import os
+import io
 import time
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import torch
 from snugfit.callbacks import Callback
 from snugfit.distributed import is_main
 from snugfit.saving.atomic import atomic_write
+from snugfit.saving.disk import append_text, optional
 
 
 class Recorder(Callback):
@@ -22,7 +23,9 @@ class Recorder(Callback):
     are copied to the host once, at the epoch's end. With ``csv_path`` set, each
     epoch's row is appended to that file and synced to disk; resuming from a
     checkpoint rewrites the file with the checkpoint's rows, so the rows a killed
-    run wrote after its last checkpoint are neither duplicated nor kept.
+    run wrote after its last checkpoint are neither duplicated nor kept. A row that
+    cannot be written (disk full) is warned about and training goes on: the next
+    epoch rewrites the whole file (the rows are in memory, and in the checkpoint).
     """
 
     order = 50
@@ -33,6 +36,7 @@ class Recorder(Callback):
         self.moms: list[float | None] = []
         self.rows: list[dict] = []  # per epoch
         self.csv_path: Path | None = None
+        self._csv_stale = False  # a write failed: rewrite the whole file next time
         self._epoch_losses: list[torch.Tensor] = []
 
     def state(self) -> dict:
@@ -58,7 +62,7 @@ class Recorder(Callback):
         self.rows = state["rows"]
         self._resume_partial = state["partial"]  # picked up by the resumed epoch
         if self.csv_path is not None and is_main():
-            self._rewrite_csv()
+            self._write_csv()
 
     def snapshot(self) -> dict:
         """Everything recorded so far, to put back with `restore` (a trial run's
@@ -113,7 +117,7 @@ class Recorder(Callback):
         row["ooms"] = len(learn.events.of("oom")) - self._ooms_before  # OOM retries this epoch
         self.rows.append(row)
         if self.csv_path is not None and is_main():  # under torchrun, rank 0 writes
-            self._append_csv(row)
+            self._write_csv(row)
         lrs = self.lrs[-1] if self.lrs else None  # each layer group's at the epoch's last batch
         fields = {("seconds" if k == "time" else k): v for k, v in row.items()}
         learn.events.emit("epoch", fit=learn.fit_index, **fields, lrs=lrs)
@@ -121,11 +125,21 @@ class Recorder(Callback):
         self._epoch_losses, self._sum_train, self._n_train = [], 0.0, 0.0
         self._start = time.perf_counter()
 
-    def _append_csv(self, row: dict) -> None:
-        with self.csv_path.open("a", newline="") as f:
-            _write_rows(f, [row], header=f.tell() == 0)
-            f.flush()
-            os.fsync(f.fileno())  # the row survives a crash, as the checkpoint after it does
+    def _write_csv(self, row: dict | None = None) -> None:
+        """Append ``row`` (synced: it survives a crash, as the checkpoint after it
+        does); with no row, or after a failed write, rewrite the whole file. A
+        failure warns (once) and training goes on."""
+        rewrite, warn = row is None or self._csv_stale, not self._csv_stale
+        self._csv_stale = True  # until the write below has succeeded
+        with optional(self.csv_path.name, warn=warn):
+            if rewrite:
+                self._rewrite_csv()
+            else:
+                empty = not self.csv_path.is_file() or self.csv_path.stat().st_size == 0
+                text = io.StringIO(newline="")
+                _write_rows(text, [row], header=empty)
+                append_text(self.csv_path, text.getvalue(), sync=True)
+            self._csv_stale = False
 
     def _rewrite_csv(self) -> None:
         """The CSV of ``self.rows`` alone (none: no file), replaced atomically."""
@@ -193,10 +207,11 @@ def pyplot():
 
 
 def save_figure(fig, path) -> Path:
-    """Save ``fig`` as a PNG at ``path`` (its folder made) and close it."""
+    """Save ``fig`` as a PNG at ``path`` (its folder made, written atomically) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    pyplot().close(fig)
+    try:
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        pyplot().close(fig)
     return path

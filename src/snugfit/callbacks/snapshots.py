@@ -11,6 +11,7 @@ from pathlib import Path
 
 from snugfit.callbacks import Callback
 from snugfit.saving.atomic import atomic_write
+from snugfit.saving.disk import writing
 from snugfit.train.schedules import sgdr_cycle_ends
 
 log = logging.getLogger("snugfit")
@@ -36,7 +37,8 @@ class CycleSnapshots(Callback):
         self.paths: list[Path] = []
 
     def before_fit(self, learn) -> None:
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.snapshot_dir):
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.paths = []
 
     def after_epoch(self, learn) -> None:

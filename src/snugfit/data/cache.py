@@ -14,7 +14,10 @@ complete one. Anything unreadable is a miss, never an error.
 
 The cache is bounded by ``max_bytes``: `trim` deletes the oldest entries (by
 modification time) and a process stops writing once its entries would exceed
-the bound.
+the bound. A bound of 0 (``SNUGFIT_CACHE_SIZE=0``) turns the cache off. A folder
+that cannot be written (permission denied, read-only, disk full) is not "full":
+the cache stops writing there and says which it is, once; training decodes
+instead.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import get_worker_info
 
+from snugfit.errors import reason_of
 from snugfit.memory.units import format_bytes, parse_bytes
 
 logger = logging.getLogger("snugfit")
@@ -49,19 +54,20 @@ def cache_dir() -> Path:
 
 
 def cache_size(value: str | int | None = None) -> int:
-    """The cache bound in bytes: ``value``, else ``$SNUGFIT_CACHE_SIZE``, else 20 GB.
+    """The cache bound in bytes: ``value``, else ``$SNUGFIT_CACHE_SIZE``, else 20 GB;
+    0 (``"0"``, ``"0GB"``): no cache.
 
-    >>> cache_size("512MiB")
-    536870912
+    >>> cache_size("512MiB"), cache_size("0")
+    (536870912, 0)
 
     Raises:
         SnugfitError: The value (or the variable) cannot be read as a size.
     """
     if value is not None:
-        return parse_bytes(value, name="cache_size")
+        return parse_bytes(value, name="cache_size", zero=True)
     env = os.environ.get("SNUGFIT_CACHE_SIZE")
     if env:
-        return parse_bytes(env, name="SNUGFIT_CACHE_SIZE")
+        return parse_bytes(env, name="SNUGFIT_CACHE_SIZE", zero=True)
     return parse_bytes(DEFAULT_CACHE_SIZE, name="cache_size")
 
 
@@ -89,7 +95,10 @@ class PixelCache:
         # Bytes this process may still write; measured on its first write, since
         # a scan of the folder is too slow to repeat per entry.
         self._room: int | None = None
-        self._full_logged = False
+        self._warned = False
+        # Why the folder cannot be written (None: it can, as far as is known); set by
+        # a failed write or by `make_room`'s try, and passed on to the workers.
+        self.unwritable: str | None = None
 
     def __repr__(self) -> str:
         return f"PixelCache({str(self.root)!r}, max_bytes={self.max_bytes})"
@@ -176,7 +185,8 @@ class PixelCache:
         The data goes to a temporary file in the entry's folder, then is renamed
         over the entry: concurrent readers see the old state or the whole new
         entry, never a partial one. Write errors (disk full, read-only folder)
-        are logged and the image is simply not cached.
+        are logged (by the main process, not by DataLoader workers: `make_room`
+        finds them there) and the image is simply not cached; no more writes are tried.
         """
         array = np.ascontiguousarray(array)
         if not self._has_room(array.nbytes):
@@ -194,24 +204,44 @@ class PixelCache:
                     os.unlink(tmp)
                 raise
         except OSError as e:
-            logger.warning("pixel cache: cannot write %s (%s); not caching", final, e)
-            self._room = 0  # a failing disk keeps failing: stop trying
+            self._cannot_write(e, warn=get_worker_info() is None)
             return False
         self._room -= _entry_bytes(array.nbytes)
         return True
 
     def _has_room(self, nbytes: int) -> bool:
+        if self.unwritable is not None:
+            return False
         if self._room is None:
             self._room = self.max_bytes - self.size_bytes()
         if _entry_bytes(nbytes) <= self._room:
             return True
-        self.warn_full("images beyond it are decoded every epoch")
+        self.warn_uncached("images beyond it are decoded every epoch")
         return False
 
-    def warn_full(self, detail: str) -> None:
-        """Log that the cache is full, once per process (and per worker started after)."""
-        if not self._full_logged:
-            self._full_logged = True
+    def _cannot_write(self, e: OSError, warn: bool = True) -> None:
+        """The folder cannot be written: say why (once), stop trying (a failing disk
+        keeps failing)."""
+        self.unwritable, self._room = reason_of(e), 0
+        if warn:
+            self.warn_uncached("images are decoded every epoch instead")
+
+    def warn_uncached(self, detail: str) -> None:
+        """Log why images are not cached, once per process (and per worker started
+        after): the cache is full (``cache_size``), or its folder cannot be written,
+        and why."""
+        if self._warned:
+            return
+        self._warned = True
+        if self.unwritable is not None:
+            logger.warning(
+                "pixel cache %s: cannot write there (%s): %s; set $SNUGFIT_CACHE to "
+                "another folder, or SNUGFIT_CACHE_SIZE=0 to turn the cache off",
+                self.root,
+                self.unwritable,
+                detail,
+            )
+        else:
             logger.warning(
                 "pixel cache %s is full (cache_size=%s): %s; raise cache_size or "
                 "$SNUGFIT_CACHE_SIZE",
@@ -219,6 +249,23 @@ class PixelCache:
                 format_bytes(self.max_bytes),
                 detail,
             )
+
+    def _try_writing(self) -> bool:
+        """Whether the folder takes a small file now (made, written, removed)."""
+        if self.unwritable is not None:
+            return False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe.", suffix=_TMP_SUFFIX)
+            try:
+                os.write(fd, bytes(4096))  # a full disk takes an empty file, not data
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            self._cannot_write(e)
+            return False
+        return True
 
     # -- the folder as a whole --------------------------------------------------
 
@@ -280,8 +327,11 @@ class PixelCache:
         inherit it and write without scanning the folder again.
 
         Returns:
-            Bytes that may be written now (0 when the cache is full).
+            Bytes that may be written now (0 when the cache is full, or its folder
+            cannot be written: that is found out here and said once).
         """
+        if not self._try_writing():
+            return 0
         self.trim(max(0, self.max_bytes - needed), keep_since_ns)
         self._room = max(0, self.max_bytes - self.size_bytes())
         return self._room

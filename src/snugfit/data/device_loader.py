@@ -347,7 +347,7 @@ class DeviceLoader:
         # ones this run touched or wrote stay.
         fits = cache.make_room(len(missing) * entry, self.cache_since_ns) // entry
         if fits < len(missing):
-            cache.warn_full(
+            cache.warn_uncached(
                 f"{len(missing) - fits} of {len(ds)} images are not cached and are decoded "
                 "every epoch"
             )

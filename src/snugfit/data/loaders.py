@@ -91,7 +91,7 @@ class ImageDataLoaders(LoaderConstructors, DataLoadersBase):
         cache: Keep decoded images in a `snugfit.data.cache.PixelCache`, so files
             are decoded once, not every epoch (False: decode every epoch, write nothing).
         cache_size: Bound on the cache folder, e.g. ``"20GB"`` or ``"512MiB"``;
-            default ``$SNUGFIT_CACHE_SIZE``, else 20 GB.
+            default ``$SNUGFIT_CACHE_SIZE``, else 20 GB; 0 turns the cache off.
         cache_root: Cache folder; default ``cache_dir() / "images"``.
         console: Where the cache pre-pass shows its progress (default: stderr);
             give the learner's console to share its display.

@@ -99,7 +99,7 @@ class DataLoadersBase:
         self.skips = SkipList(unreadable)
         # Resolved even when off, so a bad cache_size is reported either way.
         max_bytes = cache_size_bytes(cache_size)
-        self.cache = PixelCache(cache_root, max_bytes) if cache else None
+        self.cache = PixelCache(cache_root, max_bytes) if cache and max_bytes else None
         # Entries used since then belong to this run: making room never deletes
         # them. A second early, as file times come from a coarser kernel clock.
         self.cache_since_ns = time.time_ns() - 10**9

@@ -25,7 +25,9 @@ _UNITS = {
 _BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*([kmgt]?i?b)?\s*$", re.I)
 
 
-def parse_bytes(value: str | int | float, total: int | None = None, name: str = "budget") -> int:
+def parse_bytes(
+    value: str | int | float, total: int | None = None, name: str = "budget", zero: bool = False
+) -> int:
     """Read a memory size: ``"8GB"`` (SI), ``"8GiB"`` (binary), bytes, or a fraction.
 
     >>> parse_bytes("8GB"), parse_bytes("512 MiB"), parse_bytes(4096)
@@ -39,10 +41,11 @@ def parse_bytes(value: str | int | float, total: int | None = None, name: str = 
             unitless string in (0, 1]: that fraction of ``total``.
         total: The device's memory in bytes, needed for a fraction.
         name: The argument's name, for the error message.
+        zero: Accept 0 (``0``, ``"0"``, ``"0GB"``): for a bound where 0 means "off".
 
     Raises:
-        SnugfitError: If the value cannot be read, is not positive, or is a fraction
-            without ``total``.
+        SnugfitError: If the value cannot be read, is not positive (or 0 with
+            ``zero``), or is a fraction without ``total``.
     """
     bad = SnugfitError(
         f"{name}: cannot read {value!r}; use e.g. 8GB, 8GiB, 7500MB or a fraction like 0.5 "
@@ -84,6 +87,8 @@ def parse_bytes(value: str | int | float, total: int | None = None, name: str = 
                 "give a size instead, e.g. 8GB or 8GiB"
             )
         return int(fraction * total)
+    if zero and n == 0:
+        return 0
     if n < 1:
         raise bad
     return round(n)

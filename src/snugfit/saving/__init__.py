@@ -1,4 +1,5 @@
-"""Saving: training checkpoints, model folders for prediction, ONNX export; atomic writes.
+"""Saving: training checkpoints, model folders for prediction, ONNX export; atomic writes
+and disk faults (`snugfit.saving.disk`: a failed write as one `WriteError` line).
 
 Owns every file format snugfit writes and reads back (safetensors + JSON, no
 pickle). May import ``snugfit.errors``, ``snugfit.models`` (to rebuild a saved
@@ -11,6 +12,7 @@ from snugfit.saving.checkpoint import (
     TrainingState,
     load_training_state,
     read_checkpoint,
+    read_position,
     write_checkpoint,
 )
 from snugfit.saving.model_files import (
@@ -32,6 +34,7 @@ __all__ = [
     "load_training_state",
     "read_checkpoint",
     "read_model_folder",
+    "read_position",
     "write_checkpoint",
     "write_model_folder",
 ]

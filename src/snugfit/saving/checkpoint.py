@@ -154,6 +154,21 @@ def load_training_state(path, resume: bool = False) -> TrainingState:
     )
 
 
+def read_position(path) -> dict | None:
+    """The training position a checkpoint file holds, from its header alone (no tensor
+    is read); None when there is no readable checkpoint with a position there.
+
+    A run stopped by a failed write says from this which checkpoint is intact.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+        position = meta["position"]
+    except Exception:
+        return None
+    return position if _FIELDS["position"](position) and position is not None else None
+
+
 def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and the metadata of a checkpoint file, validated."""
     path = Path(path)

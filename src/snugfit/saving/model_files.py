@@ -20,6 +20,7 @@ from torch import nn
 from snugfit import models
 from snugfit.errors import SnugfitError
 from snugfit.saving.atomic import atomic_write
+from snugfit.saving.disk import writing
 from snugfit.tasks import task_from_config
 
 FORMAT_VERSION = 1
@@ -32,10 +33,11 @@ def write_model_folder(path, model: nn.Module, info: dict) -> Path:
     task settings) into the folder ``path``.
 
     Each file is written atomically: a run killed while saving leaves the previous
-    files (or none), never a truncated one.
+    files (or none), never a truncated one; a failed write raises `WriteError`.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS_FILE, lambda tmp: save_model(model, str(tmp)))
     meta = {"format_version": FORMAT_VERSION, **info}
     atomic_write(path / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))

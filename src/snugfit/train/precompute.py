@@ -12,6 +12,7 @@ those change, the key changes and the features are computed again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from snugfit.data.cache import cache_dir
+from snugfit.errors import reason_of
 
 log = logging.getLogger("snugfit")
 
@@ -120,13 +122,26 @@ def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
             batches = dl.batches(0, augment=False) if hasattr(dl, "batches") else dl
             feats, targs = compute_features(learn, batches)
             if feats.numel() * 4 > IN_MEMORY_LIMIT:
-                path = cache_dir() / "features" / f"{key}.npy"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=feats.shape)
-                mm[:] = feats.numpy()
-                feats = np.load(path, mmap_mode="r")
+                feats = _on_disk(feats, cache_dir() / "features" / f"{key}.npy")
             store[key] = (feats, targs)
             log.info(f"precomputed {split} features: {tuple(store[key][0].shape)}")
         feats, targs = store[key]
         loaders.append(FeatureLoader(feats, targs, d.bs, split == "train", d.seed, learn.device))
     return loaders[0], loaders[1]
+
+
+def _on_disk(feats: torch.Tensor, path: Path):
+    """``feats`` memory-mapped from ``path`` (written there); in memory if the cache
+    folder cannot be written (disk full, permission denied), with a warning."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written, not filled through a memory map: a full disk is then an OSError
+        # here, not a SIGBUS while the pages are flushed.
+        with open(path, "wb") as f:
+            np.lib.format.write_array(f, feats.numpy().astype(np.float32, copy=False))
+        return np.load(path, mmap_mode="r")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)  # a partial file
+        log.warning(f"cannot write {path} ({reason_of(e)}): the features stay in memory")
+        return feats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from snugfit.app.arguments import positive_int
 
@@ -28,8 +29,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from snugfit.saving.disk import check_writable
     from snugfit.saving.onnx import export_onnx
 
+    # Before the model loads and the export runs (a missing model is said by the export).
+    if args.out is not None:
+        check_writable(Path(args.out).parent, "--out")
+    elif Path(args.model).is_dir():
+        check_writable(args.model, "--out (default: MODEL/model.onnx)")
     result = export_onnx(args.model, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
     batch = "dynamic batch" if result.dynamic_batch else "batch 1"
     exporter = "dynamo" if result.exporter == "dynamo" else "TorchScript, dynamo=False"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from snugfit.app.arguments import budget, non_negative_int, positive_int
 
@@ -59,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
     from snugfit.data.loaders import resolve_device
     from snugfit.errors import UnreadableImage
     from snugfit.infer.predict import image_inputs
+    from snugfit.saving.disk import check_writable
     from snugfit.train.factory import load_learner
 
+    if args.out is not None:  # before the model loads and the images are read
+        check_writable(args.out, "--out")
+    if args.csv is not None:
+        check_writable(Path(args.csv).parent, "--csv")
     learn = load_learner(args.model, resolve_device(args.device))
     if args.csv is not None or args.out is not None or args.overlay or args.flip:
         return _predict_outputs(learn, args)

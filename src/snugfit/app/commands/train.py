@@ -1,7 +1,10 @@
 """``snugfit train``: fine-tune a classifier on a folder of images (or a CSV of labels).
 
 The options map onto `TrainConfig`; `snugfit.app.run.train` does the run. On
-Ctrl-C it prints the command that resumes the run from its checkpoint.
+Ctrl-C it prints the command that resumes the run from its checkpoint; a write
+that fails (disk full, permission denied, read-only filesystem) ends it with one
+line saying what could not be written and why, which checkpoint is intact, and the
+command that resumes from it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from snugfit.app.arguments import (
 )
 from snugfit.app.config import TrainConfig
 from snugfit.app.run_folder import CHECKPOINT, TENSORBOARD, RunFolder
+from snugfit.errors import SnugfitError, WriteError
 
 NAME = "train"
 
@@ -262,7 +266,8 @@ def _segmentation_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train; on Ctrl-C, print the command that resumes (``args.argv``: the words typed)."""
+    """Train; on Ctrl-C or a failed write, print the command that resumes
+    (``args.argv``: the words typed)."""
     from snugfit.app.run import train
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "argv")}
@@ -272,15 +277,40 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(cfg)
     except KeyboardInterrupt:
-        # Only a checkpoint this run wrote (or the one it resumed from) continues it.
-        fresh = ckpt.is_file() and _mtime(ckpt) != before
-        resume = str(ckpt) if fresh else cfg.resume
+        resume = _resumable(ckpt, before, cfg)
         print("snugfit: interrupted", file=sys.stderr)
         if resume is not None:
-            command = shlex.join(["snugfit", *_without_resume(args.argv), "--resume", resume])
-            print(f"snugfit: resume with: {command}", file=sys.stderr)
+            print(f"snugfit: resume with: {_resume_command(args, resume)}", file=sys.stderr)
         return 130
+    except WriteError as e:
+        raise SnugfitError(_stopped_on_write(e, _resumable(ckpt, before, cfg), args)) from e
     return 0
+
+
+def _resumable(ckpt: Path, before: int | None, cfg: TrainConfig) -> str | None:
+    """The checkpoint that continues the run: only one this run wrote (or the one it
+    resumed from), not one an earlier run left in the folder."""
+    fresh = ckpt.is_file() and _mtime(ckpt) != before
+    return str(ckpt) if fresh else cfg.resume
+
+
+def _resume_command(args: argparse.Namespace, resume: str) -> str:
+    return shlex.join(["snugfit", *_without_resume(args.argv), "--resume", resume])
+
+
+def _stopped_on_write(e: WriteError, resume: str | None, args: argparse.Namespace) -> str:
+    """The one line a failed write ends the run with: what and why, what is intact,
+    how to go on."""
+    from snugfit.saving import read_position
+    from snugfit.saving.disk import fix_for
+
+    p = read_position(resume) if resume is not None else None
+    if p is None:
+        return f"{e}; no checkpoint was written yet: {fix_for(e)}, then run the same command again"
+    at = f"it goes on at fit {p['fit_index']}, epoch {p['epoch']}, batch {p['iter']}"
+    return f"{e}; {resume} is intact ({at}): {fix_for(e)}, then resume with: " + _resume_command(
+        args, resume
+    )
 
 
 def _mtime(path: Path) -> int | None:
