@@ -18,7 +18,9 @@ which still reads every byte, so truncated files are found. It reports:
 * class imbalance: the largest over the smallest class (training images),
   flagged from `IMBALANCE_RATIO`;
 * tiny images, with a side under `MIN_SIDE` pixels;
-* class folders with no image file, or none that can be read.
+* class folders with no image file, or none that can be read;
+* links to folders not followed: a loop (a link to a folder that holds it) or a
+  second way to a folder already read (`snugfit.data.walk`), each named once.
 
 ``snugfit check DATA [--csv FILE]`` prints the report; ``snugfit train`` runs the
 check first and writes ``check.json`` into the run folder. The report keeps the
@@ -180,6 +182,7 @@ def check_folder(
         console=console,
     )
     report.empty = _empty_folders(found, report.counts)
+    report.links = found.links
     report.split = SplitItems(found.train, found.valid, vocab, False, seed)
     report.seconds = time.perf_counter() - start
     return report
@@ -381,7 +384,10 @@ def _empty_folders(found: FolderItems, counts: dict[str, dict[str, int]]) -> lis
         with_files |= {found.valid_dir / found.vocab[lab] for _, lab in found.valid}
     parents = [found.train_dir] + ([found.valid_dir] if found.valid_dir is not None else [])
     out = []
+    not_followed = {link.path for link in found.links}
     for d in (d for parent in parents for d in _subfolders(parent)):
+        if str(d) in not_followed:
+            continue  # a loop, listed as such
         if d not in with_files:
             out.append(EmptyFolder(str(d), d.name, "no image files"))
         elif not usable_in[d]:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from snugfit.data.items import SplitItems
+from snugfit.data.walk import SkippedLink
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
 MIN_SIDE = 32  # pixels: an image with a shorter side is reported as tiny
@@ -42,6 +43,7 @@ PAIR_PROBLEMS = {
     "size": "image and mask of different sizes: {n} pair(s), skipped by training",
     "values": "masks with values that are neither a class nor void (255): {n} pair(s), "
     "skipped by training",
+    "link": "links to folders not followed: {n} (each real folder is read once)",
 }
 
 
@@ -165,6 +167,8 @@ class CheckReport(ReportText):
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
         empty: Class folders with nothing usable.
+        links: Links to folders not followed: loops (a link to a folder that holds
+            it) and links to a folder already read (`snugfit.data.walk`).
         imbalance: Largest over smallest class, counting training images of
             classes that have some.
         max_imbalance: Threshold above which ``imbalance`` is flagged.
@@ -190,6 +194,7 @@ class CheckReport(ReportText):
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
     empty: list[EmptyFolder] = field(default_factory=list)
+    links: list[SkippedLink] = field(default_factory=list)
     imbalance: float = 1.0
     max_imbalance: float = IMBALANCE_RATIO
     min_side: int = MIN_SIDE
@@ -221,6 +226,7 @@ class CheckReport(ReportText):
             + len(self.duplicates)
             + len(self.tiny)
             + len(self.empty)
+            + len(self.links)
             + self.imbalanced
         )
 
@@ -322,6 +328,7 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
         groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px",
                        items))  # fmt: skip
     files("empty", "empty class folders: {n}")
+    files("links", PAIR_PROBLEMS["link"])
     return groups
 
 
