@@ -17,7 +17,9 @@ which still reads every byte, so truncated files are found. It reports:
   twice in a class;
 * class imbalance: the largest over the smallest class (training images),
   flagged from `IMBALANCE_RATIO`;
-* tiny images, with a side under `MIN_SIDE` pixels;
+* tiny images: a side under a quarter of the training size's shorter side
+  (`snugfit.data.check_report.tiny_side`: 56 px at 224), which training enlarges
+  more than 4x;
 * class folders with no image file, or none that can be read;
 * links to folders not followed: a loop (a link to a folder that holds it) or a
   second way to a folder already read (`snugfit.data.walk`), each named once.
@@ -51,7 +53,6 @@ from rich.console import Console
 from snugfit.data.check_report import (
     IMBALANCE_RATIO,
     LEAK,
-    MIN_SIDE,
     REPEAT,
     TWO_LABELS,
     BadImage,
@@ -59,6 +60,7 @@ from snugfit.data.check_report import (
     Duplicate,
     EmptyFolder,
     TinyImage,
+    tiny_side,
 )
 from snugfit.data.check_report import describe as describe
 from snugfit.data.check_report import problem_groups as problem_groups
@@ -66,6 +68,7 @@ from snugfit.data.decode import failure_reason, open_image
 from snugfit.data.items import FolderItems, SplitItems, csv_items, folder_items
 from snugfit.data.progress import progress
 from snugfit.errors import SnugfitError, UnreadableImage
+from snugfit.sizes import Size
 
 # The ``X as X`` imports are re-exports: the report's printing helpers lived here
 # before check_report.py was split out.
@@ -135,7 +138,7 @@ def check_folder(
     *,
     train: str = "train",
     valid: str | None = None,
-    min_side: int = MIN_SIDE,
+    size: Size = 224,
     max_imbalance: float = IMBALANCE_RATIO,
     workers: int | None = None,
     console: Console | None = None,
@@ -151,7 +154,8 @@ def check_folder(
         seed: Seed of the random split.
         train: Name of the training folder.
         valid: Name of the validation folder (None: ``val`` or ``valid``).
-        min_side: Images with a shorter side (pixels) are reported as tiny.
+        size: The training size (a side, or ``(height, width)``): images with a
+            side under `tiny_side` of it (a quarter) are reported as tiny.
         max_imbalance: Largest/smallest class ratio flagged above this.
         workers: Decoding threads (default: twice the CPU count, at most 16).
         console: Where the progress bar is shown (default: stderr, on a terminal).
@@ -176,7 +180,7 @@ def check_folder(
         root,
         layout="split" if found.valid_dir is None else "folders",
         valid_pct=found.valid_pct,
-        min_side=min_side,
+        size=size,
         max_imbalance=max_imbalance,
         workers=workers,
         console=console,
@@ -200,7 +204,7 @@ def check_csv(
     label_delim: str | None = None,
     *,
     header: bool = True,
-    min_side: int = MIN_SIDE,
+    size: Size = 224,
     max_imbalance: float = IMBALANCE_RATIO,
     workers: int | None = None,
     console: Console | None = None,
@@ -249,7 +253,7 @@ def check_csv(
         csv=str(found.csv_path),
         multi_label=found.multi_label,
         missing={p: f"no such file (listed in {csv_name}, line {n})" for p, n in lines.items()},
-        min_side=min_side,
+        size=size,
         max_imbalance=max_imbalance,
         workers=workers,
         console=console,
@@ -269,7 +273,7 @@ def check_items(
     csv: str | None = None,
     multi_label: bool = False,
     missing: dict[str, str] | None = None,
-    min_side: int = MIN_SIDE,
+    size: Size = 224,
     max_imbalance: float = IMBALANCE_RATIO,
     workers: int | None = None,
     console: Console | None = None,
@@ -285,7 +289,8 @@ def check_items(
         csv: The CSV file the items were read from, if any.
         multi_label: An item may have any number of labels.
         missing: Files listed but absent, path → reason: reported, not opened.
-        min_side: Images with a shorter side (pixels) are reported as tiny.
+        size: The training size (a side, or ``(height, width)``): images with a
+            side under `tiny_side` of it (a quarter) are reported as tiny.
         max_imbalance: Largest/smallest class ratio flagged above this.
         workers: Decoding threads (default: twice the CPU count, at most 16).
         console: Where the progress bar is shown (default: stderr, on a terminal).
@@ -313,7 +318,7 @@ def check_items(
         multi_label=multi_label,
         unusable=dict.fromkeys(classes, 0),
         max_imbalance=max_imbalance,
-        min_side=min_side,
+        min_side=tiny_side(size),
     )
     _tally(report, items, iter(seen), missing)
     _fatal(report)

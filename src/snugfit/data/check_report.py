@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,9 +24,12 @@ from rich.text import Text
 
 from snugfit.data.items import SplitItems
 from snugfit.data.walk import SkippedLink
+from snugfit.sizes import Size, as_hw
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
-MIN_SIDE = 32  # pixels: an image with a shorter side is reported as tiny
+# An image is tiny when training would enlarge it more than this many times: its
+# shorter side is under this fraction of the training size's shorter side.
+TINY_ENLARGEMENT = 4
 _SHOWN = 10  # problems listed per kind in the table; check.json has them all
 
 LEAK = "train/valid leak"
@@ -45,6 +49,18 @@ PAIR_PROBLEMS = {
     "skipped by training",
     "link": "links to folders not followed: {n} (each real folder is read once)",
 }
+
+
+def tiny_side(size: Size) -> int:
+    """The shortest side (pixels) an image of a dataset trained at ``size`` (a side, or
+    ``(height, width)``) may have before it counts as tiny: a quarter of the training
+    size's shorter side, rounded up, so that a tiny image is one training enlarges more
+    than `TINY_ENLARGEMENT` times.
+
+    >>> tiny_side(224), tiny_side(32), tiny_side((1400, 2100))
+    (56, 8, 350)
+    """
+    return math.ceil(min(as_hw(size)) / TINY_ENLARGEMENT)
 
 
 @dataclass(frozen=True)
@@ -172,7 +188,7 @@ class CheckReport(ReportText):
         imbalance: Largest over smallest class, counting training images of
             classes that have some.
         max_imbalance: Threshold above which ``imbalance`` is flagged.
-        min_side: Threshold for ``tiny``, in pixels.
+        min_side: Threshold for ``tiny``, in pixels: `tiny_side` of the training size.
         seconds: Time the check took.
         split: The split items the check looked at (None when unknown, e.g. a
             report read back from ``check.json``), for `ImageDataLoaders.from_check`;
@@ -197,7 +213,7 @@ class CheckReport(ReportText):
     links: list[SkippedLink] = field(default_factory=list)
     imbalance: float = 1.0
     max_imbalance: float = IMBALANCE_RATIO
-    min_side: int = MIN_SIDE
+    min_side: int = 56  # tiny_side(224)
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 
@@ -325,8 +341,9 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
         )
     if report.get("tiny"):
         items = [f"{rel(t['path'])}: {t['width']}x{t['height']}" for t in report["tiny"]]
-        groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px",
-                       items))  # fmt: skip
+        groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px "
+                       f"(1/{TINY_ENLARGEMENT} of the training size: training enlarges them more "
+                       f"than {TINY_ENLARGEMENT}x)", items))  # fmt: skip
     files("empty", "empty class folders: {n}")
     files("links", PAIR_PROBLEMS["link"])
     return groups
