@@ -256,6 +256,37 @@ def test_tiny_images_are_those_training_enlarges_more_than_4x(tmp_path, capsys):
     assert check["min_side"] == 8 and check["tiny"] == []  # --size 32
 
 
+def test_images_over_pillows_pixel_limit_are_listed(tmp_path, monkeypatch):
+    """Between 1x and 2x Image.MAX_IMAGE_PIXELS Pillow decodes with a warning: listed as
+    large, file by file (over 2x it refuses: unreadable)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("x", "y")):
+        for split in ("train", "val"):
+            (root / split / cls).mkdir(parents=True)
+            colour_image(k, rng, (30, 30)).save(root / split / cls / "ok.png")
+    colour_image(0, rng, (50, 30)).save(root / "train" / "x" / "big.png")  # 1500: at the limit
+    colour_image(0, rng, (40, 40)).save(root / "train" / "x" / "bigger.png")  # 1600
+    colour_image(1, rng, (60, 50)).save(root / "val" / "y" / "biggest.png")  # 3000: 2x
+    colour_image(1, rng, (60, 60)).save(root / "train" / "y" / "bomb.png")  # 3600: over 2x
+    report = check_folder(root, size=32)
+    assert [(_rel(report, t.path), t.width, t.height) for t in report.large] == [
+        ("train/x/bigger.png", 40, 40), ("val/y/biggest.png", 60, 50),
+    ]  # fmt: skip
+    assert [(_rel(report, b.path), b.reason) for b in report.unreadable] == [
+        ("train/y/bomb.png", "image too large (possible decompression bomb)")
+    ]
+    assert report.counts == {"train": {"x": 3, "y": 1}, "valid": {"x": 1, "y": 2}}
+    assert report.problems == 3 and report.to_dict()["max_pixels"] == 1500
+    lines = report.lines()
+    i = lines.index(
+        "large images: 2 over Pillow's limit of 1,500 pixels (Image.MAX_IMAGE_PIXELS): "
+        "decoded with a warning, slowly; twice the limit is refused"
+    )
+    assert lines[i + 1 : i + 3] == ["  train/x/bigger.png: 40x40", "  val/y/biggest.png: 60x50"]
+
+
 def test_check_csv_shares_the_folder_checks(tmp_path):
     """A multi-label CSV: a file listed in both splits (a leak), an unreadable file,
     a tiny image and a missing file, each reported once; counts per label."""

@@ -20,6 +20,9 @@ which still reads every byte, so truncated files are found. It reports:
 * tiny images: a side under a quarter of the training size's shorter side
   (`snugfit.data.check_report.tiny_side`: 56 px at 224), which training enlarges
   more than 4x;
+* large images: over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``), which it
+  decodes with a DecompressionBombWarning (over twice the limit it refuses them:
+  unreadable);
 * class folders with no image file, or none that can be read;
 * links to folders not followed: a loop (a link to a folder that holds it) or a
   second way to a folder already read (`snugfit.data.walk`), each named once.
@@ -41,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +63,7 @@ from snugfit.data.check_report import (
     CheckReport,
     Duplicate,
     EmptyFolder,
+    LargeImage,
     TinyImage,
     tiny_side,
 )
@@ -122,9 +127,14 @@ def _inspect_all(paths: Sequence[Path], draft: int, workers: int, console: Conso
 
     seen: list[_Seen] = []
     with (
+        # Over Pillow's pixel limit an image is listed as large, not warned about per
+        # file; the threads share these filters (set here, in the calling thread, while
+        # the pool lives: warning filters are process-wide).
+        warnings.catch_warnings(),
         ThreadPoolExecutor(max_workers=workers) as pool,
         progress(console, len(paths), "checking images") as advance,
     ):
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for results in pool.map(run, chunks):
             seen += results
             advance(len(results))
@@ -319,6 +329,7 @@ def check_items(
         unusable=dict.fromkeys(classes, 0),
         max_imbalance=max_imbalance,
         min_side=tiny_side(size),
+        max_pixels=Image.MAX_IMAGE_PIXELS,
     )
     _tally(report, items, iter(seen), missing)
     _fatal(report)
@@ -330,7 +341,7 @@ def check_items(
 
 def _tally(report: CheckReport, items: Sequence[Item], seen, missing: dict[str, str]) -> None:
     """Count ``items`` into ``report``: usable per class and split, unusable, tiny,
-    duplicates. ``seen`` yields the `_inspect` result of each item not ``missing``."""
+    large, duplicates. ``seen`` yields the `_inspect` result of each item not ``missing``."""
     by_digest: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
     for p, split, labels in items:
         label = " ".join(labels)
@@ -351,6 +362,9 @@ def _tally(report: CheckReport, items: Sequence[Item], seen, missing: dict[str, 
         by_digest[s.digest].append((p, split, label))
         if min(s.width, s.height) < report.min_side:
             report.tiny.append(TinyImage(str(p), split, label, s.width, s.height))
+        limit = report.max_pixels  # Pillow's test: max(1, w) * max(1, h) > limit
+        if limit is not None and max(1, s.width) * max(1, s.height) > limit:
+            report.large.append(LargeImage(str(p), split, label, s.width, s.height))
     report.duplicates = [_duplicate(g) for g in by_digest.values() if len(g) > 1]
 
 

@@ -86,6 +86,18 @@ class TinyImage:
 
 
 @dataclass(frozen=True)
+class LargeImage:
+    """A readable image over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``), but not
+    over twice it (refused, so unreadable): decoded with a DecompressionBombWarning."""
+
+    path: str
+    split: str
+    label: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class Duplicate:
     """Files with the same bytes, and what makes that a problem.
 
@@ -182,6 +194,8 @@ class CheckReport(ReportText):
         unusable: Unreadable or missing files per class (multi-label: per label).
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
+        large: Readable images over ``max_pixels`` (and not over twice it, which
+            makes them unreadable).
         empty: Class folders with nothing usable.
         links: Links to folders not followed: loops (a link to a folder that holds
             it) and links to a folder already read (`snugfit.data.walk`).
@@ -189,6 +203,8 @@ class CheckReport(ReportText):
             classes that have some.
         max_imbalance: Threshold above which ``imbalance`` is flagged.
         min_side: Threshold for ``tiny``, in pixels: `tiny_side` of the training size.
+        max_pixels: Pillow's pixel limit when checked (``Image.MAX_IMAGE_PIXELS``;
+            None: no limit).
         seconds: Time the check took.
         split: The split items the check looked at (None when unknown, e.g. a
             report read back from ``check.json``), for `ImageDataLoaders.from_check`;
@@ -209,11 +225,13 @@ class CheckReport(ReportText):
     unusable: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
+    large: list[LargeImage] = field(default_factory=list)
     empty: list[EmptyFolder] = field(default_factory=list)
     links: list[SkippedLink] = field(default_factory=list)
     imbalance: float = 1.0
     max_imbalance: float = IMBALANCE_RATIO
     min_side: int = 56  # tiny_side(224)
+    max_pixels: int | None = None
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 
@@ -241,6 +259,7 @@ class CheckReport(ReportText):
             + len(self.missing)
             + len(self.duplicates)
             + len(self.tiny)
+            + len(self.large)
             + len(self.empty)
             + len(self.links)
             + self.imbalanced
@@ -344,6 +363,11 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
         groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px "
                        f"(1/{TINY_ENLARGEMENT} of the training size: training enlarges them more "
                        f"than {TINY_ENLARGEMENT}x)", items))  # fmt: skip
+    if report.get("large"):
+        items = [f"{rel(t['path'])}: {t['width']}x{t['height']}" for t in report["large"]]
+        groups.append((f"large images: {len(items)} over Pillow's limit of "
+                       f"{report['max_pixels']:,} pixels (Image.MAX_IMAGE_PIXELS): decoded with "
+                       "a warning, slowly; twice the limit is refused", items))  # fmt: skip
     files("empty", "empty class folders: {n}")
     files("links", PAIR_PROBLEMS["link"])
     return groups
