@@ -34,7 +34,7 @@ def _rel(report, path: str) -> str:
 
 
 def test_check_reports_each_problem_of_a_messy_folder(messy):
-    report = check_folder(messy.root, workers=2)
+    report = check_folder(messy.root, size=128, workers=2)  # tiny: a side under 128 / 4 px
     assert report.layout == "folders" and report.classes == ["ants", "bees", "moths"]
     assert report.counts == messy.counts
     assert report.files == sum(map(sum, (d.values() for d in messy.counts.values()))) + len(
@@ -162,11 +162,12 @@ def test_single_readable_class_is_one_line(tmp_path, capsys, command):
 
 def test_check_command_prints_the_table_and_writes_json(messy, tmp_path, capsys):
     out = tmp_path / "report.json"
-    code = main(["check", str(messy.root), "--json", str(out)])
+    code = main(["check", str(messy.root), "--json", str(out), "--size", "128"])
     stdout = capsys.readouterr().out
     assert code == 0
     for text in ("ants", "bees", "moths", "14", "unreadable: 6 file(s)", "duplicates: 3 group(s)",
-                 "tiny images: 1", "empty class folders: 3", f"report: {out}"):  # fmt: skip
+                 "tiny images: 1 with a side under 32 px", "empty class folders: 3",
+                 f"report: {out}"):  # fmt: skip
         assert text in stdout, text
     assert json.loads(out.read_text("utf-8"))["usable"] == 28
     assert "cannot write the report" in _fails_json(messy.root, tmp_path, capsys)
@@ -217,10 +218,73 @@ def test_colour_images_are_not_tiny_at_the_minimum(tmp_path):
             (root / split / cls).mkdir(parents=True)
             colour_image(k, rng, (32, 32)).save(root / split / cls / "x.png")
             colour_image(k, rng, (31, 64)).save(root / split / cls / "y.png")
-    report = check_folder(root)
+    report = check_folder(root, size=128)  # training at 128: tiny under 32 px
     assert sorted(Path(t.path).relative_to(root).as_posix() for t in report.tiny) == [
         "train/a/y.png", "train/b/y.png", "val/a/y.png", "val/b/y.png",
     ]  # fmt: skip
+
+
+def test_tiny_images_are_those_training_enlarges_more_than_4x(tmp_path, capsys):
+    """The threshold follows the training size: a quarter of its shorter side."""
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    sizes = {"a.png": (40, 48), "b.png": (64, 200), "c.png": (56, 56), "d.png": (100, 30)}
+    for k, cls in enumerate(("x", "y")):
+        for split in ("train", "val"):
+            (root / split / cls).mkdir(parents=True)
+            for name, wh in sizes.items():
+                colour_image(k, rng, wh).save(root / split / cls / name)
+
+    def tiny(**kw) -> set[str]:
+        report = check_folder(root, **kw)
+        return {Path(t.path).name for t in report.tiny if "train/x" in t.path}
+
+    assert tiny() == {"a.png", "d.png"}  # the default, 224: under 56 px
+    assert tiny(size=160) == {"d.png"}  # under 40 px: 40 itself is 4x exactly
+    assert tiny(size=256) == {"a.png", "c.png", "d.png"}  # under 64 px
+    assert tiny(size=(120, 400)) == set()  # the shorter side, 120: under 30 px
+    assert tiny(size=(124, 400)) == {"d.png"}  # under 31 px
+    assert tiny(size=32) == set()
+    assert main(["check", str(root), "--size", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny images: 12 with a side under 64 px (1/4 of the training size: training " in out
+    # train checks at its own --size (check.json keeps the threshold)
+    run = tmp_path / "run"
+    assert main(["train", str(root), *TRAIN, "--recipe", "fine_tune", "--epochs", "1",
+                 "--freeze-epochs", "0", "--out", str(run)]) == 0  # fmt: skip
+    check = json.loads((run / "check.json").read_text("utf-8"))
+    assert check["min_side"] == 8 and check["tiny"] == []  # --size 32
+
+
+def test_images_over_pillows_pixel_limit_are_listed(tmp_path, monkeypatch):
+    """Between 1x and 2x Image.MAX_IMAGE_PIXELS Pillow decodes with a warning: listed as
+    large, file by file (over 2x it refuses: unreadable)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("x", "y")):
+        for split in ("train", "val"):
+            (root / split / cls).mkdir(parents=True)
+            colour_image(k, rng, (30, 30)).save(root / split / cls / "ok.png")
+    colour_image(0, rng, (50, 30)).save(root / "train" / "x" / "big.png")  # 1500: at the limit
+    colour_image(0, rng, (40, 40)).save(root / "train" / "x" / "bigger.png")  # 1600
+    colour_image(1, rng, (60, 50)).save(root / "val" / "y" / "biggest.png")  # 3000: 2x
+    colour_image(1, rng, (60, 60)).save(root / "train" / "y" / "bomb.png")  # 3600: over 2x
+    report = check_folder(root, size=32)
+    assert [(_rel(report, t.path), t.width, t.height) for t in report.large] == [
+        ("train/x/bigger.png", 40, 40), ("val/y/biggest.png", 60, 50),
+    ]  # fmt: skip
+    assert [(_rel(report, b.path), b.reason) for b in report.unreadable] == [
+        ("train/y/bomb.png", "image too large (possible decompression bomb)")
+    ]
+    assert report.counts == {"train": {"x": 3, "y": 1}, "valid": {"x": 1, "y": 2}}
+    assert report.problems == 3 and report.to_dict()["max_pixels"] == 1500
+    lines = report.lines()
+    i = lines.index(
+        "large images: 2 over Pillow's limit of 1,500 pixels (Image.MAX_IMAGE_PIXELS): "
+        "decoded with a warning, slowly; twice the limit is refused"
+    )
+    assert lines[i + 1 : i + 3] == ["  train/x/bigger.png: 40x40", "  val/y/biggest.png: 60x50"]
 
 
 def test_check_csv_shares_the_folder_checks(tmp_path):
@@ -244,7 +308,7 @@ def test_check_csv_shares_the_folder_checks(tmp_path):
     ]
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     report = check_csv(root, fn_col="fname", label_col="labels", valid_col="is_valid",
-                       label_delim=" ", workers=1)  # fmt: skip
+                       label_delim=" ", size=128, workers=1)  # fmt: skip
     assert report.multi_label and report.layout == "column" and report.classes == VOCAB
     assert report.files == 8 and report.images == {"train": 4, "valid": 2}
     assert report.counts == {"train": {"blue": 1, "green": 1, "red": 2},

@@ -109,3 +109,15 @@ def test_cli_export(tmp_path, capsys):
         run_cli(capsys, "export", str(tmp_path / "model"))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--onnx" in err and err.count("\n") == 1
+
+
+def test_cli_export_takes_the_run_folder_of_train(tmp_path, capsys):
+    """``snugfit export RUN --onnx`` (train's --out) exports RUN/model into RUN/model."""
+    from snugfit.app.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    tiny_learner("test_resnet").save(run.model)
+    code, out, err = run_cli(capsys, "export", str(run.root), "--onnx")
+    assert code == 0, err
+    assert out.startswith(f"wrote {run.model / 'model.onnx'} (opset ")
+    assert (run.model / "model.onnx").is_file() and not (run.root / "model.onnx").exists()

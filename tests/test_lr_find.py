@@ -1,8 +1,10 @@
 import math
+import signal
 
 import pytest
 import torch
 
+from snugfit.callbacks import Callback
 from snugfit.errors import SnugfitError
 from snugfit.train.lr_find import (
     LRFindResult,
@@ -179,3 +181,37 @@ def test_plot_writes_a_png(tmp_path):
     res = LRFindResult(lrs, losses, suggestions(lrs, losses, 81))
     path = res.plot(tmp_path / "plots" / "lr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _CtrlCInTheSweep(Callback):
+    """Ctrl-C after the sweep's third step, before any fit; counts what runs after it."""
+
+    def __init__(self):
+        self.steps = self.steps_after = self.fits = 0
+
+    def before_fit(self, learn):
+        self.fits += 1
+
+    def after_step(self, learn):
+        self.steps += 1
+        if self.steps == 3 and not self.fits:
+            signal.raise_signal(signal.SIGINT)
+        elif self.steps > 3:
+            self.steps_after += 1
+
+
+def test_ctrl_c_during_auto_fits_lr_find_stops_the_run_after_that_step(image_folder):
+    from test_recipe import colour_learner
+
+    learn = colour_learner(image_folder)
+    ctrl_c = _CtrlCInTheSweep()
+    learn.cbs.append(ctrl_c)
+    before = snapshot(learn.model)
+    with pytest.raises(KeyboardInterrupt):
+        learn.auto_fit(1, head_epochs=1)
+    assert (ctrl_c.steps, ctrl_c.steps_after, ctrl_c.fits) == (3, 0, 0)
+    after = snapshot(learn.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the sweep was undone
+    assert learn.events.of("interrupt")[-1]["during"] == "lr_find"
+    assert learn.events.of("interrupt")[-1]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back

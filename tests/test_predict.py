@@ -2,6 +2,7 @@
 memory budget) and its report of unreadable files."""
 
 import csv
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -164,6 +165,27 @@ def test_batch_from_budget_on_cuda(saved, monkeypatch):
     # the same bytes on the CPU
     learn.device = torch.device("cpu")
     assert predict_batch_size(learn, total // 2)[0] > half
+
+
+def test_predict_takes_the_run_folder_of_train(saved, image_folder, tmp_path, capsys):
+    """``snugfit predict RUN`` (train's --out) predicts with RUN/model, as with the model."""
+    from snugfit.app.run_folder import RunFolder
+
+    model, files = saved
+    run = tmp_path / "run"
+    shutil.copytree(model, RunFolder(run).model)
+    code, by_model, err = run_cli(capsys, "predict", str(model), *files[:3])
+    assert code == 0, err
+    code, by_run, err = run_cli(capsys, "predict", str(run), *files[:3])
+    assert code == 0, err
+    assert by_run == by_model and len(by_run.splitlines()) == 3
+    assert load_learner(run).vocab == ["green", "red"]
+    # neither a model folder nor a run folder: one line saying what is expected
+    code, _, err = run_cli(capsys, "predict", str(tmp_path / "nothing"), files[0])
+    assert code == 2 and err.strip() == (
+        f"snugfit: error: {tmp_path / 'nothing' / 'snugfit.json'}: not found; expected a folder "
+        "written by learn.save(), or the --out folder of snugfit train (with model/snugfit.json)"
+    )
 
 
 def test_nothing_to_predict():

@@ -33,7 +33,8 @@ The kinds emitted, in the order a run meets them (fields after the colon):
 - ``ema``: fit, updates, kept (the model kept the average, or an error dropped it) (`EMA`);
 - ``oom``: phase ("train": epoch, batch, from, to, error, fit; "eval": from, to, error),
   the settings or chunk sizes before and after (``learn.oom_events`` lists them);
-- ``nonfinite``: message, value, at; ``interrupt``: fit, epoch, batch (`Learner._fit`);
+- ``nonfinite``: message, value, at; ``interrupt``: fit, epoch, batch (`Learner._fit`),
+  or during ("lr_find") and step (a recipe's learning-rate sweep);
 - ``run_end``: status (`snugfit.app.run`).
 """
 

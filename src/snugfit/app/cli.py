@@ -31,8 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def setup_logging() -> None:
+    """Log lines as ``snugfit: <message>``, each once.
+
+    huggingface_hub prints its own warnings (a retry, a slow request) through its own
+    handler; kept from reaching ours too, each is printed once.
+    """
     logging.basicConfig(format="snugfit: %(message)s", level=logging.INFO)
+    logging.getLogger("huggingface_hub").propagate = False
+
+
+def main(argv=None) -> int:
+    setup_logging()
     words = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(words)
     args.argv = words  # what train's Ctrl-C message repeats to resume the run

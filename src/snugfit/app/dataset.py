@@ -35,8 +35,10 @@ def check_data(
     if cfg.csv is None and is_segmentation_folder(cfg.data):
         return check_segmentation(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
     if cfg.csv is None:
-        return check_folder(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
-    return check_csv(cfg.data, **csv_args(cfg), console=console)
+        return check_folder(
+            cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size, console=console
+        )
+    return check_csv(cfg.data, **csv_args(cfg), size=cfg.size, console=console)
 
 
 def _check_data_options(cfg: TrainConfig) -> None:

@@ -17,8 +17,15 @@ which still reads every byte, so truncated files are found. It reports:
   twice in a class;
 * class imbalance: the largest over the smallest class (training images),
   flagged from `IMBALANCE_RATIO`;
-* tiny images, with a side under `MIN_SIDE` pixels;
-* class folders with no image file, or none that can be read.
+* tiny images: a side under a quarter of the training size's shorter side
+  (`snugfit.data.check_report.tiny_side`: 56 px at 224), which training enlarges
+  more than 4x;
+* large images: over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``), which it
+  decodes with a DecompressionBombWarning (over twice the limit it refuses them:
+  unreadable);
+* class folders with no image file, or none that can be read;
+* links to folders not followed: a loop (a link to a folder that holds it) or a
+  second way to a folder already read (`snugfit.data.walk`), each named once.
 
 ``snugfit check DATA [--csv FILE]`` prints the report; ``snugfit train`` runs the
 check first and writes ``check.json`` into the run folder. The report keeps the
@@ -37,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,14 +57,15 @@ from rich.console import Console
 from snugfit.data.check_report import (
     IMBALANCE_RATIO,
     LEAK,
-    MIN_SIDE,
     REPEAT,
     TWO_LABELS,
     BadImage,
     CheckReport,
     Duplicate,
     EmptyFolder,
+    LargeImage,
     TinyImage,
+    tiny_side,
 )
 from snugfit.data.check_report import describe as describe
 from snugfit.data.check_report import problem_groups as problem_groups
@@ -64,6 +73,7 @@ from snugfit.data.decode import failure_reason, open_image
 from snugfit.data.items import FolderItems, SplitItems, csv_items, folder_items
 from snugfit.data.progress import progress
 from snugfit.errors import SnugfitError, UnreadableImage
+from snugfit.sizes import Size
 
 # The ``X as X`` imports are re-exports: the report's printing helpers lived here
 # before check_report.py was split out.
@@ -117,9 +127,14 @@ def _inspect_all(paths: Sequence[Path], draft: int, workers: int, console: Conso
 
     seen: list[_Seen] = []
     with (
+        # Over Pillow's pixel limit an image is listed as large, not warned about per
+        # file; the threads share these filters (set here, in the calling thread, while
+        # the pool lives: warning filters are process-wide).
+        warnings.catch_warnings(),
         ThreadPoolExecutor(max_workers=workers) as pool,
         progress(console, len(paths), "checking images") as advance,
     ):
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for results in pool.map(run, chunks):
             seen += results
             advance(len(results))
@@ -133,7 +148,7 @@ def check_folder(
     *,
     train: str = "train",
     valid: str | None = None,
-    min_side: int = MIN_SIDE,
+    size: Size = 224,
     max_imbalance: float = IMBALANCE_RATIO,
     workers: int | None = None,
     console: Console | None = None,
@@ -149,7 +164,8 @@ def check_folder(
         seed: Seed of the random split.
         train: Name of the training folder.
         valid: Name of the validation folder (None: ``val`` or ``valid``).
-        min_side: Images with a shorter side (pixels) are reported as tiny.
+        size: The training size (a side, or ``(height, width)``): images with a
+            side under `tiny_side` of it (a quarter) are reported as tiny.
         max_imbalance: Largest/smallest class ratio flagged above this.
         workers: Decoding threads (default: twice the CPU count, at most 16).
         console: Where the progress bar is shown (default: stderr, on a terminal).
@@ -174,12 +190,13 @@ def check_folder(
         root,
         layout="split" if found.valid_dir is None else "folders",
         valid_pct=found.valid_pct,
-        min_side=min_side,
+        size=size,
         max_imbalance=max_imbalance,
         workers=workers,
         console=console,
     )
     report.empty = _empty_folders(found, report.counts)
+    report.links = found.links
     report.split = SplitItems(found.train, found.valid, vocab, False, seed)
     report.seconds = time.perf_counter() - start
     return report
@@ -197,7 +214,7 @@ def check_csv(
     label_delim: str | None = None,
     *,
     header: bool = True,
-    min_side: int = MIN_SIDE,
+    size: Size = 224,
     max_imbalance: float = IMBALANCE_RATIO,
     workers: int | None = None,
     console: Console | None = None,
@@ -246,7 +263,7 @@ def check_csv(
         csv=str(found.csv_path),
         multi_label=found.multi_label,
         missing={p: f"no such file (listed in {csv_name}, line {n})" for p, n in lines.items()},
-        min_side=min_side,
+        size=size,
         max_imbalance=max_imbalance,
         workers=workers,
         console=console,
@@ -266,7 +283,7 @@ def check_items(
     csv: str | None = None,
     multi_label: bool = False,
     missing: dict[str, str] | None = None,
-    min_side: int = MIN_SIDE,
+    size: Size = 224,
     max_imbalance: float = IMBALANCE_RATIO,
     workers: int | None = None,
     console: Console | None = None,
@@ -282,7 +299,8 @@ def check_items(
         csv: The CSV file the items were read from, if any.
         multi_label: An item may have any number of labels.
         missing: Files listed but absent, path → reason: reported, not opened.
-        min_side: Images with a shorter side (pixels) are reported as tiny.
+        size: The training size (a side, or ``(height, width)``): images with a
+            side under `tiny_side` of it (a quarter) are reported as tiny.
         max_imbalance: Largest/smallest class ratio flagged above this.
         workers: Decoding threads (default: twice the CPU count, at most 16).
         console: Where the progress bar is shown (default: stderr, on a terminal).
@@ -310,7 +328,8 @@ def check_items(
         multi_label=multi_label,
         unusable=dict.fromkeys(classes, 0),
         max_imbalance=max_imbalance,
-        min_side=min_side,
+        min_side=tiny_side(size),
+        max_pixels=Image.MAX_IMAGE_PIXELS,
     )
     _tally(report, items, iter(seen), missing)
     _fatal(report)
@@ -322,7 +341,7 @@ def check_items(
 
 def _tally(report: CheckReport, items: Sequence[Item], seen, missing: dict[str, str]) -> None:
     """Count ``items`` into ``report``: usable per class and split, unusable, tiny,
-    duplicates. ``seen`` yields the `_inspect` result of each item not ``missing``."""
+    large, duplicates. ``seen`` yields the `_inspect` result of each item not ``missing``."""
     by_digest: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
     for p, split, labels in items:
         label = " ".join(labels)
@@ -343,6 +362,9 @@ def _tally(report: CheckReport, items: Sequence[Item], seen, missing: dict[str, 
         by_digest[s.digest].append((p, split, label))
         if min(s.width, s.height) < report.min_side:
             report.tiny.append(TinyImage(str(p), split, label, s.width, s.height))
+        limit = report.max_pixels  # Pillow's test: max(1, w) * max(1, h) > limit
+        if limit is not None and max(1, s.width) * max(1, s.height) > limit:
+            report.large.append(LargeImage(str(p), split, label, s.width, s.height))
     report.duplicates = [_duplicate(g) for g in by_digest.values() if len(g) > 1]
 
 
@@ -381,7 +403,10 @@ def _empty_folders(found: FolderItems, counts: dict[str, dict[str, int]]) -> lis
         with_files |= {found.valid_dir / found.vocab[lab] for _, lab in found.valid}
     parents = [found.train_dir] + ([found.valid_dir] if found.valid_dir is not None else [])
     out = []
+    not_followed = {link.path for link in found.links}
     for d in (d for parent in parents for d in _subfolders(parent)):
+        if str(d) in not_followed:
+            continue  # a loop, listed as such
         if d not in with_files:
             out.append(EmptyFolder(str(d), d.name, "no image files"))
         elif not usable_in[d]:

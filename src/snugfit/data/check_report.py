@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,9 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from snugfit.data.items import SplitItems
+from snugfit.data.walk import SkippedLink
+from snugfit.sizes import Size, as_hw
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
-MIN_SIDE = 32  # pixels: an image with a shorter side is reported as tiny
+# An image is tiny when training would enlarge it more than this many times: its
+# shorter side is under this fraction of the training size's shorter side.
+TINY_ENLARGEMENT = 4
 _SHOWN = 10  # problems listed per kind in the table; check.json has them all
 
 LEAK = "train/valid leak"
@@ -42,7 +47,20 @@ PAIR_PROBLEMS = {
     "size": "image and mask of different sizes: {n} pair(s), skipped by training",
     "values": "masks with values that are neither a class nor void (255): {n} pair(s), "
     "skipped by training",
+    "link": "links to folders not followed: {n} (each real folder is read once)",
 }
+
+
+def tiny_side(size: Size) -> int:
+    """The shortest side (pixels) an image of a dataset trained at ``size`` (a side, or
+    ``(height, width)``) may have before it counts as tiny: a quarter of the training
+    size's shorter side, rounded up, so that a tiny image is one training enlarges more
+    than `TINY_ENLARGEMENT` times.
+
+    >>> tiny_side(224), tiny_side(32), tiny_side((1400, 2100))
+    (56, 8, 350)
+    """
+    return math.ceil(min(as_hw(size)) / TINY_ENLARGEMENT)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,18 @@ class BadImage:
 @dataclass(frozen=True)
 class TinyImage:
     """A readable image with a side under the minimum."""
+
+    path: str
+    split: str
+    label: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class LargeImage:
+    """A readable image over Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``), but not
+    over twice it (refused, so unreadable): decoded with a DecompressionBombWarning."""
 
     path: str
     split: str
@@ -164,11 +194,17 @@ class CheckReport(ReportText):
         unusable: Unreadable or missing files per class (multi-label: per label).
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
+        large: Readable images over ``max_pixels`` (and not over twice it, which
+            makes them unreadable).
         empty: Class folders with nothing usable.
+        links: Links to folders not followed: loops (a link to a folder that holds
+            it) and links to a folder already read (`snugfit.data.walk`).
         imbalance: Largest over smallest class, counting training images of
             classes that have some.
         max_imbalance: Threshold above which ``imbalance`` is flagged.
-        min_side: Threshold for ``tiny``, in pixels.
+        min_side: Threshold for ``tiny``, in pixels: `tiny_side` of the training size.
+        max_pixels: Pillow's pixel limit when checked (``Image.MAX_IMAGE_PIXELS``;
+            None: no limit).
         seconds: Time the check took.
         split: The split items the check looked at (None when unknown, e.g. a
             report read back from ``check.json``), for `ImageDataLoaders.from_check`;
@@ -189,10 +225,13 @@ class CheckReport(ReportText):
     unusable: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
+    large: list[LargeImage] = field(default_factory=list)
     empty: list[EmptyFolder] = field(default_factory=list)
+    links: list[SkippedLink] = field(default_factory=list)
     imbalance: float = 1.0
     max_imbalance: float = IMBALANCE_RATIO
-    min_side: int = MIN_SIDE
+    min_side: int = 56  # tiny_side(224)
+    max_pixels: int | None = None
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 
@@ -220,7 +259,9 @@ class CheckReport(ReportText):
             + len(self.missing)
             + len(self.duplicates)
             + len(self.tiny)
+            + len(self.large)
             + len(self.empty)
+            + len(self.links)
             + self.imbalanced
         )
 
@@ -319,9 +360,16 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
         )
     if report.get("tiny"):
         items = [f"{rel(t['path'])}: {t['width']}x{t['height']}" for t in report["tiny"]]
-        groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px",
-                       items))  # fmt: skip
+        groups.append((f"tiny images: {len(items)} with a side under {report['min_side']} px "
+                       f"(1/{TINY_ENLARGEMENT} of the training size: training enlarges them more "
+                       f"than {TINY_ENLARGEMENT}x)", items))  # fmt: skip
+    if report.get("large"):
+        items = [f"{rel(t['path'])}: {t['width']}x{t['height']}" for t in report["large"]]
+        groups.append((f"large images: {len(items)} over Pillow's limit of "
+                       f"{report['max_pixels']:,} pixels (Image.MAX_IMAGE_PIXELS): decoded with "
+                       "a warning, slowly; twice the limit is refused", items))  # fmt: skip
     files("empty", "empty class folders: {n}")
+    files("links", PAIR_PROBLEMS["link"])
     return groups
 
 

@@ -10,7 +10,9 @@ image and mask, in threads. It reports, each problem naming its file:
 * an image and its mask of different sizes;
 * mask values that are neither a class (per codes.txt, when given) nor 255;
 * the pixel share of each class (and void) per split, and the images holding it;
-* classes absent from the training masks (warned about: they never learn).
+* classes absent from the training masks (warned about: they never learn);
+* links to folders not followed (`snugfit.data.walk`): a loop, or a second way to
+  a folder already read.
 
 The report (`snugfit.data.check_seg_report.SegmentationCheckReport`) keeps the split
 and the classes, so `SegmentationDataLoaders.from_check` builds the loaders with no
@@ -148,13 +150,15 @@ def check_segmentation(
 
 
 def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
-    """Images without a mask (or sharing a name), masks without an image."""
+    """Images without a mask (or sharing a name), masks without an image, links to
+    folders not followed."""
     out = []
     for image, reason in found.no_mask:  # never split: only pairs are
         kind = "no mask" if reason.startswith("no mask") else "same name"
         out.append(PairProblem(kind, str(image), "", reason, str(image)))
     for mask in found.no_image:
         out.append(PairProblem("no image", str(mask), "", "no image of this name in images/"))
+    out += [PairProblem("link", link.path, "", link.reason) for link in found.links]
     return out
 
 

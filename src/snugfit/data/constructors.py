@@ -19,6 +19,7 @@ import torch
 from snugfit.data.check_report import CheckReport
 from snugfit.data.items import csv_items, folder_items, image_files_in, list_items, name_re_items
 from snugfit.data.loaders_base import checked_split
+from snugfit.data.walk import warn_skipped
 from snugfit.errors import SnugfitError
 from snugfit.sizes import Size
 
@@ -73,6 +74,7 @@ class LoaderConstructors:
         """
         path = Path(path)
         found = folder_items(path, train, valid, valid_pct, seed)
+        warn_skipped(found.links)
         return cls(
             found.train,
             found.valid,

@@ -19,28 +19,32 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from snugfit.data.walk import (
+    IMAGE_EXTENSIONS,
+    SkippedLink,
+    is_image,
+    leads_back,
+    loop_link,
+    walk_images,
+    warn_skipped,
+)
 from snugfit.errors import SnugfitError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _EXTENSIONS_HINT = ", ".join(sorted(IMAGE_EXTENSIONS))
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def get_image_files(path: str | os.PathLike) -> list[Path]:
     """All image files under ``path``, recursively, sorted; matched by extension.
 
-    Hidden files and folders (``.ipynb_checkpoints``, ``._x.jpg`` from macOS) are
-    not images of the dataset and are left out.
+    Links to folders are followed, each real folder read once; a link that leads
+    back to a folder holding it (or to one already read) is not followed, and is
+    logged once (`snugfit.data.walk`). Hidden files and folders
+    (``.ipynb_checkpoints``, ``._x.jpg`` from macOS) are not images of the dataset
+    and are left out.
     """
-    # os.walk + followlinks: datasets are often symlinked into place.
-    found = []
-    for root, dirs, files in os.walk(path, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(root, f) for f in files if not f.startswith(".") and _is_image(Path(f)))
-    return sorted(found)
+    found = walk_images(path)
+    warn_skipped(found.skipped)
+    return found.files
 
 
 def image_files_in(root: Path) -> list[Path]:
@@ -244,13 +248,19 @@ def split_items(
     )
 
 
-def _class_files(root: Path) -> dict[str, list[Path]]:
-    """Image files under each immediate subfolder of ``root`` (the class), non-empty only."""
+def _class_files(root: Path, links: list[SkippedLink]) -> dict[str, list[Path]]:
+    """Image files under each immediate subfolder of ``root`` (the class), non-empty only;
+    the links not followed are added to ``links`` (a class folder linked to ``root`` or
+    above it is one)."""
     out = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = get_image_files(d)
-        if files:
-            out[d.name] = files
+        if leads_back(d):
+            links.append(loop_link(d))
+            continue
+        found = walk_images(d)
+        links.extend(found.skipped)
+        if found.files:
+            out[d.name] = found.files
     return out
 
 
@@ -263,6 +273,7 @@ class FolderItems(NamedTuple):
     train_dir: Path  # the class folders' parent (``path`` itself without a train folder)
     valid_dir: Path | None  # None: the validation set is a random split of train_dir
     valid_pct: float | None  # the fraction of that split (None with a validation folder)
+    links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
 
 
 def folder_items(
@@ -275,7 +286,9 @@ def folder_items(
     """The split items of a class-folder dataset (the layouts of `ImageDataLoaders.from_folder`).
 
     Files are not opened: unreadable ones are among the items. Class folders
-    without any image file are left out of ``vocab``.
+    without any image file are left out of ``vocab``. Links to folders are followed,
+    each real folder read once (`snugfit.data.walk`); those not followed are in
+    ``links``, for the caller to report.
 
     Raises:
         SnugfitError: Missing folder, no images, a single class, a validation
@@ -295,9 +308,10 @@ def folder_items(
             raise SnugfitError(f"{train_dir}: no such directory")
         train_dir = path  # path/<class>/* directly
 
-    by_class = _class_files(train_dir)
+    links: list[SkippedLink] = []
+    by_class = _class_files(train_dir, links)
     if not by_class:
-        if any(_is_image(f) for f in train_dir.iterdir() if f.is_file()):
+        if any(is_image(f) for f in train_dir.iterdir() if f.is_file()):
             raise SnugfitError(
                 f"{train_dir}: images must be in one subfolder per class "
                 f"({train_dir}/<class>/*.jpg)"
@@ -314,16 +328,16 @@ def folder_items(
     if valid_dir is None or valid_pct is not None:
         valid_pct = 0.2 if valid_pct is None else valid_pct
         train_items, valid_items = split_items(files, labels, valid_pct, seed)
-        return FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct)
+        return FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct, links)
     train_items = list(zip(files, labels, strict=True))
     valid_items = []
-    for c, vfiles in _class_files(valid_dir).items():
+    for c, vfiles in _class_files(valid_dir, links).items():
         if c not in index:
             raise SnugfitError(f"{valid_dir / c}: class '{c}' has no images in {train_dir}")
         valid_items.extend((f, index[c]) for f in vfiles)
     if not valid_items:
         raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
-    return FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None)
+    return FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None, links)
 
 
 class CsvItems(NamedTuple):

@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from snugfit.data.items import get_image_files, split_random
+from snugfit.data.items import split_random
+from snugfit.data.walk import SkippedLink, walk_images
 from snugfit.errors import SnugfitError, first_line
 from snugfit.tasks import VOID
 
@@ -47,6 +48,7 @@ class SegmentationItems(NamedTuple):
     no_mask: list[tuple[Path, str]]  # images without a mask, with the reason
     no_image: list[Path]  # masks without an image (or not .png), never used
     codes: Path | None  # the codes file read
+    links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
 
 
 def read_codes(path: Path) -> list[str]:
@@ -89,19 +91,24 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _pairs(root: Path) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
-    """Images with their masks (sorted), images without one, masks without an image."""
+def _pairs(
+    root: Path, links: list[SkippedLink]
+) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
+    """Images with their masks (sorted), images without one, masks without an image;
+    the links to folders not followed are added to ``links``."""
     images_dir, masks_dir = root / IMAGES, root / MASKS
+    images, masks = walk_images(images_dir), walk_images(masks_dir)
+    links += images.skipped + masks.skipped
 
     def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
         return _relative(path.with_suffix(""), folder)
 
     png, other = {}, {}
-    for m in get_image_files(masks_dir):
+    for m in masks.files:
         (png if m.suffix.lower() == MASK_SUFFIX else other)[stem(m, masks_dir)] = m
     by_name: dict[str, Path] = {}
     pairs, no_mask, seen = [], [], set()
-    for image in get_image_files(images_dir):
+    for image in images.files:
         name = stem(image, images_dir)
         seen.add(name)
         if name in by_name:
@@ -177,7 +184,8 @@ def folder_pairs(
                 f"{root / sub}: no such directory (a segmentation folder has {IMAGES}/ "
                 f"and {MASKS}/)"
             )
-    pairs, no_mask, no_image = _pairs(root)
+    links: list[SkippedLink] = []
+    pairs, no_mask, no_image = _pairs(root, links)
     if not pairs:
         found = f"{len(no_mask)} images, {len(no_image)} masks"
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
@@ -194,7 +202,9 @@ def folder_pairs(
         layout = "split"
     _not_empty(root, train, valid)
     codes = codes_file if vocab is not None else None
-    return SegmentationItems(train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes)
+    return SegmentationItems(
+        train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links
+    )
 
 
 def label_func_pairs(
@@ -231,7 +241,7 @@ def label_func_pairs(
     vocab = check_codes(codes, "codes") if codes is not None else None
     train, valid = split_pairs(pairs, valid_pct, seed)
     _not_empty(root, train, valid)
-    return SegmentationItems(train, valid, vocab, seed, "split", valid_pct, no_mask, [], None)
+    return SegmentationItems(train, valid, vocab, seed, "split", valid_pct, no_mask, [], None, [])
 
 
 def _not_empty(root: Path, train: list[Pair], valid: list[Pair]) -> None:

@@ -3,8 +3,8 @@ for classifiers and segmentation models (smp decoders on timm encoders).
 
 Owns everything that knows a network's structure (timm's model contract: heads,
 ``group_matcher``, ``set_grad_checkpointing``; smp's encoder, decoder and head). May
-import ``snugfit.errors``, torch, timm, segmentation-models-pytorch and safetensors;
-nothing else of snugfit.
+import ``snugfit.errors``, torch, timm, huggingface_hub (timm's hub client: `hub`),
+segmentation-models-pytorch and safetensors; nothing else of snugfit.
 """
 
 from snugfit.models.checkpointing import checkpoint_units, model_stages, set_grad_checkpointing

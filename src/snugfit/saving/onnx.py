@@ -40,7 +40,7 @@ from torch import nn
 
 from snugfit import models
 from snugfit.errors import SnugfitError, first_line
-from snugfit.saving.model_files import read_model_folder
+from snugfit.saving.model_files import model_folder, read_model_folder
 from snugfit.sizes import as_hw, check_size
 
 log = logging.getLogger("snugfit")
@@ -95,8 +95,10 @@ def export_onnx(
 
     Args:
         learn_or_path: A `Learner` (anything with ``model``, ``arch`` and
-            ``infer_config``), or a folder with ``snugfit.json`` and ``model.safetensors``.
-        path: The ``.onnx`` file to write (default for a folder: ``FOLDER/model.onnx``).
+            ``infer_config``), or a folder with ``snugfit.json`` and ``model.safetensors``
+            (or the run folder of ``snugfit train`` holding it in ``model/``).
+        path: The ``.onnx`` file to write (default for a folder: ``FOLDER/model.onnx``,
+            in the model folder).
         opset: ONNX opset (default: the exporter's).
         dynamic_batch: Leave the batch dimension free (else it is 1).
         check: Run a random batch through PyTorch and onnxruntime (when installed)
@@ -112,9 +114,10 @@ def export_onnx(
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise SnugfitError(f"exporter: use auto, dynamo or torchscript, got {exporter!r}")
     if isinstance(learn_or_path, (str, os.PathLike)):
-        model, saved = read_model_folder(learn_or_path)
+        folder = model_folder(learn_or_path)  # a run folder: its model/
+        model, saved = read_model_folder(folder)
         cfg = {k: v for k, v in saved.items() if k != "format_version"}
-        path = Path(learn_or_path) / "model.onnx" if path is None else path
+        path = folder / "model.onnx" if path is None else path
     else:
         if path is None:
             raise SnugfitError("export_onnx: give the path of the .onnx file to write")

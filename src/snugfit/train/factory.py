@@ -130,7 +130,8 @@ def learner_for(dls, arch: str, *, decoder: str = "unet", **kwargs) -> Learner:
 
 
 def load_learner(path, device: str | torch.device | None = None) -> Learner:
-    """Rebuild a Learner for prediction from a folder written by `Learner.save`."""
+    """Rebuild a Learner for prediction from a folder written by `Learner.save` (or the run
+    folder of ``snugfit train`` holding it in ``model/``)."""
     model, meta = read_model_folder(path)
     infer = {k: v for k, v in meta.items() if k not in ("format_version", "arch", "decoder")}
     learn = Learner(None, model, arch=meta["arch"], infer=infer)

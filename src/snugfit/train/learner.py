@@ -259,9 +259,7 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
                     # NaN/inf: the last good weights come back and NonFiniteLoss stops the fit
                     self.nonfinite.check(self.loss, self._step_info())
                     # callbacks may save on it; under torchrun every rank stops at the same step
-                    self.interrupted = (
-                        self._stop_agreed if self.distributed else self.ctrl_c.requested
-                    )
+                    self.interrupted = self.stop_requested()
                     self._event("after_batch")
                     self.train_iter += 1
                     if self.interrupted:
@@ -288,6 +286,11 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
             raise
         finally:
             self._end_fit(added)
+
+    def stop_requested(self) -> bool:
+        """Whether Ctrl-C asked training to stop, to be acted on after the step just
+        taken (under torchrun: on any rank, as the ranks agreed in that step)."""
+        return self._stop_agreed if self.distributed else self.ctrl_c.requested
 
     def _begin_fit(self, n_epoch: int, added: list) -> tuple[int, int] | None:
         """Number the fit, add its callbacks, set up its data: the (epoch, batch) to

@@ -9,7 +9,9 @@ put back (`TrainingSnapshot`): weights and buffers, optimizer state and
 hyper-parameters, GradScaler, which parameters train, module train/eval modes,
 the random number generators, the recorder and the training loader's epoch
 counter. Memory settings that an out-of-memory fallback lowered during the sweep
-are kept: training would hit the same wall.
+are kept: training would hit the same wall. Ctrl-C during a recipe's sweep
+(``auto_fit``'s) stops it after the step in progress, as in a fit: the learner is
+put back and KeyboardInterrupt raised.
 
 The suggestions are pure functions of ``(lrs, losses)``:
 
@@ -214,6 +216,9 @@ def _sweep(learn, train_dl, start_lr, end_lr, num_it, stop_div) -> tuple[list[fl
                     learn.prepare_input(xb), yb
                 ).item()  # a host sync: we decide
                 step += 1
+                if learn.stop_requested():  # Ctrl-C in a recipe: stop, as a fit would
+                    learn.events.emit("interrupt", during="lr_find", step=step)
+                    raise KeyboardInterrupt  # the trial puts the learner back
                 if not math.isfinite(loss):
                     return lrs, losses
                 avg = BETA * avg + (1 - BETA) * loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from snugfit.app.arguments import DATA_HELP, add_csv_args, fraction
+from snugfit.app.arguments import DATA_HELP, add_csv_args, fraction, image_size
 from snugfit.app.config import TrainConfig
 from snugfit.errors import SnugfitError
 
@@ -21,8 +21,10 @@ def add_parser(subparsers) -> None:
         description="Decode every image of DATA (as train would split it) and report usable "
         "images per class (multi-label: per label) and split, unreadable files with the "
         "reason, CSV rows naming missing files, identical files (train/valid leaks, two "
-        "labels, repeats), class imbalance, tiny images and empty class folders. A "
-        "segmentation folder (DATA/images and DATA/masks, optional codes.txt and valid.txt) "
+        "labels, repeats), class imbalance, tiny images (for --size), images over Pillow's "
+        "pixel limit, empty class folders "
+        "and links to folders not followed (a loop, or a folder already read: each real "
+        "folder is read once). A segmentation folder (DATA/images and DATA/masks, optional codes.txt and valid.txt) "
         "gets each class's pixel share per split, and images without a mask, masks without "
         "an image, unreadable, colour or 16-bit masks, image/mask size mismatches and mask "
         "values that are not classes. Exit status 0 when training can use the data.",
@@ -35,6 +37,13 @@ def add_parser(subparsers) -> None:
         help="split this fraction off train for validation (default: use DATA/val, or "
         "DATA/valid.txt for a segmentation folder; else 0.2)",
     )
+    ck.add_argument(
+        "--size",
+        type=image_size,
+        default=d.size,
+        help="the training size, a side (224) or HEIGHTxWIDTH: images with a side under a "
+        "quarter of its shorter side are listed as tiny (training enlarges them over 4x)",
+    )
     add_csv_args(ck)
     ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")
     ck.add_argument("--json", default=None, help="also write the report as JSON to this file")
@@ -45,7 +54,8 @@ def run(args: argparse.Namespace) -> None:
 
     from snugfit.app.dataset import check_data
 
-    keys = ("valid_pct", "seed", "csv", "folder", "fn_col", "label_col", "label_delim", "valid_col")
+    keys = ("valid_pct", "seed", "size", "csv", "folder", "fn_col", "label_col", "label_delim",
+            "valid_col")  # fmt: skip
     report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))
     report.print(Console())
     if args.json is not None:

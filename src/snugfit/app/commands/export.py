@@ -19,7 +19,9 @@ def add_parser(subparsers) -> None:
         "file's metadata), then compare onnxruntime's logits with PyTorch's on a random "
         "batch (within 1e-4) when onnxruntime is installed.",
     )
-    ex.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
+    ex.add_argument(
+        "model", help="the model folder (OUT/model) or the run folder OUT of `snugfit train`"
+    )
     ex.add_argument("--onnx", action="store_true", required=True, help="export to ONNX")
     ex.add_argument("--out", default=None, help="the .onnx file (default MODEL/model.onnx)")
     ex.add_argument("--opset", type=positive_int, default=None, help="ONNX opset")

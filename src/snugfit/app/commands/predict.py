@@ -24,7 +24,9 @@ def add_parser(subparsers) -> None:
         "--overlay a colour overlay too, --csv each image's pixel share per class. "
         "Exit status 1 when some file could not be read.",
     )
-    pr.add_argument("model", help="folder written by `snugfit train` (OUT/model)")
+    pr.add_argument(
+        "model", help="the model folder (OUT/model) or the run folder OUT of `snugfit train`"
+    )
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--csv", default=None, help="write the predictions to this CSV file")
     pr.add_argument(

@@ -1,0 +1,130 @@
+"""Walking a folder for its image files: links followed, each real folder read once.
+
+Datasets are often linked into place (``train/ants -> /data/ants``), so links to
+folders are followed. A link that leads back to a folder holding it (a loop: a
+class folder linked into itself, or a link to a parent) would be followed until the
+operating system gives up, some 40 levels down, every image counted once per
+level. `walk_images` reads each real folder once: links are followed after the
+folders reached without one, and a link to a folder that holds it, or to a folder
+already read, is not followed; it is returned as a `SkippedLink`, named once.
+
+Every source that lists a folder walks it here: class folders (`snugfit.data.items`),
+``from_name_re`` and ``from_path_func`` folders, a segmentation folder's images and
+masks, and the folders given to ``snugfit predict``.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     ants = Path(tmp, "ants")
+...     ants.mkdir()
+...     Path(ants, "1.jpg").touch()
+...     Path(ants, "again").symlink_to(ants)  # a loop
+...     found = walk_images(ants)
+...     [p.name for p in found.files], [Path(s.path).name for s in found.skipped]
+(['1.jpg'], ['again'])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+logger = logging.getLogger("snugfit")
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def is_image(p: Path) -> bool:
+    """Whether ``p``'s extension is an image format snugfit reads."""
+    return p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class SkippedLink:
+    """A link to a folder that was not followed."""
+
+    path: str  # the link, as found under the folder walked
+    target: str  # what the link says (``os.readlink``)
+    reason: str  # what it is, in words, naming the target
+
+    def __str__(self) -> str:
+        return f"{self.path}: not followed, {self.reason}"
+
+
+def _skipped(link: Path, why: str) -> SkippedLink:
+    try:
+        target = os.readlink(link)
+    except OSError:  # not a link itself (a bind mount): name the real folder
+        target = os.path.realpath(link)
+    return SkippedLink(str(link), target, f"a link to {target}, {why}")
+
+
+class ImageWalk(NamedTuple):
+    """What `walk_images` found: image files (sorted) and the links it did not follow."""
+
+    files: list[Path]
+    skipped: list[SkippedLink]
+
+
+def leads_back(link: Path) -> bool:
+    """Whether the folder ``link`` leads to holds ``link`` itself (itself or a parent):
+    following it would read the same folders again, without end."""
+    target = os.path.realpath(link)
+    here = os.path.realpath(link.parent)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+
+
+def loop_link(link: Path) -> SkippedLink:
+    """The `SkippedLink` of a ``link`` that `leads_back`."""
+    return _skipped(link, "a folder that holds it (a loop)")
+
+
+def walk_images(path: str | os.PathLike) -> ImageWalk:
+    """The image files under ``path`` (recursively, matched by extension) and the links
+    to folders not followed (see the module docstring).
+
+    ``path`` itself may be a link. Hidden files and folders (``.ipynb_checkpoints``,
+    macOS's ``._x.jpg``) are not images of the dataset and are left out; so are
+    folders that cannot be listed. A link to a file is a file (a broken one is
+    kept, so that it is reported as unreadable).
+    """
+    top = Path(path)
+    files: list[Path] = []
+    skipped: list[SkippedLink] = []
+    read: dict[tuple[int, int], Path] = {}  # (device, inode) of each folder read -> as what
+    plain, linked = deque([top]), deque()  # folders reached without a link come first
+    while plain or linked:
+        folder = plain.popleft() if plain else linked.popleft()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue  # vanished, or a broken link
+        key = (st.st_dev, st.st_ino)
+        if folder is not top and leads_back(folder):
+            skipped.append(loop_link(folder))
+            continue
+        if key in read:
+            skipped.append(_skipped(folder, f"a folder already read as {read[key]}"))
+            continue
+        read[key] = folder
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue  # not listable (permissions): as os.walk, silently
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                (linked if entry.is_symlink() else plain).append(Path(entry.path))
+            elif is_image(Path(entry.name)):
+                files.append(Path(entry.path))
+    return ImageWalk(sorted(files), skipped)
+
+
+def warn_skipped(skipped: list[SkippedLink]) -> None:
+    """Log one warning line per link not followed."""
+    for link in skipped:
+        logger.warning("%s", link)
