@@ -51,12 +51,12 @@ from snugfit.app.html_page import (
     table,
     tensor_png,
 )
+from snugfit.app.report_memory import memory_section, oom_section
 from snugfit.app.report_seg import seg_sections
 from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPPED, RunFolder
 from snugfit.data.check_report import describe, problem_groups
 from snugfit.events import read_events, runs
 from snugfit.saving.atomic import atomic_write
-from snugfit.sizes import check_size, format_size
 
 __all__ = ["EVENTS", "REPORT", "SECTIONS", "build_report", "write_report"]
 
@@ -133,13 +133,13 @@ def build_report(
         "run": _run(run_dir, status, events, len(by_run)),
         "config": _config(config),
         "data": _data(_read_json(folder.check), folder.batch_png),
-        "memory": _memory(events),
+        "memory": memory_section(events),
         "curves": _curves(folder),
         "metrics": _metrics(folder.metrics),
         "confusion": note(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
         "classes": _labels(per_label) if multi else _classes(interp),
         "top-losses": note(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),
-        "oom": _ooms(events, earlier),
+        "oom": oom_section(events, earlier),
         "skipped": _skipped(folder.skipped),
         "events": _event_log(by_run),
     }
@@ -244,66 +244,6 @@ def _data(check: dict, batch_png: Path) -> str:
         out.append("<h3>An augmented training batch</h3>")
         out.append(img(batch_png.read_bytes(), "an augmented training batch", "batch"))
     return "\n".join(out)
-
-
-def _memory(events: list[dict]) -> str:
-    """Under each fit (and its phase), the plans made for it or a note that the
-    last one still holds (a plan is made again only when the frozen layers, the
-    image size or the batch size change)."""
-    out, phase, planned, in_fit, fit_plans = [], None, False, False, 0
-    for e in events:
-        kind = e["kind"]
-        if kind == "phase" and not e.get("skipped"):
-            phase = e["name"]
-        elif kind == "fit_start":
-            in_fit, fit_plans = True, 0
-            where = f"fit {e['fit']}" + (f", phase: {phase}" if phase else "")
-            out.append(
-                f'<h3 class="plan">{escape(where)}</h3>\n<p>image size {format_size(check_size("size", e["size"]))}, batch '
-                f"{e['bs']}, frozen to layer group {e['frozen_to']}"
-                f"{', on precomputed features' if e.get('precompute') else ''}</p>"
-            )
-        elif kind == "plan":
-            if not in_fit:  # e.g. for the lr_find sweep a recipe runs before the phase's fit
-                where = f"phase: {phase}, before its fit" if phase else "before training"
-                out.append(f'<h3 class="plan">{escape(where)}</h3>')
-            planned, fit_plans = True, fit_plans + 1
-            out.append(f"<p>{escape(e['summary'])}</p>\n{_plan_table(e)}")
-        elif kind == "fit_end":
-            if fit_plans == 0:
-                out.append(note("no new plan: the frozen layers, size and batch are unchanged"))
-            in_fit = False
-    if not planned:
-        if any(e["kind"] == "resume" for e in events):
-            return note("no memory plan was made: this run resumed with its checkpoint's settings")
-        return note(
-            "no memory plan was made: plans are made on a GPU, or when a memory budget "
-            "is given (--memory-budget)"
-        )
-    return "\n".join(out)
-
-
-def _plan_table(plan: dict) -> str:
-    title = f"budget {_bytes(plan['budget'])} on {plan['device_type']}"
-    if plan.get("reserved"):
-        title += f" ({_bytes(plan['reserved'])} reserved)"
-    head = ["", "candidate", "micro-batch", "accum steps", "predicted peak", "fits", "rel. speed"]
-    rows, chosen = [], plan.get("chosen")
-    for i, c in enumerate(plan.get("candidates", [])):
-        mark = "▶" if i == chosen else ""
-        rows.append(
-            [
-                mark,
-                c["label"],
-                c["micro_bs"],
-                c["accumulate"],
-                _bytes(c["peak"]),
-                "yes" if c["fits"] else "no",
-                f"{c['speed']:.2f}",
-            ]
-        )
-    marked = {chosen} if chosen is not None else set()
-    return f"<p>{escape(title)}</p>\n" + table(head, rows, left=2, marked=marked)
 
 
 def _curves(folder: RunFolder) -> str:
@@ -413,28 +353,6 @@ def _top_losses(interp, k: int) -> str:
     return missing + table(head, rows, left=4)
 
 
-def _ooms(events: list[dict], earlier: list[dict]) -> str:
-    ooms = [e for e in events if e["kind"] == "oom"]
-    before = sum(e["kind"] == "oom" for e in earlier)
-    more = note(f"and {before} in earlier runs of this folder (event log)") if before else ""
-    if not ooms:
-        return "<p>No out-of-memory errors.</p>" + more
-    rows = [
-        [
-            e.get("phase", ""),
-            e.get("fit", ""),
-            e.get("epoch", ""),
-            e.get("batch", ""),
-            _settings(e.get("from")),
-            _settings(e.get("to")),
-            e.get("error", ""),
-        ]
-        for e in ooms
-    ]
-    head = ["phase", "fit", "epoch", "batch", "from", "retried with", "error"]
-    return f"<p>{len(ooms)} recovered.</p>\n" + table(head, rows, left=7) + more
-
-
 def _skipped(path: Path) -> str:
     if not path.is_file():
         return "<p>No file was skipped.</p>"
@@ -489,21 +407,6 @@ def _short_path(path) -> str:
     """The file with its folder (its class, in the usual layouts)."""
     p = Path(path)
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
-
-
-def _settings(s) -> str:
-    if isinstance(s, dict):
-        parts = [f"micro-batch {s.get('micro_bs')}", str(s.get("precision"))]
-        if s.get("checkpointing"):
-            parts.append("checkpointing")
-        return ", ".join(parts)
-    return "" if s is None else f"chunks of {s}"
-
-
-def _bytes(n) -> str:
-    from snugfit.memory import format_bytes
-
-    return format_bytes(int(n))
 
 
 def _when(t: float) -> str:
