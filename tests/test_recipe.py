@@ -107,3 +107,29 @@ def test_auto_fit_keeps_the_best_epoch_not_the_last_of_a_phase(image_folder):
     # the weights loaded are that epoch's: the same validation loss again
     assert learn.validate()["valid_loss"] == pytest.approx(rows[best]["valid_loss"], abs=1e-5)
     assert f"kept the weights after phase 'head', epoch {best}" in learn.console.file.getvalue()
+
+
+def test_head_phases_see_larger_images_and_the_kept_phase_keeps_its_size(image_folder, tmp_path):
+    learn = colour_learner(image_folder)
+    learn.auto_fit(1, head_epochs=2, head_scale=1.5, stop_if_no_gain=False)
+    fits = learn.events.of("fit_start")
+    # head on features and head with augmentation at 1.5 x 32 = 48; unfrozen at 32
+    assert [f["size"] for f in fits] == [48, 48, 32]
+    assert "the head phases see 48 px images (1.5x the size" in learn.console.file.getvalue()
+    kept = learn.recipe_state["best_phase"]
+    size = 32 if kept == "unfrozen" else 48
+    assert learn.dls.size == size and learn.preprocessing.size == size
+    learn.save(tmp_path / "model")
+    from snugfit import load_learner
+
+    assert load_learner(tmp_path / "model").preprocessing.size == size
+
+
+def test_head_scale_one_keeps_one_size_and_bad_scales_fail_first(image_folder):
+    learn = colour_learner(image_folder)
+    learn.auto_fit(1, head_epochs=1, head_aug_epochs=0, head_scale=1, lr_find=False,
+                   stop_if_no_gain=False)  # fmt: skip
+    assert [f["size"] for f in learn.events.of("fit_start")] == [32, 32]
+    assert "head phases see" not in learn.console.file.getvalue()
+    with pytest.raises(SnugfitError, match="head_scale"):
+        learn.auto_fit(1, head_scale=0)

@@ -166,3 +166,11 @@ def test_lr_find_and_sgdr_on_a_segmentation_model():
     learn.fit_sgdr(2, 1, lr_max=slice(1e-4, 1e-3))  # cycles of 1 and 2 epochs
     lrs = [row[-1] for row in learn.recorder.lrs]
     assert len(learn.recorder.rows) == 3 and lrs[0] < max(lrs)  # a warm-up, then the top
+
+
+def test_auto_fit_keeps_the_size_of_a_segmentation_model():
+    from snugfit.train.recipes import _head_size
+
+    learn = seg_learner()
+    # the decoder trains in the head phases too: no FixRes enlargement for it
+    assert _head_size(learn, 1.3) == learn.dls.size

@@ -264,6 +264,7 @@ def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
             lr_find=cfg.lr_find,
             schedule=cfg.schedule,
             sizes=cfg.sizes,
+            head_scale=cfg.head_scale,
             cbs=cbs,
             resume=cfg.resume,
         )

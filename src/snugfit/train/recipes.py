@@ -6,7 +6,11 @@
 `auto_fit` is the seed recipe for "a world-class image classifier", each step
 visible in the output and each one switchable:
 
-1. precompute the frozen body's features (``precompute``);
+1. precompute the frozen body's features (``precompute``), at ``head_scale``
+   times the data's size (FixRes: ImageNet models, trained on random crops that
+   enlarge objects, see best a little above their training size; measured on
+   three data sets, 1.3x lowered the head's validation loss on each, see the
+   README); the unfrozen phase trains at the data's own size;
 2. find the learning rate of the head (``lr_find``, on the features: instant);
 3. train the head on the features (``head_epochs``);
 4. train the head with data augmentation (``head_aug_epochs``);
@@ -42,7 +46,8 @@ from snugfit.callbacks import Callback
 from snugfit.callbacks.early_stopping import EarlyStopping
 from snugfit.callbacks.progressive import ProgressiveResize
 from snugfit.errors import SnugfitError, check_count, check_positive
-from snugfit.models import imagenet_rows
+from snugfit.models import fixed_input_size, imagenet_rows
+from snugfit.sizes import Size, format_size, scale_size
 
 
 def _log(learn, text: str) -> None:
@@ -87,15 +92,18 @@ class _Best:
         saved = learn.recipe_state
         if "best_loss" in saved:  # resumed
             self.loss, self.phase = saved["best_loss"], saved["best_phase"]
-            self.epoch = saved.get("best_epoch")
+            self.epoch, self.size = saved.get("best_epoch"), saved.get("best_size")
             self.state = {k[5:]: v for k, v in learn.recipe_tensors.items() if k[:5] == "best."}
         else:
             self._keep(learn.validate()["valid_loss"], "start", None)
 
     def _keep(self, loss: float, phase: str, epoch: int | None) -> None:
         self.loss, self.phase, self.epoch = loss, phase, epoch
+        self.size = self.learn.dls.size  # the size these weights were validated at
         self.state = _host_copy(self.learn.model)
-        self.learn.recipe_state.update(best_loss=loss, best_phase=phase, best_epoch=epoch)
+        self.learn.recipe_state.update(
+            best_loss=loss, best_phase=phase, best_epoch=epoch, best_size=self.size
+        )
         self.learn.recipe_tensors.update({f"best.{k}": v for k, v in self.state.items()})
 
     def update(self, learn, phase: str) -> None:
@@ -110,6 +118,8 @@ class _Best:
 
     def restore(self, learn) -> str:
         learn.model.load_state_dict(self.state)
+        if self.size is not None:  # the model is saved with the size it was best at
+            _use_size(learn, self.size)
         # done: a later auto_fit starts afresh
         del learn.recipe_state["best_loss"]
         learn.recipe_tensors = {k: v for k, v in learn.recipe_tensors.items() if k[:5] != "best."}
@@ -169,6 +179,7 @@ def auto_fit(
     schedule: str = "one_cycle",
     patience: int = 1,
     sizes: Sequence[int] | None = None,
+    head_scale: float = 1.3,
     cbs=(),
 ) -> None:
     """Run the checklist (module docstring); print each phase and the LR it chose."""
@@ -176,9 +187,16 @@ def auto_fit(
         schedule, sizes, epochs=epochs, head_epochs=head_epochs,
         head_aug_epochs=head_aug_epochs, patience=patience, lr_mult=lr_mult,
         unfrozen_lr_ratio=unfrozen_lr_ratio, max_unfrozen_lr=max_unfrozen_lr,
+        head_scale=head_scale,
     )  # fmt: skip
     start = time.perf_counter()
     learn.freeze()
+    base_size = learn.dls.size
+    head_size = _head_size(learn, head_scale)
+    if head_size != base_size:
+        _log(learn, f"auto_fit: the head phases see {format_size(head_size)} px images "
+                    f"({head_scale:g}x the size: frozen ImageNet features are sharper there)")  # fmt: skip
+        _use_size(learn, head_size)
     best = _Best(learn)
     _log(learn, f"auto_fit: starting validation loss {best.loss:.4f}")
     learn.events.emit("recipe_start", recipe="auto_fit", valid_loss=best.loss)
@@ -201,9 +219,27 @@ def auto_fit(
         if sizes:
             extra.append(ProgressiveResize(sizes))
         extra.append(best.tracking("unfrozen"))
+        _use_size(learn, base_size)
         _unfrozen_phase(learn, epochs, default, lr_find_unfrozen, lr_mult, schedule,
                         [*extra, *cbs])  # fmt: skip
     _keep_best(learn, best, time.perf_counter() - start)
+
+
+def _head_size(learn, scale: float) -> Size:
+    """The head phases' image size: the data's times ``scale`` (on a multiple of 8),
+    or the data's own for a segmentation model (its decoder trains too) or a model
+    that takes one input size only."""
+    size = learn.dls.size
+    if scale == 1 or learn.task.name == "segmentation" or fixed_input_size(learn.model):
+        return size
+    return scale_size(size, scale, 8)
+
+
+def _use_size(learn, size: Size) -> None:
+    """Train and validate at ``size`` from now on (memory planned again if needed)."""
+    if size != learn.dls.size:
+        learn.dls.set_size(size)
+        learn.replan_if_needed()
 
 
 def _keep_best(learn, best: _Best, seconds: float) -> None:
@@ -232,7 +268,7 @@ def _check_auto_fit(schedule: str, sizes, **values) -> None:
         raise SnugfitError(f"schedule: expected 'one_cycle' or 'sgdr', got {schedule!r}")
     for name in ("epochs", "head_epochs", "head_aug_epochs", "patience"):
         check_count(name, values[name])
-    for name in ("lr_mult", "unfrozen_lr_ratio", "max_unfrozen_lr"):
+    for name in ("lr_mult", "unfrozen_lr_ratio", "max_unfrozen_lr", "head_scale"):
         check_positive(name, values[name])
     for s in sizes or ():
         check_count("sizes", s, minimum=1)

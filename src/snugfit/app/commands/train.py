@@ -100,6 +100,15 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         help="auto: schedule of the unfrozen phase",
     )
     t.add_argument(
+        "--head-scale",
+        type=positive_float,
+        default=d.head_scale,
+        metavar="X",
+        help="auto: the head phases see images at X times --size, where frozen ImageNet "
+        "features are sharper (FixRes); the model keeps the size of the phase it is kept "
+        "from (1: off)",
+    )
+    t.add_argument(
         "--sizes",
         type=image_size,
         nargs="+",
