@@ -117,23 +117,6 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         "(or HEIGHTxWIDTH sizes)",
     )
     t.add_argument(
-        "--ema",
-        type=fraction,
-        default=None,
-        metavar="DECAY",
-        help="average the weights after every step with this decay, e.g. 0.999 (timm's "
-        "--model-ema-decay, with a warm-up): each epoch validates the average, and the "
-        "model saved is the average",
-    )
-    t.add_argument(
-        "--tta",
-        type=non_negative_int,
-        default=0,
-        metavar="N",
-        help="also evaluate the final model with test-time augmentation: the mean of N "
-        "augmented passes blended with the plain one (fastai's learn.tta; 0: off)",
-    )
-    t.add_argument(
         "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
     )
     t.add_argument(
@@ -219,6 +202,23 @@ def _regularisation_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         metavar="ALPHA",
         help="paste a box from a shuffled copy of each training batch, area ~ Beta(ALPHA, "
         "ALPHA), e.g. 1.0 (fastai's CutMix, timm's --cutmix); not with --mixup",
+    )
+    t.add_argument(
+        "--ema",
+        type=fraction,
+        default=None,
+        metavar="DECAY",
+        help="average the weights after every step with this decay, e.g. 0.999 (timm's "
+        "--model-ema-decay, with a warm-up): each epoch validates the average, and the "
+        "model saved is the average",
+    )
+    t.add_argument(
+        "--tta",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="also evaluate the final model with test-time augmentation: the mean of N "
+        "augmented passes blended with the plain one (fastai's learn.tta; 0: off)",
     )
 
 
