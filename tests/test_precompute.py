@@ -1,5 +1,6 @@
 """Precomputed frozen features: same head gradients, cached, invalidated on change."""
 
+import pytest
 import torch
 
 from snugfit import ImageDataLoaders, vision_learner
@@ -69,3 +70,26 @@ def test_precompute_off_trains_through_the_model(image_folder, monkeypatch):
     monkeypatch.setattr(pre, "compute_features", lambda *a: (_ for _ in ()).throw(AssertionError))
     learn.fit(1, 1e-3)
     assert learn.net is learn.model
+
+
+def test_a_frozen_body_validates_on_its_stored_features(image_folder):
+    learn = colour_learner(image_folder)
+    full_loss, full_metrics = learn.evaluate(learn.dls.valid)  # the whole model
+    body_calls = []
+    learn.model.conv_stem.register_forward_hook(lambda *a: body_calls.append(1))
+    learn.precompute_features()
+    n = len(body_calls)
+    assert n > 0  # the features were computed through the body
+    # the head on the stored validation features: the same figures, no body pass
+    got = learn.validate()
+    assert len(body_calls) == n
+    assert got["valid_loss"] == pytest.approx(full_loss, abs=1e-5)
+    assert got["accuracy"] == pytest.approx(full_metrics["accuracy"])
+    # a fit training the head on images (precompute off) validates on them too
+    learn.fit_one_cycle(1, 1e-3)
+    assert len(body_calls) - n == len(learn.dls.train)  # its training batches only
+    # an unfrozen body: the stored features no longer apply; the body runs
+    learn.unfreeze()
+    before = len(body_calls)
+    learn.validate()
+    assert len(body_calls) > before

@@ -267,7 +267,7 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
                 self.nonfinite.end_epoch(self.epoch, more=self.epoch + 1 < n_epoch)
                 self._event("after_train")
                 self._event("before_validate")
-                self.valid_loss, self.metric_values = self.evaluate(self.valid_dl)
+                self.valid_loss, self.metric_values = self.evaluate_valid(self.valid_dl)
                 self._event("after_validate")
                 self.interrupted = self.ctrl_c.requested
                 if self.distributed:

@@ -145,3 +145,18 @@ def _on_disk(feats: torch.Tensor, path: Path):
             path.unlink(missing_ok=True)  # a partial file
         log.warning(f"cannot write {path} ({reason_of(e)}): the features stay in memory")
         return feats
+
+
+def stored_valid_features(learn, store: dict) -> FeatureLoader | None:
+    """The validation set's stored features, when the body is frozen and they were
+    computed for exactly these weights, images and transform (`features_key`): the
+    head on them gives the whole model's validation outputs (eval mode) without
+    running the body again. None otherwise."""
+    d = learn.dls
+    if not store or not learn.can_precompute or learn.frozen_to != len(learn.groups) - 1:
+        return None
+    found = store.get(features_key(learn, "valid"))
+    if found is None:
+        return None
+    feats, targs = found
+    return FeatureLoader(feats, targs, d.bs, False, d.seed, learn.device)

@@ -20,6 +20,7 @@ from snugfit.errors import SnugfitError, first_line
 from snugfit.infer import evaluate, tta
 from snugfit.memory.oom import is_oom, release_memory
 from snugfit.tasks import MultiLabel, SingleLabel, Task, task_from_config
+from snugfit.train.precompute import feature_loaders, stored_valid_features
 
 log = logging.getLogger("snugfit")
 
@@ -108,8 +109,26 @@ class Predicting:
 
     def validate(self) -> dict[str, float]:
         """Validation loss and metrics of the current weights."""
-        loss, metrics = self.evaluate(self.dls.valid)
+        loss, metrics = self.evaluate_valid(self.dls.valid)
         return {"valid_loss": loss, **metrics}
+
+    def precompute_features(self) -> None:
+        """Compute (or find) the frozen body's features of the training and validation
+        images now, as the first fit on them would (`snugfit.train.precompute`)."""
+        feature_loaders(self, self._features)
+
+    def evaluate_valid(self, dl) -> tuple[float, dict[str, float]]:
+        """`evaluate` on the validation loader ``dl``; while the body is frozen and its
+        validation features are stored (precomputed for these weights and images),
+        the head on them instead: the same outputs without running the body."""
+        features = stored_valid_features(self, self._features)
+        if features is None:
+            return self.evaluate(dl)
+        net, self.net = self.net, self.model.get_classifier()
+        try:
+            return self.evaluate(features)
+        finally:
+            self.net = net
 
     def predict(self, image) -> tuple[str | list[str], torch.Tensor]:
         """Classify one image (a path or a PIL image): ``(label, probabilities)``.

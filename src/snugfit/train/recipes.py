@@ -197,6 +197,8 @@ def auto_fit(
         _log(learn, f"auto_fit: the head phases see {format_size(head_size)} px images "
                     f"({head_scale:g}x the size: frozen ImageNet features are sharper there)")  # fmt: skip
         _use_size(learn, head_size)
+    if precompute and head_epochs and learn.can_precompute:
+        learn.precompute_features()  # validating a frozen body then reads them too
     best = _Best(learn)
     _log(learn, f"auto_fit: starting validation loss {best.loss:.4f}")
     learn.events.emit("recipe_start", recipe="auto_fit", valid_loss=best.loss)
