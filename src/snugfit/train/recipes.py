@@ -238,10 +238,9 @@ def _head_size(learn, scale: float) -> Size:
 
 
 def _use_size(learn, size: Size) -> None:
-    """Train and validate at ``size`` from now on (memory planned again if needed)."""
+    """Train and validate at ``size`` from now on (the next fit plans memory again)."""
     if size != learn.dls.size:
         learn.dls.set_size(size)
-        learn.replan_if_needed()
 
 
 def _keep_best(learn, best: _Best, seconds: float) -> None:
