@@ -15,6 +15,7 @@ from rich.console import Console
 
 import snugfit.data.cache
 import snugfit.data.datasets
+import snugfit.errors
 from fixtures import colour_image, make_image_folder
 from snugfit.data.augment import center_batch
 from snugfit.data.cache import PixelCache, cache_dir, cache_size
@@ -333,7 +334,7 @@ def test_an_unwritable_cache_folder_says_why_once_and_images_are_decoded(
     def refuse(*args, **kwargs):
         raise OSError(fault, os.strerror(fault))
 
-    monkeypatch.setattr(snugfit.data.cache.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(snugfit.errors.tempfile, "mkstemp", refuse)
     calls = _count_decodes(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="snugfit"):
         dls = ImageDataLoaders.from_folder(image_folder, **FAST, console=_quiet())

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 import snugfit.app.report
 import snugfit.app.run
 import snugfit.callbacks.recorder
+import snugfit.errors
 import snugfit.events
 import snugfit.saving.disk
 from fixtures import make_image_folder
@@ -287,9 +288,7 @@ def test_an_unwritable_out_is_one_line_before_the_data_check(
 ):
     out = make(tmp_path)
     if fault is not None:
-        monkeypatch.setattr(
-            snugfit.saving.disk.tempfile, "mkstemp", FailFirst(None, 1, os_error(fault))
-        )
+        monkeypatch.setattr(snugfit.errors.tempfile, "mkstemp", FailFirst(None, 1, os_error(fault)))
     code = main(["train", str(data), *ARGS, "--out", str(out)])
     cap = capsys.readouterr()
     assert code == 2 and "check:" not in cap.out  # the data check did not run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import re
+import tempfile
 
 
 class SnugfitError(ValueError):
@@ -124,3 +125,14 @@ def check_optional_count(name: str, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SnugfitError(f"{name}: expected a positive integer or None, got {value!r}")
     return value
+
+
+def probe_write(folder, prefix: str, suffix: str = "") -> None:
+    """Write a small file in ``folder`` and remove it: raises the `OSError` a real
+    write there would (4 KiB, since a full disk still takes an empty file)."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    try:
+        os.write(fd, bytes(4096))
+    finally:
+        os.close(fd)
+        os.unlink(probe)

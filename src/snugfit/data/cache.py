@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import get_worker_info
 
-from snugfit.errors import reason_of
+from snugfit.errors import probe_write, reason_of
 from snugfit.memory.units import format_bytes, parse_bytes
 
 logger = logging.getLogger("snugfit")
@@ -256,12 +256,7 @@ class PixelCache:
             return False
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe.", suffix=_TMP_SUFFIX)
-            try:
-                os.write(fd, bytes(4096))  # a full disk takes an empty file, not data
-            finally:
-                os.close(fd)
-                os.unlink(probe)
+            probe_write(self.root, ".probe.", _TMP_SUFFIX)
         except OSError as e:
             self._cannot_write(e)
             return False

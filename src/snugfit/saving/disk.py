@@ -17,10 +17,9 @@ import contextlib
 import errno
 import logging
 import os
-import tempfile
 from pathlib import Path
 
-from snugfit.errors import SnugfitError, WriteError, errno_of, reason_of
+from snugfit.errors import SnugfitError, WriteError, errno_of, probe_write, reason_of
 
 log = logging.getLogger("snugfit")
 
@@ -107,12 +106,7 @@ def check_writable(folder, name: str) -> None:
         for d in reversed(missing):
             d.mkdir()
             made.append(d)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".snugfit-probe-")
-        try:
-            os.write(fd, bytes(4096))  # a full disk takes an empty file, not data
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        probe_write(folder, ".snugfit-probe-")
     except OSError as e:
         where = f": {e.filename}" if e.filename and Path(e.filename) != folder else ""
         raise SnugfitError(f"{name} {folder}: cannot write there ({reason_of(e)}{where})") from None

@@ -121,6 +121,8 @@ class Predicting:
         """`evaluate` on the validation loader ``dl``; while the body is frozen and its
         validation features are stored (precomputed for these weights and images),
         the head on them instead: the same outputs without running the body."""
+        if self.net is not self.model:  # a fit on features: ``dl`` holds them already
+            return self.evaluate(dl)
         features = stored_valid_features(self, self._features)
         if features is None:
             return self.evaluate(dl)
