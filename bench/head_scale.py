@@ -1,5 +1,5 @@
 """Why auto_fit's head phases see larger images: a linear head on frozen features,
-images at 1x (the baseline), 1.15x and 1.3x the training size.
+images at 1x (the baseline) and larger multiples of the training size.
 
 For each data set of bench/recipe.py (hymenoptera with neutral class names at 224
 px, digits and textures at 64 px) the packaged ImageNet Lite0 body computes the
@@ -9,7 +9,7 @@ one-cycle, 4 epochs, lr 1.6e-2, bs 32: auto_fit's head phase with a typical
 lr_find choice) from several seeds. Printed: mean validation loss and error per
 scale, and the loss ratio against 1x.
 
-    PYTHONPATH=src .venv/bin/python bench/head_scale.py [--seeds 0 1 2 3 4]
+    PYTHONPATH=src .venv/bin/python bench/head_scale.py [--seeds 0 1 2 3 4] [--scales 1 1.5]
     (textures need scikit-image: bench/.venv-fastai/bin/python, see make bench-recipe)
 """
 
@@ -31,7 +31,7 @@ from snugfit import ImageDataLoaders, vision_learner
 from snugfit.models import packaged_lite0_weights
 from snugfit.sizes import scale_size
 
-SCALES = (1.0, 1.15, 1.3)
+SCALES = (1.0, 1.15, 1.3, 1.5, 1.7)
 
 
 @torch.no_grad()
@@ -89,6 +89,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--datasets", nargs="+", default=["hym-neutral", "digits", "textures"])
+    p.add_argument("--scales", type=float, nargs="+", default=SCALES, help="1 first")
     args = p.parse_args()
     console = Console()
     table = Table(title=f"linear head on frozen Lite0 features, seeds {args.seeds}")
@@ -102,7 +103,7 @@ def main() -> None:
                 console.print(f"skipped {ds.key}: {e}")
                 continue
             base = None
-            for scale in SCALES:
+            for scale in args.scales:
                 size = scale_size(ds.size, scale, 8)
                 train, valid = features(data, size, ds.flip)
                 runs = [head(train, valid, s) for s in args.seeds]

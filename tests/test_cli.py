@@ -128,6 +128,7 @@ def test_unreadable_images_are_skipped_and_listed(image_folder, tmp_path, capsys
         ),
         ("--memory-budget", "1.5", "argument --memory-budget/--gpu-mem: cannot read '1.5'"),
         ("--precision", "fp8", "argument --precision: invalid choice: 'fp8'"),
+        ("--unfreeze", "maybe", "argument --unfreeze: invalid choice: 'maybe'"),
     ],
 )
 def test_bad_arguments_name_themselves(image_folder, capsys, arg, value, expected):
@@ -209,6 +210,19 @@ def test_train_auto_recipe_prints_its_phases_and_resumes(image_folder, tmp_path,
     code, stdout, err = run_cli(capsys, *args, "--resume", str(ckpt))
     assert code == 0, err
     assert (out / "metrics.csv").read_text().splitlines() == rows
+
+
+@pytest.mark.parametrize("unfreeze", ["no", "yes"])
+def test_train_unfreeze_decides_whether_the_body_trains(image_folder, tmp_path, capsys, unfreeze):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", str(image_folder), *TRAIN, "--epochs", "1",
+                                "--head-epochs", "1", "--no-lr-find", "--unfreeze", unfreeze,
+                                "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    assert ("phase: unfrozen" in stdout) == (unfreeze == "yes")
+    assert "BatchNorm shift" not in stdout  # asked, not measured
+    config = json.loads((out / "config.json").read_text())
+    assert config["unfreeze"] == unfreeze
 
 
 def test_train_tta_evaluates_the_final_model_and_reports_it(image_folder, tmp_path, capsys):

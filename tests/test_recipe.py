@@ -111,13 +111,12 @@ def test_auto_fit_keeps_the_best_epoch_not_the_last_of_a_phase(image_folder):
 
 def test_head_phases_see_larger_images_and_the_kept_phase_keeps_its_size(image_folder, tmp_path):
     learn = colour_learner(image_folder)
-    learn.auto_fit(1, head_epochs=2, head_scale=1.5, stop_if_no_gain=False)
+    learn.auto_fit(1, head_epochs=2, head_scale=1.5, unfreeze=False)
     fits = learn.events.of("fit_start")
-    # head on features and head with augmentation at 1.5 x 32 = 48; unfrozen at 32
-    assert [f["size"] for f in fits] == [48, 48, 32]
+    # head on features and head with augmentation at 1.5 x 32 = 48
+    assert [f["size"] for f in fits] == [48, 48]
     assert "the head phases see 48 px images (1.5x the size" in learn.console.file.getvalue()
-    kept = learn.recipe_state["best_phase"]
-    size = 32 if kept == "unfrozen" else 48
+    size = 48
     assert learn.dls.size == size and learn.preprocessing.size == size
     learn.save(tmp_path / "model")
     from snugfit import load_learner
@@ -128,8 +127,8 @@ def test_head_phases_see_larger_images_and_the_kept_phase_keeps_its_size(image_f
 def test_head_scale_one_keeps_one_size_and_bad_scales_fail_first(image_folder):
     learn = colour_learner(image_folder)
     learn.auto_fit(1, head_epochs=1, head_aug_epochs=0, head_scale=1, lr_find=False,
-                   stop_if_no_gain=False)  # fmt: skip
-    assert [f["size"] for f in learn.events.of("fit_start")] == [32, 32]
+                   unfreeze=False)  # fmt: skip
+    assert [f["size"] for f in learn.events.of("fit_start")] == [32]
     assert "head phases see" not in learn.console.file.getvalue()
     with pytest.raises(SnugfitError, match="head_scale"):
         learn.auto_fit(1, head_scale=0)

@@ -22,7 +22,8 @@ class TrainConfig:
     freeze_epochs: int = 1  # fine_tune: epochs training only the head
     head_epochs: int = 4  # auto: head epochs on precomputed features
     precompute: bool = True  # auto: train the head on precomputed features first
-    head_scale: float = 1.3  # auto: the head phases see images at this times --size (1: off)
+    head_scale: float = 1.5  # auto, body frozen: the head sees images at this times --size (1: off)
+    unfreeze: str = "auto"  # auto: train the body "auto" (data unlike ImageNet), "yes" or "no"
     lr_find: bool = True  # auto: choose the head's learning rate with lr_find
     schedule: str = "one_cycle"  # auto: "one_cycle" or "sgdr" for the unfrozen phase
     sizes: list | None = None  # auto: progressive resizing of the unfrozen phase (sides or [h, w])

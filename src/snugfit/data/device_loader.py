@@ -201,9 +201,10 @@ class DeviceLoader:
         """
         return self._batches(epoch, augment=augment)
 
-    def one_batch(self) -> tuple[Tensor, Tensor]:
-        """One batch, without counting an epoch (so training stays reproducible)."""
-        it = self._batches(-1, prepass=False)  # one batch must not decode the whole set
+    def one_batch(self, augment: bool | None = None) -> tuple[Tensor, Tensor]:
+        """One batch, without counting an epoch (so training stays reproducible);
+        ``augment`` as in `batches`."""
+        it = self._batches(-1, prepass=False, augment=augment)  # not the whole set
         try:
             return next(it)
         except StopIteration:

@@ -32,12 +32,14 @@ from snugfit.models.segmentation import (
     is_segmentation_model,
     segmentation_config,
 )
+from snugfit.models.shift import batchnorm_shift
 from snugfit.models.specs import class_rows, has_classifier, rebuild, spec
 from snugfit.models.weights import convert_by_order, load_weights
 
 __all__ = [
     "PACKAGED_ARCH",
     "SegmentationModel",
+    "batchnorm_shift",
     "batchnorm_to_eval",
     "checkpoint_units",
     "class_rows",

@@ -221,6 +221,13 @@ def freeze_groups(groups: Sequence[NamedParams], n: int) -> int:
     return n
 
 
+def fresh_module_ids(model: nn.Module) -> set[int]:
+    """The ``id`` of every module in the parts ``model`` builds from scratch
+    (``fresh_modules()``, such as a segmentation decoder): none for a classifier."""
+    fresh = getattr(model, "fresh_modules", list)()
+    return {id(m) for part in fresh for m in part.modules()}
+
+
 def batchnorm_to_eval(model: nn.Module, everywhere: bool = False) -> int:
     """Put frozen BatchNorm layers (with ``everywhere``, all but those of parts the model
     builds without statistics) in eval mode, so they use and keep their running
@@ -229,8 +236,7 @@ def batchnorm_to_eval(model: nn.Module, everywhere: bool = False) -> int:
     A part built from scratch, such as a segmentation decoder (``fresh_modules()``),
     has no statistics to keep: its BatchNorm layers train at any micro-batch.
     """
-    fresh = getattr(model, "fresh_modules", list)()
-    new = {id(m) for part in fresh for m in part.modules()}
+    new = fresh_module_ids(model)
     trainable = 0
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

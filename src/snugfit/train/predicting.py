@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from snugfit import models
+from snugfit import distributed, models
 from snugfit.data.preprocessing import Preprocessing
 from snugfit.errors import SnugfitError, first_line
 from snugfit.infer import evaluate, tta
@@ -131,6 +131,18 @@ class Predicting:
             return self.evaluate(features)
         finally:
             self.net = net
+
+    def pretraining_shift(self) -> float | None:
+        """How unlike the pretraining data a batch of the training images (not
+        augmented) looks to the body's BatchNorm statistics
+        (`snugfit.models.batchnorm_shift`): about 0.1 for photos like ImageNet's,
+        0.4 and more for textures or digit scans; None for a model without BatchNorm.
+        Under torchrun, rank 0's figure on every rank."""
+        xb, _ = self.dls.train.one_batch(augment=False)
+        shift = None
+        if len(xb):
+            shift = models.batchnorm_shift(self.model, lambda: self.eval_outputs(xb))
+        return distributed.from_main(shift) if self.distributed else shift
 
     def predict(self, image) -> tuple[str | list[str], torch.Tensor]:
         """Classify one image (a path or a PIL image): ``(label, probabilities)``.

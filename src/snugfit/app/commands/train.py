@@ -104,9 +104,17 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         type=positive_float,
         default=d.head_scale,
         metavar="X",
-        help="auto: the head phases see images at X times --size, where frozen ImageNet "
-        "features are sharper (FixRes); the model keeps the size of the phase it is kept "
-        "from (1: off)",
+        help="auto, when the body stays frozen (--unfreeze): the head phases see images at "
+        "X times --size, where frozen ImageNet features are sharper (FixRes); the model "
+        "keeps the size of the phase it is kept from (1: off)",
+    )
+    t.add_argument(
+        "--unfreeze",
+        default=d.unfreeze,
+        choices=["auto", "yes", "no"],
+        help="auto: train the whole network after the head: 'auto' when the images look "
+        "unlike the pretraining data to the body's BatchNorm statistics (photos like "
+        "ImageNet's keep the frozen body and the head trained on its features)",
     )
     t.add_argument(
         "--sizes",
