@@ -3,6 +3,7 @@
 import io
 from types import SimpleNamespace
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -174,3 +175,15 @@ def test_auto_fit_keeps_the_size_of_a_segmentation_model():
     learn = seg_learner()
     # the decoder trains in the head phases too: no FixRes enlargement for it
     assert _head_size(learn, 1.3) == learn.dls.size
+
+
+def test_auto_fit_always_trains_a_segmentation_models_body(monkeypatch):
+    from snugfit.train.recipes import _decide_unfreeze
+
+    learn = seg_learner()
+    monkeypatch.setattr(learn, "pretraining_shift", lambda: pytest.fail("measured"))
+    # even with a limit no shift reaches: the deep features are not all a decoder reads
+    assert _decide_unfreeze(learn, "auto", 1e9) is True
+    event = learn.events.of("unfreeze")[-1]
+    assert event["decision"] is True and event["shift"] is None
+    assert "a decoder reads every level of the body" in learn.console.file.getvalue()

@@ -172,6 +172,7 @@ def _run(run_dir: Path, status: str, events: list[dict], n_runs: int) -> str:
         rows.append(("resumed from", f"{resumed.get('checkpoint')} at {at}"))
     if n_runs > 1:
         rows.append(("earlier runs", f"{n_runs - 1} in this folder (their events: event log)"))
+    rows += [("body", _body(e)) for e in events if e["kind"] == "unfreeze"][-1:]
     kept = [e for e in events if e["kind"] == "kept"]
     if kept:
         rows.append(("weights kept", _kept(kept[-1])))
@@ -188,6 +189,14 @@ def _kept(event: dict) -> str:
                 "(with ImageNet class names: ImageNet's own classifier for your classes)")  # fmt: skip
     epoch = event.get("epoch")
     return f"after phase '{event['phase']}'" + (f", epoch {epoch}" if epoch is not None else "")
+
+
+def _body(event: dict) -> str:
+    """auto_fit's decision to train the body or keep it frozen, and its measure."""
+    what = "trained after the head" if event["decision"] else "kept frozen: the head is the model"
+    if event.get("shift") is None:
+        return what
+    return f"{what} (BatchNorm shift {event['shift']:.2f}, limit {event['max_shift']:g})"
 
 
 def _tta(event: dict) -> str:

@@ -55,7 +55,7 @@ from snugfit.callbacks import Callback
 from snugfit.callbacks.early_stopping import EarlyStopping
 from snugfit.callbacks.progressive import ProgressiveResize
 from snugfit.errors import SnugfitError, check_count, check_positive
-from snugfit.models import fixed_input_size, imagenet_rows
+from snugfit.models import fixed_input_size, has_classifier, imagenet_rows
 from snugfit.sizes import Size, format_size, scale_size
 
 
@@ -219,7 +219,7 @@ def auto_fit(
     # 1-4: the head, on precomputed features, then with augmentation
     lr_head = _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find, cbs)
     # 5-7: everything, with discriminative learning rates
-    if unfreeze and epochs and stop_if_no_gain and best.phase == "start":
+    if unfreeze and stop_if_no_gain and best.phase == "start":
         _log(
             learn,
             "phase: unfrozen skipped: training the head did not improve on the pretrained "
@@ -227,7 +227,7 @@ def auto_fit(
         )
         learn.events.emit("phase", name="unfrozen", skipped="no gain from training the head")
         unfreeze = False
-    if unfreeze and epochs:
+    if unfreeze:
         # A high head LR (a random head on easy features) would wreck a pretrained
         # body: measured on hymenoptera, 9e-3 fell to 85% where 1e-3 kept 96%.
         default = min(lr_head * unfrozen_lr_ratio, max_unfrozen_lr)
@@ -252,8 +252,10 @@ def _decide_unfreeze(learn, unfreeze: bool | str, max_shift: float) -> bool:
     state = learn.recipe_state
     if "unfreeze" in state:
         return state["unfreeze"]
-    shift = learn.pretraining_shift() if learn.can_precompute else None
-    if shift is None:
+    shift = learn.pretraining_shift() if has_classifier(learn.model) else None
+    if not has_classifier(learn.model):
+        decide, why = True, "a decoder reads every level of the body, not only the deepest"
+    elif shift is None:
         decide, why = True, "no BatchNorm statistics of the pretraining data to compare with"
     elif shift > max_shift:
         decide, why = True, "the images are unlike the pretraining data to the body"
