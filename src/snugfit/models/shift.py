@@ -8,9 +8,11 @@ and over the deepest third of the layers (the features the head reads; the first
 layers see colours and edges, which every photo shares).
 
 Measured on EfficientNet-Lite0 with its ImageNet weights (``bench/recipe.py``'s data,
-one batch of 32): hymenoptera photos at 224 px 0.07, at 128 px 0.11, at 64 px 0.41;
-scikit-image texture patches at 64 px 0.57; digit scans at 64 px 1.10. The recipe
-(`snugfit.train.recipes`) reads it to decide whether training the body can pay.
+`Learner.pretraining_shift`: one batch of 32 training images, not augmented):
+hymenoptera photos at 224 px 0.09, at 128 px 0.13, at 96 px 0.20, at 64 px 0.44;
+scikit-image texture patches at 64 px 0.40, at 128 px 0.27; digit scans at 64 px
+0.77, at 128 px 0.46. The recipe (`snugfit.train.recipes`) reads it to decide
+whether training the body can pay.
 """
 
 from __future__ import annotations
