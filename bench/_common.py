@@ -69,12 +69,15 @@ def peak_bytes(device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 
 
-def run_steps(model: nn.Module, c, bs: int, size: int, steps: int = 3, *, device=None, seg=0):
+def run_steps(
+    model: nn.Module, c, bs: int, size: int, steps: int = 3, *, device=None, seg=0, n_classes=1000
+):
     """Train ``steps`` timed steps, after one warm-up, in configuration ``c``.
 
     ``c`` is a plan `Candidate` (precision, checkpointing, micro_bs). The whole batch
     lives on the device as the planner assumes (uint8 images plus their floats);
-    ``seg`` > 0: the model segments into ``seg`` classes (mask targets).
+    ``seg`` > 0: the model segments into ``seg`` classes (mask targets); else it
+    classifies into ``n_classes``.
 
     Returns:
         The peak allocated bytes over the timed steps (`peak_bytes`: 0 off CUDA) and
@@ -89,7 +92,7 @@ def run_steps(model: nn.Module, c, bs: int, size: int, steps: int = 3, *, device
     autocast = autocast_for(c.precision, device.type)
     images = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, device=device)
     shape = (bs, size, size) if seg else (bs,)
-    labels = torch.randint(0, seg or 1000, shape, device=device)
+    labels = torch.randint(0, seg or n_classes, shape, device=device)
     for step in range(steps + 1):
         if step == 1:  # the warm-up allocated the optimizer state; measure from here
             sync(device)
