@@ -21,7 +21,9 @@ The checks, with their time on one H200 (full / ``--quick``):
   ``torch.cuda.max_memory_allocated`` over 3 steps after a warm-up, for resnet50,
   efficientnet_b0, convnext_tiny, vit_small_patch16_224 @ 224 and efficientnet_b7
   @ 600 (and a UNet on resnet34 @ 256 when segmentation-models-pytorch is
-  installed; else a skipped row), fp32 / bf16 / fp16, checkpointing off / on, two
+  installed; else a skipped row: carry its wheel as /work/.library/device/README.md
+  says for nvidia-h200, ``pip download --no-deps`` of segmentation-models-pytorch
+  and installing it with ``--target``), fp32 / bf16 / fp16, checkpointing off / on, two
   micro-batches. Goal: error within 10%.
 * ``budget`` (~1 min): efficientnet_b7 @ 600, batch 32, ``memory_budget="8GB"``
   emulated on the big card: 5 steps, no OOM, the peak under the budget, images/s
@@ -191,7 +193,8 @@ def plain_fp32(ctx, arch, size, bs, budget, plan) -> tuple[int, float]:
         budget_bytes = parse_bytes(budget)
         plan = make_plan(model, bs=bs, size=size, budget=budget_bytes, probe_device=ctx.device)
         del model
-    fits = [c.micro_bs for c in plan.candidates if c.precision == "fp32" and c.fits]
+    fp32 = [c for c in plan.candidates if c.precision == "fp32" and not c.checkpointing]
+    fits = [c.micro_bs for c in fp32 if c.fits]
     m = max(fits, default=1)
     while True:
         ctx.clean()
@@ -273,7 +276,7 @@ def oom_learner(ctx, s, micro_bs):
 
 def oom_fit(ctx, s, micro_bs, room=None):
     """Fit one epoch at ``micro_bs``; with ``room``, a ballast leaves only that much
-    above what is allocated now (dry run: `FailAbove` instead).
+    above what was allocated before the learner (dry run: `FailAbove` instead).
 
     Returns the weights, the validation loss, the learner's settings and events, its
     peak over training and the memory it holds after the fit (ballast excluded).
@@ -285,7 +288,8 @@ def oom_fit(ctx, s, micro_bs, room=None):
     elif room is not None:
         torch.cuda.empty_cache()
         free = torch.cuda.mem_get_info(ctx.device)[0]
-        ballast = torch.empty(free - room, dtype=torch.uint8, device=ctx.device)
+        taken = allocated(ctx.device) - base  # the model and the data: part of ``room``
+        ballast = torch.empty(free - (room - taken), dtype=torch.uint8, device=ctx.device)
     reset_peak(ctx.device)
     peak = TrainPeak(ctx.device)
     learn.fit(1, lr=1e-2, cbs=[peak])
