@@ -529,7 +529,10 @@ def main(argv=None) -> list[Row]:
     args = parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu_check.py needs a CUDA device; --dry-run runs it on the CPU")
-    device = torch.device("cpu" if args.dry_run else "cuda")
+    # an indexed device: set_per_process_memory_fraction refuses a bare "cuda"
+    device = (
+        torch.device("cpu") if args.dry_run else torch.device("cuda", torch.cuda.current_device())
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     console = Console(width=160, file=sys.stdout)
