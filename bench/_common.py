@@ -56,3 +56,58 @@ def timed(fn, device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window (CUDA only; nothing to do elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_bytes(device: torch.device) -> int:
+    """``torch.cuda.max_memory_allocated`` since `reset_peak`; 0 off CUDA (not measurable)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+def run_steps(
+    model: nn.Module, c, bs: int, size: int, steps: int = 3, *, device=None, seg=0, n_classes=1000
+):
+    """Train ``steps`` timed steps, after one warm-up, in configuration ``c``.
+
+    ``c`` is a plan `Candidate` (precision, checkpointing, micro_bs). The whole batch
+    lives on the device as the planner assumes (uint8 images plus their floats);
+    ``seg`` > 0: the model segments into ``seg`` classes (mask targets); else it
+    classifies into ``n_classes``.
+
+    Returns:
+        The peak allocated bytes over the timed steps (`peak_bytes`: 0 off CUDA) and
+        images per second.
+    """
+    from snugfit.memory import autocast_for
+    from snugfit.models import set_grad_checkpointing
+
+    device = device or torch.device("cuda")
+    set_grad_checkpointing(model, c.checkpointing)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = autocast_for(c.precision, device.type)
+    images = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, device=device)
+    shape = (bs, size, size) if seg else (bs,)
+    labels = torch.randint(0, seg or n_classes, shape, device=device)
+    for step in range(steps + 1):
+        if step == 1:  # the warm-up allocated the optimizer state; measure from here
+            sync(device)
+            reset_peak(device)
+            start = time.perf_counter()
+        x = images.float().div_(255)
+        for i in range(0, bs, c.micro_bs):
+            xb, yb = x[i : i + c.micro_bs], labels[i : i + c.micro_bs]
+            with autocast():
+                # Weight by the micro-batch's share so the summed gradient is the batch's.
+                loss = nn.functional.cross_entropy(model(xb), yb) * (len(yb) / bs)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    seconds = time.perf_counter() - start
+    set_grad_checkpointing(model, False)
+    return peak_bytes(device), steps * bs / seconds

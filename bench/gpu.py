@@ -19,27 +19,29 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import hand_written_epoch, synthetic_dls, timed
+from _common import hand_written_epoch, peak_bytes, reset_peak, synthetic_dls, timed
 from snugfit import Learner
 
 
-def run_hand(base, dls, compile_model: bool, device) -> tuple[float, int]:
+def run_hand(base, dls, compile_model: bool, device, precision="bf16") -> tuple[float, int]:
+    """Images/s and peak memory of the hand-written loop, after a warm-up epoch."""
     model = copy.deepcopy(base)
     if compile_model:
         model.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in dls.train]
-    hand_written_epoch(model, opt, batches, "bf16", device)  # warm-up (and compile)
-    torch.cuda.reset_peak_memory_stats(device)
-    t = timed(lambda: hand_written_epoch(model, opt, batches, "bf16", device), device)
-    return len(batches) * dls.bs / t, torch.cuda.max_memory_allocated(device)
+    hand_written_epoch(model, opt, batches, precision, device)  # warm-up (and compile)
+    reset_peak(device)
+    t = timed(lambda: hand_written_epoch(model, opt, batches, precision, device), device)
+    return len(batches) * dls.bs / t, peak_bytes(device)
 
 
-def run_snugfit(base, dls, compile_model: bool, device) -> tuple[float, int]:
+def run_snugfit(base, dls, compile_model: bool, device, precision="bf16") -> tuple[float, int]:
+    """Images/s and peak memory of `Learner.fit` at a fixed micro-batch, after a warm-up."""
     learn = Learner(
         dls,
         copy.deepcopy(base),
-        precision="bf16",
+        precision=precision,
         bn_freeze_below=0,
         compile=compile_model,
         console=Console(file=io.StringIO()),
@@ -48,9 +50,9 @@ def run_snugfit(base, dls, compile_model: bool, device) -> tuple[float, int]:
     learn.replan_if_needed = lambda: None  # fixed micro-batch = bs, as the hand-written loop
     learn.evaluate = lambda dl: (0.0, {})
     learn.fit(1)  # warm-up (and compile)
-    torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     t = timed(lambda: learn.fit(1), device)
-    return len(dls.train) * dls.bs / t, torch.cuda.max_memory_allocated(device)
+    return len(dls.train) * dls.bs / t, peak_bytes(device)
 
 
 def run(arch: str, bs: int, steps: int, compile_model: bool, device) -> list[tuple]:

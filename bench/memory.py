@@ -21,12 +21,11 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from _common import run_steps
 from snugfit.memory import (
     ActivationProfile,
-    Candidate,
     MemoryPlan,
     activation_bytes,
-    autocast_for,
     make_plan,
     parse_bytes,
     profile_activations,
@@ -122,42 +121,6 @@ def lever_table() -> tuple[Table, MemoryPlan]:
 
 
 # --------------------------------------------------------------------------- CUDA check
-
-
-def run_steps(
-    model: nn.Module, c: Candidate, bs: int, size: int, steps: int = 3
-) -> tuple[int, float]:
-    """Train ``steps`` timed steps (after one warm-up) in configuration ``c``.
-
-    Returns:
-        ``torch.cuda.max_memory_allocated()`` over the steps and images per second.
-    """
-    device = torch.device("cuda")
-    set_grad_checkpointing(model, c.checkpointing)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = autocast_for(c.precision, "cuda")
-    # The whole batch on the device, as the planner assumes: uint8 images plus floats.
-    images = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 1000, (bs,), device=device)
-    torch.cuda.reset_peak_memory_stats()
-    for step in range(steps + 1):
-        if step == 1:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-        x = images.float().div_(255)
-        for i in range(0, bs, c.micro_bs):
-            xb, yb = x[i : i + c.micro_bs], labels[i : i + c.micro_bs]
-            with autocast():
-                # Weight by the micro-batch's share so the summed gradient is the batch's.
-                loss = nn.functional.cross_entropy(model(xb), yb) * (len(yb) / bs)
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated()
-    set_grad_checkpointing(model, False)
-    return peak, steps * bs / seconds
 
 
 def cuda_check(plan: MemoryPlan) -> None:
