@@ -49,8 +49,8 @@ def demo_config(out: Path) -> TrainConfig:
         data=str(write_digits(cache_dir() / "digits")),
         arch=DEMO_ARCH,
         weights=str(packaged_lite0_weights()),
-        # The automated checklist, measured on 2 CPU cores: 97-99% validation
-        # accuracy in about 30 s (fastai-style fine_tune(3): 95.8% in about 25 s).
+        # The automated checklist, measured on 2 CPU cores: about 97% validation
+        # accuracy in about 40 s (README, "Measured").
         recipe="auto",
         epochs=3,
         bs=32,
