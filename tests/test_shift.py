@@ -46,6 +46,14 @@ def test_the_divergence_is_the_gaussians_kl_over_the_deepest_third():
     assert batchnorm_shift(model, lambda: model(same)) == pytest.approx(0.0, abs=1e-4)
 
 
+def test_the_statistics_are_pooled_over_every_call():
+    model = ThreeNorms()
+    x = torch.randn(12, 2, 5, 5) * 3 + 2
+    whole = batchnorm_shift(model, lambda: model(x))
+    chunked = batchnorm_shift(model, lambda: [model(c) for c in x.split(5)])
+    assert chunked == pytest.approx(whole, rel=1e-6)
+
+
 def test_no_batchnorm_no_figure():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]))
     assert batchnorm_shift(model, lambda: model(torch.zeros(2, 3, 8, 8))) is None
@@ -78,6 +86,25 @@ def test_the_learner_measures_its_training_images_without_augmentation(image_fol
     assert shift > 0
     assert learn.dls.train.epoch == epoch  # counts no epoch
     assert learn.pretraining_shift() == pytest.approx(shift, rel=1e-6)  # not augmented
+
+
+def test_the_measure_reads_the_same_images_whatever_the_batch_size(image_folder):
+    small = ImageDataLoaders.from_folder(image_folder, bs=3, size=32, num_workers=0, seed=0)
+    x, y = small.train.first_images(7, augment=False)
+    assert len(x) == 9 and len(y) == 9  # whole batches: 3 of 3
+    first, _ = small.train.one_batch(augment=False)
+    assert torch.equal(first, x[:3])
+    everything, _ = small.train.first_images(10**6, augment=False)
+    assert len(everything) == len(small.train_items)
+    assert small.train.epoch == 0
+    shifts = []
+    for bs in (4, 32):
+        torch.manual_seed(0)
+        dls = ImageDataLoaders.from_folder(image_folder, bs=bs, size=32, num_workers=0, seed=0)
+        learn = vision_learner(dls, "test_efficientnet", pretrained=False, precision="fp32",
+                               console=Console(file=io.StringIO()))  # fmt: skip
+        shifts.append(learn.pretraining_shift())
+    assert shifts[0] == pytest.approx(shifts[1], rel=1e-4)
 
 
 def test_auto_fit_keeps_the_body_frozen_for_data_like_the_pretraining(image_folder):

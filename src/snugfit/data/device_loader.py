@@ -204,13 +204,26 @@ class DeviceLoader:
     def one_batch(self, augment: bool | None = None) -> tuple[Tensor, Tensor]:
         """One batch, without counting an epoch (so training stays reproducible);
         ``augment`` as in `batches`."""
+        return self.first_images(1, augment)
+
+    def first_images(self, n: int, augment: bool | None = None) -> tuple[Tensor, Tensor]:
+        """The first whole batches that hold at least ``n`` images (all of them if
+        fewer), in the order of an epoch that is never trained (shuffled, for a
+        training loader), without counting an epoch; ``augment`` as in `batches`."""
+        xs, ys, count = [], [], 0
         it = self._batches(-1, prepass=False, augment=augment)  # not the whole set
         try:
-            return next(it)
-        except StopIteration:
-            raise SnugfitError("no readable images to make a batch from") from None
+            for x, y in it:
+                xs.append(x)
+                ys.append(y)
+                count += len(x)
+                if count >= n:
+                    break
         finally:
             it.close()
+        if not count:
+            raise SnugfitError("no readable images to make a batch from")
+        return torch.cat(xs), torch.cat(ys)
 
     def decoded_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """The files decoded as for training, in order: uint8 ``(B, 3, *presize)``

@@ -23,6 +23,7 @@ from snugfit.tasks import MultiLabel, SingleLabel, Task, task_from_config
 from snugfit.train.precompute import feature_loaders, stored_valid_features
 
 log = logging.getLogger("snugfit")
+SHIFT_IMAGES = 32  # measured with 4 to 64: fewer images read a larger shift
 
 
 class Predicting:
@@ -133,12 +134,12 @@ class Predicting:
             self.net = net
 
     def pretraining_shift(self) -> float | None:
-        """How unlike the pretraining data a batch of the training images (not
-        augmented) looks to the body's BatchNorm statistics
+        """How unlike the pretraining data 32 of the training images (not augmented;
+        whole batches, so at least 32) look to the body's BatchNorm statistics
         (`snugfit.models.batchnorm_shift`): about 0.1 for photos like ImageNet's,
         0.4 and more for textures or digit scans; None for a model without BatchNorm.
         Under torchrun, rank 0's figure on every rank."""
-        xb, _ = self.dls.train.one_batch(augment=False)
+        xb, _ = self.dls.train.first_images(SHIFT_IMAGES, augment=False)
         shift = None
         if len(xb):
             shift = models.batchnorm_shift(self.model, lambda: self.eval_outputs(xb))
