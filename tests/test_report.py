@@ -325,15 +325,26 @@ def test_the_report_of_a_resumed_run_shows_its_own_plans_and_labels_the_runs(tmp
 @pytest.mark.parametrize(
     ("decision", "shift", "expected"),
     [
-        (False, 0.0912, "kept frozen: the head is the model (BatchNorm shift 0.09, limit 0.2)"),
-        (True, 0.7734, "trained after the head (BatchNorm shift 0.77, limit 0.2)"),
+        (
+            False,
+            0.0912,
+            "kept frozen: the head is the model (BatchNorm shift 0.09 at 336 px, limit 0.35)",
+        ),
+        (True, 0.7734, "trained after the head (BatchNorm shift 0.77 at 336 px, limit 0.35)"),
         (True, None, "trained after the head</td></tr>"),
     ],
 )
 def test_the_report_says_whether_the_body_trained_and_why(tmp_path, decision, shift, expected):
     events = [
         {"time": 0.0, "kind": "run_start"},
-        {"time": 1.0, "kind": "unfreeze", "decision": decision, "shift": shift, "max_shift": 0.2},
+        {
+            "time": 1.0,
+            "kind": "unfreeze",
+            "decision": decision,
+            "shift": shift,
+            "max_shift": 0.35,
+            "size": "336",
+        },
         {"time": 2.0, "kind": "kept", "phase": "head", "epoch": 1, "valid_loss": 0.1},
     ]
     page = build_report(tmp_path, events=events)

@@ -111,7 +111,7 @@ def test_auto_fit_keeps_the_body_frozen_for_data_like_the_pretraining(image_fold
     learn = learner(image_folder)
     learn.auto_fit(1, head_epochs=1, head_scale=1.5, lr_find=False, max_shift=1e9)
     out = learn.console.file.getvalue()
-    assert "the body stays frozen (BatchNorm shift" in out
+    assert "the body stays frozen (BatchNorm shift" in out and " at 48 px, limit 1e+09)" in out
     assert "phase: unfrozen" not in out
     assert [f["size"] for f in learn.events.of("fit_start")] == [48, 48]  # head at 1.5x
     event = learn.events.of("unfreeze")[-1]

@@ -196,7 +196,8 @@ def _body(event: dict) -> str:
     what = "trained after the head" if event["decision"] else "kept frozen: the head is the model"
     if event.get("shift") is None:
         return what
-    return f"{what} (BatchNorm shift {event['shift']:.2f}, limit {event['max_shift']:g})"
+    at = f" at {event['size']} px" if event.get("size") else ""
+    return f"{what} (BatchNorm shift {event['shift']:.2f}{at}, limit {event['max_shift']:g})"
 
 
 def _tta(event: dict) -> str:

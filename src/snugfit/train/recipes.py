@@ -7,12 +7,13 @@
 visible in the output and each one switchable:
 
 0. decide whether the body will train (``unfreeze="auto"``): only when the
-   images look unlike the pretraining data to its BatchNorm statistics
-   (`Learner.pretraining_shift` above ``max_shift``). Measured (bench/recipe.py):
-   on photos like ImageNet's (hymenoptera, shift 0.10) no way of training the
-   body beat the head on its frozen features, and it took 70% of the time; on
-   digit scans (1.10) and texture patches (0.57) training the body cut the error
-   by half or more;
+   images, at the size the head on a frozen body would see (``head_scale``
+   times the data's), look unlike the pretraining data to its BatchNorm
+   statistics (`Learner.pretraining_shift` above ``max_shift``). Measured
+   (README, "The automated checklist"): hymenoptera photos read 0.10-0.20 at
+   96-336 px and the frozen body won at 64, 128 and 224 px (at 224 training the
+   body took 70% of the time and was never kept); digit scans read 0.48 and
+   training the body halved the error; texture patches 0.27, where both did alike;
 1. precompute the frozen body's features (``precompute``); when the body stays
    frozen, at ``head_scale`` times the data's size (FixRes: ImageNet models,
    trained on random crops that enlarge objects, see best above their training
@@ -185,7 +186,7 @@ def auto_fit(
     max_unfrozen_lr: float = 2e-3,
     stop_if_no_gain: bool = True,
     unfreeze: bool | str = "auto",
-    max_shift: float = 0.2,
+    max_shift: float = 0.35,
     schedule: str = "one_cycle",
     patience: int = 1,
     sizes: Sequence[int] | None = None,
@@ -202,15 +203,18 @@ def auto_fit(
     start = time.perf_counter()
     learn.freeze()
     base_size = learn.dls.size
+    head_size = _head_size(learn, head_scale)
+    _use_size(learn, head_size)  # a frozen body's features would be read at this size
     unfreeze = bool(epochs) and _decide_unfreeze(learn, unfreeze, max_shift)
-    # FixRes pays where the head on frozen features is the model; a body that
-    # trains next would start from a head fitted to other features (measured on
-    # digits: 5.6/5.8/3.3% error -> 7.8/8.4/5.3% with the head at 1.3x)
-    head_size = base_size if unfreeze else _head_size(learn, head_scale)
+    if unfreeze:
+        # FixRes pays where the head on frozen features is the model; a body that
+        # trains next would start from a head fitted to other features (measured
+        # on digits: 5.6/5.8/3.3% error -> 7.8/8.4/5.3% with the head at 1.3x)
+        head_size = base_size
+        _use_size(learn, base_size)
     if head_size != base_size:
         _log(learn, f"auto_fit: the head phases see {format_size(head_size)} px images "
                     f"({head_scale:g}x the size: frozen ImageNet features are sharper there)")  # fmt: skip
-        _use_size(learn, head_size)
     if precompute and head_epochs and learn.can_precompute:
         learn.precompute_features()  # validating a frozen body then reads them too
     best = _Best(learn)
@@ -243,8 +247,9 @@ def auto_fit(
 
 def _decide_unfreeze(learn, unfreeze: bool | str, max_shift: float) -> bool:
     """Whether to train the body: ``unfreeze`` if True or False; "auto": when the
-    images are unlike the pretraining data to its BatchNorm statistics
-    (`Learner.pretraining_shift` above ``max_shift``), or cannot be compared, or
+    images, at the size a frozen body's head would see, are unlike the pretraining
+    data to its BatchNorm statistics (`Learner.pretraining_shift` above
+    ``max_shift``), or cannot be compared, or
     the model is not a classifier (a segmentation decoder reads every level of the
     body, not only the deep features measured). Remembered for resuming."""
     if unfreeze != "auto":
@@ -263,9 +268,12 @@ def _decide_unfreeze(learn, unfreeze: bool | str, max_shift: float) -> bool:
         decide, why = False, ("the images look like the pretraining data to the body: its "
                               "frozen features fit them, and the head trained on them is "
                               "the model (unfreeze=True, --unfreeze yes, trains it anyway)")  # fmt: skip
-    figure = "" if shift is None else f" (BatchNorm shift {shift:.2f}, limit {max_shift:g})"
+    size = format_size(learn.dls.size)
+    figure = (
+        "" if shift is None else f" (BatchNorm shift {shift:.2f} at {size} px, limit {max_shift:g})"
+    )
     _log(learn, f"auto_fit: the body {'will train' if decide else 'stays frozen'}{figure}: {why}")
-    learn.events.emit("unfreeze", decision=decide, shift=shift, max_shift=max_shift)
+    learn.events.emit("unfreeze", decision=decide, shift=shift, max_shift=max_shift, size=size)
     state["unfreeze"] = decide
     return decide
 
