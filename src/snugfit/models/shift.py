@@ -11,7 +11,9 @@ Measured on EfficientNet-Lite0 with its ImageNet weights (``bench/recipe.py``'s 
 `Learner.pretraining_shift`: 32 training images, not augmented; the same at bs 4):
 hymenoptera photos at 224 px 0.09, at 128 px 0.13, at 96 px 0.20, at 64 px 0.44;
 scikit-image texture patches at 64 px 0.40, at 128 px 0.27; digit scans at 64 px
-0.77, at 128 px 0.46. The recipe (`snugfit.train.recipes`) reads it to decide
+0.77, at 128 px 0.46. At 1.5x those sizes, where `auto_fit` reads it (the size a
+frozen body's head would see): hymenoptera 0.11 / 0.10 / 0.20, textures 0.27,
+digits 0.49 / 0.48. The recipe (`snugfit.train.recipes`) reads it to decide
 whether training the body can pay.
 """
 
