@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from snugfit import ImageDataLoaders, vision_learner
+from snugfit.infer.interpret import ClassificationInterpretation
 from snugfit.train import precompute as pre
 
 
@@ -75,6 +76,7 @@ def test_precompute_off_trains_through_the_model(image_folder, monkeypatch):
 def test_a_frozen_body_validates_on_its_stored_features(image_folder):
     learn = colour_learner(image_folder)
     full_loss, full_metrics = learn.evaluate(learn.dls.valid)  # the whole model
+    full_out, full_targets = learn.get_preds()
     body_calls = []
     learn.model.conv_stem.register_forward_hook(lambda *a: body_calls.append(1))
     learn.precompute_features()
@@ -85,6 +87,11 @@ def test_a_frozen_body_validates_on_its_stored_features(image_folder):
     assert len(body_calls) == n
     assert got["valid_loss"] == pytest.approx(full_loss, abs=1e-5)
     assert got["accuracy"] == pytest.approx(full_metrics["accuracy"])
+    out, targets = learn.get_preds()  # the report's interpretation reads them too
+    assert len(body_calls) == n
+    interp = ClassificationInterpretation.from_learner(learn)  # passes dls.valid itself
+    assert len(body_calls) == n and torch.allclose(interp.probs, full_out.softmax(1), atol=1e-5)
+    assert torch.allclose(out, full_out, atol=1e-5) and torch.equal(targets, full_targets)
     # a fit training the head on images (precompute off) validates on them too
     learn.fit_one_cycle(1, 1e-3)
     assert len(body_calls) - n == len(learn.dls.train)  # its training batches only
@@ -92,4 +99,7 @@ def test_a_frozen_body_validates_on_its_stored_features(image_folder):
     learn.unfreeze()
     before = len(body_calls)
     learn.validate()
+    assert len(body_calls) > before
+    before = len(body_calls)
+    learn.get_preds()
     assert len(body_calls) > before

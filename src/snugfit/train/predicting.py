@@ -101,7 +101,10 @@ class Predicting:
         return self.events.of("oom")
 
     def get_preds(self, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw outputs and targets over a loader (the validation set by default)."""
+        """Raw outputs and targets over a loader (the validation set by default: from
+        its stored features while the body is frozen, as `evaluate_valid`)."""
+        if self.dls is not None and (dl is None or dl is self.dls.valid):
+            return self._on_valid(lambda d: evaluate.get_preds(self, d), self.dls.valid)
         return evaluate.get_preds(self, dl)
 
     def evaluate(self, dl) -> tuple[float, dict[str, float]]:
@@ -122,14 +125,19 @@ class Predicting:
         """`evaluate` on the validation loader ``dl``; while the body is frozen and its
         validation features are stored (precomputed for these weights and images),
         the head on them instead: the same outputs without running the body."""
+        return self._on_valid(self.evaluate, dl)
+
+    def _on_valid(self, run, dl):
+        """``run(dl)`` for the validation loader ``dl``, or ``run(features)`` through
+        the head alone when its features for these weights are stored."""
         if self.net is not self.model:  # a fit on features: ``dl`` holds them already
-            return self.evaluate(dl)
+            return run(dl)
         features = stored_valid_features(self, self._features)
         if features is None:
-            return self.evaluate(dl)
+            return run(dl)
         net, self.net = self.net, self.model.get_classifier()
         try:
-            return self.evaluate(features)
+            return run(features)
         finally:
             self.net = net
 
