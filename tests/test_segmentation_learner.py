@@ -183,7 +183,7 @@ def test_auto_fit_always_trains_a_segmentation_models_body(monkeypatch):
     learn = seg_learner()
     monkeypatch.setattr(learn, "pretraining_shift", lambda: pytest.fail("measured"))
     # even with a limit no shift reaches: the deep features are not all a decoder reads
-    assert _decide_unfreeze(learn, "auto", 1e9) is True
+    assert _decide_unfreeze(learn, "auto", 1e9, learn.dls.size) is True
     event = learn.events.of("unfreeze")[-1]
     assert event["decision"] is True and event["shift"] is None
     assert "a decoder reads every level of the body" in learn.console.file.getvalue()

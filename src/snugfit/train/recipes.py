@@ -43,8 +43,9 @@ accuracy; a phase whose last epoch overfits keeps its best epoch). When no epoch
 improved on the start, the run says so: the model kept is the pretrained one
 with its starting head.
 
-Decisions (whether to unfreeze, learning rates) are kept in ``learn.recipe_state``, which checkpoints
-carry, so a resumed run takes the same ones instead of sweeping again.
+Decisions (whether to unfreeze, learning rates) are kept in ``learn.recipe_state``,
+which checkpoints carry, so a resumed run takes the same ones instead of measuring
+or sweeping again.
 """
 
 from __future__ import annotations
@@ -204,14 +205,13 @@ def auto_fit(
     learn.freeze()
     base_size = learn.dls.size
     head_size = _head_size(learn, head_scale)
-    _use_size(learn, head_size)  # a frozen body's features would be read at this size
-    unfreeze = bool(epochs) and _decide_unfreeze(learn, unfreeze, max_shift)
+    unfreeze = bool(epochs) and _decide_unfreeze(learn, unfreeze, max_shift, head_size)
     if unfreeze:
         # FixRes pays where the head on frozen features is the model; a body that
         # trains next would start from a head fitted to other features (measured
         # on digits: 5.6/5.8/3.3% error -> 7.8/8.4/5.3% with the head at 1.3x)
         head_size = base_size
-        _use_size(learn, base_size)
+    _use_size(learn, head_size)
     if head_size != base_size:
         _log(learn, f"auto_fit: the head phases see {format_size(head_size)} px images "
                     f"({head_scale:g}x the size: frozen ImageNet features are sharper there)")  # fmt: skip
@@ -245,22 +245,22 @@ def auto_fit(
     _keep_best(learn, best, time.perf_counter() - start)
 
 
-def _decide_unfreeze(learn, unfreeze: bool | str, max_shift: float) -> bool:
+def _decide_unfreeze(learn, unfreeze: bool | str, max_shift: float, head_size: Size) -> bool:
     """Whether to train the body: ``unfreeze`` if True or False; "auto": when the
-    images, at the size a frozen body's head would see, are unlike the pretraining
-    data to its BatchNorm statistics (`Learner.pretraining_shift` above
-    ``max_shift``), or cannot be compared, or
-    the model is not a classifier (a segmentation decoder reads every level of the
-    body, not only the deep features measured). Remembered for resuming."""
+    images, at ``head_size`` (what a frozen body's head would see), are unlike the
+    pretraining data to its BatchNorm statistics (`Learner.pretraining_shift`
+    above ``max_shift``), or cannot be compared, or the model is not a classifier
+    (a segmentation decoder reads every level of the body, not only the deep
+    features measured). Remembered for resuming."""
     if unfreeze != "auto":
         return bool(unfreeze)
     state = learn.recipe_state
     if "unfreeze" in state:
         return state["unfreeze"]
-    shift = learn.pretraining_shift() if has_classifier(learn.model) else None
+    shift = None
     if not has_classifier(learn.model):
         decide, why = True, "a decoder reads every level of the body, not only the deepest"
-    elif shift is None:
+    elif (shift := _shift_at(learn, head_size)) is None:
         decide, why = True, "no BatchNorm statistics of the pretraining data to compare with"
     elif shift > max_shift:
         decide, why = True, "the images are unlike the pretraining data to the body"
@@ -276,6 +276,12 @@ def _decide_unfreeze(learn, unfreeze: bool | str, max_shift: float) -> bool:
     learn.events.emit("unfreeze", decision=decide, shift=shift, max_shift=max_shift, size=size)
     state["unfreeze"] = decide
     return decide
+
+
+def _shift_at(learn, size: Size) -> float | None:
+    """`Learner.pretraining_shift` of the images at ``size`` (kept from now on)."""
+    _use_size(learn, size)
+    return learn.pretraining_shift()
 
 
 def _head_size(learn, scale: float) -> Size:
