@@ -97,7 +97,7 @@ class SpoilLastHeadEpoch:
 
 def test_auto_fit_keeps_the_best_epoch_not_the_last_of_a_phase(image_folder):
     learn = colour_learner(image_folder)
-    learn.auto_fit(0, head_epochs=3, head_aug_epochs=0, lr_find=False,
+    learn.auto_fit(0, head_epochs=3, head_aug_epochs=0, lr_find=False, solve_head=False,
                    cbs=[SpoilLastHeadEpoch()])  # fmt: skip
     rows = learn.recorder.rows
     assert len(rows) == 3 and rows[2]["valid_loss"] > rows[1]["valid_loss"]
@@ -111,10 +111,10 @@ def test_auto_fit_keeps_the_best_epoch_not_the_last_of_a_phase(image_folder):
 
 def test_head_phases_see_larger_images_and_the_kept_phase_keeps_its_size(image_folder, tmp_path):
     learn = colour_learner(image_folder)
-    learn.auto_fit(1, head_epochs=2, head_scale=1.5, unfreeze=False)
-    fits = learn.events.of("fit_start")
-    # head on features and head with augmentation at 1.5 x 32 = 48
-    assert [f["size"] for f in fits] == [48, 48]
+    learn.auto_fit(1, head_epochs=2, head_aug_epochs=1, head_scale=1.5, unfreeze=False)
+    # the head solved on features and trained with augmentation at 1.5 x 32 = 48
+    assert [e["size"] for e in learn.events.of("head_solved")] == [48]
+    assert [f["size"] for f in learn.events.of("fit_start")] == [48]
     assert "the head phases see 48 px images (1.5x the size" in learn.console.file.getvalue()
     size = 48
     assert learn.dls.size == size and learn.preprocessing.size == size
@@ -126,8 +126,9 @@ def test_head_phases_see_larger_images_and_the_kept_phase_keeps_its_size(image_f
 
 def test_head_scale_one_keeps_one_size_and_bad_scales_fail_first(image_folder):
     learn = colour_learner(image_folder)
-    learn.auto_fit(1, head_epochs=1, head_aug_epochs=0, head_scale=1, lr_find=False,
+    learn.auto_fit(1, head_epochs=1, head_aug_epochs=1, head_scale=1, lr_find=False,
                    unfreeze=False)  # fmt: skip
+    assert [e["size"] for e in learn.events.of("head_solved")] == [32]
     assert [f["size"] for f in learn.events.of("fit_start")] == [32]
     assert "head phases see" not in learn.console.file.getvalue()
     with pytest.raises(SnugfitError, match="head_scale"):

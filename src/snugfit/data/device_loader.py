@@ -114,6 +114,15 @@ class DeviceLoader:
         self.cache_hits = self.cache_misses = 0
         self.cache_filled = 0  # files this process decoded into the cache
 
+    def as_evaluated(self) -> DeviceLoader:
+        """A loader of these items as evaluation sees them: in order, at ``size``, with
+        the validation transform (resize, central crop), never augmented; it shares
+        the settings, skipped files and cache. (``batches(augment=False)`` of a
+        training loader resizes the whole decoded ``presize`` square instead.)"""
+        return DeviceLoader(self.items, False, self.settings, task=self.task,
+                            n_classes=self.n_classes, skips=self.skips, cache=self.cache,
+                            cache_since_ns=self.cache_since_ns)  # fmt: skip
+
     def configure(self, settings: LoaderSettings) -> None:
         """Use ``settings`` from the next epoch (or batch) on."""
         self.settings = settings

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from functools import partial
 
 from snugfit.callbacks import Callback, CycleSnapshots, ParamScheduler
+from snugfit.errors import SnugfitError
+from snugfit.train import head_solve, recipes
 from snugfit.train import lr_find as lr_finder
-from snugfit.train import recipes
 from snugfit.train.lr_find import TrainingSnapshot
 from snugfit.train.optim import resolve_lrs
 from snugfit.train.resume import resumable
@@ -97,6 +98,29 @@ class Fitting:
         """fastai's learning-rate finder; the model, optimizer and BN buffers are
         restored afterwards. Returns the suggestions (see `snugfit.train.lr_find`)."""
         return lr_finder.lr_find(self, start_lr, end_lr, num_it, stop_div, suggest)
+
+    def solve_head(self, wd: float = 1e-2) -> float:
+        """Fit the head to its optimum on the frozen body's stored features: L2-
+        regularised logistic regression by L-BFGS (`snugfit.train.head_solve`).
+        The body must be frozen and the head one Linear layer; no epoch is counted.
+        Returns the solution's training loss (penalty included)."""
+        if not self.can_solve_head:
+            raise SnugfitError("solve_head: needs a classifier whose head is one Linear layer "
+                               "on the body's features (not a segmentation decoder, not under "
+                               "torchrun)")  # fmt: skip
+        if self.frozen_to != len(self.groups) - 1:
+            raise SnugfitError("solve_head: the body must be frozen (learn.freeze()): the "
+                               "head is solved on the frozen body's features")  # fmt: skip
+        head = self.model.get_classifier()
+        feats, targs = self.precompute_features()
+        weight, bias, loss = head_solve.solve_linear(
+            feats, targs, head.out_features, self.multi_label, wd, self.device
+        )
+        head_solve.write_linear(head, weight, bias)
+        self.events.emit(
+            "head_solved", wd=wd, train_loss=loss, images=len(targs), size=self.dls.size
+        )
+        return loss
 
     @resumable
     def auto_fit(self, epochs: int = 2, **kwargs) -> None:

@@ -80,7 +80,9 @@ def features_key(learn, split: str) -> str:
     d = learn.dls
     pre = learn.preprocessing
     h.update(
-        repr((learn.arch, split, pre.size, d.presize, pre.crop_pct, pre.mean, pre.std)).encode()
+        repr(
+            (learn.arch, split, pre.size, pre.crop_pct, pre.mean, pre.std, "central crop")
+        ).encode()
     )
     items = d.train_items if split == "train" else d.valid_items
     for path, label in items:
@@ -117,10 +119,11 @@ def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
         key = features_key(learn, split)
         if key not in store:
             dl = d.train if split == "train" else d.valid
-            # The images themselves (no augmentation), in a fixed order (epoch 0's): the
-            # same features array in every run; the loader's own epoch counter is untouched.
-            batches = dl.batches(0, augment=False) if hasattr(dl, "batches") else dl
-            feats, targs = compute_features(learn, batches)
+            # The training images as validation shows them (no augmentation; the central
+            # crop): a head fitted on them meets the same view of an image at validation.
+            # Fitted on whole decoded squares instead, the solved head on hymenoptera
+            # (336 px) had 3.3% validation error and loss 0.086, not 2.0% and 0.076.
+            feats, targs = compute_features(learn, _evaluated(dl))
             if feats.numel() * 4 > IN_MEMORY_LIMIT:
                 feats = _on_disk(feats, cache_dir() / "features" / f"{key}.npy")
             store[key] = (feats, targs)
@@ -128,6 +131,12 @@ def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
         feats, targs = store[key]
         loaders.append(FeatureLoader(feats, targs, d.bs, split == "train", d.seed, learn.device))
     return loaders[0], loaders[1]
+
+
+def _evaluated(dl):
+    """``dl``'s images with the validation transform, in order (a loader without
+    `as_evaluated`, such as a list of batches, as it is)."""
+    return dl.as_evaluated() if hasattr(dl, "as_evaluated") else dl
 
 
 def _on_disk(feats: torch.Tensor, path: Path):

@@ -20,6 +20,7 @@ from snugfit.errors import SnugfitError, first_line
 from snugfit.infer import evaluate, tta
 from snugfit.memory.oom import is_oom, release_memory
 from snugfit.tasks import MultiLabel, SingleLabel, Task, task_from_config
+from snugfit.train import head_solve
 from snugfit.train.precompute import feature_loaders, stored_valid_features
 
 log = logging.getLogger("snugfit")
@@ -59,6 +60,12 @@ class Predicting:
         head can; a segmentation decoder, which needs the encoder's skip features,
         cannot (and not under torchrun, which shards images)."""
         return models.has_classifier(self.model) and not self.distributed
+
+    @property
+    def can_solve_head(self) -> bool:
+        """Whether `solve_head` applies: precomputed features and a head that is one
+        Linear layer (`snugfit.train.head_solve`)."""
+        return self.can_precompute and head_solve.solvable(self.model.get_classifier())
 
     @property
     def multi_label(self) -> bool:
@@ -116,10 +123,12 @@ class Predicting:
         loss, metrics = self.evaluate_valid(self.dls.valid)
         return {"valid_loss": loss, **metrics}
 
-    def precompute_features(self) -> None:
+    def precompute_features(self):
         """Compute (or find) the frozen body's features of the training and validation
-        images now, as the first fit on them would (`snugfit.train.precompute`)."""
-        feature_loaders(self, self._features)
+        images now, as the first fit on them would (`snugfit.train.precompute`).
+        Returns the training images' ``(features, targets)``."""
+        train, _ = feature_loaders(self, self._features)
+        return train.feats, train.targs
 
     def evaluate_valid(self, dl) -> tuple[float, dict[str, float]]:
         """`evaluate` on the validation loader ``dl``; while the body is frozen and its

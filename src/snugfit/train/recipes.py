@@ -20,9 +20,14 @@ visible in the output and each one switchable:
    size; hymenoptera, 5 seeds: auto_fit 4.7% error at 1.3x, 3.7% at 1.5x), and
    the model kept keeps that size; a head that the body's training will start
    from is fitted at the data's own size (at 1.3x, digits lost 2 points);
-2. find the learning rate of the head (``lr_find``, on the features: instant);
+2. when the body stays frozen, solve the head on the features (``solve_head``:
+   L2-regularised logistic regression by L-BFGS, `snugfit.train.head_solve`;
+   hymenoptera with neutral names: 2.0% error in 0.1 s, against 3.3% after
+   epochs of Adam and one of augmentation); otherwise find its learning rate
+   (``lr_find``, on the features: instant) and
 3. train the head on the features (``head_epochs``);
-4. train the head with data augmentation (``head_aug_epochs``);
+4. train the head with data augmentation (``head_aug_epochs``; by default one
+   epoch after step 3, none after a solve, where it was never kept);
 5. unfreeze (when step 0 said so), with discriminative learning rates (each
    layer group a fixed factor below the next, spanning ``lr_mult`` in all) --
    unless no phase so far improved on the starting point (``stop_if_no_gain``:
@@ -120,8 +125,12 @@ class _Best:
     def update(self, learn, phase: str) -> None:
         """Keep the current weights if the epoch just validated beat the best."""
         loss = learn.recorder.rows[-1]["valid_loss"] if learn.recorder.rows else float("inf")
+        self.offer(loss, phase, learn.epoch)
+
+    def offer(self, loss: float, phase: str, epoch: int | None) -> None:
+        """Keep the current weights, validated at ``loss``, if they beat the best."""
         if loss < self.loss:
-            self._keep(loss, phase, learn.epoch)
+            self._keep(loss, phase, epoch)
 
     def tracking(self, phase: str) -> Callback:
         """A callback that offers every epoch of a fit of ``phase`` to `update`."""
@@ -178,7 +187,7 @@ def auto_fit(
     learn,
     epochs: int = 2,
     head_epochs: int = 4,
-    head_aug_epochs: int = 1,
+    head_aug_epochs: int | None = None,
     precompute: bool = True,
     lr_find: bool = True,
     lr_find_unfrozen: str | bool = "auto",
@@ -192,6 +201,7 @@ def auto_fit(
     patience: int = 1,
     sizes: Sequence[int] | None = None,
     head_scale: float = 1.5,
+    solve_head: bool = True,
     cbs=(),
 ) -> None:
     """Run the checklist (module docstring); print each phase and the LR it chose."""
@@ -221,7 +231,9 @@ def auto_fit(
     _log(learn, f"auto_fit: starting validation loss {best.loss:.4f}")
     learn.events.emit("recipe_start", recipe="auto_fit", valid_loss=best.loss)
     # 1-4: the head, on precomputed features, then with augmentation
-    lr_head = _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find, cbs)
+    # a solved head is a bad start for training the body (see `_solve_head`)
+    lr_head = _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find,
+                           solve_head and not unfreeze, cbs)  # fmt: skip
     # 5-7: everything, with discriminative learning rates
     if unfreeze and stop_if_no_gain and best.phase == "start":
         _log(
@@ -327,27 +339,37 @@ def _check_auto_fit(schedule: str, sizes, **values) -> None:
     if schedule not in ("one_cycle", "sgdr"):
         raise SnugfitError(f"schedule: expected 'one_cycle' or 'sgdr', got {schedule!r}")
     for name in ("epochs", "head_epochs", "head_aug_epochs", "patience"):
-        check_count(name, values[name])
+        if values[name] is not None or name != "head_aug_epochs":
+            check_count(name, values[name])
     for name in ("lr_mult", "unfrozen_lr_ratio", "max_unfrozen_lr", "head_scale", "max_shift"):
         check_positive(name, values[name])
     for s in sizes or ():
         check_count("sizes", s, minimum=1)
 
 
-def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find, cbs) -> float:
-    """Steps 1-4: the head on precomputed features (or images), then with
-    augmentation; returns the head's learning rate."""
+def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find, solve,
+                 cbs) -> float | None:  # fmt: skip
+    """Steps 1-4: the head solved on precomputed features, or trained on them (or on
+    images), then with augmentation; returns the head's learning rate (None when
+    solved and no epoch follows)."""
     if precompute and head_epochs and not learn.can_precompute:
         _log(learn, "  precomputed features do not apply to this model (its decoder needs the "
                     "encoder's skip features, or torchrun shards the images): the head trains "
                     "on images")  # fmt: skip
         precompute = False
+    solve = solve and bool(head_epochs) and precompute and learn.can_solve_head
+    if head_aug_epochs is None:  # an epoch of augmentation was never kept after a solve
+        head_aug_epochs = 0 if solve else 1
     learn.precompute = precompute
-    if head_epochs:
+    lr_head = None
+    if solve:
+        _phase(learn, "head solved on precomputed features")
+        _solve_head(learn, best)
+    elif head_epochs:
         _phase(learn, "head on " + ("precomputed features" if precompute else "images"))
         lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
         learn.fit_one_cycle(head_epochs, lr_head, cbs=[*cbs, best.tracking("head")])
-    else:
+    if lr_head is None and (head_aug_epochs or not solve):
         lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
     learn.precompute = False
     if head_aug_epochs:
@@ -356,6 +378,27 @@ def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find,
         learn.fit_one_cycle(head_aug_epochs, lr_head / 2, pct_start=0.3,
                             cbs=[*cbs, best.tracking(phase)])  # fmt: skip
     return lr_head
+
+
+def _solve_head(learn, best: _Best) -> None:
+    """Step 3 when the body stays frozen and the head can be solved: L-BFGS to the
+    optimum on the stored features (`Learner.solve_head`), offered to the best like
+    an epoch. Skipped when resuming from a checkpoint written after it (the
+    checkpoint holds it). Not when the body will train: features that barely vary
+    in the frozen body get large weights in the solution, and once the body
+    trains their changes swamp the logits (digits: training loss 62 in the first
+    unfrozen epoch, against 0.7 after head epochs of Adam)."""
+    state = learn.recipe_state
+    if state.get("head_solved"):
+        _log(learn, "  head: solved before the checkpoint")
+        return
+    start = time.perf_counter()
+    loss = learn.solve_head()
+    valid = learn.validate()["valid_loss"]
+    state["head_solved"] = True
+    best.offer(valid, "head (solved)", None)
+    _log(learn, f"  head: logistic regression by L-BFGS on the stored features, training loss "
+                f"{loss:.4f}, validation loss {valid:.4f} ({time.perf_counter() - start:.1f} s)")  # fmt: skip
 
 
 def _unfrozen_phase(learn, epochs, default_lr, lr_find_unfrozen, lr_mult, schedule, cbs) -> None:
