@@ -42,7 +42,7 @@ def test_precomputed_training_is_cached_and_invalidated(image_folder, monkeypatc
     calls = []
     original = pre.compute_features
     monkeypatch.setattr(
-        pre, "compute_features", lambda learn, dl: calls.append(1) or original(learn, dl)
+        pre, "compute_features", lambda learn, dl, trial: calls.append(1) or original(learn, dl)
     )
     learn.fit_one_cycle(6, 3e-2)
     assert len(calls) == 2  # train and valid, once
@@ -103,3 +103,31 @@ def test_a_frozen_body_validates_on_its_stored_features(image_folder):
     before = len(body_calls)
     learn.get_preds()
     assert len(body_calls) > before
+
+
+def test_a_precision_trial_times_fp32_against_bf16_then_keeps_the_faster(image_folder, monkeypatch):
+    learn = colour_learner(image_folder)
+    learn.dls.bs = 2  # 8 training batches
+    seen = []
+    original = learn.eval_outputs
+
+    def eval_outputs(xb, precision=None):
+        seen.append(precision)
+        return original(xb, precision)
+
+    monkeypatch.setattr(learn, "eval_outputs", eval_outputs)
+    monkeypatch.setattr(pre, "pick", lambda times: "bf16" if all(times.values()) else "?")
+    trial = pre.PrecisionTrial()
+    feats, _ = pre.compute_features(learn, learn.dls.train.as_evaluated(), trial)
+    assert seen == ["fp32", "bf16", "fp32", "bf16"] + ["bf16"] * 4
+    assert [len(t) for t in trial.times.values()] == [2, 2] and trial.chosen == "bf16"
+    seen.clear()
+    pre.compute_features(learn, learn.dls.valid, trial)  # the choice carries over
+    assert seen == ["bf16"] * len(learn.dls.valid)
+    # bf16 features are fp32's to bf16's precision
+    seen.clear()
+    exact, _ = pre.compute_features(learn, learn.dls.train.as_evaluated())
+    assert seen == [None] * 8  # no trial: the learner's own precision
+    assert torch.allclose(feats[8:], exact[8:], rtol=2e-2, atol=2e-2)
+    assert not torch.equal(feats[8:], exact[8:])
+    assert not learn.precision_is_timed  # precision="fp32": features get no trial

@@ -440,6 +440,13 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
             return x  # precomputed features: no image layout
         return x.contiguous(memory_format=self.memory_format)
 
-    def autocast(self):
-        """The mixed-precision context of forward passes (a no-op in fp32)."""
-        return autocast_for(self.precision, self.device)
+    def autocast(self, precision: str | None = None):
+        """The mixed-precision context of forward passes (a no-op in fp32), in the
+        learner's precision or ``precision``."""
+        return autocast_for(precision or self.precision, self.device)
+
+    @property
+    def precision_is_timed(self) -> bool:
+        """Whether fp32 and bf16 are timed against each other (``precision="auto"``
+        on a CPU with bf16 instructions: `snugfit.callbacks.auto_precision`)."""
+        return any(isinstance(cb, AutoPrecision) for cb in self.cbs)

@@ -16,12 +16,14 @@ import contextlib
 import hashlib
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from snugfit.callbacks.auto_precision import pick
 from snugfit.data.cache import cache_dir
 from snugfit.errors import reason_of
 
@@ -92,8 +94,18 @@ def features_key(learn, split: str) -> str:
 
 
 @torch.no_grad()
-def compute_features(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
-    """The classifier's inputs and the targets over ``dl`` (model in eval mode)."""
+def compute_features(
+    learn, dl, trial: PrecisionTrial | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's inputs and the targets over ``dl`` (model in eval mode).
+
+    With a ``trial`` (where the learner times fp32 against bf16,
+    `Learner.precision_is_timed`) the first batches alternate the two and the
+    rest use the faster (the same rule as training steps, `auto_precision.pick`);
+    a trial that has chosen keeps its choice for the next ``dl``. The frozen
+    Lite0 on 2 cores computes hymenoptera's features at 336 px 1.6x faster in
+    bf16 (18.8 s -> 11.5 s), and the head solved on them has the same validation
+    error (2.0%; textures at 96 px: 3.3% both)."""
     head: nn.Module = learn.model.get_classifier()
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda m, args: captured.append(args[0].float()))
@@ -101,11 +113,35 @@ def compute_features(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
     learn.model.eval()
     try:
         for xb, yb in dl:
-            learn.eval_outputs(xb)
+            precision = trial.next() if trial else None
+            start = time.perf_counter()
+            learn.eval_outputs(xb, precision)
+            if trial:
+                trial.took(precision, time.perf_counter() - start)
             targs.append(yb)
     finally:
         hook.remove()
     return torch.cat(captured).cpu(), torch.cat(targs).cpu()
+
+
+class PrecisionTrial:
+    """fp32 and bf16 in turn for ``rounds`` batches each, then the faster."""
+
+    def __init__(self, rounds: int = 2):
+        self.order = ["fp32", "bf16"] * rounds
+        self.times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        self.chosen: str | None = None
+
+    def next(self) -> str:
+        if self.order:
+            return self.order.pop(0)
+        if self.chosen is None:
+            self.chosen = pick(self.times)
+        return self.chosen
+
+    def took(self, precision: str, seconds: float) -> None:
+        if self.chosen is None:
+            self.times[precision].append(seconds)
 
 
 def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
@@ -115,6 +151,7 @@ def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
     """
     d = learn.dls
     loaders = []
+    trial = PrecisionTrial() if learn.precision_is_timed else None
     for split in ("train", "valid"):
         key = features_key(learn, split)
         if key not in store:
@@ -123,11 +160,12 @@ def feature_loaders(learn, store: dict) -> tuple[FeatureLoader, FeatureLoader]:
             # crop): a head fitted on them meets the same view of an image at validation.
             # Fitted on whole decoded squares instead, the solved head on hymenoptera
             # (336 px) had 3.3% validation error and loss 0.086, not 2.0% and 0.076.
-            feats, targs = compute_features(learn, _evaluated(dl))
+            feats, targs = compute_features(learn, _evaluated(dl), trial)
             if feats.numel() * 4 > IN_MEMORY_LIMIT:
                 feats = _on_disk(feats, cache_dir() / "features" / f"{key}.npy")
             store[key] = (feats, targs)
-            log.info(f"precomputed {split} features: {tuple(store[key][0].shape)}")
+            how = f" in {trial.chosen} (timed against the other)" if trial and trial.chosen else ""
+            log.info(f"precomputed {split} features{how}: {tuple(store[key][0].shape)}")
         feats, targs = store[key]
         loaders.append(FeatureLoader(feats, targs, d.bs, split == "train", d.seed, learn.device))
     return loaders[0], loaders[1]

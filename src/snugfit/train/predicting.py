@@ -83,14 +83,15 @@ class Predicting:
             raise SnugfitError("threshold: only multi-label models decide by a threshold")
         self.task = self.task.with_threshold(value)
 
-    def eval_outputs(self, xb: torch.Tensor) -> torch.Tensor:
+    def eval_outputs(self, xb: torch.Tensor, precision: str | None = None) -> torch.Tensor:
         """Outputs (float32) of a batch without a graph, in chunks of ``eval_bs``;
-        halved on out-of-memory (and kept halved)."""
+        halved on out-of-memory (and kept halved). ``precision``: this batch's, if
+        not the learner's."""
         x = self.prepare_input(xb)
         while True:
             chunk = min(self.memory.eval_bs or len(x), len(x))
             try:
-                with self.autocast():
+                with self.autocast(precision):
                     return torch.cat([self.net(c).float() for c in x.split(chunk)])
             except Exception as e:
                 if not (self.oom_recovery and is_oom(e)) or chunk == 1:
