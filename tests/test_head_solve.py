@@ -150,6 +150,8 @@ def test_auto_fit_solves_the_head_only_when_the_body_stays_frozen(image_folder):
     out = learn.console.file.getvalue()
     assert "phase: head solved on precomputed features" in out
     assert "head: logistic regression by L-BFGS on the stored features" in out
+    assert "valid loss" in out and "accuracy 1.0000" in out  # no epoch table: said here
+    assert learn.events.of("head_validated")[-1]["accuracy"] == 1.0
     assert learn.events.of("fit_start") == []  # no epoch of augmentation after a solve
     assert learn.events.of("kept")[-1]["phase"] == "head (solved)"
     assert learn.validate()["accuracy"] == 1.0
