@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from snugfit import Learner
+from snugfit import ImageDataLoaders, Learner, vision_learner
 from snugfit.callbacks import EVENTS, Callback
 from snugfit.errors import SnugfitError
 from snugfit.models import create_model
@@ -346,3 +346,14 @@ def test_progressive_resize_schedule_and_application():
         ProgressiveResize([0])
     with pytest.raises(SnugfitError, match="give sizes"):
         ProgressiveResize(start=128)
+
+
+def test_a_given_crop_pct_is_kept_and_the_models_is_the_default(image_folder):
+    fast = {"bs": 8, "size": 32, "num_workers": 0}
+    given = ImageDataLoaders.from_folder(image_folder, crop_pct=1.0, **fast)
+    learn = vision_learner(given, "test_efficientnet", pretrained=False)
+    assert learn.dls.crop_pct == 1.0 and learn.preprocessing.crop_pct == 1.0
+    default = ImageDataLoaders.from_folder(image_folder, **fast)
+    assert default.crop_pct == 0.875  # until a model says otherwise
+    learn = vision_learner(default, "test_efficientnet", pretrained=False)
+    assert learn.dls.crop_pct == learn.preprocessing.crop_pct == 0.95  # the model's

@@ -77,7 +77,9 @@ class ImageDataLoaders(LoaderConstructors, DataLoadersBase):
         presize: What training images are decoded to before augmentation (a side
             or ``(height, width)``, the aspect of ``size``); None follows ``size``
             (about 15% larger on each side).
-        crop_pct: Center-crop fraction of the validation transform.
+        crop_pct: Center-crop fraction of the validation transform; None: the
+            model's (`vision_learner` sets it from the model's pretrained
+            configuration; 0.875 until then). A value given here is kept.
         seed: Seed for shuffling and augmentation.
         num_workers: Decoding processes; default ``min(4, cpu count)``.
         device: Device batches are delivered to; default CUDA when available.
@@ -114,7 +116,7 @@ class ImageDataLoaders(LoaderConstructors, DataLoadersBase):
         bs: int = 32,
         size: Size = 224,
         presize: Size | None = None,
-        crop_pct: float = 0.875,
+        crop_pct: float | None = None,
         seed: int = 42,
         num_workers: int | None = None,
         device: str | torch.device | None = None,
@@ -138,7 +140,9 @@ class ImageDataLoaders(LoaderConstructors, DataLoadersBase):
             task=MultiLabel() if multi_label else SingleLabel(),
             settings=LoaderSettings(
                 bs=check_positive_int("bs", bs),
-                preprocessing=Preprocessing(size, presize, mean, std, crop_pct),
+                preprocessing=Preprocessing(
+                    size, presize, mean, std, 0.875 if crop_pct is None else crop_pct
+                ),
                 augmentation=Augmentation(augment, min_scale, max_rotate, flip, max_lighting),
                 seed=seed,
                 device=resolve_device(device),
@@ -151,6 +155,7 @@ class ImageDataLoaders(LoaderConstructors, DataLoadersBase):
             cache_size=cache_size,
             cache_root=cache_root,
         )
+        self.crop_pct_given = crop_pct is not None  # vision_learner keeps it
         self.train_items, self.valid_items = usable_items(
             train_items,
             valid_items,

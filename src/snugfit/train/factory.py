@@ -28,7 +28,8 @@ def vision_learner(
     """A Learner for transfer learning from a timm architecture.
 
     The classifier is replaced for ``dls``'s classes, the data is normalised with
-    the model's own pretrained mean/std (``learn.dls`` is ``dls`` with the model's
+    the model's own pretrained mean/std and validated with its crop fraction
+    unless ``dls`` was given one (``learn.dls`` is ``dls`` with the model's
     preprocessing; ``dls`` itself is left as it is), and the body is frozen when
     the model starts from pretrained weights (``fine_tune`` unfreezes it).
 
@@ -55,7 +56,8 @@ def vision_learner(
     )
     _check_size(model, arch, dls.preprocessing.train_input)
     cfg = models.model_config(model)
-    pre = dls.preprocessing.replace(mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"])
+    crop_pct = dls.crop_pct if getattr(dls, "crop_pct_given", False) else cfg["crop_pct"]
+    pre = dls.preprocessing.replace(mean=cfg["mean"], std=cfg["std"], crop_pct=crop_pct)
     name = arch if isinstance(arch, str) else None
     learn = Learner(dls.with_preprocessing(pre), model, metrics=metrics, arch=name, **kwargs)
     if pretrained or weights is not None:
