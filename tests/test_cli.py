@@ -225,6 +225,22 @@ def test_train_unfreeze_decides_whether_the_body_trains(image_folder, tmp_path, 
     assert config["unfreeze"] == unfreeze
 
 
+@pytest.mark.parametrize("solve", [True, False])
+def test_train_solves_a_frozen_bodys_head_unless_told_not_to(image_folder, tmp_path, capsys, solve):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", str(image_folder), *TRAIN, "--head-epochs", "1",
+                                "--no-lr-find", "--unfreeze", "no", "--out", str(out),
+                                *([] if solve else ["--no-solve-head"]))  # fmt: skip
+    assert code == 0, err
+    assert ("phase: head solved on precomputed features" in stdout) == solve
+    assert ("phase: head on precomputed features" in stdout) == (not solve)
+    assert json.loads((out / "config.json").read_text())["solve_head"] is solve
+    # no epoch after a solve: the run still says how good the model is
+    assert (out / "metrics.csv").is_file() == (not solve)
+    said = [line for line in stdout.splitlines() if "error rate" in line]
+    assert bool(said) == solve and (not solve or "valid loss" in said[0])
+
+
 def test_train_tta_evaluates_the_final_model_and_reports_it(image_folder, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", str(image_folder), *TRAIN, "--recipe", "fine_tune", "--epochs", "1",

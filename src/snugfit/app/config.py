@@ -22,6 +22,7 @@ class TrainConfig:
     freeze_epochs: int = 1  # fine_tune: epochs training only the head
     head_epochs: int = 4  # auto: head epochs on precomputed features
     precompute: bool = True  # auto: train the head on precomputed features first
+    solve_head: bool = True  # auto, body frozen: solve the head on the features (L-BFGS)
     head_scale: float = 1.5  # auto, body frozen: the head sees images at this times --size (1: off)
     unfreeze: str = "auto"  # auto: train the body "auto" (data unlike ImageNet), "yes" or "no"
     lr_find: bool = True  # auto: choose the head's learning rate with lr_find

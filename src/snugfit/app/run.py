@@ -265,6 +265,7 @@ def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
             schedule=cfg.schedule,
             sizes=cfg.sizes,
             head_scale=cfg.head_scale,
+            solve_head=cfg.solve_head,
             unfreeze={"yes": True, "no": False}.get(cfg.unfreeze, cfg.unfreeze),
             cbs=cbs,
             resume=cfg.resume,

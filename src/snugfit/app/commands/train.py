@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("data", help=DATA_HELP)
     t.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
     _recipe_args(t, d)
+    _checklist_args(t, d)
     _model_args(t, d)
     _data_args(t, d)
     _regularisation_args(t, d)
@@ -76,16 +77,38 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         "early stopping, best weights); fine_tune: fastai's fine_tune",
     )
     t.add_argument(
+        "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="also write the checkpoint every N batches (default: after each epoch)",
+    )
+
+
+def _checklist_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The automated checklist's switches (``--recipe auto``)."""
+    t.add_argument(
         "--head-epochs",
         type=non_negative_int,
         default=d.head_epochs,
-        help="auto: head epochs on precomputed features",
+        help="auto: head epochs on precomputed features (0: no head phase; when the body "
+        "stays frozen the head is solved instead, unless --no-solve-head)",
     )
     t.add_argument(
         "--no-precompute",
         dest="precompute",
         action="store_false",
         help="auto: train the head on images, not on precomputed features",
+    )
+    t.add_argument(
+        "--no-solve-head",
+        dest="solve_head",
+        action="store_false",
+        help="auto, body frozen: train the head by epochs instead of solving it on the "
+        "precomputed features (L-BFGS)",
     )
     t.add_argument(
         "--no-lr-find",
@@ -123,16 +146,6 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         default=None,
         help="auto: progressive resizing of the unfrozen phase, e.g. 128 176 224 "
         "(or HEIGHTxWIDTH sizes)",
-    )
-    t.add_argument(
-        "--resume", default=None, help=f"continue a run exactly from its OUT/{CHECKPOINT}"
-    )
-    t.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="also write the checkpoint every N batches (default: after each epoch)",
     )
 
 
