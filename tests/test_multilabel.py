@@ -372,3 +372,17 @@ def test_colour_fixture_data_stays_single_label(tmp_path):
     assert not dls.multi_label and np.array_equal(
         dls.train.dataset.labels, [lab for _, lab in dls.train_items]
     )
+
+
+def test_a_multi_label_head_is_solved_with_sigmoids(tmp_path):
+    root = make_multilabel_csv(tmp_path / "data", n=60)
+    torch.manual_seed(0)
+    dls = ImageDataLoaders.from_csv(root, label_delim=" ", seed=0, cache=False, **FAST)
+    learn = vision_learner(dls, "test_resnet", pretrained=False, precision="fp32")
+    learn.freeze()  # random weights: freeze by hand, as pretrained models are
+    before = learn.validate()
+    loss = learn.solve_head()
+    after = learn.validate()
+    assert 0 < loss < 3 * 0.6931  # below the untrained sum of 3 sigmoid losses
+    assert after["valid_loss"] < before["valid_loss"]
+    assert before["accuracy_multi"] < 0.5 and after["accuracy_multi"] == 1.0
