@@ -350,3 +350,13 @@ def test_the_report_says_whether_the_body_trained_and_why(tmp_path, decision, sh
     page = build_report(tmp_path, events=events)
     assert f'<tr><td class="l">body</td><td class="l">{expected}' in page
     assert '<td class="l">after phase &#x27;head&#x27;, epoch 1</td>' in page
+
+
+def test_a_solved_head_is_named_where_no_epoch_ran(tmp_path):
+    solved = {"time": 1.0, "kind": "head_validated", "valid_loss": 0.076, "error_rate": 0.0196}
+    page = build_report(tmp_path, events=[{"time": 0.0, "kind": "run_start"}, solved])
+    said = "the head was solved on the stored features: valid_loss 0.0760, error_rate 0.0196)"
+    assert f"no metrics.csv: no epoch finished ({said}" in page
+    assert f"no loss.png: no training batch ran ({said}" in page
+    page = build_report(tmp_path, events=[{"time": 0.0, "kind": "run_start"}])
+    assert "no metrics.csv: no epoch finished</p>" in page and "the head was solved" not in page

@@ -134,8 +134,8 @@ def build_report(
         "config": _config(config),
         "data": _data(_read_json(folder.check), folder.batch_png),
         "memory": memory_section(events),
-        "curves": _curves(folder),
-        "metrics": _metrics(folder.metrics),
+        "curves": _curves(folder, _solved(events)),
+        "metrics": _metrics(folder.metrics, _solved(events)),
         "confusion": note(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
         "classes": _labels(per_label) if multi else _classes(interp),
         "top-losses": note(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),
@@ -256,7 +256,17 @@ def _data(check: dict, batch_png: Path) -> str:
     return "\n".join(out)
 
 
-def _curves(folder: RunFolder) -> str:
+def _solved(events: Sequence[dict]) -> str:
+    """A line on the head solved on stored features (no batch or epoch ran for it),
+    with its validation figures; "" when none was."""
+    found = [e for e in events if e["kind"] == "head_validated"]
+    if not found:
+        return ""
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in found[-1].items() if k not in ("kind", "time"))
+    return f" (the head was solved on the stored features: {figures})"
+
+
+def _curves(folder: RunFolder, solved: str = "") -> str:
     out = []
     for path, alt in (
         (folder.loss_png, "training and validation loss"),
@@ -265,17 +275,17 @@ def _curves(folder: RunFolder) -> str:
         if path.is_file():
             out.append(img(path.read_bytes(), alt, path.stem))
         else:
-            out.append(note(f"no {path.name}: no training batch ran"))
+            out.append(note(f"no {path.name}: no training batch ran{solved}"))
     return "\n".join(out)
 
 
-def _metrics(path: Path) -> str:
+def _metrics(path: Path, solved: str = "") -> str:
     if not path.is_file():
-        return note(f"no {METRICS}: no epoch finished")
+        return note(f"no {METRICS}: no epoch finished{solved}")
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
-        return note("no epoch finished")
+        return note(f"no epoch finished{solved}")
     return table(rows[0], rows[1:])
 
 
