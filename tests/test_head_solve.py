@@ -177,3 +177,6 @@ def test_a_resumed_auto_fit_does_not_solve_again(image_folder):
     assert learn.events.of("head_solved") == []
     for a, b in zip(head, learn.model.get_classifier().parameters(), strict=True):
         assert torch.equal(a, b)
+    # the run over, a later auto_fit solves afresh
+    learn.auto_fit(1, head_epochs=2, head_scale=1, lr_find=False, unfreeze=False)
+    assert len(learn.events.of("head_solved")) == 1
