@@ -83,6 +83,9 @@ def test_bad_input_fails_with_one_line():
         head_solve.solve_linear(x, y, 2, multi_label=False, wd=0)
     with pytest.raises(SnugfitError, match="no training features"):
         head_solve.solve_linear(x[:0], y[:0], 2, multi_label=False)
+    with pytest.raises(SnugfitError, match="1 of 60 images have non-finite features"):
+        head_solve.solve_linear(x.clone().index_fill_(0, torch.tensor([3]), float("nan")), y, 2,
+                                multi_label=False)  # fmt: skip
     with pytest.raises(SnugfitError, match=r"classifier is Linear\(4, 2\).*\(5, 2\) with a bias"):
         head_solve.write_linear(nn.Linear(4, 2), torch.zeros(2, 5), torch.zeros(2))
 

@@ -60,6 +60,9 @@ def solve_linear(
     y = targs.to(device)
     if len(x) == 0:
         raise SnugfitError("solve_head: no training features")
+    bad = int((~torch.isfinite(x).all(1)).sum())
+    if bad:
+        raise SnugfitError(f"solve_head: {bad} of {len(x)} images have non-finite features")
     mean = x.mean(0)
     sd = x.std(0, unbiased=False)
     sd = torch.where(sd > 1e-6, sd, torch.full_like(sd, float("inf")))  # constant: weight 0
