@@ -183,3 +183,14 @@ def test_a_resumed_auto_fit_does_not_solve_again(image_folder):
     # the run over, a later auto_fit solves afresh
     learn.auto_fit(1, head_epochs=2, head_scale=1, lr_find=False, unfreeze=False)
     assert len(learn.events.of("head_solved")) == 1
+
+
+def test_features_on_disk_train_the_head_by_epochs(image_folder, monkeypatch):
+    monkeypatch.setattr(pre, "IN_MEMORY_LIMIT", 0)  # every feature array memory-mapped
+    learn = learner(image_folder)
+    assert not learn.features_in_memory()
+    learn.auto_fit(1, head_epochs=1, head_scale=1, lr_find=False, unfreeze=False)
+    out = learn.console.file.getvalue()
+    assert "too large for memory (memory-mapped from disk): the head trains by epochs" in out
+    assert "phase: head on precomputed features" in out
+    assert learn.events.of("head_solved") == []

@@ -67,6 +67,13 @@ class Predicting:
         Linear layer (`snugfit.train.head_solve`)."""
         return self.can_precompute and head_solve.solvable(self.model.get_classifier())
 
+    def features_in_memory(self) -> bool:
+        """Whether the training images' stored features (computed now if needed) are
+        held in memory, not memory-mapped from disk (`precompute.IN_MEMORY_LIMIT`):
+        the solver holds them all at once, on the model's device."""
+        feats, _ = self.precompute_features()
+        return isinstance(feats, torch.Tensor)
+
     @property
     def multi_label(self) -> bool:
         return self.task.multi_label

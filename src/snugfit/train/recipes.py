@@ -359,6 +359,10 @@ def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find,
                     "on images")  # fmt: skip
         precompute = False
     solve = solve and bool(head_epochs) and precompute and learn.can_solve_head
+    if solve and not learn.features_in_memory():
+        _log(learn, "  the stored features are too large for memory (memory-mapped from "
+                    "disk): the head trains by epochs instead of being solved")  # fmt: skip
+        solve = False
     if head_aug_epochs is None:  # an epoch of augmentation was never kept after a solve
         head_aug_epochs = 0 if solve else 1
     learn.precompute = precompute
