@@ -37,7 +37,9 @@ The checks, with their time on one H200 (full / ``--quick``):
   channels_last (goal >= 0.98), ``compile=True``'s gain (not in --quick), and the
   loader's warm host-side rate against the training rate (goal >= 1).
 * ``paths`` (~20 s): the lagged NaN check stops at the poisoned step with the
-  last good weights; predict's batch sized from a 2 GB budget stays within it.
+  last good weights; predict's batch sized from a 2 GB budget stays within it;
+  the head solved on the device (L-BFGS, 20,000 x 1280 features) predicts as the
+  CPU's solution does (goal >= 0.99 agreement).
 """
 
 from __future__ import annotations
@@ -496,11 +498,35 @@ def predict_rows(ctx: Ctx) -> list[Row]:
     ]
 
 
+def solve_rows(ctx: Ctx) -> list[Row]:
+    """The head solved on the device (auto_fit's frozen-body route: L-BFGS on the
+    stored features, `snugfit.train.head_solve`) predicts as the CPU's solution does."""
+    from snugfit.train.head_solve import solve_linear
+
+    n, d, c = (600, 64, 5) if ctx.dry else (20_000, 1280, 10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    y = (x @ torch.randn(d, c, generator=g) + torch.randn(n, c, generator=g)).argmax(1)
+    start = time.perf_counter()
+    w_dev, b_dev, _ = solve_linear(x, y, c, multi_label=False, device=ctx.device)
+    sync(ctx.device)
+    seconds = time.perf_counter() - start
+    w_cpu, b_cpu, _ = solve_linear(x, y, c, multi_label=False)
+    on_dev = (x @ w_dev.cpu().t() + b_dev.cpu()).argmax(1)
+    agree = (on_dev == (x @ w_cpu.t() + b_cpu).argmax(1)).float().mean().item()
+    note = f"{n} x {d} features, {c} classes: {seconds:.2f} s on {ctx.device.type}"
+    return [ctx.row("paths", "solved head: predictions as the CPU's", agree, "", Goal(">=", 0.99),
+                    note)]  # fmt: skip
+
+
 def check_paths(ctx: Ctx) -> list[Row]:
-    """5. GPU-only paths: the lagged NaN check, predict's batch sizing."""
+    """5. GPU-only paths: the lagged NaN check, predict's batch sizing, the head
+    solved on the device."""
     rows = nan_rows(ctx)
     ctx.clean()
-    return rows + predict_rows(ctx)
+    rows += predict_rows(ctx)
+    ctx.clean()
+    return rows + solve_rows(ctx)
 
 
 CHECKS = {

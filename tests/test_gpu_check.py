@@ -81,6 +81,7 @@ def test_dry_run_of_every_check(tmp_path, capsys):
     assert by_name["max |w - w_fallback|"]["figure"] <= 1e-5
     assert by_name["NaN stop: step"]["figure"] == 4
     assert by_name["NaN stop: max |w - w_epoch0|"]["figure"] == 0
+    assert by_name["solved head: predictions as the CPU's"]["figure"] == 1.0  # CPU both times
     names = list(by_name)
     assert any("fp32 + ckpt" in n for n in names) and any("bf16" in n for n in names)
     assert "snugfit / hand-written" in names and "loader host rate / training rate" in names
