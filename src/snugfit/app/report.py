@@ -129,13 +129,14 @@ def build_report(
     earlier = [e for run in by_run[:-1] for e in run]
     config = _read_json(folder.config)
     multi = per_label is not None or config.get("label_delim") is not None
+    solved = _solved(events)
     body = {
         "run": _run(run_dir, status, events, len(by_run)),
         "config": _config(config),
         "data": _data(_read_json(folder.check), folder.batch_png),
         "memory": memory_section(events),
-        "curves": _curves(folder, _solved(events)),
-        "metrics": _metrics(folder.metrics, _solved(events)),
+        "curves": _curves(folder, solved),
+        "metrics": _metrics(folder.metrics, solved),
         "confusion": note(_SINGLE_LABEL_ONLY) if multi else _confusion(interp),
         "classes": _labels(per_label) if multi else _classes(interp),
         "top-losses": note(_SINGLE_LABEL_ONLY) if multi else _top_losses(interp, top_k),

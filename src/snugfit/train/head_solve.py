@@ -29,7 +29,6 @@ epochs only).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,8 +54,7 @@ def solve_linear(
     classes) plus ``wd / 2`` times the squared weights of the standardised features.
     """
     check_positive("wd", wd)
-    x = torch.as_tensor(np.asarray(feats) if isinstance(feats, np.ndarray) else feats)
-    x = x.to(device, torch.float32)
+    x = torch.as_tensor(feats).to(device, torch.float32)  # a tensor, or memory-mapped numpy
     y = targs.to(device)
     if len(x) == 0:
         raise SnugfitError("solve_head: no training features")

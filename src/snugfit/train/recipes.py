@@ -339,9 +339,10 @@ def _check_auto_fit(schedule: str, sizes, **values) -> None:
         raise SnugfitError(f"unfreeze: expected True, False or 'auto', got {values['unfreeze']!r}")
     if schedule not in ("one_cycle", "sgdr"):
         raise SnugfitError(f"schedule: expected 'one_cycle' or 'sgdr', got {schedule!r}")
-    for name in ("epochs", "head_epochs", "head_aug_epochs", "patience"):
-        if values[name] is not None or name != "head_aug_epochs":
-            check_count(name, values[name])
+    for name in ("epochs", "head_epochs", "patience"):
+        check_count(name, values[name])
+    if values["head_aug_epochs"] is not None:  # None: by whether the head is solved
+        check_count("head_aug_epochs", values["head_aug_epochs"])
     for name in ("lr_mult", "unfrozen_lr_ratio", "max_unfrozen_lr", "head_scale", "max_shift"):
         check_positive(name, values[name])
     for s in sizes or ():
