@@ -41,10 +41,14 @@ def test_auto_fit_runs_the_checklist_and_keeps_the_best_phase(image_folder):
 
 
 def test_unfreezing_is_skipped_when_nothing_improved(image_folder):
+    from test_callbacks import Script
+
     learn = colour_learner(image_folder)
-    learn.auto_fit(1, head_epochs=0, head_aug_epochs=0, lr_find=False)
+    worse = Script("valid_loss", [99.0] * 4)  # the head's epochs: no improvement
+    learn.auto_fit(1, head_epochs=1, head_aug_epochs=1, lr_find=False, unfreeze=True,
+                   solve_head=False, cbs=[worse])  # fmt: skip
     out = learn.console.file.getvalue()
-    assert "phase: unfrozen skipped" in out
+    assert "phase: unfrozen skipped" in out and len(learn.recorder.rows) == 2
     assert learn.recipe_state["best_phase"] == "start"
     # said plainly (the colour classes are no ImageNet classes: a fresh head)
     assert "no training phase improved on the start: the model kept is the pretrained " in out
@@ -53,6 +57,17 @@ def test_unfreezing_is_skipped_when_nothing_improved(image_folder):
     assert learn.frozen_to == len(learn.groups) - 1  # never unfrozen
     with pytest.raises(SnugfitError, match="schedule"):
         learn.auto_fit(1, schedule="cosine")
+
+
+def test_without_head_phases_the_body_trains_at_the_unfrozen_cap(image_folder):
+    # nothing trained the head, so "the head did not improve" cannot stop the run
+    learn = colour_learner(image_folder)
+    learn.auto_fit(1, head_epochs=0, head_aug_epochs=0, unfreeze=True, max_unfrozen_lr=1e-3)
+    assert [e["name"] for e in learn.events.of("phase")] == [
+        "unfrozen, discriminative learning rates"
+    ]
+    assert [(e["lr"], e["why"]) for e in learn.events.of("lr")] == [(1e-3, "rule")]  # no sweep
+    assert len(learn.recorder.rows) == 1 and learn.frozen_to == 0
 
 
 def test_the_seed_fastai_calls_work(image_folder, tmp_path, monkeypatch):

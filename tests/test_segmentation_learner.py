@@ -187,3 +187,34 @@ def test_auto_fit_always_trains_a_segmentation_models_body(monkeypatch):
     event = learn.events.of("unfreeze")[-1]
     assert event["decision"] is True and event["shift"] is None
     assert "a decoder reads every level of the body" in learn.console.file.getvalue()
+
+
+def test_auto_fit_trains_a_decoder_with_its_encoder_for_8_epochs_by_default():
+    from test_callbacks import Script
+
+    learn = seg_learner()
+    rising = Script("valid_loss", [float(i) for i in range(20)])  # only the first improves
+    learn.auto_fit(cbs=[rising])
+    phases = [e["name"] for e in learn.events.of("phase")]
+    # no head phase on the frozen encoder, and so no lr_find sweep for one
+    assert len(phases) == 1 and phases[0].startswith("unfrozen")
+    assert [e["why"] for e in learn.events.of("lr")] == ["rule"]
+    # every unfrozen epoch runs (no early stopping), at one learning rate for all
+    assert len(learn.recorder.rows) == 8
+    last = learn.recorder.lrs[-1]
+    assert len(last) == len(learn.groups) > 1 and max(last) == pytest.approx(min(last))
+    assert "the decoder is new" in learn.console.file.getvalue()
+
+
+def test_auto_fit_of_a_segmentation_model_takes_given_epochs_and_patience():
+    from test_callbacks import Script
+
+    learn = seg_learner()
+    rising = Script("valid_loss", [float(i) for i in range(20)])
+    learn.auto_fit(3, head_aug_epochs=1, lr_find=False, patience=1, lr_mult=100, cbs=[rising])
+    phases = [e["name"] for e in learn.events.of("phase")]
+    assert phases[0] == "head with data augmentation" and phases[-1].startswith("unfrozen")
+    # early stopping after the first unfrozen epoch that did not improve
+    assert len(learn.recorder.rows) == 1 + 2
+    first, last = learn.recorder.lrs[-1][0], learn.recorder.lrs[-1][-1]
+    assert last / first == pytest.approx(100)

@@ -18,9 +18,9 @@ class TrainConfig:
     data: str
     arch: str = "tf_efficientnet_lite0"
     recipe: str = "auto"  # "auto": the automated checklist (auto_fit); or "fine_tune"
-    epochs: int = 2  # epochs with the whole network unfrozen
+    epochs: int | None = None  # unfrozen epochs (None: auto 2, 8 for segmentation; fine_tune 2)
     freeze_epochs: int = 1  # fine_tune: epochs training only the head
-    head_epochs: int = 4  # auto: head epochs on precomputed features
+    head_epochs: int | None = None  # auto: head epochs on stored features (None: 4, segmentation 0)
     precompute: bool = True  # auto: train the head on precomputed features first
     solve_head: bool = True  # auto, body frozen: solve the head on the features (L-BFGS)
     head_scale: float = 1.5  # auto, body frozen: the head sees images at this times --size (1: off)

@@ -272,7 +272,11 @@ def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
         )
     else:
         learn.fine_tune(
-            cfg.epochs, base_lr=cfg.lr, freeze_epochs=cfg.freeze_epochs, cbs=cbs, resume=cfg.resume
+            2 if cfg.epochs is None else cfg.epochs,
+            base_lr=cfg.lr,
+            freeze_epochs=cfg.freeze_epochs,
+            cbs=cbs,
+            resume=cfg.resume,
         )
 
 

@@ -123,8 +123,10 @@ class Fitting:
         return loss
 
     @resumable
-    def auto_fit(self, epochs: int = 2, **kwargs) -> None:
-        """The automated transfer-learning checklist (see `snugfit.train.recipes`)."""
+    def auto_fit(self, epochs: int | None = None, **kwargs) -> None:
+        """The automated transfer-learning checklist (see `snugfit.train.recipes`);
+        ``epochs`` (of the unfrozen phase) None: 2 for a classifier, 8 for a
+        segmentation model (`recipes.DEFAULTS`)."""
         recipes.auto_fit(self, epochs, **kwargs)
 
     @resumable

@@ -48,6 +48,12 @@ accuracy; a phase whose last epoch overfits keeps its best epoch). When no epoch
 improved on the start, the run says so: the model kept is the pretrained one
 with its starting head.
 
+A segmentation model's head is a decoder built from scratch, which reads every
+level of the encoder: its defaults (`DEFAULTS`) skip steps 1-4 (the decoder
+trains with the encoder from the first step) and train everything for 8 epochs
+at one learning rate (``lr_mult=1``; step 6's rule, as no head rate was found)
+without early stopping, the best epoch kept.
+
 Decisions (whether to unfreeze, learning rates) are kept in ``learn.recipe_state``,
 which checkpoints carry, so a resumed run takes the same ones instead of measuring
 or sweeping again.
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 
 from snugfit.callbacks import Callback
 from snugfit.callbacks.early_stopping import EarlyStopping
@@ -185,26 +192,31 @@ def fine_tune(learn, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, cb
 
 def auto_fit(
     learn,
-    epochs: int = 2,
-    head_epochs: int = 4,
+    epochs: int | None = None,
+    head_epochs: int | None = None,
     head_aug_epochs: int | None = None,
     precompute: bool = True,
     lr_find: bool = True,
     lr_find_unfrozen: str | bool = "auto",
-    lr_mult: float = 10.0,
+    lr_mult: float | None = None,
     unfrozen_lr_ratio: float = 1.0,
     max_unfrozen_lr: float = 2e-3,
     stop_if_no_gain: bool = True,
     unfreeze: bool | str = "auto",
     max_shift: float = 0.35,
     schedule: str = "one_cycle",
-    patience: int = 1,
+    patience: int | None = None,
     sizes: Sequence[int] | None = None,
     head_scale: float = 1.5,
     solve_head: bool = True,
     cbs=(),
 ) -> None:
-    """Run the checklist (module docstring); print each phase and the LR it chose."""
+    """Run the checklist (module docstring); print each phase and the LR it chose.
+    Arguments left None take the model's `DEFAULTS` (a classifier's or a decoder's);
+    ``patience=0`` trains every unfrozen epoch (no early stopping)."""
+    epochs, head_epochs, head_aug_epochs, lr_mult, patience = _with_defaults(
+        learn, epochs, head_epochs, head_aug_epochs, lr_mult, patience
+    )
     _check_auto_fit(
         schedule, sizes, epochs=epochs, head_epochs=head_epochs,
         head_aug_epochs=head_aug_epochs, patience=patience, lr_mult=lr_mult,
@@ -234,8 +246,9 @@ def auto_fit(
     # a solved head is a bad start for training the body (see `_solve_head`)
     lr_head = _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find,
                            solve_head and not unfreeze, cbs)  # fmt: skip
+    head_trained = bool(head_epochs) or head_aug_epochs != 0  # None: an epoch or a solve
     # 5-7: everything, with discriminative learning rates
-    if unfreeze and stop_if_no_gain and best.phase == "start":
+    if unfreeze and stop_if_no_gain and head_trained and best.phase == "start":
         _log(
             learn,
             "phase: unfrozen skipped: training the head did not improve on the pretrained "
@@ -246,8 +259,8 @@ def auto_fit(
     if unfreeze:
         # A high head LR (a random head on easy features) would wreck a pretrained
         # body: measured on hymenoptera, 9e-3 fell to 85% where 1e-3 kept 96%.
-        default = min(lr_head * unfrozen_lr_ratio, max_unfrozen_lr)
-        extra = [EarlyStopping("valid_loss", patience=patience)]
+        default = min(lr_head * unfrozen_lr_ratio, max_unfrozen_lr) if lr_head else max_unfrozen_lr
+        extra = [EarlyStopping("valid_loss", patience=patience)] if patience else []
         if sizes:
             extra.append(ProgressiveResize(sizes))
         extra.append(best.tracking("unfrozen"))
@@ -255,6 +268,52 @@ def auto_fit(
         _unfrozen_phase(learn, epochs, default, lr_find_unfrozen, lr_mult, schedule,
                         [*extra, *cbs])  # fmt: skip
     _keep_best(learn, best, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """`auto_fit`'s defaults for one kind of model."""
+
+    epochs: int  # unfrozen epochs
+    head_epochs: int  # head epochs on precomputed features (or on images)
+    head_aug_epochs: int | None  # then with augmentation (None: 1, none after a solve)
+    lr_mult: float  # span of the discriminative learning rates
+    patience: int  # early stopping of the unfrozen phase (0: none)
+
+
+DEFAULTS = {
+    # A linear head on pooled features: solved or trained in seconds on stored
+    # features, then (when the body trains) a short unfrozen phase, stopped as soon
+    # as the validation loss rises (README, "The automated checklist").
+    "classifier": Defaults(epochs=2, head_epochs=4, head_aug_epochs=None, lr_mult=10.0, patience=1),
+    # A decoder from scratch reads every level of the encoder: it learns with the
+    # encoder from the first step, as segmentation-models-pytorch users train it.
+    # Measured on bench/segment.py's scenes (seeds 0-1 unless said): 4 head epochs
+    # on the frozen encoder, then 2 unfrozen with early stopping: Dice 0.966; one
+    # head epoch, then 8 epochs of everything: 0.982 with lr_mult 10 and early
+    # stopping off (0.972 with patience 3), 0.985 at one learning rate (lr_mult 1);
+    # with segmentation's flip-only augmentation 0.992 in 64 s, of which 19 s were
+    # the head's lr_find; without it 0.991 (seeds 0-2) in 49 s; no head epoch at
+    # all (these defaults; bench/segment.py, seeds 0-2): 0.990 (0.989-0.992) in
+    # 47.2 s, the hand-written smp loop 0.991 (0.989-0.992) in 50.6 s (README).
+    "decoder": Defaults(epochs=8, head_epochs=0, head_aug_epochs=0, lr_mult=1.0, patience=0),
+}
+
+
+def _with_defaults(learn, *given) -> tuple:
+    """``(epochs, head_epochs, head_aug_epochs, lr_mult, patience)``: those given,
+    the others (None) from `DEFAULTS` for ``learn``'s model, said when a decoder's."""
+    kind = "classifier" if has_classifier(learn.model) else "decoder"
+    defaults = astuple(DEFAULTS[kind])
+    values = tuple(d if v is None else v for v, d in zip(given, defaults, strict=True))
+    if kind == "decoder":
+        epochs, head_epochs, head_aug_epochs, lr_mult, patience = values
+        head = (head_epochs or 0) + (1 if head_aug_epochs is None else head_aug_epochs)
+        first = f"{head} epochs on the frozen encoder, then" if head else "from the first step:"
+        stop = f"early stopping after {patience}" if patience else "no early stopping"
+        _log(learn, f"auto_fit: the decoder is new and reads every level of the encoder; it "
+                    f"trains with it {first} {epochs} epochs (lr_mult {lr_mult:g}, {stop})")  # fmt: skip
+    return values
 
 
 def _decide_unfreeze(learn, unfreeze: bool | str, max_shift: float, head_size: Size) -> bool:
@@ -353,7 +412,7 @@ def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find,
                  cbs) -> float | None:  # fmt: skip
     """Steps 1-4: the head solved on precomputed features, or trained on them (or on
     images), then with augmentation; returns the head's learning rate (None when
-    solved and no epoch follows)."""
+    no epoch of the head ran)."""
     if precompute and head_epochs and not learn.can_precompute:
         _log(learn, "  precomputed features do not apply to this model (its decoder needs the "
                     "encoder's skip features, or torchrun shards the images): the head trains "
@@ -375,7 +434,7 @@ def _head_phases(learn, best, head_epochs, head_aug_epochs, precompute, lr_find,
         _phase(learn, "head on " + ("precomputed features" if precompute else "images"))
         lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
         learn.fit_one_cycle(head_epochs, lr_head, cbs=[*cbs, best.tracking("head")])
-    if lr_head is None and (head_aug_epochs or not solve):
+    if lr_head is None and head_aug_epochs:  # (none: the unfrozen phase's rule applies)
         lr_head = _decide_lr(learn, "lr_head", "head", 2e-3, lr_find)
     learn.precompute = False
     if head_aug_epochs:

@@ -61,7 +61,8 @@ def _recipe_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         "--epochs",
         type=non_negative_int,
         default=d.epochs,
-        help="epochs with the whole network unfrozen",
+        help="epochs with the whole network unfrozen (default: auto 2, or 8 for "
+        "segmentation, where the decoder learns with the encoder; fine_tune 2)",
     )
     t.add_argument(
         "--freeze-epochs",
@@ -94,8 +95,9 @@ def _checklist_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         "--head-epochs",
         type=non_negative_int,
         default=d.head_epochs,
-        help="auto: head epochs on precomputed features (0: no head phase; when the body "
-        "stays frozen the head is solved instead, unless --no-solve-head)",
+        help="auto: head epochs on precomputed features (default 4, 0 for segmentation; "
+        "0: no head phase; when the body stays frozen the head is solved instead, "
+        "unless --no-solve-head)",
     )
     t.add_argument(
         "--no-precompute",
