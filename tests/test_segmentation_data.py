@@ -156,6 +156,28 @@ def test_masks_are_never_interpolated(tmp_path):
     assert set(pixels[3].unique().tolist()) <= {0, 2, 255}
 
 
+def test_default_augmentation_flips_but_never_resamples(tmp_path):
+    # zoom and rotation are off by default (they cost Dice on bench/segment.py's
+    # scenes): a training mask is the decoded mask or its mirror, pixel for pixel
+    root = make_segmentation_folder(tmp_path / "d", n=8, noise=0)
+    dls = SegmentationDataLoaders.from_folder(root, size=(40, 56), **FAST)
+    order = list(EpochShuffle(len(dls.train_items), dls.seed))
+    seen = {"same": 0, "mirrored": 0}
+    for b, (_, y) in enumerate(dls.train.batches(0)):
+        for i, mask in enumerate(y):
+            item = dls.train_items[order[b * dls.bs + i]]
+            decoded = decode_pair(*item, (40, 56))[3].long()
+            same, mirrored = torch.equal(mask, decoded), torch.equal(mask, decoded.flip(-1))
+            assert same or mirrored
+            seen["same" if same else "mirrored"] += 1
+    assert seen["same"] and seen["mirrored"]  # flips still happen
+    # zoom and rotation are there when asked for
+    dls = SegmentationDataLoaders.from_folder(root, size=(40, 56), max_rotate=20.0, **FAST)
+    _, y = next(dls.train.batches(0))
+    first = decode_pair(*dls.train_items[order[0]], (40, 56))[3].long()
+    assert not torch.equal(y[0], first) and not torch.equal(y[0], first.flip(-1))
+
+
 def test_lighting_changes_images_only():
     x, y = _scenes(6, 40, 40)
     kw = {"extent": (0.8, 0.8), "max_rotate": 20.0}

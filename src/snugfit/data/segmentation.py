@@ -82,13 +82,18 @@ class SegmentationDataLoaders(DataLoadersBase):
         bs: Batch size.
         size: The working resolution, a side or ``(height, width)``: what validation
             and prediction see whole, and what training crops are cut from.
-        crop: The training window, a side or ``(height, width)`` at most ``size``;
-            None: ``size`` (whole images, zoomed and rotated).
+        crop: The training window, a side or ``(height, width)`` at most ``size``,
+            at a random place; None: ``size`` (whole images).
         seed: Seed for shuffling and augmentation.
         num_workers: Decoding processes; default ``min(4, cpu count)``.
         device: Device batches are delivered to; default CUDA when available.
-        min_scale: Smallest area of the zoomed window, as a fraction of ``crop``.
-        max_rotate: Largest random rotation, in degrees.
+        min_scale: Smallest area of the zoomed window, as a fraction of ``crop``
+            (1: no zoom, the default).
+        max_rotate: Largest random rotation, in degrees (0: none, the default).
+            Zoom and rotation resample the image and its mask; on the generated
+            scenes of ``bench/segment.py`` (fine textures, one-pixel void edges)
+            each cost Dice (0.992 without either, 0.987 with zoom to 0.75, 0.988
+            with rotations of 10 degrees), unlike classification's photos.
         flip: Random horizontal flips.
         max_lighting: Largest relative brightness/contrast change (images only).
         augment: Augment training batches (False: the central ``crop`` window).
@@ -119,8 +124,8 @@ class SegmentationDataLoaders(DataLoadersBase):
         seed: int = 42,
         num_workers: int | None = None,
         device: str | torch.device | None = None,
-        min_scale: float = 0.75,
-        max_rotate: float = 10.0,
+        min_scale: float = 1.0,
+        max_rotate: float = 0.0,
         flip: bool = True,
         max_lighting: float = 0.2,
         augment: bool = True,
