@@ -63,7 +63,7 @@ def _read(data: Path, names: list[str], size) -> tuple[torch.Tensor, torch.Tenso
     for name in names:
         img = Image.open(data / "images" / name).convert("RGB").resize((w, h), Image.BILINEAR)
         mask = Image.open(data / "masks" / f"{Path(name).stem}.png").resize((w, h), Image.NEAREST)
-        xs.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
+        xs.append(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         ys.append(torch.from_numpy(np.asarray(mask).astype(np.int64)))
     x = (torch.stack(xs).float() / 255 - 0.5) / 0.5  # Lite0's mean and std
     return x, torch.stack(ys)
