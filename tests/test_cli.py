@@ -234,7 +234,9 @@ def test_train_solves_a_frozen_bodys_head_unless_told_not_to(image_folder, tmp_p
     assert code == 0, err
     assert ("phase: head solved on precomputed features" in stdout) == solve
     assert ("phase: head on precomputed features" in stdout) == (not solve)
-    assert json.loads((out / "config.json").read_text())["solve_head"] is solve
+    config = json.loads((out / "config.json").read_text())
+    assert config["solve_head"] is solve
+    assert (config["epochs"], config["head_epochs"]) == (2, 1)  # a classifier's default, given
     # no epoch after a solve: the run still says how good the model is
     assert (out / "metrics.csv").is_file() == (not solve)
     said = [line for line in stdout.splitlines() if "error rate" in line]

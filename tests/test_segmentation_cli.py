@@ -97,3 +97,15 @@ def test_segmentation_resume_is_exact(seg_folder, tmp_path):
     a, b = ref.model.state_dict(), resumed.model.state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     assert resumed.recorder.rows[-1]["dice"] == pytest.approx(ref.recorder.rows[-1]["dice"])
+
+
+@pytest.mark.parametrize("recipe, expected", [("auto", (8, 0)), ("fine_tune", (2, 0))])
+def test_the_run_records_a_decoders_default_epochs(recipe, expected):
+    from snugfit.app.config import TrainConfig
+    from snugfit.app.run import _with_model_defaults
+    from test_segmentation_learner import seg_learner
+
+    cfg = _with_model_defaults(TrainConfig(data="d", recipe=recipe), seg_learner())
+    assert (cfg.epochs, cfg.head_epochs) == expected
+    given = _with_model_defaults(TrainConfig(data="d", epochs=3, head_epochs=1), seg_learner())
+    assert (given.epochs, given.head_epochs) == (3, 1)

@@ -27,6 +27,7 @@ top losses are for single-label runs).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ from snugfit.infer.interpret import interpret as interpret_model
 from snugfit.saving.atomic import atomic_write
 from snugfit.saving.disk import check_writable, optional
 from snugfit.tasks import LabelSmoothingCrossEntropy
+from snugfit.train import recipes
 from snugfit.train.factory import learner_for
 from snugfit.train.learner import Learner
 
@@ -71,6 +73,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     report, dls = _data(cfg, console)
     loss_func, mixing = regularisation(cfg, dls.task)
     learn = _learner(cfg, dls, console, loss_func)
+    cfg = _with_model_defaults(cfg, learn)  # config.json records the epochs that run
     learn.events.start_run(out=str(folder.root), resume=cfg.resume)
     unwritten: list[str] = []  # outputs a failed write left out (each warned about)
     sink = _start_files(folder, cfg, report, learn, unwritten) if main else None
@@ -255,6 +258,17 @@ def _check(cfg: TrainConfig, console: Console) -> CheckReport:
     return result
 
 
+def _with_model_defaults(cfg: TrainConfig, learn: Learner) -> TrainConfig:
+    """``cfg`` with ``epochs`` and ``head_epochs`` left None set: `auto_fit`'s
+    defaults for the model (`recipes.defaults_for`), or fine_tune's 2 epochs."""
+    defaults = recipes.defaults_for(learn.model)
+    if cfg.epochs is None:
+        cfg = replace(cfg, epochs=defaults.epochs if cfg.recipe == "auto" else 2)
+    if cfg.head_epochs is None:
+        cfg = replace(cfg, head_epochs=defaults.head_epochs)
+    return cfg
+
+
 def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
     if cfg.recipe == "auto":
         learn.auto_fit(
@@ -272,11 +286,7 @@ def _fit(learn: Learner, cfg: TrainConfig, cbs: list) -> None:
         )
     else:
         learn.fine_tune(
-            2 if cfg.epochs is None else cfg.epochs,
-            base_lr=cfg.lr,
-            freeze_epochs=cfg.freeze_epochs,
-            cbs=cbs,
-            resume=cfg.resume,
+            cfg.epochs, base_lr=cfg.lr, freeze_epochs=cfg.freeze_epochs, cbs=cbs, resume=cfg.resume
         )
 
 

@@ -300,11 +300,16 @@ DEFAULTS = {
 }
 
 
+def defaults_for(model) -> Defaults:
+    """`auto_fit`'s `DEFAULTS` for ``model``: a classifier's, or a decoder's."""
+    return DEFAULTS["classifier" if has_classifier(model) else "decoder"]
+
+
 def _with_defaults(learn, *given) -> tuple:
     """``(epochs, head_epochs, head_aug_epochs, lr_mult, patience)``: those given,
     the others (None) from `DEFAULTS` for ``learn``'s model, said when a decoder's."""
     kind = "classifier" if has_classifier(learn.model) else "decoder"
-    defaults = astuple(DEFAULTS[kind])
+    defaults = astuple(defaults_for(learn.model))
     values = tuple(d if v is None else v for v, d in zip(given, defaults, strict=True))
     if kind == "decoder":
         epochs, head_epochs, head_aug_epochs, lr_mult, patience = values
