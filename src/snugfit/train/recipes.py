@@ -479,7 +479,8 @@ def _unfrozen_phase(learn, epochs, default_lr, lr_find_unfrozen, lr_mult, schedu
     n_steps = epochs * len(learn.dls.train)
     cheap = 0.25 * n_steps >= 100  # a sweep is 100 steps
     sweep = lr_find_unfrozen is True or (lr_find_unfrozen == "auto" and cheap)
-    _phase(learn, "unfrozen, discriminative learning rates")
+    _phase(learn, "unfrozen, " + ("one learning rate" if lr_mult == 1 else
+                                  "discriminative learning rates"))  # fmt: skip
     lr = _decide_lr(learn, "lr_unfrozen", "unfrozen (last group)", default_lr, sweep)
     lrs = slice(lr / lr_mult, lr)
     if schedule == "sgdr":
