@@ -48,9 +48,9 @@ from snugfit.infer.interpret import interpret as interpret_model
 from snugfit.saving.atomic import atomic_write
 from snugfit.saving.disk import check_writable, optional
 from snugfit.tasks import LabelSmoothingCrossEntropy
-from snugfit.train import recipes
 from snugfit.train.factory import learner_for
 from snugfit.train.learner import Learner
+from snugfit.train.recipe_defaults import defaults_for
 
 log = logging.getLogger("snugfit")
 
@@ -260,8 +260,8 @@ def _check(cfg: TrainConfig, console: Console) -> CheckReport:
 
 def _with_model_defaults(cfg: TrainConfig, learn: Learner) -> TrainConfig:
     """``cfg`` with ``epochs`` and ``head_epochs`` left None set: `auto_fit`'s
-    defaults for the model (`recipes.defaults_for`), or fine_tune's 2 epochs."""
-    defaults = recipes.defaults_for(learn.model)
+    defaults for the model (`recipe_defaults.defaults_for`), or fine_tune's 2 epochs."""
+    defaults = defaults_for(learn.model)
     if cfg.epochs is None:
         cfg = replace(cfg, epochs=defaults.epochs if cfg.recipe == "auto" else 2)
     if cfg.head_epochs is None:

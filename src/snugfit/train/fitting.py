@@ -126,7 +126,7 @@ class Fitting:
     def auto_fit(self, epochs: int | None = None, **kwargs) -> None:
         """The automated transfer-learning checklist (see `snugfit.train.recipes`);
         ``epochs`` (of the unfrozen phase) None: 2 for a classifier, 8 for a
-        segmentation model (`recipes.DEFAULTS`)."""
+        segmentation model (`recipe_defaults.DEFAULTS`)."""
         recipes.auto_fit(self, epochs, **kwargs)
 
     @resumable

@@ -49,7 +49,7 @@ improved on the start, the run says so: the model kept is the pretrained one
 with its starting head.
 
 A segmentation model's head is a decoder built from scratch, which reads every
-level of the encoder: its defaults (`DEFAULTS`) skip steps 1-4 (the decoder
+level of the encoder: its defaults (`snugfit.train.recipe_defaults`) skip steps 1-4 (the decoder
 trains with the encoder from the first step) and train everything for 8 epochs
 at one learning rate (``lr_mult=1``; step 6's rule, as no head rate was found)
 without early stopping, the best epoch kept.
@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple
 
 from snugfit.callbacks import Callback
 from snugfit.callbacks.early_stopping import EarlyStopping
@@ -71,6 +71,7 @@ from snugfit.callbacks.progressive import ProgressiveResize
 from snugfit.errors import SnugfitError, check_count, check_positive
 from snugfit.models import fixed_input_size, has_classifier, imagenet_rows
 from snugfit.sizes import Size, format_size, scale_size
+from snugfit.train.recipe_defaults import defaults_for
 
 
 def _log(learn, text: str) -> None:
@@ -212,7 +213,7 @@ def auto_fit(
     cbs=(),
 ) -> None:
     """Run the checklist (module docstring); print each phase and the LR it chose.
-    Arguments left None take the model's `DEFAULTS` (a classifier's or a decoder's);
+    Arguments left None take the model's defaults (`recipe_defaults.DEFAULTS`);
     ``patience=0`` trains every unfrozen epoch (no early stopping)."""
     epochs, head_epochs, head_aug_epochs, lr_mult, patience = _with_defaults(
         learn, epochs, head_epochs, head_aug_epochs, lr_mult, patience
@@ -270,54 +271,20 @@ def auto_fit(
     _keep_best(learn, best, time.perf_counter() - start)
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """`auto_fit`'s defaults for one kind of model."""
-
-    epochs: int  # unfrozen epochs
-    head_epochs: int  # head epochs on precomputed features (or on images)
-    head_aug_epochs: int | None  # then with augmentation (None: 1, none after a solve)
-    lr_mult: float  # span of the discriminative learning rates
-    patience: int  # early stopping of the unfrozen phase (0: none)
-
-
-DEFAULTS = {
-    # A linear head on pooled features: solved or trained in seconds on stored
-    # features, then (when the body trains) a short unfrozen phase, stopped as soon
-    # as the validation loss rises (README, "The automated checklist").
-    "classifier": Defaults(epochs=2, head_epochs=4, head_aug_epochs=None, lr_mult=10.0, patience=1),
-    # A decoder from scratch reads every level of the encoder: it learns with the
-    # encoder from the first step, as segmentation-models-pytorch users train it.
-    # Measured on bench/segment.py's scenes (seeds 0-1 unless said): 4 head epochs
-    # on the frozen encoder, then 2 unfrozen with early stopping: Dice 0.966; one
-    # head epoch, then 8 epochs of everything: 0.982 with lr_mult 10 and early
-    # stopping off (0.972 with patience 3), 0.985 at one learning rate (lr_mult 1);
-    # with segmentation's flip-only augmentation 0.992 in 64 s, of which 19 s were
-    # the head's lr_find; without it 0.991 (seeds 0-2) in 49 s; no head epoch at
-    # all (these defaults; bench/segment.py, seeds 0-2): 0.990 (0.989-0.992) in
-    # 47.2 s, the hand-written smp loop 0.991 (0.989-0.992) in 50.6 s (README).
-    "decoder": Defaults(epochs=8, head_epochs=0, head_aug_epochs=0, lr_mult=1.0, patience=0),
-}
-
-
-def defaults_for(model) -> Defaults:
-    """`auto_fit`'s `DEFAULTS` for ``model``: a classifier's, or a decoder's."""
-    return DEFAULTS["classifier" if has_classifier(model) else "decoder"]
-
-
 def _with_defaults(learn, *given) -> tuple:
     """``(epochs, head_epochs, head_aug_epochs, lr_mult, patience)``: those given,
-    the others (None) from `DEFAULTS` for ``learn``'s model, said when a decoder's."""
-    kind = "classifier" if has_classifier(learn.model) else "decoder"
+    the others (None) the model's defaults (`defaults_for`), said when a decoder's."""
     defaults = astuple(defaults_for(learn.model))
     values = tuple(d if v is None else v for v, d in zip(given, defaults, strict=True))
-    if kind == "decoder":
+    if not has_classifier(learn.model):
         epochs, head_epochs, head_aug_epochs, lr_mult, patience = values
         head = (head_epochs or 0) + (1 if head_aug_epochs is None else head_aug_epochs)
-        first = f"{head} epochs on the frozen encoder, then" if head else "from the first step:"
+        how = (f"alone on the frozen encoder for {head} epoch{'s' * (head > 1)}, then with "
+               f"it for {epochs}" if head else f"with the encoder from the first step: "
+               f"{epochs} epochs")  # fmt: skip
         stop = f"early stopping after {patience}" if patience else "no early stopping"
         _log(learn, f"auto_fit: the decoder is new and reads every level of the encoder; it "
-                    f"trains with it {first} {epochs} epochs (lr_mult {lr_mult:g}, {stop})")  # fmt: skip
+                    f"trains {how} (lr_mult {lr_mult:g}, {stop})")  # fmt: skip
     return values
 
 
