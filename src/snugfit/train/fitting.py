@@ -108,7 +108,7 @@ class Fitting:
             raise SnugfitError("solve_head: needs a classifier whose head is one Linear layer "
                                "on the body's features (not a segmentation decoder, not under "
                                "torchrun)")  # fmt: skip
-        if self.frozen_to != len(self.groups) - 1:
+        if not self.body_frozen:
             raise SnugfitError("solve_head: the body must be frozen (learn.freeze()): the "
                                "head is solved on the frozen body's features")  # fmt: skip
         head = self.model.get_classifier()

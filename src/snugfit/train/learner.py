@@ -228,6 +228,11 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
     def unfreeze(self) -> None:
         self.freeze_to(0)
 
+    @property
+    def body_frozen(self) -> bool:
+        """Whether only the head (the last layer group) trains."""
+        return self.frozen_to == len(self.groups) - 1
+
     # -- the loop -------------------------------------------------------------
     def position(self, after_batch: bool) -> dict:
         """Where training stands: the next (fit, epoch, batch) to run."""
@@ -342,7 +347,7 @@ class Learner(Fitting, MemoryControl, Predicting, CheckpointIO):
             # Every rank trains on its shard of each batch (precomputed features are
             # not sharded: the head trains on images), through DDP.
             return self.dls.train, self.dls.valid, distributed.wrap(self.model, self.device)
-        if self.precompute and self.can_precompute and self.frozen_to == len(self.groups) - 1:
+        if self.precompute and self.can_precompute and self.body_frozen:
             train, valid = feature_loaders(self, self._features)
             return train, valid, self.model.get_classifier()
         return self.dls.train, self.dls.valid, self.model

@@ -200,7 +200,7 @@ def stored_valid_features(learn, store: dict) -> FeatureLoader | None:
     head on them gives the whole model's validation outputs (eval mode) without
     running the body again. None otherwise."""
     d = learn.dls
-    if not store or not learn.can_precompute or learn.frozen_to != len(learn.groups) - 1:
+    if not store or not learn.can_precompute or not learn.body_frozen:
         return None
     found = store.get(features_key(learn, "valid"))
     if found is None:

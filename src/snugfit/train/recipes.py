@@ -278,7 +278,7 @@ def _with_defaults(learn, *given) -> tuple:
     values = tuple(d if v is None else v for v, d in zip(given, defaults, strict=True))
     if not has_classifier(learn.model):
         epochs, head_epochs, head_aug_epochs, lr_mult, patience = values
-        head = (head_epochs or 0) + (1 if head_aug_epochs is None else head_aug_epochs)
+        head = head_epochs + head_aug_epochs  # a decoder's are never None
         how = (f"alone on the frozen encoder for {head} epoch{'s' * (head > 1)}, then with "
                f"it for {epochs}" if head else f"with the encoder from the first step: "
                f"{epochs} epochs")  # fmt: skip
