@@ -64,6 +64,7 @@ from snugfit.data.check_report import (
     Duplicate,
     EmptyFolder,
     LargeImage,
+    NotImage,
     TinyImage,
     tiny_side,
 )
@@ -197,6 +198,7 @@ def check_folder(
     )
     report.empty = _empty_folders(found, report.counts)
     report.links = found.links
+    report.not_images = [NotImage.of(p) for p in found.others]
     report.split = SplitItems(found.train, found.valid, vocab, False, seed)
     report.seconds = time.perf_counter() - start
     return report

@@ -48,6 +48,7 @@ PAIR_PROBLEMS = {
     "values": "masks with values that are neither a class nor void (255): {n} pair(s), "
     "skipped by training",
     "link": "links to folders not followed: {n} (each real folder is read once)",
+    "not image": "not images: {n} file(s) in images/ or masks/, not read (by extension)",
 }
 
 
@@ -118,6 +119,20 @@ class EmptyFolder:
     path: str
     label: str
     reason: str  # "no image files" or "no readable images"
+
+
+@dataclass(frozen=True)
+class NotImage:
+    """A file whose extension is no image format (`snugfit.data.walk.IMAGE_EXTENSIONS`):
+    not read, so never trained on."""
+
+    path: str
+    reason: str
+
+    @classmethod
+    def of(cls, path: Path) -> NotImage:
+        ext = path.suffix.lower() or "no extension"
+        return cls(str(path), f"{ext} is no image format snugfit reads")
 
 
 class ReportText:
@@ -199,6 +214,7 @@ class CheckReport(ReportText):
         empty: Class folders with nothing usable.
         links: Links to folders not followed: loops (a link to a folder that holds
             it) and links to a folder already read (`snugfit.data.walk`).
+        not_images: Files in the class folders whose extension is no image format.
         imbalance: Largest over smallest class, counting training images of
             classes that have some.
         max_imbalance: Threshold above which ``imbalance`` is flagged.
@@ -228,6 +244,7 @@ class CheckReport(ReportText):
     large: list[LargeImage] = field(default_factory=list)
     empty: list[EmptyFolder] = field(default_factory=list)
     links: list[SkippedLink] = field(default_factory=list)
+    not_images: list[NotImage] = field(default_factory=list)
     imbalance: float = 1.0
     max_imbalance: float = IMBALANCE_RATIO
     min_side: int = 56  # tiny_side(224)
@@ -262,6 +279,7 @@ class CheckReport(ReportText):
             + len(self.large)
             + len(self.empty)
             + len(self.links)
+            + len(self.not_images)
             + self.imbalanced
         )
 
@@ -370,6 +388,7 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
                        "a warning, slowly; twice the limit is refused", items))  # fmt: skip
     files("empty", "empty class folders: {n}")
     files("links", PAIR_PROBLEMS["link"])
+    files("not_images", "not images: {n} file(s) in the class folders, not read (by extension)")
     return groups
 
 

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from rich.console import Console
 
+from snugfit.data.check_report import NotImage
 from snugfit.data.check_seg_report import SPLITS, VOID_ROW, PairProblem, SegmentationCheckReport
 from snugfit.data.decode import failure_reason, open_image
 from snugfit.data.items import SplitItems
@@ -159,6 +160,7 @@ def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
     for mask in found.no_image:
         out.append(PairProblem("no image", str(mask), "", "no image of this name in images/"))
     out += [PairProblem("link", link.path, "", link.reason) for link in found.links]
+    out += [PairProblem("not image", n.path, "", n.reason) for n in map(NotImage.of, found.others)]
     return out
 
 

@@ -19,7 +19,7 @@ import torch
 from snugfit.data.check_report import CheckReport
 from snugfit.data.items import csv_items, folder_items, image_files_in, list_items, name_re_items
 from snugfit.data.loaders_base import checked_split
-from snugfit.data.walk import warn_skipped
+from snugfit.data.walk import warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError
 from snugfit.sizes import Size
 
@@ -75,6 +75,7 @@ class LoaderConstructors:
         path = Path(path)
         found = folder_items(path, train, valid, valid_pct, seed)
         warn_skipped(found.links)
+        warn_not_images(found.others)
         return cls(
             found.train,
             found.valid,

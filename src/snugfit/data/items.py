@@ -13,6 +13,7 @@ import csv
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ from snugfit.data.walk import (
     leads_back,
     loop_link,
     walk_images,
+    warn_not_images,
     warn_skipped,
 )
 from snugfit.errors import SnugfitError
@@ -40,10 +42,12 @@ def get_image_files(path: str | os.PathLike) -> list[Path]:
     back to a folder holding it (or to one already read) is not followed, and is
     logged once (`snugfit.data.walk`). Hidden files and folders
     (``.ipynb_checkpoints``, ``._x.jpg`` from macOS) are not images of the dataset
-    and are left out.
+    and are left out; other files whose extension is no image format are counted
+    in one logged line (`warn_not_images`).
     """
     found = walk_images(path)
     warn_skipped(found.skipped)
+    warn_not_images(found.others)
     return found.files
 
 
@@ -248,10 +252,10 @@ def split_items(
     )
 
 
-def _class_files(root: Path, links: list[SkippedLink]) -> dict[str, list[Path]]:
+def _class_files(root: Path, links: list[SkippedLink], others: list[Path]) -> dict[str, list[Path]]:
     """Image files under each immediate subfolder of ``root`` (the class), non-empty only;
     the links not followed are added to ``links`` (a class folder linked to ``root`` or
-    above it is one)."""
+    above it is one), the files that are no images to ``others``."""
     out = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if leads_back(d):
@@ -259,6 +263,7 @@ def _class_files(root: Path, links: list[SkippedLink]) -> dict[str, list[Path]]:
             continue
         found = walk_images(d)
         links.extend(found.skipped)
+        others.extend(found.others)
         if found.files:
             out[d.name] = found.files
     return out
@@ -274,6 +279,7 @@ class FolderItems(NamedTuple):
     valid_dir: Path | None  # None: the validation set is a random split of train_dir
     valid_pct: float | None  # the fraction of that split (None with a validation folder)
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
+    others: list[Path]  # files in the class folders that are no images (by extension)
 
 
 def folder_items(
@@ -288,7 +294,8 @@ def folder_items(
     Files are not opened: unreadable ones are among the items. Class folders
     without any image file are left out of ``vocab``. Links to folders are followed,
     each real folder read once (`snugfit.data.walk`); those not followed are in
-    ``links``, for the caller to report.
+    ``links``, and the files in class folders whose extension is no image format in
+    ``others``, for the caller to report.
 
     Raises:
         SnugfitError: Missing folder, no images, a single class, a validation
@@ -309,14 +316,15 @@ def folder_items(
         train_dir = path  # path/<class>/* directly
 
     links: list[SkippedLink] = []
-    by_class = _class_files(train_dir, links)
+    others: list[Path] = []
+    by_class = _class_files(train_dir, links, others)
     if not by_class:
         if any(is_image(f) for f in train_dir.iterdir() if f.is_file()):
             raise SnugfitError(
                 f"{train_dir}: images must be in one subfolder per class "
                 f"({train_dir}/<class>/*.jpg)"
             )
-        raise no_images(path)
+        raise no_images(path, others)
     if len(by_class) < 2:
         only = next(iter(by_class))
         raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
@@ -328,16 +336,18 @@ def folder_items(
     if valid_dir is None or valid_pct is not None:
         valid_pct = 0.2 if valid_pct is None else valid_pct
         train_items, valid_items = split_items(files, labels, valid_pct, seed)
-        return FolderItems(train_items, valid_items, vocab, train_dir, None, valid_pct, links)
+        return FolderItems(
+            train_items, valid_items, vocab, train_dir, None, valid_pct, links, others
+        )
     train_items = list(zip(files, labels, strict=True))
     valid_items = []
-    for c, vfiles in _class_files(valid_dir, links).items():
+    for c, vfiles in _class_files(valid_dir, links, others).items():
         if c not in index:
             raise SnugfitError(f"{valid_dir / c}: class '{c}' has no images in {train_dir}")
         valid_items.extend((f, index[c]) for f in vfiles)
     if not valid_items:
         raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
-    return FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None, links)
+    return FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None, links, others)
 
 
 class CsvItems(NamedTuple):
@@ -462,8 +472,16 @@ def _csv_labels(
     return vocab, labels
 
 
-def no_images(path: Path) -> SnugfitError:
-    return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT})")
+def no_images(path: Path, others: list[Path] | None = None) -> SnugfitError:
+    """The error for a folder without images; ``others``, the files found instead, are
+    counted by extension (an iPhone's ``.heic`` photos, say)."""
+    found = ""
+    if others:
+        counts = Counter(p.suffix.lower() or "no extension" for p in others)
+        found = f"; found {len(others)} other file(s): " + ", ".join(
+            f"{ext}: {n}" for ext, n in counts.most_common(5)
+        )
+    return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT}{found})")
 
 
 def _parse_bool(value: str) -> bool | None:

@@ -49,6 +49,7 @@ class SegmentationItems(NamedTuple):
     no_image: list[Path]  # masks without an image (or not .png), never used
     codes: Path | None  # the codes file read
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
+    others: list[Path]  # files in images/ and masks/ that are no images (by extension)
 
 
 def read_codes(path: Path) -> list[str]:
@@ -92,13 +93,15 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _pairs(
-    root: Path, links: list[SkippedLink]
+    root: Path, links: list[SkippedLink], others: list[Path]
 ) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
     """Images with their masks (sorted), images without one, masks without an image;
-    the links to folders not followed are added to ``links``."""
+    the links to folders not followed are added to ``links``, the files that are no
+    images to ``others``."""
     images_dir, masks_dir = root / IMAGES, root / MASKS
     images, masks = walk_images(images_dir), walk_images(masks_dir)
     links += images.skipped + masks.skipped
+    others += images.others + masks.others
 
     def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
         return _relative(path.with_suffix(""), folder)
@@ -185,7 +188,8 @@ def folder_pairs(
                 f"and {MASKS}/)"
             )
     links: list[SkippedLink] = []
-    pairs, no_mask, no_image = _pairs(root, links)
+    others: list[Path] = []
+    pairs, no_mask, no_image = _pairs(root, links, others)
     if not pairs:
         found = f"{len(no_mask)} images, {len(no_image)} masks"
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
@@ -203,7 +207,7 @@ def folder_pairs(
     _not_empty(root, train, valid)
     codes = codes_file if vocab is not None else None
     return SegmentationItems(
-        train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links
+        train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others
     )
 
 
@@ -241,7 +245,9 @@ def label_func_pairs(
     vocab = check_codes(codes, "codes") if codes is not None else None
     train, valid = split_pairs(pairs, valid_pct, seed)
     _not_empty(root, train, valid)
-    return SegmentationItems(train, valid, vocab, seed, "split", valid_pct, no_mask, [], None, [])
+    return SegmentationItems(
+        train, valid, vocab, seed, "split", valid_pct, no_mask, [], None, [], []
+    )
 
 
 def _not_empty(root: Path, train: list[Pair], valid: list[Pair]) -> None:

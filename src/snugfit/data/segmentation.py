@@ -52,7 +52,7 @@ from snugfit.data.seg_items import (
 )
 from snugfit.data.seg_loader import SegmentationDeviceLoader
 from snugfit.data.settings import LoaderSettings, resolve_device
-from snugfit.data.walk import warn_skipped
+from snugfit.data.walk import warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError
 from snugfit.sizes import Size, as_hw, check_size
 from snugfit.tasks import VOID, Segmentation
@@ -265,6 +265,7 @@ class SegmentationDataLoaders(DataLoadersBase):
     ) -> SegmentationDataLoaders:
         left_out = {str(image): reason for image, reason in found.no_mask}
         warn_skipped(found.links)
+        warn_not_images(found.others)
         if found.no_image:
             logger.warning(
                 "%s: %d mask(s) without an image, not used (e.g. %s)",

@@ -27,14 +27,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 logger = logging.getLogger("snugfit")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# What Pillow decodes (it opens a file by its content; the extension picks the files).
+# AVIF needs Pillow 11.3 or later: an older one reports such a file as unreadable.
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+    ".avif", ".ppm", ".pgm", ".pbm", ".pnm",
+})  # fmt: skip
+# Files an operating system writes into folders of pictures: neither images nor news.
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 
 def is_image(p: Path) -> bool:
@@ -63,10 +70,12 @@ def _skipped(link: Path, why: str) -> SkippedLink:
 
 
 class ImageWalk(NamedTuple):
-    """What `walk_images` found: image files (sorted) and the links it did not follow."""
+    """What `walk_images` found: image files (sorted), the links it did not follow,
+    and the other files, not read (their extension is no image format; sorted)."""
 
     files: list[Path]
     skipped: list[SkippedLink]
+    others: list[Path]
 
 
 def leads_back(link: Path) -> bool:
@@ -87,12 +96,14 @@ def walk_images(path: str | os.PathLike) -> ImageWalk:
     to folders not followed (see the module docstring).
 
     ``path`` itself may be a link. Hidden files and folders (``.ipynb_checkpoints``,
-    macOS's ``._x.jpg``) are not images of the dataset and are left out; so are
-    folders that cannot be listed. A link to a file is a file (a broken one is
-    kept, so that it is reported as unreadable).
+    macOS's ``._x.jpg``) are not images of the dataset and are left out, as are
+    ``Thumbs.db`` and ``desktop.ini`` and folders that cannot be listed. A link to a
+    file is a file (a broken one is kept, so that it is reported as unreadable).
+    Any other file is in ``others``, for the caller to report (`warn_not_images`).
     """
     top = Path(path)
     files: list[Path] = []
+    others: list[Path] = []
     skipped: list[SkippedLink] = []
     read: dict[tuple[int, int], Path] = {}  # (device, inode) of each folder read -> as what
     plain, linked = deque([top]), deque()  # folders reached without a link come first
@@ -121,10 +132,35 @@ def walk_images(path: str | os.PathLike) -> ImageWalk:
                 (linked if entry.is_symlink() else plain).append(Path(entry.path))
             elif is_image(Path(entry.name)):
                 files.append(Path(entry.path))
-    return ImageWalk(sorted(files), skipped)
+            elif entry.name.lower() not in SYSTEM_FILES:
+                others.append(Path(entry.path))
+    return ImageWalk(sorted(files), skipped, sorted(others))
 
 
 def warn_skipped(skipped: list[SkippedLink]) -> None:
     """Log one warning line per link not followed."""
     for link in skipped:
         logger.warning("%s", link)
+
+
+def not_images_line(others: list[Path]) -> str:
+    """One line on files that were not read because their extension is no image
+    format: how many of each extension, one of them named, and what is read.
+
+    >>> not_images_line([Path("a/1.heic"), Path("a/2.heic"), Path("b/notes.txt")])
+    '3 file(s) not read, their extension is no image format snugfit reads (.heic: 2, .txt: 1; e.g. a/1.heic); it reads .avif, .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif, .tiff, .webp'
+    """
+    counts = Counter(p.suffix.lower() or "no extension" for p in others)
+    kinds = ", ".join(
+        f"{ext}: {n}" for ext, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+    )
+    return (
+        f"{len(others)} file(s) not read, their extension is no image format snugfit reads "
+        f"({kinds}; e.g. {others[0]}); it reads {', '.join(sorted(IMAGE_EXTENSIONS))}"
+    )
+
+
+def warn_not_images(others: list[Path]) -> None:
+    """Log `not_images_line` once, when there are such files."""
+    if others:
+        logger.warning("%s", not_images_line(others))
