@@ -13,6 +13,7 @@ from PIL import Image
 
 from fixtures import COLOURS, colour_image, make_image_folder
 from snugfit.data.augment import center_batch
+from snugfit.data.check import check_csv
 from snugfit.data.decode import decode_train, decode_valid, open_image, prepare_for_predict
 from snugfit.data.items import IMAGE_EXTENSIONS, get_image_files, split_stratified
 from snugfit.data.loaders import ImageDataLoaders
@@ -170,6 +171,55 @@ def test_from_csv_missing_files(tmp_path):
     root = _csv_dataset(tmp_path, [*rows, "gone1.png,red,0", "gone2.png,green,1"])
     with pytest.raises(SnugfitError, match=r"gone1\.png.*2 of 10 files missing"):
         ImageDataLoaders.from_csv(root, folder="images", **FAST)
+
+
+def test_a_row_without_a_label_is_skipped_and_named_with_its_line(tmp_path, caplog):
+    """Not a class named "": the row is left out, the check and the loaders name it,
+    and line numbers count the blank lines of the file."""
+    rows = [f"r{i}.png,red,{int(i == 0)}" for i in range(4)]
+    rows += [f"g{i}.png,green,{int(i == 0)}" for i in range(3)]
+    root = _csv_dataset(tmp_path, [*rows[:2], "", *rows[2:], "g3.png, ,0", "gone.png,red,0"])
+    caplog.set_level(logging.WARNING, logger="snugfit")
+    dls = ImageDataLoaders.from_csv(root, folder="images", valid_col="is_valid",
+                                    unreadable={str(root / "images" / "gone.png"): "missing"},
+                                    **FAST)  # fmt: skip
+    assert dls.vocab == ["green", "red"]
+    items = dls.train_items + dls.valid_items
+    assert sorted(p.name for p, _ in items) == sorted(
+        [*(f"r{i}.png" for i in range(4)), *(f"g{i}.png" for i in range(3))]
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{root / 'labels.csv'}: 1 row(s) with an empty label cell, skipped "
+        f"(e.g. line 10: {root / 'images' / 'g3.png'})"
+    ]
+    report = check_csv(root, folder="images", valid_col="is_valid", workers=1)
+    assert report.classes == ["green", "red"]
+    assert [(Path(b.path).name, b.reason) for b in report.unlabelled] == [
+        ("g3.png", "empty label cell (labels.csv, line 10)")
+    ]
+    assert [(Path(b.path).name, b.reason) for b in report.missing] == [
+        ("gone.png", "no such file (listed in labels.csv, line 11)")
+    ]
+    assert "no label: 1 row(s) with an empty label cell, skipped" in report.lines()
+    assert report.problems == 2 + len(report.tiny)
+
+
+def test_a_csv_with_no_label_at_all_is_refused(tmp_path):
+    root = _csv_dataset(tmp_path, ["r0.png,,0", "g0.png, ,0"])
+    with pytest.raises(
+        SnugfitError, match=r"labels\.csv: no labels found \(every label cell is empty\)"
+    ):
+        ImageDataLoaders.from_csv(root, folder="images", **FAST)
+
+
+def test_a_file_listed_twice_is_named_once_with_its_count(tmp_path):
+    rows = [f"r{i}.png,red,{int(i == 0)}" for i in range(4)]
+    rows += [f"g{i}.png,green,{int(i == 0)}" for i in range(4)]
+    root = _csv_dataset(tmp_path, [*rows, "r1.png,green,0"])
+    report = check_csv(root, folder="images", valid_col="is_valid", workers=1)
+    assert [d.kinds for d in report.duplicates] == [["two labels"]]
+    lines = report.lines()
+    assert "  two labels: images/r1.png (listed 2 times)" in lines
 
 
 # -- bad input -------------------------------------------------------------------

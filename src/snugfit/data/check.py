@@ -70,8 +70,9 @@ from snugfit.data.check_report import (
 )
 from snugfit.data.check_report import describe as describe
 from snugfit.data.check_report import problem_groups as problem_groups
+from snugfit.data.csv_items import csv_items
 from snugfit.data.decode import failure_reason, open_image
-from snugfit.data.items import FolderItems, SplitItems, csv_items, folder_items
+from snugfit.data.items import FolderItems, SplitItems, folder_items
 from snugfit.data.progress import progress
 from snugfit.errors import SnugfitError, UnreadableImage
 from snugfit.sizes import Size
@@ -270,6 +271,10 @@ def check_csv(
         workers=workers,
         console=console,
     )
+    report.unlabelled = [
+        BadImage(str(p), "", "", f"empty label cell ({csv_name}, line {n})")
+        for p, n in found.unlabelled
+    ]
     report.split = SplitItems(found.train, found.valid, vocab, found.multi_label, seed)
     report.seconds = time.perf_counter() - start
     return report

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,6 +207,7 @@ class CheckReport(ReportText):
         multi_label: Whether an image has a set of labels.
         unreadable: Files that cannot be decoded.
         missing: Files a CSV row names that do not exist (the reason says which row).
+        unlabelled: Single-label CSV rows with an empty label cell (not items).
         unusable: Unreadable or missing files per class (multi-label: per label).
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
@@ -238,6 +240,7 @@ class CheckReport(ReportText):
     multi_label: bool = False
     unreadable: list[BadImage] = field(default_factory=list)
     missing: list[BadImage] = field(default_factory=list)
+    unlabelled: list[BadImage] = field(default_factory=list)
     unusable: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
@@ -274,6 +277,7 @@ class CheckReport(ReportText):
         return (
             len(self.unreadable)
             + len(self.missing)
+            + len(self.unlabelled)
             + len(self.duplicates)
             + len(self.tiny)
             + len(self.large)
@@ -359,10 +363,10 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
 
     files("unreadable", "unreadable: {n} file(s), skipped by training")
     files("missing", "missing: {n} file(s) listed but not found, skipped")
+    files("unlabelled", "no label: {n} row(s) with an empty label cell, skipped")
     if report.get("duplicates"):
         items = [
-            f"{', '.join(d['kinds'])}: {' = '.join(map(rel, d['paths']))}"
-            for d in report["duplicates"]
+            f"{', '.join(d['kinds'])}: {_same_bytes(d['paths'], rel)}" for d in report["duplicates"]
         ]
         groups.append((f"duplicates: {len(items)} group(s) of identical files", items))
     if report.get("imbalanced"):
@@ -390,6 +394,19 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
     files("links", PAIR_PROBLEMS["link"])
     files("not_images", "not images: {n} file(s) in the class folders, not read (by extension)")
     return groups
+
+
+def _same_bytes(paths: list[str], rel: Callable[[str], str]) -> str:
+    """Files with the same bytes, ``a = b``; a file a CSV lists more than once is named
+    once, with its count.
+
+    >>> _same_bytes(["a.jpg", "b.jpg", "a.jpg"], str)
+    'a.jpg (listed 2 times) = b.jpg'
+    """
+    counts = Counter(paths)
+    return " = ".join(
+        rel(p) + (f" (listed {counts[p]} times)" if counts[p] > 1 else "") for p in counts
+    )
 
 
 def _pair_groups(report: dict, rel: Callable[[str], str]) -> list[tuple[str, list[str]]]:

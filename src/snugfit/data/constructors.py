@@ -8,6 +8,7 @@ its split, and no second pass over the files.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -17,13 +18,15 @@ from typing import Any, TypeVar
 import torch
 
 from snugfit.data.check_report import CheckReport
-from snugfit.data.items import csv_items, folder_items, image_files_in, list_items, name_re_items
+from snugfit.data.csv_items import csv_items
+from snugfit.data.items import folder_items, image_files_in, list_items, name_re_items
 from snugfit.data.loaders_base import checked_split
 from snugfit.data.walk import warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError
 from snugfit.sizes import Size
 
 L = TypeVar("L", bound="LoaderConstructors")
+logger = logging.getLogger("snugfit")
 
 
 class LoaderConstructors:
@@ -184,6 +187,12 @@ class LoaderConstructors:
                 f"{missing[0]}: listed in {found.csv_path} but not found "
                 f"({len(missing)} of {n_files} files missing)"
             )
+        if found.unlabelled:
+            f, n = found.unlabelled[0]
+            logger.warning(
+                "%s: %d row(s) with an empty label cell, skipped (e.g. line %d: %s)",
+                found.csv_path, len(found.unlabelled), n, f,
+            )  # fmt: skip
         multi = found.multi_label
         return cls(*found[:3], path=path, seed=seed, multi_label=multi, **kw)  # train, valid, vocab
 

@@ -1,15 +1,15 @@
 """Finding a dataset's items and splitting them into training and validation.
 
 An item is ``(image file, label)``. This module finds the image files (by
-extension), reads labels from class folders, CSV cells or lists, turns class
-names into indices, and splits the items (stratified by class, or plainly
-random for multi-label data). Files are not opened here: unreadable ones are
-among the items, and `snugfit.data.ImageDataLoaders` leaves them out.
+extension), reads labels from class folders, file names or lists (a CSV's:
+`snugfit.data.csv_items`), turns class names into indices, and splits the items
+(stratified by class, or plainly random for multi-label data). Files are not
+opened here: unreadable ones are among the items, and
+`snugfit.data.ImageDataLoaders` leaves them out.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -227,7 +227,7 @@ def list_items(
     return SplitItems(train_items, valid_items, vocab, multi, seed)
 
 
-def _split_labels(text: str, delim: str) -> list[str]:
+def split_labels(text: str, delim: str) -> list[str]:
     """``"a  b "`` → ``["a", "b"]``: split on ``delim``, strip each, drop empty parts.
 
     A whitespace ``delim`` splits on any run of whitespace (tabs too).
@@ -350,128 +350,6 @@ def folder_items(
     return FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None, links, others)
 
 
-class CsvItems(NamedTuple):
-    """What `csv_items` found: the split items, and the rows naming missing files."""
-
-    train: list[tuple[Path, Any]]  # (file, class index), or (file, tuple of indices)
-    valid: list[tuple[Path, Any]]
-    vocab: list[str]
-    multi_label: bool
-    csv_path: Path
-    valid_pct: float | None  # the random split's fraction (None with a valid column)
-    missing: list[tuple[Path, int]]  # (file, CSV line) of listed files that do not exist
-
-
-def csv_items(
-    path: Path,
-    csv_fname: str | os.PathLike,
-    folder: str | None,
-    fn_col: int | str,
-    label_col: int | str,
-    valid_col: int | str | None,
-    valid_pct: float,
-    header: bool,
-    seed: int,
-    label_delim: str | None,
-) -> CsvItems:
-    """The split items of a CSV dataset (the arguments of `ImageDataLoaders.from_csv`).
-
-    Files are not opened, and files listed but missing stay among the items
-    (``missing`` names them with their line): the caller reports or skips them.
-
-    Raises:
-        SnugfitError: Missing folder or CSV, no rows, a bad column or value, no
-            labels (multi-label) or a single class (single-label).
-    """
-    if not path.is_dir():
-        raise SnugfitError(f"{path}: no such directory")
-    csv_path = path / csv_fname
-    names, rows = _read_csv(csv_path, header)
-    cols = [
-        _column(names, c, a, csv_path) for c, a in ((fn_col, "fn_col"), (label_col, "label_col"))
-    ]
-    cols.append(_column(names, valid_col, "valid_col", csv_path) if valid_col is not None else None)
-    image_dir = path / folder if folder else path
-    files, cells, is_valid, missing = _csv_rows(rows, cols, image_dir, csv_path, header)
-    multi = label_delim is not None
-    vocab, labels = _csv_labels(files, cells, label_delim, csv_path)
-    if valid_col is None:
-        train_items, valid_items = split_items(files, labels, valid_pct, seed)
-        return CsvItems(train_items, valid_items, vocab, multi, csv_path, valid_pct, missing)
-    items = list(zip(files, labels, strict=True))
-    train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
-    valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
-    return CsvItems(train_items, valid_items, vocab, multi, csv_path, None, missing)
-
-
-def _read_csv(csv_path: Path, header: bool) -> tuple[list[str], list[list[str]]]:
-    """The column names (empty without ``header``) and the non-blank rows of a CSV file."""
-    if not csv_path.is_file():
-        raise SnugfitError(f"{csv_path}: no such file")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise SnugfitError(f"{csv_path}: not a readable CSV file ({e})") from None
-    names = rows.pop(0) if header and rows else []
-    if not rows:
-        raise SnugfitError(f"{csv_path}: no rows")
-    return names, rows
-
-
-def _column(names: list[str], col: int | str, arg: str, csv_path: Path) -> int:
-    """The index of column ``col`` (an index, or a header name)."""
-    if isinstance(col, str):
-        stripped = [n.strip() for n in names]
-        if col not in stripped:
-            raise SnugfitError(f"{arg}: no column {col!r} in {csv_path} (columns: {stripped})")
-        return stripped.index(col)
-    return col
-
-
-def _csv_rows(
-    rows: list[list[str]], cols: list[int | None], image_dir: Path, csv_path: Path, header: bool
-) -> tuple[list[Path], list[str], list[bool], list[tuple[Path, int]]]:
-    """Each row's file, label cell and validation flag, and the files that do not exist."""
-    fn_i, lab_i, valid_i = cols
-    needed = max(i for i in cols if i is not None)
-    files, cells, is_valid, missing = [], [], [], []
-    for n, row in enumerate(rows, start=2 if header else 1):
-        if len(row) <= needed:
-            raise SnugfitError(
-                f"{csv_path}, line {n}: expected {needed + 1} columns, got {len(row)}"
-            )
-        files.append(image_dir / row[fn_i].strip())
-        if not files[-1].is_file():
-            missing.append((files[-1], n))
-        cells.append(row[lab_i].strip())
-        if valid_i is not None:
-            flag = _parse_bool(row[valid_i])
-            if flag is None:
-                raise SnugfitError(
-                    f"{csv_path}, line {n}: valid column value {row[valid_i]!r} is not a boolean"
-                )
-            is_valid.append(flag)
-    return files, cells, is_valid, missing
-
-
-def _csv_labels(
-    files: list[Path], cells: list[str], label_delim: str | None, csv_path: Path
-) -> tuple[list[str], list[int] | list[tuple[int, ...]]]:
-    """The vocabulary and each row's label: a class index, or a tuple of them (``label_delim``)."""
-    if label_delim is not None:
-        if not label_delim:
-            raise SnugfitError("label_delim: must be a non-empty string or None")
-        vocab, labels = labelled_multi([_split_labels(c, label_delim) for c in cells])
-        if not vocab:
-            raise SnugfitError(f"{csv_path}: no labels found (every label cell is empty)")
-        return vocab, labels
-    vocab, labels = labelled(files, cells)
-    if len(vocab) < 2:
-        raise SnugfitError(f"{csv_path}: found only one class ('{vocab[0]}'); need at least two")
-    return vocab, labels
-
-
 def no_images(path: Path, others: list[Path] | None = None) -> SnugfitError:
     """The error for a folder without images; ``others``, the files found instead, are
     counted by extension (an iPhone's ``.heic`` photos, say)."""
@@ -482,12 +360,3 @@ def no_images(path: Path, others: list[Path] | None = None) -> SnugfitError:
             f"{ext}: {n}" for ext, n in counts.most_common(5)
         )
     return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT}{found})")
-
-
-def _parse_bool(value: str) -> bool | None:
-    v = value.strip().lower()
-    if v in ("1", "true", "t", "yes", "y", "valid", "1.0"):
-        return True
-    if v in ("0", "false", "f", "no", "n", "train", "0.0", ""):
-        return False
-    return None
