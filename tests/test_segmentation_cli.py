@@ -22,15 +22,18 @@ def seg_folder(tmp_path):
 
 def test_train_predict_and_export_a_segmentation_model(seg_folder, tmp_path, capsys):
     out = tmp_path / "run"
+    Image.new("RGB", (72, 48)).save(seg_folder / "images" / "lonely.png")  # no mask
     code, stdout, err = run_cli(capsys, "train", str(seg_folder), *TRAIN, "--out", str(out))
     assert code == 0, err
     assert "classes (segmentation)" in stdout and "dice" in stdout
+    assert "skipped 1 image(s) without a mask; list in" in stdout
     assert "precomputed features do not apply to this model" in stdout
     meta = json.loads((out / "model" / "snugfit.json").read_text())
     assert meta["decoder"] == "unet" and meta["task"] == "segmentation"
     assert meta["vocab"] == list(SEG_CODES) and meta["size"] == [48, 72] and meta["crop"] == 32
     page = (out / "report.html").read_text()
     assert "lowest Dice" in page and "true pixels" in page
+    assert "<p>1 image(s) without a mask, skipped by training.</p>" in page
     # masks at each image's own size, an overlay, and the pixel shares
     image = seg_folder / "images" / "scene_00.png"
     odd = tmp_path / "odd.png"

@@ -53,7 +53,16 @@ from snugfit.app.html_page import (
 )
 from snugfit.app.report_memory import memory_section, oom_section
 from snugfit.app.report_seg import seg_sections
-from snugfit.app.run_folder import CHECK, CONFIG, EVENTS, METRICS, REPORT, SKIPPED, RunFolder
+from snugfit.app.run_folder import (
+    CHECK,
+    CONFIG,
+    EVENTS,
+    METRICS,
+    REPORT,
+    SKIPPED,
+    RunFolder,
+    skipped_summary,
+)
 from snugfit.data.check_report import describe, problem_groups
 from snugfit.events import read_events, runs
 from snugfit.saving.atomic import atomic_write
@@ -382,7 +391,7 @@ def _skipped(path: Path) -> str:
     shown = rows[:_MAX_LISTED]
     more = len(rows) - len(shown)
     return (
-        f"<p>{len(rows)} unreadable file(s), skipped by training.</p>\n"
+        f"<p>{escape(skipped_summary(why for _, why in rows))}, skipped by training.</p>\n"
         + table(["file", "reason"], shown, left=2)
         + (note(f"... and {more} more in {SKIPPED}") if more else "")
     )

@@ -37,7 +37,7 @@ from snugfit import distributed
 from snugfit.app.config import TrainConfig
 from snugfit.app.dataset import check_data, loaders
 from snugfit.app.report import write_report
-from snugfit.app.run_folder import RunFolder
+from snugfit.app.run_folder import RunFolder, skipped_summary
 from snugfit.callbacks import EMA, CutMix, MixUp, SaveCheckpoint, TensorBoardCallback
 from snugfit.callbacks.ema import check_decay
 from snugfit.data.check_report import CheckReport
@@ -343,4 +343,4 @@ def write_skipped(skipped: dict[str, str], path: Path, console: Console) -> None
         return
     text = "".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items()))
     atomic_write(path, lambda tmp: tmp.write_text(text))
-    console.print(f"skipped {len(skipped)} unreadable file(s); list in {path}", highlight=False)
+    console.print(f"skipped {skipped_summary(skipped.values())}; list in {path}", highlight=False)

@@ -8,6 +8,7 @@ writes them (`snugfit.app.run`, the train command), the report reads them
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,25 @@ LOSS_PNG = "loss.png"
 LR_PNG = "lr.png"
 MODEL = "model"
 TENSORBOARD = "tensorboard"
+
+
+# The reasons a segmentation image is left out for its mask (`snugfit.data.seg_items`).
+_NO_MASK = ("no mask", "another image has the name")
+
+
+def skipped_summary(reasons: Iterable[str]) -> str:
+    """What ``skipped.txt`` lists, counted from the reasons: unreadable (or missing)
+    files, and segmentation images left out for want of their own mask.
+
+    >>> skipped_summary(["truncated image data", "empty file"])
+    '2 unreadable file(s)'
+    >>> skipped_summary(["no mask (masks/a.png not found)", "empty file"])
+    '1 unreadable file(s) and 1 image(s) without a mask'
+    """
+    reasons = list(reasons)
+    no_mask = sum(r.startswith(_NO_MASK) for r in reasons)
+    parts = [f"{len(reasons) - no_mask} unreadable file(s)"] if len(reasons) > no_mask else []
+    return " and ".join(parts + ([f"{no_mask} image(s) without a mask"] if no_mask else []))
 
 
 @dataclass(frozen=True)
@@ -63,7 +83,8 @@ class RunFolder:
 
     @property
     def skipped(self) -> Path:
-        """The files that could not be read, with the reason; only when some were."""
+        """The files training left out, with the reason (`skipped_summary`); only
+        when some were."""
         return self.root / SKIPPED
 
     @property

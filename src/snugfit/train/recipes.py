@@ -281,7 +281,7 @@ def _with_defaults(learn, *given) -> tuple:
         head = head_epochs + head_aug_epochs  # a decoder's are never None
         how = (f"alone on the frozen encoder for {head} epoch{'s' * (head > 1)}, then with "
                f"it for {epochs}" if head else f"with the encoder from the first step: "
-               f"{epochs} epochs")  # fmt: skip
+               f"{epochs} epoch{'s' * (epochs != 1)}")  # fmt: skip
         stop = f"early stopping after {patience}" if patience else "no early stopping"
         _log(learn, f"auto_fit: the decoder is new and reads every level of the encoder; it "
                     f"trains {how} (lr_mult {lr_mult:g}, {stop})")  # fmt: skip
