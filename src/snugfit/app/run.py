@@ -76,6 +76,9 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     cfg = _with_model_defaults(cfg, learn)  # config.json records the epochs that run
     learn.events.start_run(out=str(folder.root), resume=cfg.resume)
     unwritten: list[str] = []  # outputs a failed write left out (each warned about)
+    if main and cfg.resume is None and folder.holds_run():
+        kept = folder.set_aside()
+        console.print(f"the earlier run in {folder.root} is kept in {kept}", highlight=False)
     sink = _start_files(folder, cfg, report, learn, unwritten) if main else None
     learn.events.emit(
         "data",

@@ -8,6 +8,8 @@ writes them (`snugfit.app.run`, the train command), the report reads them
 
 from __future__ import annotations
 
+import datetime
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,9 @@ LOSS_PNG = "loss.png"
 LR_PNG = "lr.png"
 MODEL = "model"
 TENSORBOARD = "tensorboard"
+# Everything a run writes into its folder, and nothing else of it.
+RUN_FILES = (CONFIG, CHECK, METRICS, CHECKPOINT, EVENTS, REPORT, SKIPPED, BATCH_PNG, LOSS_PNG,
+             LR_PNG, MODEL, TENSORBOARD)  # fmt: skip
 
 
 # The reasons a segmentation image is left out for its mask (`snugfit.data.seg_items`).
@@ -109,3 +114,25 @@ class RunFolder:
     def tensorboard(self) -> Path:
         """TensorBoard logs, with ``--tensorboard``."""
         return self.root / TENSORBOARD
+
+    def holds_run(self) -> bool:
+        """Whether an earlier run wrote here (its configuration is written first)."""
+        return self.config.is_file()
+
+    def set_aside(self) -> Path:
+        """Move the earlier run's files (`RUN_FILES`, nothing else of the folder) into a
+        new sibling folder named after when that run started, ``<root>-YYYYMMDD-HHMMSS``
+        (``-2``, ``-3``, ... when taken); returns it. A new run in ``root`` then
+        replaces nothing: a model trained for hours is never overwritten by the next
+        run with the same ``--out``."""
+        started = datetime.datetime.fromtimestamp(self.config.stat().st_mtime)
+        base = f"{self.root.name}-{started:%Y%m%d-%H%M%S}"
+        kept, n = self.root.with_name(base), 1
+        while kept.exists():
+            n += 1
+            kept = self.root.with_name(f"{base}-{n}")
+        kept.mkdir(parents=True)
+        for name in RUN_FILES:
+            if (self.root / name).exists():
+                os.replace(self.root / name, kept / name)
+        return kept
