@@ -72,6 +72,24 @@ def test_a_classifier_refuses_mask_outputs(image_folder, tmp_path, capsys):
     assert code == 2 and "--flip" in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--tta", "2"], "--tta: for classification only; a segmentation model's masks are "
+                         "averaged over flips at prediction (snugfit predict --flip)"),
+        (["--mixup", "0.4"], "--mixup: for classification only; segmentation has its own "
+                             "losses (--loss)"),
+    ],
+)  # fmt: skip
+def test_classification_flags_are_refused_before_the_data_check(seg_folder, tmp_path, capsys,
+                                                                flags, said):  # fmt: skip
+    """--tta used to fail after the whole training (its evaluation runs last)."""
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", str(seg_folder), *TRAIN, *flags, "--out", str(out))
+    assert code == 2 and err.strip() == f"snugfit: error: {said}"
+    assert "check:" not in stdout and not (out / "config.json").exists()
+
+
 def test_segmentation_resume_is_exact(seg_folder, tmp_path):
     from snugfit import SegmentationDataLoaders
     from snugfit.callbacks import Callback, SaveCheckpoint

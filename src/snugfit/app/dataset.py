@@ -32,13 +32,19 @@ def check_data(
             options without ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
     """
     _check_data_options(cfg)
-    if cfg.csv is None and is_segmentation_folder(cfg.data):
+    if is_segmentation_data(cfg):
         return check_segmentation(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
     if cfg.csv is None:
         return check_folder(
             cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size, console=console
         )
     return check_csv(cfg.data, **csv_args(cfg), size=cfg.size, console=console)
+
+
+def is_segmentation_data(cfg: TrainConfig) -> bool:
+    """Whether the run's data is a segmentation folder (known from the layout alone,
+    before the check reads a file)."""
+    return cfg.csv is None and is_segmentation_folder(cfg.data)
 
 
 def _check_data_options(cfg: TrainConfig) -> None:

@@ -35,7 +35,7 @@ from rich.console import Console
 
 from snugfit import distributed
 from snugfit.app.config import TrainConfig
-from snugfit.app.dataset import check_data, loaders
+from snugfit.app.dataset import check_data, is_segmentation_data, loaders
 from snugfit.app.report import write_report
 from snugfit.app.run_folder import RunFolder, skipped_summary
 from snugfit.callbacks import EMA, CutMix, MixUp, SaveCheckpoint, TensorBoardCallback
@@ -67,6 +67,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> Learner:
     # Before the data check: a missing tensorboard package fails at once.
     tensorboard = TensorBoardCallback(folder.tensorboard) if cfg.tensorboard and main else None
     check_regularisation(cfg)  # bad values fail before the data check
+    check_classification_only(cfg)
     if main:  # and an --out that cannot be written
         check_writable(folder.root, "--out")
     torch.manual_seed(cfg.seed)  # the new head's initialisation
@@ -170,6 +171,7 @@ def _learner(cfg: TrainConfig, dls: ImageDataLoaders, console: Console, loss_fun
 
 
 REGULARISATION = {"label_smoothing": "--label-smoothing", "mixup": "--mixup", "cutmix": "--cutmix"}
+SEGMENTATION_LOSSES = "for classification only; segmentation has its own losses (--loss)"
 
 
 def check_regularisation(cfg: TrainConfig) -> None:
@@ -186,15 +188,29 @@ def check_regularisation(cfg: TrainConfig) -> None:
         raise SnugfitError("--mixup, --cutmix: choose one of them (each mixes every batch)")
 
 
+def check_classification_only(cfg: TrainConfig) -> None:
+    """Classification's flags refused at once for a segmentation folder: before
+    minutes of data checking, and for ``--tta`` before the whole training (its
+    evaluation runs at the end)."""
+    if not is_segmentation_data(cfg):
+        return
+    on = [flag for field, flag in REGULARISATION.items() if getattr(cfg, field)]
+    if on:
+        raise SnugfitError(f"{on[0]}: {SEGMENTATION_LOSSES}")
+    if cfg.tta:
+        raise SnugfitError(
+            "--tta: for classification only; a segmentation model's masks are averaged "
+            "over flips at prediction (snugfit predict --flip)"
+        )
+
+
 def regularisation(cfg: TrainConfig, task) -> tuple[LabelSmoothingCrossEntropy | None, list]:
     """The loss (None: the task's) and the callbacks that ``cfg``'s label smoothing,
     MixUp and CutMix ask for, refused where the task has no use for them."""
     check_regularisation(cfg)
     on = [flag for field, flag in REGULARISATION.items() if getattr(cfg, field)]
     if on and task.name == "segmentation":
-        raise SnugfitError(
-            f"{on[0]}: for classification only; segmentation has its own losses (--loss)"
-        )
+        raise SnugfitError(f"{on[0]}: {SEGMENTATION_LOSSES}")
     if cfg.label_smoothing and task.multi_label:
         raise SnugfitError(
             "--label-smoothing: for single-label data only (multi-label data trains "
