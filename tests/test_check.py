@@ -197,7 +197,7 @@ def test_train_on_a_messy_folder_uses_the_readable_images(messy, tmp_path, capsy
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
     # the skips were known from the check: no warning per file while loading
-    assert "skipping unreadable image" not in captured.err
+    assert "skipping " not in captured.err
     # a class whose every training file is unreadable is said, not trained in silence
     assert "class(es) 'moths' have no readable training image" in caplog.text
 

@@ -289,7 +289,7 @@ def test_unreadable_files_are_skipped_and_reported_once(image_folder, caplog, wo
         assert expected[Path(p).name] in reason
     warnings = [r.getMessage() for r in caplog.records if r.name == "snugfit"]
     assert len(warnings) == 3  # once per file, not once per epoch
-    assert all(w.startswith("skipping unreadable image ") for w in warnings)
+    assert all(w.startswith(f"skipping {image_folder}") for w in warnings)
     assert any("truncated.jpg: truncated image data" in w for w in warnings)
 
 

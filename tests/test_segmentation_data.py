@@ -390,7 +390,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_each_bad_pair_is_one_line_naming_its_file_and_is_skipped(tmp_path, case):
+def test_each_bad_pair_is_one_line_naming_its_file_and_is_skipped(tmp_path, case, caplog):
     root = make_segmentation_folder(tmp_path / "d", n=8, sizes=((48, 72),))
     make, kind = BAD[case]
     expected = make(root)
@@ -408,6 +408,9 @@ def test_each_bad_pair_is_one_line_naming_its_file_and_is_skipped(tmp_path, case
     for _ in dls.valid:
         pass
     assert dls.skipped == report.unreadable_files
+    # one warning, with the reason as it is: an image without a mask is not "unreadable"
+    said = [r.getMessage() for r in caplog.records if r.name == "snugfit"]
+    assert said == [f"skipping {image}: {dls.skipped[image]}"]
 
 
 def test_masks_without_images_and_absent_classes_are_reported(tmp_path):

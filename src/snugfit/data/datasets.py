@@ -231,11 +231,12 @@ class SkipList:
         self.files: dict[str, str] = dict(known or {})  # files known unreadable are not warned of
 
     def skip(self, path: str | os.PathLike, reason: str) -> None:
-        """Record an unreadable file and warn about it, once per file."""
+        """Record a file left out (unreadable, missing, an image without a mask) and warn
+        about it, once per file."""
         path = str(path)
         if path not in self.files:
             self.files[path] = reason
-            logger.warning("skipping unreadable image %s: %s", path, reason)
+            logger.warning("skipping %s: %s", path, reason)  # the reason says what is wrong
 
     def __contains__(self, path: object) -> bool:
         return str(path) in self.files
