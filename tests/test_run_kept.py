@@ -8,7 +8,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from fixtures import make_image_folder
 from snugfit.app.run_folder import RUN_FILES, RunFolder
+from snugfit.data.walk import RUN_MARKERS, walk_images
 from test_cli import TRAIN, run_cli
 
 FAST = [*TRAIN, "--recipe", "fine_tune", "--epochs", "1", "--freeze-epochs", "0"]
@@ -72,3 +74,38 @@ def test_a_second_run_keeps_the_first_and_a_resumed_one_stays(image_folder, tmp_
     assert code == 0, err
     assert "is kept in" not in stdout
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("latest-")]) == 1
+
+
+def _said(line: str, stdout: str) -> bool:
+    """Whether the console printed ``line`` (it wraps long paths anywhere)."""
+    return "".join(line.split()) in "".join(stdout.split())
+
+
+def test_a_run_folder_inside_the_data_is_not_read_as_a_class(tmp_path, capsys):
+    """``--out photos/run`` with a ``photos/<class>/`` layout: the next run used to learn
+    a third class, ``run``, from the first run's plots."""
+    data = make_image_folder(tmp_path / "photos", n_train=8, valid_name=None)
+    out = data / "run"
+    for _ in range(2):
+        code, stdout, err = run_cli(capsys, "train", str(data), *FAST, "--out", str(out))
+        assert code == 0, err
+        assert _said("data: 20 train / 4 valid images, 2 classes (green, red)", stdout)
+    heading = "folders not followed: 1 (each real folder is read once; run folders are no data)"
+    assert _said(heading, stdout)
+    assert _said("  run: a snugfit run folder (config.json, events.jsonl): a run's plots", stdout)
+    assert _said(f"the earlier run in {out} is kept in {data}/run-", stdout)
+
+
+def test_a_walk_skips_a_run_folder_below_the_top_only(tmp_path):
+    run = tmp_path / "red" / "old"
+    for name in ("config.json", "events.jsonl", "batch.png", "loss.png"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"x")
+    (tmp_path / "red" / "1.jpg").write_bytes(b"x")
+    found = walk_images(tmp_path / "red")
+    assert found.files == [tmp_path / "red" / "1.jpg"]
+    assert [(s.path, s.reason.split(" (")[0]) for s in found.skipped] == [
+        (str(run), "a snugfit run folder")
+    ]
+    assert walk_images(run).files == [run / "batch.png", run / "loss.png"]  # asked for: read
+    assert set(RUN_MARKERS) <= set(RUN_FILES)  # what marks a run is what a run writes

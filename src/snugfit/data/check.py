@@ -24,8 +24,9 @@ which still reads every byte, so truncated files are found. It reports:
   decodes with a DecompressionBombWarning (over twice the limit it refuses them:
   unreadable);
 * class folders with no image file, or none that can be read;
-* links to folders not followed: a loop (a link to a folder that holds it) or a
-  second way to a folder already read (`snugfit.data.walk`), each named once.
+* folders not followed: a loop (a link to a folder that holds it), a second way
+  to a folder already read, or a run folder inside the data (`snugfit.data.walk`),
+  each named once.
 
 ``snugfit check DATA [--csv FILE]`` prints the report; ``snugfit train`` runs the
 check first and writes ``check.json`` into the run folder. The report keeps the

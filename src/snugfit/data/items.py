@@ -24,8 +24,10 @@ from snugfit.data.walk import (
     IMAGE_EXTENSIONS,
     SkippedLink,
     is_image,
+    is_run_folder,
     leads_back,
     loop_link,
+    run_folder,
     walk_images,
     warn_not_images,
     warn_skipped,
@@ -260,6 +262,9 @@ def _class_files(root: Path, links: list[SkippedLink], others: list[Path]) -> di
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if leads_back(d):
             links.append(loop_link(d))
+            continue
+        if is_run_folder(d):  # an --out inside the data: not a class
+            links.append(run_folder(d))
             continue
         found = walk_images(d)
         links.extend(found.skipped)

@@ -86,6 +86,23 @@ def leads_back(link: Path) -> bool:
     return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
 
 
+# What marks a folder as a training run's output (`snugfit.app.run_folder`: both are
+# written when a run starts). An ``--out`` inside the data would otherwise be read as
+# data: its plots as images of a class named after the folder.
+RUN_MARKERS = ("config.json", "events.jsonl")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training run's output (`RUN_MARKERS`)."""
+    return all((folder / name).is_file() for name in RUN_MARKERS)
+
+
+def run_folder(folder: Path) -> SkippedLink:
+    """The `SkippedLink` of a run folder found inside the data (`is_run_folder`)."""
+    why = "a snugfit run folder (config.json, events.jsonl): a run's plots and model, not data"
+    return SkippedLink(str(folder), str(folder), why)
+
+
 def loop_link(link: Path) -> SkippedLink:
     """The `SkippedLink` of a ``link`` that `leads_back`."""
     return _skipped(link, "a folder that holds it (a loop)")
@@ -116,6 +133,9 @@ def walk_images(path: str | os.PathLike) -> ImageWalk:
         key = (st.st_dev, st.st_ino)
         if folder is not top and leads_back(folder):
             skipped.append(loop_link(folder))
+            continue
+        if folder is not top and is_run_folder(folder):
+            skipped.append(run_folder(folder))
             continue
         if key in read:
             skipped.append(_skipped(folder, f"a folder already read as {read[key]}"))
