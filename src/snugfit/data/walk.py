@@ -40,7 +40,7 @@ IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
     ".avif", ".ppm", ".pgm", ".pbm", ".pnm",
 })  # fmt: skip
-# Files an operating system writes into folders of pictures: neither images nor news.
+# Files an operating system writes into picture folders: not images, not worth a warning.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 
@@ -51,7 +51,8 @@ def is_image(p: Path) -> bool:
 
 @dataclass(frozen=True)
 class SkippedLink:
-    """A link to a folder that was not followed."""
+    """A folder that was not followed: a link (a loop, a folder already read) or a run
+    folder inside the data (`run_folder`)."""
 
     path: str  # the link, as found under the folder walked
     target: str  # what the link says (``os.readlink``)
@@ -70,8 +71,9 @@ def _skipped(link: Path, why: str) -> SkippedLink:
 
 
 class ImageWalk(NamedTuple):
-    """What `walk_images` found: image files (sorted), the links it did not follow,
-    and the other files, not read (their extension is no image format; sorted)."""
+    """What `walk_images` found: image files (sorted), the folders it did not follow
+    (links, run folders), and the other files, not read (their extension is no image
+    format; sorted)."""
 
     files: list[Path]
     skipped: list[SkippedLink]
