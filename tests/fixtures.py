@@ -7,6 +7,7 @@ that labels stay aligned with images through loading and augmentation.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,16 @@ from PIL import Image
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (200, 200, 40)]
 HYMENOPTERA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hymenoptera_data"
+
+
+def loaders_and_warnings(folder: Path, caplog):
+    """``ImageDataLoaders.from_folder(folder)`` (no workers, no pixel cache) and the
+    warnings the ``snugfit`` logger gave while building them."""
+    from snugfit.data.loaders import ImageDataLoaders
+
+    caplog.set_level(logging.WARNING, logger="snugfit")
+    dls = ImageDataLoaders.from_folder(folder, num_workers=0, cache=False)
+    return dls, [r.getMessage() for r in caplog.records]
 
 
 def colour_image(k: int, rng: np.random.Generator, size=(40, 32)) -> Image.Image:

@@ -7,7 +7,6 @@ what it holds. The extensions Pillow decodes that users meet (``.jfif``, ``.pgm`
 """
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, features
 
-from fixtures import make_image_folder, make_segmentation_folder
+from fixtures import loaders_and_warnings, make_image_folder, make_segmentation_folder
 from snugfit.app.cli import main
 from snugfit.data.check import check_folder
 from snugfit.data.check_seg import check_segmentation
@@ -75,10 +74,8 @@ def test_snugfit_check_prints_and_saves_them(with_others, tmp_path, capsys):
 
 
 def test_loaders_log_one_line_naming_the_extensions(with_others, caplog):
-    caplog.set_level(logging.WARNING, logger="snugfit")
-    dls = ImageDataLoaders.from_folder(with_others, num_workers=0, cache=False)
+    dls, warned = loaders_and_warnings(with_others, caplog)
     assert len(dls.train_items) == 8 and len(dls.valid_items) == 4
-    warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1
     assert warned[0].startswith(
         "3 file(s) not read, their extension is no image format snugfit reads "

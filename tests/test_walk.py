@@ -1,12 +1,11 @@
 """Walking folders: links to folders followed, each real folder read once, loops named once."""
 
-import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from fixtures import make_image_folder, make_segmentation_folder
+from fixtures import loaders_and_warnings, make_image_folder, make_segmentation_folder
 from snugfit.app.cli import main
 from snugfit.data.check import check_folder
 from snugfit.data.check_seg import check_segmentation
@@ -102,10 +101,8 @@ def test_the_check_counts_each_image_once_and_names_each_loop_once(looped, capsy
 
 
 def test_loaders_and_predict_log_each_loop_once(looped, caplog):
-    caplog.set_level(logging.WARNING, logger="snugfit")
-    dls = ImageDataLoaders.from_folder(looped, num_workers=0, cache=False)
+    dls, warned = loaders_and_warnings(looped, caplog)
     assert len(dls.train_items) == 8 and len(dls.valid_items) == 4
-    warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 4
     assert f"{looped / 'train' / 'green' / 'up'}: not followed, a link to .., " in warned[1]
     caplog.clear()

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from snugfit.data.seg_items import lacks_mask
+
 CONFIG = "config.json"
 CHECK = "check.json"
 METRICS = "metrics.csv"
@@ -31,10 +33,6 @@ RUN_FILES = (CONFIG, CHECK, METRICS, CHECKPOINT, EVENTS, REPORT, SKIPPED, BATCH_
              LR_PNG, MODEL, TENSORBOARD)  # fmt: skip
 
 
-# The reasons a segmentation image is left out for its mask (`snugfit.data.seg_items`).
-_NO_MASK = ("no mask", "another image has the name")
-
-
 def skipped_summary(reasons: Iterable[str]) -> str:
     """What ``skipped.txt`` lists, counted from the reasons: unreadable (or missing)
     files, and segmentation images left out for want of their own mask.
@@ -45,7 +43,7 @@ def skipped_summary(reasons: Iterable[str]) -> str:
     '1 unreadable file(s) and 1 image(s) without a mask'
     """
     reasons = list(reasons)
-    no_mask = sum(r.startswith(_NO_MASK) for r in reasons)
+    no_mask = sum(map(lacks_mask, reasons))
     parts = [f"{len(reasons) - no_mask} unreadable file(s)"] if len(reasons) > no_mask else []
     return " and ".join(parts + ([f"{no_mask} image(s) without a mask"] if no_mask else []))
 

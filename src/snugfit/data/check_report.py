@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from snugfit.data.items import SplitItems
-from snugfit.data.walk import SkippedLink
+from snugfit.data.walk import SkippedLink, extension
 from snugfit.sizes import Size, as_hw
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class (training images) flagged from here
@@ -132,8 +132,7 @@ class NotImage:
 
     @classmethod
     def of(cls, path: Path) -> NotImage:
-        ext = path.suffix.lower() or "no extension"
-        return cls(str(path), f"{ext} is no image format snugfit reads")
+        return cls(str(path), f"{extension(path)} is no image format snugfit reads")
 
 
 class ReportText:

@@ -45,7 +45,7 @@ from snugfit.data.masks import (
     value_problem,
 )
 from snugfit.data.progress import progress
-from snugfit.data.seg_items import Pair, SegmentationItems, folder_pairs, numbered_codes
+from snugfit.data.seg_items import NO_MASK, Pair, SegmentationItems, folder_pairs, numbered_codes
 from snugfit.errors import SnugfitError, UnreadableImage
 from snugfit.tasks import VOID
 
@@ -155,7 +155,7 @@ def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
     folders not followed."""
     out = []
     for image, reason in found.no_mask:  # never split: only pairs are
-        kind = "no mask" if reason.startswith("no mask") else "same name"
+        kind = "no mask" if reason.startswith(NO_MASK) else "same name"
         out.append(PairProblem(kind, str(image), "", reason, str(image)))
     for mask in found.no_image:
         out.append(PairProblem("no image", str(mask), "", "no image of this name in images/"))

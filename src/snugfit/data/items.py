@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +22,7 @@ import numpy as np
 from snugfit.data.walk import (
     IMAGE_EXTENSIONS,
     SkippedLink,
+    by_extension,
     is_image,
     is_run_folder,
     leads_back,
@@ -358,10 +358,5 @@ def folder_items(
 def no_images(path: Path, others: list[Path] | None = None) -> SnugfitError:
     """The error for a folder without images; ``others``, the files found instead, are
     counted by extension (an iPhone's ``.heic`` photos, say)."""
-    found = ""
-    if others:
-        counts = Counter(p.suffix.lower() or "no extension" for p in others)
-        found = f"; found {len(others)} other file(s): " + ", ".join(
-            f"{ext}: {n}" for ext, n in counts.most_common(5)
-        )
+    found = f"; found {len(others)} other file(s): {by_extension(others, top=5)}" if others else ""
     return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT}{found})")

@@ -25,6 +25,17 @@ from snugfit.data.walk import SkippedLink, walk_images
 from snugfit.errors import SnugfitError, first_line
 from snugfit.tasks import VOID
 
+# How the reason of an image left out for its mask begins: it has none, or another
+# image has its name (a mask is per name). `lacks_mask` reads them back.
+NO_MASK = "no mask"
+SAME_NAME = "another image has the name"
+
+
+def lacks_mask(reason: str) -> bool:
+    """Whether a skip ``reason`` is an image's missing mask (not a file's fault)."""
+    return reason.startswith((NO_MASK, SAME_NAME))
+
+
 IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
 MASK_SUFFIX = ".png"
 
@@ -115,13 +126,13 @@ def _pairs(
         name = stem(image, images_dir)
         seen.add(name)
         if name in by_name:
-            no_mask.append((image, f"another image has the name {name!r}: {by_name[name]}"))
+            no_mask.append((image, f"{SAME_NAME} {name!r}: {by_name[name]}"))
         elif name in png:
             by_name[name] = image
             pairs.append((image, png[name]))
         else:
             why = f"; {other[name]} is not a PNG" if name in other else ""
-            no_mask.append((image, f"no mask ({masks_dir / name}{MASK_SUFFIX} not found{why})"))
+            no_mask.append((image, f"{NO_MASK} ({masks_dir / name}{MASK_SUFFIX} not found{why})"))
     # A mask of an image's name that is no PNG is in that image's reason, not here.
     used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
     no_image = sorted(m for m in [*png.values(), *other.values()] if m not in used)
@@ -239,7 +250,7 @@ def label_func_pairs(
         if mask.is_file():
             pairs.append((f, mask))
         else:
-            no_mask.append((f, f"no mask ({mask} not found)"))
+            no_mask.append((f, f"{NO_MASK} ({mask} not found)"))
     if not pairs:
         raise SnugfitError(f"{root}: no image with a mask; e.g. {no_mask[0][0]}: {no_mask[0][1]}")
     vocab = check_codes(codes, "codes") if codes is not None else None

@@ -165,6 +165,18 @@ def warn_skipped(skipped: list[SkippedLink]) -> None:
         logger.warning("%s", link)
 
 
+def extension(path: Path) -> str:
+    """``path``'s extension, lower-case (``"no extension"`` without one)."""
+    return path.suffix.lower() or "no extension"
+
+
+def by_extension(paths: list[Path], top: int | None = None) -> str:
+    """``".heic: 2, .txt: 1"``: the files counted by `extension`, most first (then by
+    name), the ``top`` most only when given."""
+    counts = sorted(Counter(map(extension, paths)).items(), key=lambda c: (-c[1], c[0]))
+    return ", ".join(f"{ext}: {n}" for ext, n in counts[:top])
+
+
 def not_images_line(others: list[Path]) -> str:
     """One line on files that were not read because their extension is no image
     format: how many of each extension, one of them named, and what is read.
@@ -172,13 +184,10 @@ def not_images_line(others: list[Path]) -> str:
     >>> not_images_line([Path("a/1.heic"), Path("a/2.heic"), Path("b/notes.txt")])
     '3 file(s) not read, their extension is no image format snugfit reads (.heic: 2, .txt: 1; e.g. a/1.heic); it reads .avif, .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif, .tiff, .webp'
     """
-    counts = Counter(p.suffix.lower() or "no extension" for p in others)
-    kinds = ", ".join(
-        f"{ext}: {n}" for ext, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
-    )
     return (
         f"{len(others)} file(s) not read, their extension is no image format snugfit reads "
-        f"({kinds}; e.g. {others[0]}); it reads {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        f"({by_extension(others)}; e.g. {others[0]}); it reads "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}"
     )
 
 
