@@ -363,7 +363,11 @@ def _jpeg_mask(root: Path) -> str:
     mask = root / "masks" / "scene_02.png"
     Image.open(mask).save(root / "masks" / "scene_02.jpg")
     mask.unlink()
-    return "images/scene_02.png: no mask (masks/scene_02.png not found; "
+    return (
+        "images/scene_02.png: no mask (masks/scene_02.png not found; masks/scene_02.jpg is a "
+        "JPEG, whose compression blends class values at edges: a mask must be PNG, TIFF, BMP "
+        "or GIF)"
+    )
 
 
 def _unreadable_image(root: Path) -> str:
@@ -411,6 +415,33 @@ def test_each_bad_pair_is_one_line_naming_its_file_and_is_skipped(tmp_path, case
     # one warning, with the reason as it is: an image without a mask is not "unreadable"
     said = [r.getMessage() for r in caplog.records if r.name == "snugfit"]
     assert said == [f"skipping {image}: {dls.skipped[image]}"]
+
+
+def test_masks_in_any_lossless_format_pair_with_their_images(tmp_path):
+    """Satellite and medical sets ship .tif masks: TIFF, BMP and GIF masks are read as
+    PNG ones are; a second mask of one name is reported as unused, never paired."""
+    root = make_segmentation_folder(tmp_path / "d", n=8, sizes=((48, 72),))
+    png = {i: open_mask(root / "masks" / f"scene_{i:02d}.png") for i in range(8)}
+    for i, suffix in [(1, ".tif"), (2, ".tiff"), (3, ".bmp"), (4, ".GIF")]:
+        mask = root / "masks" / f"scene_{i:02d}.png"
+        Image.open(mask).save(mask.with_suffix(suffix), optimize=False)  # GIF: no palette reorder
+        mask.unlink()
+    extra = root / "masks" / "scene_05.tif"  # scene_05.png stays its mask
+    Image.fromarray(np.zeros((48, 72), np.uint8)).save(extra)
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 8
+    pairs = dict(report.split.train + report.split.valid)
+    assert pairs[root / "images" / "scene_01.png"].name == "scene_01.tif"
+    assert pairs[root / "images" / "scene_04.png"].name == "scene_04.GIF"
+    assert pairs[root / "images" / "scene_05.png"].name == "scene_05.png"
+    for image, mask in pairs.items():
+        i = int(image.stem[-2:])
+        assert np.array_equal(open_mask(mask), png[i]), mask
+    assert [(p.kind, p.path, p.reason) for p in report.issues] == [
+        ("no image", str(extra), "a second mask of this name (scene_05.png is used)")
+    ]
+    dls = SegmentationDataLoaders.from_folder(root, size=(48, 72), crop=32, **FAST)
+    assert len(dls.train_items) + len(dls.valid_items) == 8 and not dls.skipped
 
 
 def test_masks_without_images_and_absent_classes_are_reported(tmp_path):

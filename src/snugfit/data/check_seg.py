@@ -157,8 +157,13 @@ def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
     for image, reason in found.no_mask:  # never split: only pairs are
         kind = "no mask" if reason.startswith(NO_MASK) else "same name"
         out.append(PairProblem(kind, str(image), "", reason, str(image)))
+    used = {m.with_suffix(""): m for _, m in found.train + found.valid}
     for mask in found.no_image:
-        out.append(PairProblem("no image", str(mask), "", "no image of this name in images/"))
+        twin = used.get(mask.with_suffix(""))
+        why = f"a second mask of this name ({twin.name} is used)" if twin else None
+        out.append(
+            PairProblem("no image", str(mask), "", why or "no image of this name in images/")
+        )
     out += [PairProblem("link", link.path, "", link.reason) for link in found.links]
     out += [PairProblem("not image", n.path, "", n.reason) for n in map(NotImage.of, found.others)]
     return out

@@ -4,7 +4,8 @@ The folder layout `snugfit.data.segmentation.SegmentationDataLoaders.from_folder
 `snugfit.data.check_seg.check_segmentation` read::
 
     DATA/images/<name>.<ext>   any image format snugfit reads (subfolders allowed)
-    DATA/masks/<name>.png      the same relative name, .png; 8-bit class indices, 255 void
+    DATA/masks/<name>.png      the same relative name, a lossless format (`MASK_SUFFIXES`:
+                               PNG, TIFF, BMP, GIF); 8-bit class indices, 255 void
     DATA/codes.txt             optional: line i is the name of class i
     DATA/valid.txt             optional: the validation images, one name a line
 
@@ -37,7 +38,11 @@ def lacks_mask(reason: str) -> bool:
 
 
 IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
-MASK_SUFFIX = ".png"
+# Lossless formats a mask may have, in the order one is preferred when a name has
+# several (satellite and medical sets ship .tif masks). JPEG is refused by name: its
+# compression blends class values at every edge.
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif")
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 Pair = tuple[Path, Path]
 
@@ -57,7 +62,7 @@ class SegmentationItems(NamedTuple):
     layout: str  # "valid.txt" (the validation images listed) or "split" (random)
     valid_pct: float | None  # the random split's fraction
     no_mask: list[tuple[Path, str]]  # images without a mask, with the reason
-    no_image: list[Path]  # masks without an image (or not .png), never used
+    no_image: list[Path]  # masks without an image (or not lossless), never used
     codes: Path | None  # the codes file read
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
     others: list[Path]  # files in images/ and masks/ that are no images (by extension)
@@ -117,9 +122,7 @@ def _pairs(
     def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
         return _relative(path.with_suffix(""), folder)
 
-    png, other = {}, {}
-    for m in masks.files:
-        (png if m.suffix.lower() == MASK_SUFFIX else other)[stem(m, masks_dir)] = m
+    lossless, other, extra = _masks_by_name(masks.files, masks_dir)
     by_name: dict[str, Path] = {}
     pairs, no_mask, seen = [], [], set()
     for image in images.files:
@@ -127,16 +130,46 @@ def _pairs(
         seen.add(name)
         if name in by_name:
             no_mask.append((image, f"{SAME_NAME} {name!r}: {by_name[name]}"))
-        elif name in png:
+        elif name in lossless:
             by_name[name] = image
-            pairs.append((image, png[name]))
+            pairs.append((image, lossless[name]))
         else:
-            why = f"; {other[name]} is not a PNG" if name in other else ""
-            no_mask.append((image, f"{NO_MASK} ({masks_dir / name}{MASK_SUFFIX} not found{why})"))
-    # A mask of an image's name that is no PNG is in that image's reason, not here.
+            why = f"; {other[name]} {_not_lossless(other[name])}" if name in other else ""
+            no_mask.append((image, f"{NO_MASK} ({masks_dir / name}.png not found{why})"))
+    # A mask of an image's name that cannot be one is in that image's reason, not here.
     used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
-    no_image = sorted(m for m in [*png.values(), *other.values()] if m not in used)
+    no_image = sorted(m for m in [*lossless.values(), *other.values(), *extra] if m not in used)
     return pairs, no_mask, no_image
+
+
+def _masks_by_name(
+    files: list[Path], folder: Path
+) -> tuple[dict[str, Path], dict[str, Path], list[Path]]:
+    """The masks by name (their path under ``folder`` without the suffix): those in a
+    lossless format (the first of `MASK_SUFFIXES` a name has), the others, and the
+    masks a name has besides its first of each (reported as unused)."""
+    rank = {suffix: i for i, suffix in enumerate(MASK_SUFFIXES)}
+    lossless: dict[str, Path] = {}
+    other: dict[str, Path] = {}
+    extra: list[Path] = []
+    for m in sorted(files, key=lambda f: rank.get(f.suffix.lower(), len(rank))):
+        name = _relative(m.with_suffix(""), folder)
+        found = lossless if m.suffix.lower() in rank else other
+        if name in found:
+            extra.append(m)
+        else:
+            found[name] = m
+    return lossless, other, extra
+
+
+def _not_lossless(mask: Path) -> str:
+    """Why ``mask``, found under an image's name, is not read as its mask."""
+    formats = "PNG, TIFF, BMP or GIF"
+    if mask.suffix.lower() in LOSSY_SUFFIXES:
+        return (
+            f"is a JPEG, whose compression blends class values at edges: a mask must be {formats}"
+        )
+    return f"is not a mask format ({formats})"
 
 
 def _valid_names(path: Path) -> list[tuple[int, str]]:

@@ -209,8 +209,8 @@ class SegmentationDataLoaders(DataLoadersBase):
         loss: str = "ce",
         **kw: Any,
     ) -> SegmentationDataLoaders:
-        """Loaders of ``path/images/<name>.<ext>`` and ``path/masks/<name>.png``
-        (`snugfit.data.seg_items`).
+        """Loaders of ``path/images/<name>.<ext>`` and ``path/masks/<name>.png`` (or
+        another lossless format; `snugfit.data.seg_items`).
 
         Classes: ``path/codes.txt`` (line i names class i), else ``class_0`` ...
         up to the largest value in the masks (every mask is read for it). Validation:
