@@ -38,6 +38,8 @@ from snugfit.data.decode import failure_reason, open_image
 from snugfit.data.items import SplitItems
 from snugfit.data.masks import (
     NotAMask,
+    binary_counts,
+    binary_masks,
     mismatch,
     open_mask,
     upright_size,
@@ -177,10 +179,13 @@ def _tally(
 ) -> None:
     """Classes, per-split pixels and images holding each class, and the pairs' problems."""
     readable = [s.counts for s in seen if s.counts is not None]
+    total = np.sum(readable, axis=0) if readable else np.zeros(256, dtype=np.int64)
+    report.binary = binary_masks(total, None if found.vocab is None else len(found.vocab))
+    read = binary_counts if report.binary else (lambda counts: counts)
     if found.vocab is not None:
         report.classes = list(found.vocab)
     elif readable:
-        values = np.flatnonzero(np.sum(readable, axis=0)[:VOID])
+        values = np.flatnonzero(read(total)[:VOID])
         if not len(values):
             raise SnugfitError(
                 f"{report.root}: no class values in the masks (every readable mask is void, "
@@ -193,17 +198,18 @@ def _tally(
     report.counts = {s: dict.fromkeys(report.classes, 0) for s in SPLITS}
     report.images = dict.fromkeys(SPLITS, 0)
     for ((image, mask), split), s in zip(pairs, seen, strict=True):
-        problem = value_problem(s.counts, n) if s.counts is not None else None
+        counts = read(s.counts) if s.counts is not None else None
+        problem = value_problem(counts, n) if counts is not None else None
         if s.kind is not None:
             report.issues.append(PairProblem(s.kind, s.path, split, s.reason, str(image)))
         elif problem is not None:
             report.issues.append(PairProblem("values", str(mask), split, problem, str(image)))
         else:
             report.images[split] += 1
-            for c in np.flatnonzero(s.counts[:n]).tolist():
+            for c in np.flatnonzero(counts[:n]).tolist():
                 report.counts[split][report.classes[c]] += 1
-                report.pixels[split][report.classes[c]] += int(s.counts[c])
-            report.pixels[split][VOID_ROW] += int(s.counts[VOID])
+                report.pixels[split][report.classes[c]] += int(counts[c])
+            report.pixels[split][VOID_ROW] += int(counts[VOID])
 
 
 def _fatal(report: SegmentationCheckReport, pairs: list[tuple[Pair, str]]) -> None:

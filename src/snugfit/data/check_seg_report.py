@@ -64,6 +64,8 @@ class SegmentationCheckReport(ReportText):
             counted at the masks' own resolution.
         issues: Every problem found, each naming its file (`PairProblem`).
         absent: Classes with no pixel in the training masks.
+        binary: The masks hold only 0 and 255 and are read as binary masks: 255 is
+            class 1, not void (`snugfit.data.masks.binary_masks`).
         seconds: Time the check took.
         split: The split pairs and classes, for `SegmentationDataLoaders.from_check`;
             not part of `to_dict`, ``check.json`` or the printed report.
@@ -81,6 +83,7 @@ class SegmentationCheckReport(ReportText):
     pixels: dict[str, dict[str, int]] = field(default_factory=dict)
     issues: list[PairProblem] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    binary: bool = False
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 

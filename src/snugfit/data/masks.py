@@ -17,6 +17,8 @@ images:
   as one uint8 ``(4, H, W)`` array: 3 colour channels and the mask.
 * `value_counts` and `value_problem`: a mask's pixels per value, and the values that
   are neither a class nor void.
+* `binary_masks`: masks holding only 0 and 255 mark an object with 255; they are read
+  with 255 as class 1, not void (`read_binary`, `binary_counts`).
 
 Problems with a pair are reported under the image's path (the item training skips),
 with a reason that names the mask file when the mask is at fault.
@@ -147,6 +149,34 @@ def value_problem(counts: np.ndarray, n_classes: int) -> str | None:
         return None
     shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
     return f"values {shown} are not classes (0-{n_classes - 1}) or void ({VOID})"
+
+
+def binary_masks(seen: np.ndarray, n_codes: int | None) -> bool:
+    """Whether masks whose `value_counts` sum to ``seen`` are binary masks marking the
+    object with 255, as most tools save them: 0 and 255 are their only values, and the
+    classes are two (codes.txt) or not named. Read with 255 as void, such masks would
+    hold one class and nothing to learn; they are read with 255 as class 1
+    (`read_binary`).
+
+    >>> counts = np.zeros(256, dtype=np.int64); counts[[0, 255]] = 10
+    >>> binary_masks(counts, None), binary_masks(counts, 3)
+    (True, False)
+    """
+    present = np.flatnonzero(seen).tolist()
+    return present == [0, VOID] and n_codes in (None, 2)
+
+
+def read_binary(values: Tensor) -> Tensor:
+    """Binary masks' values as classes: 255 (the object) becomes class 1."""
+    return values.masked_fill(values == VOID, 1)
+
+
+def binary_counts(counts: np.ndarray) -> np.ndarray:
+    """A binary mask's `value_counts` as `read_binary` reads it: 255's pixels are class 1's."""
+    out = counts.copy()
+    out[1] += out[VOID]
+    out[VOID] = 0
+    return out
 
 
 def decode_pair(

@@ -6,6 +6,7 @@ The folder layout `snugfit.data.segmentation.SegmentationDataLoaders.from_folder
     DATA/images/<name>.<ext>   any image format snugfit reads (subfolders allowed)
     DATA/masks/<name>.png      the same relative name, a lossless format (`MASK_SUFFIXES`:
                                PNG, TIFF, BMP, GIF); 8-bit class indices, 255 void
+                               (only 0 and 255 in them: binary, 255 is class 1)
     DATA/codes.txt             optional: line i is the name of class i
     DATA/valid.txt             optional: the validation images, one name a line
 

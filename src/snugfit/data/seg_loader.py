@@ -29,7 +29,7 @@ from torch import Tensor
 from snugfit.data.augment import batch_augment_masks, center_batch, center_crop
 from snugfit.data.datasets import ImageDataset, PathList, collate
 from snugfit.data.device_loader import DeviceLoader
-from snugfit.data.masks import decode_pair
+from snugfit.data.masks import decode_pair, read_binary
 from snugfit.sizes import Size, as_hw
 
 
@@ -120,11 +120,14 @@ class SegmentationDeviceLoader(DeviceLoader):
     ``(B, *crop)`` (a random window of the image at ``size``, flipped, rotated and
     zoomed with its mask; without augmentation, the central window); validation,
     ``(B, 3, *size)`` and ``(B, *size)``: the whole image. Mask values are class
-    indices and 255 (void), never blended. Everything else is `DeviceLoader`'s.
+    indices and 255 (void), never blended; with ``binary``, 255 is class 1 (binary
+    masks: `snugfit.data.masks.binary_masks`), read so as a batch arrives, before
+    augmentation. Everything else is `DeviceLoader`'s.
     """
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args, binary: bool = False, **kw):
         super().__init__(*args, **kw)
+        self.binary = binary
         self._collate = functools.partial(collate, task=None)
 
     def _decode_size(self) -> Size:
@@ -137,7 +140,8 @@ class SegmentationDeviceLoader(DeviceLoader):
         return None
 
     def _split(self, x: Tensor, y: None) -> tuple[Tensor, Tensor]:
-        return x[:, :3], x[:, 3]
+        mask = x[:, 3]
+        return x[:, :3], read_binary(mask) if self.binary else mask
 
     def _to_batch(
         self, x: Tensor, y: Tensor, gen: torch.Generator, draw: tuple | None, augment: bool

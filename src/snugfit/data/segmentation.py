@@ -40,7 +40,7 @@ from snugfit.data.check_seg_report import SegmentationCheckReport
 from snugfit.data.datasets import SkipList
 from snugfit.data.decode import prepare_for_predict
 from snugfit.data.loaders_base import DataLoadersBase, checked_split
-from snugfit.data.masks import pair_header_problem, scan_masks
+from snugfit.data.masks import binary_counts, binary_masks, pair_header_problem, scan_masks
 from snugfit.data.preprocessing import Preprocessing, check_positive_int
 from snugfit.data.seg_items import (
     Pair,
@@ -109,6 +109,9 @@ class SegmentationDataLoaders(DataLoadersBase):
             without a mask, found when listing the folder).
         checked: A data check decoded every pair: no header is opened here.
         loss: The task's loss: ``"ce"`` (cross-entropy) or ``"dice_ce"``, both ignoring void.
+        binary: Read 255 in the masks as class 1, not void: binary masks that mark the
+            object with 255 (`snugfit.data.masks.binary_masks`; ``from_folder`` and
+            ``from_check`` find out by themselves).
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         left_out: Mapping[str, str] | None = None,
         checked: bool = False,
         loss: str = "ce",
+        binary: bool = False,
     ):
         size = check_size("size", size)
         preprocessing = Preprocessing(
@@ -162,6 +166,7 @@ class SegmentationDataLoaders(DataLoadersBase):
             cache_size=cache_size,
             cache_root=cache_root,
         )
+        self.binary = bool(binary)
         where = self.path if self.path is not None else "data"
         if self.c < 2:
             raise SnugfitError(
@@ -188,6 +193,7 @@ class SegmentationDataLoaders(DataLoadersBase):
             "skips": self.skips,
             "cache": self.cache,
             "cache_since_ns": self.cache_since_ns,
+            "binary": self.binary,
         }
         return (
             SegmentationDeviceLoader(self.train_items, True, settings, **shared),
@@ -274,9 +280,11 @@ class SegmentationDataLoaders(DataLoadersBase):
                 found.no_image[0],
             )
         vocab = found.vocab
-        if vocab is None:
+        if vocab is None or (len(vocab) == 2 and "binary" not in kw):
             known = {**(kw.get("unreadable") or {}), **left_out}
-            vocab, bad = _numbered_classes(found.train + found.valid, known, path)
+            numbered, binary, bad = _numbered_classes(found.train + found.valid, known, path, vocab)
+            vocab = vocab or numbered
+            kw.setdefault("binary", binary)
             left_out.update(bad)
         return cls(
             found.train,
@@ -310,6 +318,7 @@ class SegmentationDataLoaders(DataLoadersBase):
             path=report.root,
             unreadable=unreadable,
             checked=True,
+            binary=report.binary,
             **kw,
         )
 
@@ -413,10 +422,11 @@ def usable_pairs(items: Sequence[Pair], skips: SkipList, checked: bool) -> list[
 
 
 def _numbered_classes(
-    pairs: Sequence[Pair], known: Mapping[str, str], where
-) -> tuple[list[str], dict[str, str]]:
-    """``class_0`` ... up to the largest class value in the masks, and the images whose
-    mask cannot be read (image → reason)."""
+    pairs: Sequence[Pair], known: Mapping[str, str], where, codes: Sequence[str] | None
+) -> tuple[list[str], bool, dict[str, str]]:
+    """From every mask's values: ``class_0`` ... up to the largest class value, whether
+    they are binary masks marking the object with 255 (given ``codes``, the classes),
+    and the images whose mask cannot be read (image → reason)."""
     pairs = [(i, m) for i, m in pairs if str(i) not in known]
     found = scan_masks([m for _, m in pairs])
     seen = np.zeros(256, dtype=np.int64)
@@ -426,13 +436,16 @@ def _numbered_classes(
             bad[str(image)] = f"mask {mask}: {counts}"
         else:
             seen += counts
+    binary = binary_masks(seen, None if codes is None else len(codes))
+    if binary:
+        seen = binary_counts(seen)
     values = np.flatnonzero(seen[:VOID])
     if not len(values):
         raise SnugfitError(
             f"{where}: no class values in the masks (every readable mask is void, {VOID}); "
             "nothing to learn"
         )
-    return numbered_codes(int(values[-1])), bad
+    return numbered_codes(int(values[-1])), binary, bad
 
 
 def class_colours(n: int) -> np.ndarray:

@@ -1,0 +1,94 @@
+"""Binary masks that mark the object with 255 (as most tools save them): read as
+classes 0 and 1, never as background and void."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fixtures import make_segmentation_folder
+from snugfit.data.check_seg import check_segmentation
+from snugfit.data.masks import open_mask
+from snugfit.data.segmentation import SegmentationDataLoaders
+from test_cli import run_cli
+
+FAST = {"num_workers": 0, "device": "cpu", "bs": 4, "cache": False}
+HW = (48, 72)
+
+
+def binary_folder(root: Path, codes=None) -> Path:
+    """The fixture's scenes with each mask rewritten as 0 (background) and 255 (any
+    object); returns ``root``."""
+    make_segmentation_folder(root, n=8, sizes=(HW,), codes=codes)
+    for mask in sorted((root / "masks").iterdir()):
+        values = open_mask(mask)
+        Image.fromarray(np.where(values > 0, 255, 0).astype(np.uint8)).save(mask)
+    return root
+
+
+def objects(root: Path, split) -> int:
+    """Pixels of 255 per split, counted in the files."""
+    return sum(int((open_mask(m) == 255).sum()) for _, m in split)
+
+
+def test_the_check_reads_255_as_class_1(tmp_path):
+    root = binary_folder(tmp_path / "d")
+    report = check_segmentation(root, workers=1)
+    assert report.binary and report.classes == ["class_0", "class_1"]
+    assert not report.issues and report.usable == 8
+    assert report.pixels["train"]["class_1"] == objects(root, report.split.train) > 0
+    assert report.pixels["train"]["(void)"] == 0 and report.pixels["valid"]["(void)"] == 0
+    assert "binary masks: only 0 and 255, 255 read as class 1, not void" in report.describe()
+    data = report.to_dict()
+    assert data["binary"] is True
+
+
+@pytest.mark.parametrize("codes", [None, ("ground", "roof")])
+def test_loaders_train_on_classes_0_and_1(tmp_path, codes):
+    root = binary_folder(tmp_path / "d", codes=codes)
+    dls = SegmentationDataLoaders.from_folder(root, size=HW, crop=32, **FAST)
+    assert dls.binary and dls.c == 2
+    assert dls.vocab == (list(codes) if codes else ["class_0", "class_1"])
+    ys = torch.cat([y for _, y in dls.valid])  # whole images at their own size
+    masks = np.stack([open_mask(m) for _, m in dls.valid_items])
+    assert np.array_equal(ys.numpy(), (masks == 255).astype(np.int64))
+    _, y = next(iter(dls.train))
+    assert set(y.unique().tolist()) == {0, 1}
+    # the check's loaders read them the same way
+    checked = SegmentationDataLoaders.from_check(
+        check_segmentation(root, workers=1), size=HW, **FAST
+    )
+    assert checked.binary and torch.equal(torch.cat([y for _, y in checked.valid]), ys)
+
+
+def test_255_stays_void_where_other_classes_are_used(tmp_path):
+    """Masks with classes 0, 1, 2 and some void, or 0/255 masks with three codes: 255 is
+    void, as before."""
+    root = make_segmentation_folder(tmp_path / "multi", n=8, sizes=(HW,), codes=None)
+    mask = root / "masks" / "scene_00.png"
+    values = open_mask(mask)
+    values[:2] = 255
+    Image.fromarray(values).save(mask)
+    report = check_segmentation(root, workers=1)
+    assert (
+        not report.binary
+        and report.pixels["train"]["(void)"] + report.pixels["valid"]["(void)"] > 0
+    )
+    three = binary_folder(tmp_path / "three", codes=("a", "b", "c"))
+    report = check_segmentation(three, workers=1)
+    assert not report.binary and report.absent == ["b", "c"]
+    dls = SegmentationDataLoaders.from_folder(three, size=HW, **FAST)
+    assert not dls.binary
+
+
+def test_train_on_a_binary_folder_from_the_command_line(tmp_path, capsys):
+    root = binary_folder(tmp_path / "d")
+    out = tmp_path / "run"
+    args = ["--arch", "test_resnet", "--no-pretrained", "--bs", "4", "--size", "48x72",
+            "--crop", "32", "--workers", "0", "--epochs", "1", "--no-lr-find"]  # fmt: skip
+    code, stdout, err = run_cli(capsys, "train", str(root), *args, "--out", str(out))
+    assert code == 0, err
+    assert "binary masks: only 0 and 255, 255 read as class 1" in stdout
+    assert "2 classes (segmentation)" in stdout
