@@ -1,6 +1,7 @@
 """Binary masks that mark the object with 255 (as most tools save them): read as
 classes 0 and 1, never as background and void."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,12 @@ import torch
 from PIL import Image
 
 from fixtures import make_segmentation_folder
+from snugfit import load_learner
 from snugfit.data.check_seg import check_segmentation
 from snugfit.data.masks import open_mask
 from snugfit.data.segmentation import SegmentationDataLoaders
+from snugfit.errors import SnugfitError
+from snugfit.tasks.saved import task_from_config
 from test_cli import run_cli
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 4, "cache": False}
@@ -92,3 +96,24 @@ def test_train_on_a_binary_folder_from_the_command_line(tmp_path, capsys):
     assert code == 0, err
     assert "binary masks: only 0 and 255, 255 read as class 1" in stdout
     assert "2 classes (segmentation)" in stdout
+    meta = json.loads((out / "model" / "snugfit.json").read_text())
+    assert meta["binary"] is True and meta["vocab"] == ["class_0", "class_1"]
+    # predicted masks come back as the training masks were: 0 and 255
+    masks = tmp_path / "masks"
+    code, _, err = run_cli(capsys, "predict", str(out), str(root / "images"), "--out", str(masks))
+    assert code == 0, err
+    written = [np.asarray(Image.open(m)) for m in sorted(masks.glob("*.png"))]
+    assert len(written) == 8 and {v for w in written for v in np.unique(w).tolist()} <= {0, 255}
+    learn = load_learner(out / "model")
+    mask, _ = learn.predict(root / "images" / "scene_00.png")
+    assert np.array_equal(written[0], mask.numpy().astype(np.uint8) * 255)
+
+
+def test_a_model_file_says_binary_only_with_two_classes():
+    cfg = {"task": "segmentation", "vocab": ["a", "b"], "binary": True}
+    assert task_from_config(cfg, "m.json").binary
+    assert not task_from_config({**cfg, "binary": False}, "m.json").binary
+    assert "binary" not in task_from_config({**cfg, "binary": False}, "m.json").config()
+    for bad in ({**cfg, "vocab": ["a", "b", "c"]}, {**cfg, "binary": "yes"}):
+        with pytest.raises(SnugfitError, match=r"m\.json: field 'binary' must be true"):
+            task_from_config(bad, "m.json")

@@ -120,14 +120,13 @@ class SegmentationDeviceLoader(DeviceLoader):
     ``(B, *crop)`` (a random window of the image at ``size``, flipped, rotated and
     zoomed with its mask; without augmentation, the central window); validation,
     ``(B, 3, *size)`` and ``(B, *size)``: the whole image. Mask values are class
-    indices and 255 (void), never blended; with ``binary``, 255 is class 1 (binary
-    masks: `snugfit.data.masks.binary_masks`), read so as a batch arrives, before
-    augmentation. Everything else is `DeviceLoader`'s.
+    indices and 255 (void), never blended; for binary masks (the task's ``binary``),
+    255 is class 1, read so as a batch arrives, before augmentation. Everything else
+    is `DeviceLoader`'s.
     """
 
-    def __init__(self, *args, binary: bool = False, **kw):
+    def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.binary = binary
         self._collate = functools.partial(collate, task=None)
 
     def _decode_size(self) -> Size:
@@ -141,7 +140,7 @@ class SegmentationDeviceLoader(DeviceLoader):
 
     def _split(self, x: Tensor, y: None) -> tuple[Tensor, Tensor]:
         mask = x[:, 3]
-        return x[:, :3], read_binary(mask) if self.binary else mask
+        return x[:, :3], read_binary(mask) if self.task.binary else mask
 
     def _to_batch(
         self, x: Tensor, y: Tensor, gen: torch.Generator, draw: tuple | None, augment: bool

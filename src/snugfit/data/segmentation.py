@@ -150,7 +150,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         )
         self._setup(
             path=path,
-            task=Segmentation(loss=loss),
+            task=Segmentation(loss=loss, binary=binary),
             settings=LoaderSettings(
                 bs=check_positive_int("bs", bs),
                 preprocessing=preprocessing,
@@ -166,7 +166,6 @@ class SegmentationDataLoaders(DataLoadersBase):
             cache_size=cache_size,
             cache_root=cache_root,
         )
-        self.binary = bool(binary)
         where = self.path if self.path is not None else "data"
         if self.c < 2:
             raise SnugfitError(
@@ -193,7 +192,6 @@ class SegmentationDataLoaders(DataLoadersBase):
             "skips": self.skips,
             "cache": self.cache,
             "cache_since_ns": self.cache_since_ns,
-            "binary": self.binary,
         }
         return (
             SegmentationDeviceLoader(self.train_items, True, settings, **shared),
@@ -323,6 +321,11 @@ class SegmentationDataLoaders(DataLoadersBase):
         )
 
     # -- settings -------------------------------------------------------------
+
+    @property
+    def binary(self) -> bool:
+        """Whether the masks are binary masks read with 255 as class 1 (the task's)."""
+        return self.task.binary
 
     @property
     def crop(self) -> Size:

@@ -54,6 +54,8 @@ class Segmentation(Task):
             cross-entropy, both ignoring void (see `snugfit.tasks.seg_losses`).
         background: the class the mean Dice and IoU leave out (0 by default; None:
             average over every class).
+        binary: the masks are binary masks marking class 1 with 255 (not void): the
+            loaders read them so, and predicted masks are written so (0 and 255).
     """
 
     name = "segmentation"
@@ -63,14 +65,14 @@ class Segmentation(Task):
     run_metrics = ("dice", "iou", "pixel_accuracy")
     classes_word = "classes (segmentation)"
 
-    def __init__(self, loss: str = "ce", background: int | None = 0):
+    def __init__(self, loss: str = "ce", background: int | None = 0, binary: bool = False):
         if loss not in LOSSES:
             raise SnugfitError(
                 f"loss: unknown segmentation loss {loss!r}; known: {', '.join(LOSSES)}"
             )
         if background is not None and not _is_index(background):
             raise SnugfitError("background: must be a class index (an integer >= 0) or None")
-        self.loss_name, self.background = loss, background
+        self.loss_name, self.background, self.binary = loss, background, bool(binary)
 
     # -- data ---------------------------------------------------------------
     def target(self, label, n_classes: int) -> np.ndarray:
@@ -106,6 +108,12 @@ class Segmentation(Task):
         names = [vocab[i] for i in order[:most]]
         more = f" +{len(order) - most}" if len(order) > most else ""
         return ", ".join(names) + more if names else "(void)"
+
+    def mask_file(self, mask: Tensor) -> np.ndarray:
+        """A predicted ``(H, W)`` mask as a mask file holds it: uint8 class indices;
+        for binary masks 0 and 255, as the training masks were."""
+        values = mask.to(torch.uint8)
+        return (values * VOID if self.binary else values).cpu().numpy()
 
     # -- training -----------------------------------------------------------
     def target_bytes(self, size) -> int:
@@ -173,7 +181,8 @@ class Segmentation(Task):
     # -- saving ---------------------------------------------------------------
     def config(self) -> dict:
         """The class names are the model file's ``vocab``; the task adds its own fields."""
-        return {"task": "segmentation", "loss": self.loss_name, "background": self.background}
+        out = {"task": "segmentation", "loss": self.loss_name, "background": self.background}
+        return {**out, "binary": True} if self.binary else out
 
     @classmethod
     def from_config(cls, cfg: dict, where: str) -> Segmentation:
@@ -185,7 +194,10 @@ class Segmentation(Task):
         n = len(vocab) if isinstance(vocab, list) else VOID
         if background is not None and not (_is_index(background) and background < n):
             raise SnugfitError(f"{where}: field 'background' must be a class index or null")
-        return cls(loss, background)
+        binary = cfg.get("binary", False)
+        if not isinstance(binary, bool) or (binary and n != 2):
+            raise SnugfitError(f"{where}: field 'binary' must be true (with two classes) or false")
+        return cls(loss, background, binary)
 
 
 def _is_index(x) -> bool:
