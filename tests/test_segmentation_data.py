@@ -332,9 +332,16 @@ def test_from_label_func(tmp_path):
 # -- the data check: each problem one line naming its file --------------------------------
 
 
+def _colour(h: int = 48, w: int = 72) -> np.ndarray:
+    """An RGB mask whose channels differ at one pixel: colours, not class indices."""
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[0, 0, 2] = 1
+    return rgb
+
+
 def _bad_colour_mask(root: Path) -> str:
-    Image.fromarray(np.zeros((48, 72, 3), np.uint8)).save(root / "masks" / "scene_02.png")
-    return "masks/scene_02.png: colour (RGB) mask"
+    Image.fromarray(_colour()).save(root / "masks" / "scene_02.png")
+    return "masks/scene_02.png: colour (RGB) mask, its channels differ"
 
 
 def _bad_16bit_mask(root: Path) -> str:
@@ -581,7 +588,22 @@ def test_the_cache_serves_masks_from_the_second_epoch(tmp_path, monkeypatch):
 def test_decode_pair_reasons_name_the_mask(tmp_path):
     root = make_segmentation_folder(tmp_path / "d", n=2, sizes=((48, 72),))
     image, mask = root / "images" / "scene_00.png", root / "masks" / "scene_00.png"
-    Image.fromarray(np.zeros((48, 72, 3), np.uint8)).save(mask)
+    Image.fromarray(_colour()).save(mask)
     with pytest.raises(UnreadableImage) as e:
         decode_pair(image, mask, 32)
     assert e.value.path == str(image) and f"mask {mask}: colour (RGB) mask" in e.value.reason
+
+
+def test_a_grey_mask_saved_as_rgb_is_read_as_its_one_channel(tmp_path):
+    """OpenCV and image editors often write a greyscale mask as RGB with three equal
+    channels: that is read as the mask it is; a check and the loaders use it."""
+    root = make_segmentation_folder(tmp_path / "d", n=8, sizes=((48, 72),))
+    mask = root / "masks" / "scene_03.png"
+    values = open_mask(mask)
+    Image.fromarray(np.repeat(values[:, :, None], 3, axis=2), "RGB").save(mask)
+    assert Image.open(mask).mode == "RGB"
+    assert np.array_equal(open_mask(mask), values)
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 8 and not report.issues
+    image = root / "images" / "scene_03.png"
+    assert torch.equal(decode_pair(image, mask, (48, 72))[3], torch.from_numpy(values))

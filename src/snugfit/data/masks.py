@@ -7,7 +7,8 @@ images:
 
 * `open_mask` reads a mask's values: greyscale ``L``; palette ``P`` read as its
   indices (PASCAL VOC's masks are palette PNGs whose index is the class); bilevel
-  ``1`` as 0 and 1. Colour (RGB), 16-bit, float and alpha masks are refused with
+  ``1`` as 0 and 1; ``RGB`` whose three channels are equal (greyscale saved as
+  colour) as that channel. Colour, 16-bit, float and alpha masks are refused with
   `snugfit.errors.UnreadableImage` and a reason saying so: their values are not
   class indices, and guessing would train on wrong labels.
 * `pair_header_problem`: what the two headers already say is wrong (a cheap check
@@ -49,24 +50,27 @@ class NotAMask(UnreadableImage):
     """A readable image that cannot be a mask: colour, 16-bit, float or with alpha."""
 
 
-def mode_problem(mode: str) -> str | None:
-    """Why a Pillow image ``mode`` cannot be a mask; None for ``L``, ``P`` and ``1``.
+NEED = "a mask must be one 8-bit channel of class indices"
 
-    >>> mode_problem("L") is None, mode_problem("RGB")
-    (True, 'colour (RGB) mask: a mask must be one 8-bit channel of class indices')
+
+def mode_problem(mode: str) -> str | None:
+    """Why a Pillow image ``mode`` cannot be a mask; None for ``L``, ``P``, ``1`` and
+    ``RGB`` (read when its channels are equal: `grey_values`).
+
+    >>> mode_problem("L") is None, mode_problem("RGB") is None, mode_problem("CMYK")
+    (True, True, 'colour (CMYK) mask: a mask must be one 8-bit channel of class indices')
     """
-    if mode in ("L", "P", "1"):
+    if mode in ("L", "P", "1", "RGB"):
         return None
-    need = "a mask must be one 8-bit channel of class indices"
-    if mode in ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
-        return f"colour ({mode}) mask: {need}"
+    if mode in ("RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+        return f"colour ({mode}) mask: {NEED}"
     if mode.startswith("I;16"):
-        return f"16-bit ({mode}) mask: {need}"
+        return f"16-bit ({mode}) mask: {NEED}"
     if mode in ("I", "F"):
-        return f"32-bit ({mode}) mask: {need}"
+        return f"32-bit ({mode}) mask: {NEED}"
     if mode in ("LA", "La", "PA"):
-        return f"mask with an alpha channel ({mode}): {need}"
-    return f"unsupported mask mode {mode}: {need}"
+        return f"mask with an alpha channel ({mode}): {NEED}"
+    return f"unsupported mask mode {mode}: {NEED}"
 
 
 def open_mask(path: str | os.PathLike) -> np.ndarray:
@@ -85,11 +89,23 @@ def open_mask(path: str | os.PathLike) -> np.ndarray:
                 raise NotAMask(path, problem)
             img.load()
             values = np.asarray(img)  # "P": the palette indices; "1": booleans
+            if img.mode == "RGB":
+                values = grey_values(path, values)
     except UnreadableImage:
         raise
     except _HEADER_ERRORS as e:
         raise UnreadableImage(path, failure_reason(e)) from e
     return np.array(values, dtype=np.uint8)  # a writable copy, independent of the file
+
+
+def grey_values(path, rgb: np.ndarray) -> np.ndarray:
+    """An RGB mask's values: its one channel when all three are equal (a greyscale mask
+    saved as colour, as OpenCV and image editors often write them); else `NotAMask`,
+    since colours are no class indices and guessing would train on wrong labels."""
+    grey = rgb[..., 0]
+    if not ((rgb[..., 1] == grey).all() and (rgb[..., 2] == grey).all()):
+        raise NotAMask(path, f"colour (RGB) mask, its channels differ: {NEED}")
+    return grey
 
 
 def upright_size(path: str | os.PathLike) -> tuple[int, int]:
