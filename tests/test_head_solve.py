@@ -27,6 +27,7 @@ def objective_in_standard_units(x, weight, bias, loss_of, wd):
     same logits."""
     mean, sd = x.mean(0), x.std(0, unbiased=False)
     live = sd > 1e-6
+    sd = sd.clamp(min=head_solve.SD_FLOOR * sd[live].median())  # the floor on the scale
     w = (weight * torch.where(live, sd, torch.ones_like(sd))).clone().requires_grad_(True)
     b = (bias + weight @ mean).clone().requires_grad_(True)
     z = torch.where(live, (x - mean) / torch.where(live, sd, torch.ones_like(sd)), 0.0)
@@ -60,8 +61,23 @@ def test_the_solution_is_the_optimum_of_the_penalised_softmax_loss():
     assert grad.abs().max() < 1e-3
     # a stronger penalty: smaller standardised weights, a higher training loss
     weight2, _, loss2 = head_solve.solve_linear(x, y, 3, multi_label=False, wd=1.0)
-    sd = x.std(0, unbiased=False)
+    sd = x.std(0, unbiased=False).clamp(min=head_solve.SD_FLOOR)  # median sd: 1
     assert (weight2[:, :4] * sd[:4]).norm() < (weight[:, :4] * sd[:4]).norm() and loss2 > loss
+
+
+def test_a_feature_that_barely_varies_gets_no_outsized_weight(monkeypatch):
+    """A unit that hardly fires (deviation 1e-4 against the others' 1) but happens to
+    split the training labels: standardised by its own deviation, its weight in raw
+    units was in the thousands; scaled by the floor, it stays near the others'."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(80) % 2
+    x = torch.randn(80, 6, generator=g)
+    x[:, 0] = 1e-4 * (y.float() - 0.5 + 0.3 * torch.randn(80, generator=g))  # noise-sized
+    weight, _, _ = head_solve.solve_linear(x, y, 2, multi_label=False, wd=1e-2)
+    assert weight.abs().max() < 50
+    monkeypatch.setattr(head_solve, "SD_FLOOR", 0.0)
+    unfloored, _, _ = head_solve.solve_linear(x, y, 2, multi_label=False, wd=1e-2)
+    assert unfloored[:, 0].abs().max() > 1000
 
 
 def test_the_multi_label_solution_is_the_optimum_of_the_sigmoid_loss():

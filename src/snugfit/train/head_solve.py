@@ -17,7 +17,14 @@ The features are standardised first (each one's training mean and standard
 deviation), which conditions the solver and lets one penalty ``wd`` suit any
 body: 1e-3 and 1e-2 gave the same errors on hymenoptera and textures and one
 image apart on digits (0.1 lost one image on textures). Features that
-never vary get a zero weight. The standardisation is folded back into the
+never vary get a zero weight. A feature that barely varies (a unit that hardly
+fires on these images) is scaled by at least `SD_FLOOR` (0.1) times the median
+feature's deviation: standardised by its own tiny one, its noise was fitted with
+weights of hundreds, which made validation loss worse (digits at 64 px: weights up
+to 404, validation loss 0.557 and 5.6% error; floored: 1.5, 0.154 and 5.0%;
+textures at 96 px: 0.182 and 4.4% against 0.088 and 3.9%) and logits jump when
+such a unit fires at all. Hymenoptera's features have no such unit: the same
+solution (2.0% at 336 px, 5.2% at 224). The standardisation is folded back into the
 Linear layer's weight and bias, so the model keeps its shape and outputs
 ``x @ W.T / sd + (b - W @ (mean / sd))`` for raw features ``x``.
 
@@ -36,6 +43,9 @@ from torch import nn
 from snugfit.errors import SnugfitError, check_positive
 
 MAX_ITER = 500  # L-BFGS iterations; converged in well under 100 on the data above
+# A feature's scale for the penalty is at least this fraction of the median feature's
+# (see the module docstring).
+SD_FLOOR = 0.1
 
 
 def solvable(head: nn.Module) -> bool:
@@ -63,7 +73,10 @@ def solve_linear(
         raise SnugfitError(f"solve_head: {bad} of {len(x)} images have non-finite features")
     mean = x.mean(0)
     sd = x.std(0, unbiased=False)
-    sd = torch.where(sd > 1e-6, sd, torch.full_like(sd, float("inf")))  # constant: weight 0
+    varies = sd > 1e-6
+    if SD_FLOOR and varies.any():
+        sd = sd.clamp(min=SD_FLOOR * float(sd[varies].median()))
+    sd = torch.where(varies, sd, torch.full_like(sd, float("inf")))  # constant: weight 0
     z = (x - mean) / sd
     w = torch.zeros(n_out, x.shape[1], device=device, requires_grad=True)
     b = torch.zeros(n_out, device=device, requires_grad=True)
