@@ -117,3 +117,31 @@ def test_a_model_file_says_binary_only_with_two_classes():
     for bad in ({**cfg, "vocab": ["a", "b", "c"]}, {**cfg, "binary": "yes"}):
         with pytest.raises(SnugfitError, match=r"m\.json: field 'binary' must be true"):
             task_from_config(bad, "m.json")
+
+
+def test_jpeg_masks_are_read_as_binary_masks_thresholded_halfway(tmp_path, caplog):
+    """Kvasir-SEG's layout: images/*.jpg and masks/*.jpg, the masks RGB JPEGs of 0 and
+    255 blended at every edge. Each is thresholded at 128: 255 (class 1) and 0."""
+    root = binary_folder(tmp_path / "d")
+    truth = {}
+    for mask in sorted((root / "masks").glob("*.png")):
+        values = open_mask(mask)
+        Image.fromarray(values).convert("RGB").save(mask.with_suffix(".jpg"), quality=75)
+        mask.unlink()
+        truth[mask.stem] = values == 255
+    raw = np.asarray(Image.open(root / "masks" / "scene_00.jpg").convert("L"))
+    assert len(np.unique(raw)) > 2  # the compression blended the edges
+    read = open_mask(root / "masks" / "scene_00.jpg")
+    assert set(np.unique(read).tolist()) == {0, 255}
+    assert np.array_equal(read == 255, raw >= 128)
+    assert (read == 255).mean() == pytest.approx(truth["scene_00"].mean(), abs=0.02)
+    report = check_segmentation(root, workers=1)
+    assert report.binary and report.thresholded == 8 and report.usable == 8
+    assert "8 JPEG mask(s) read as binary, grey >= 128" in report.describe()
+    with caplog.at_level("INFO", logger="snugfit"):
+        dls = SegmentationDataLoaders.from_folder(root, size=HW, crop=32, **FAST)
+    assert "8 JPEG mask(s) read as binary masks (grey >= 128)" in caplog.text
+    assert dls.binary and dls.c == 2
+    ys = torch.cat([y for _, y in dls.valid])
+    expected = np.stack([open_mask(m) == 255 for _, m in dls.valid_items])
+    assert np.array_equal(ys.numpy(), expected.astype(np.int64))

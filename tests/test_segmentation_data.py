@@ -366,14 +366,13 @@ def _no_mask(root: Path) -> str:
     return "images/scene_02.png: no mask (masks/scene_02.png not found)"
 
 
-def _jpeg_mask(root: Path) -> str:
+def _webp_mask(root: Path) -> str:
     mask = root / "masks" / "scene_02.png"
-    Image.open(mask).save(root / "masks" / "scene_02.jpg")
+    Image.open(mask).save(root / "masks" / "scene_02.webp")
     mask.unlink()
     return (
-        "images/scene_02.png: no mask (masks/scene_02.png not found; masks/scene_02.jpg is a "
-        "JPEG, whose compression blends class values at edges: a mask must be PNG, TIFF, BMP "
-        "or GIF)"
+        "images/scene_02.png: no mask (masks/scene_02.png not found; masks/scene_02.webp is "
+        "not a mask format (PNG, TIFF, BMP or GIF; JPEG for binary masks))"
     )
 
 
@@ -394,7 +393,7 @@ BAD = {
     "size mismatch": (_bad_size, "size"),
     "values": (_bad_values, "values"),
     "no mask": (_no_mask, "no mask"),
-    "jpeg mask": (_jpeg_mask, "no mask"),
+    "webp mask": (_webp_mask, "no mask"),
     "unreadable image": (_unreadable_image, "unreadable"),
     "truncated mask": (_truncated_mask, "unreadable"),
 }

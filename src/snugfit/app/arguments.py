@@ -67,7 +67,8 @@ def budget(text: str) -> str:
 
 DATA_HELP = (
     "folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*); "
-    "segmentation: DATA/images/* and DATA/masks/*.png or .tif (codes.txt, valid.txt optional); "
+    "segmentation: DATA/images/* and DATA/masks/* (.png, .tif; .jpg read as binary; "
+    "codes.txt, valid.txt optional); "
     "with --csv, the folder the CSV's file names are relative to"
 )
 

@@ -330,6 +330,8 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
         classes = f"classes from {Path(codes).name}" if codes else "classes numbered by mask value"
         if report.get("binary"):
             classes += " (binary masks: only 0 and 255, 255 read as class 1, not void)"
+        if report.get("thresholded"):
+            classes += f"; {report['thresholded']} JPEG mask(s) read as binary, grey >= 128"
         if report.get("layout") == "valid.txt":
             return f"segmentation: images/ and masks/, {classes}; validation images listed in valid.txt"
         return (

@@ -47,7 +47,14 @@ from snugfit.data.masks import (
     value_problem,
 )
 from snugfit.data.progress import progress
-from snugfit.data.seg_items import NO_MASK, Pair, SegmentationItems, folder_pairs, numbered_codes
+from snugfit.data.seg_items import (
+    NO_MASK,
+    Pair,
+    SegmentationItems,
+    folder_pairs,
+    is_jpeg_mask,
+    numbered_codes,
+)
 from snugfit.errors import SnugfitError, UnreadableImage
 from snugfit.tasks import VOID
 
@@ -143,6 +150,7 @@ def check_segmentation(
         files=len(pairs) + len(found.no_mask),
         masks=len(pairs) + len(found.no_image),
         issues=_listing_problems(found),
+        thresholded=sum(is_jpeg_mask(m) for _, m in found.train + found.valid),
     )
     _tally(report, found, pairs, seen)
     _fatal(report, pairs)

@@ -66,6 +66,8 @@ class SegmentationCheckReport(ReportText):
         absent: Classes with no pixel in the training masks.
         binary: The masks hold only 0 and 255 and are read as binary masks: 255 is
             class 1, not void (`snugfit.data.masks.binary_masks`).
+        thresholded: Pairs whose mask is a JPEG, read as a binary mask thresholded
+            halfway (`snugfit.data.masks.thresholded`).
         seconds: Time the check took.
         split: The split pairs and classes, for `SegmentationDataLoaders.from_check`;
             not part of `to_dict`, ``check.json`` or the printed report.
@@ -84,6 +86,7 @@ class SegmentationCheckReport(ReportText):
     issues: list[PairProblem] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
     binary: bool = False
+    thresholded: int = 0
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 

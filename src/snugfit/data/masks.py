@@ -8,7 +8,8 @@ images:
 * `open_mask` reads a mask's values: greyscale ``L``; palette ``P`` read as its
   indices (PASCAL VOC's masks are palette PNGs whose index is the class); bilevel
   ``1`` as 0 and 1; ``RGB`` whose three channels are equal (greyscale saved as
-  colour) as that channel. Colour, 16-bit, float and alpha masks are refused with
+  colour) as that channel; a JPEG as a binary mask, thresholded halfway (`thresholded`).
+  Colour, 16-bit, float and alpha masks are refused with
   `snugfit.errors.UnreadableImage` and a reason saying so: their values are not
   class indices, and guessing would train on wrong labels.
 * `pair_header_problem`: what the two headers already say is wrong (a cheap check
@@ -51,6 +52,7 @@ class NotAMask(UnreadableImage):
 
 
 NEED = "a mask must be one 8-bit channel of class indices"
+JPEG_THRESHOLD = 128
 
 
 def mode_problem(mode: str) -> str | None:
@@ -84,6 +86,8 @@ def open_mask(path: str | os.PathLike) -> np.ndarray:
         raise UnreadableImage(path, "empty file")
     try:
         with Image.open(path) as img:
+            if img.format == "JPEG":
+                return thresholded(img)
             problem = mode_problem(img.mode)
             if problem is not None:
                 raise NotAMask(path, problem)
@@ -96,6 +100,15 @@ def open_mask(path: str | os.PathLike) -> np.ndarray:
     except _HEADER_ERRORS as e:
         raise UnreadableImage(path, failure_reason(e)) from e
     return np.array(values, dtype=np.uint8)  # a writable copy, independent of the file
+
+
+def thresholded(img: Image.Image) -> np.ndarray:
+    """A JPEG mask as the binary mask it can only be: grey >= `JPEG_THRESHOLD` is 255 (the
+    object, read as class 1 by `binary_masks`), the rest 0. JPEG's compression blends
+    values at every edge (Kvasir-SEG's masks: 0 and 255 with every value between), so
+    no class index survives it; halfway is where blending puts the edge."""
+    grey = np.asarray(img.convert("L"))
+    return np.where(grey >= JPEG_THRESHOLD, VOID, 0).astype(np.uint8)
 
 
 def grey_values(path, rgb: np.ndarray) -> np.ndarray:
@@ -136,13 +149,13 @@ def pair_header_problem(image: str | os.PathLike, mask: str | os.PathLike) -> st
         return f"mask {mask}: empty file"
     try:
         with Image.open(mask) as m:
-            mode, mask_size = m.mode, m.size
+            mode, mask_size, jpeg = m.mode, m.size, m.format == "JPEG"
         image_size = upright_size(image)
     except FileNotFoundError:
         return f"no mask ({mask} not found)"
     except _HEADER_ERRORS as e:
         return f"mask {mask}: {failure_reason(e)}"
-    problem = mode_problem(mode)
+    problem = None if jpeg else mode_problem(mode)  # a JPEG of any mode is thresholded
     if problem is not None:
         return f"mask {mask}: {problem}"
     return mismatch(image_size, mask_size, mask)

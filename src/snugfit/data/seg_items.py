@@ -4,9 +4,9 @@ The folder layout `snugfit.data.segmentation.SegmentationDataLoaders.from_folder
 `snugfit.data.check_seg.check_segmentation` read::
 
     DATA/images/<name>.<ext>   any image format snugfit reads (subfolders allowed)
-    DATA/masks/<name>.png      the same relative name, a lossless format (`MASK_SUFFIXES`:
-                               PNG, TIFF, BMP, GIF); 8-bit class indices, 255 void
-                               (only 0 and 255 in them: binary, 255 is class 1)
+    DATA/masks/<name>.png      the same relative name, a lossless format (PNG, TIFF, BMP,
+                               GIF); 8-bit class indices, 255 void (only 0 and 255 in
+                               them: binary, 255 is class 1); or a JPEG, read as binary
     DATA/codes.txt             optional: line i is the name of class i
     DATA/valid.txt             optional: the validation images, one name a line
 
@@ -39,11 +39,13 @@ def lacks_mask(reason: str) -> bool:
 
 
 IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
-# Lossless formats a mask may have, in the order one is preferred when a name has
-# several (satellite and medical sets ship .tif masks). JPEG is refused by name: its
-# compression blends class values at every edge.
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif")
-LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+# The formats a mask may have, in the order one is preferred when a name has several
+# (satellite and medical sets ship .tif masks). Lossless ones hold class indices;
+# JPEG's compression blends values at every edge, so a JPEG mask is read as a binary
+# mask, thresholded (`snugfit.data.masks.open_mask`), as Kvasir-SEG's are meant.
+LOSSLESS_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif")
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+MASK_SUFFIXES = LOSSLESS_SUFFIXES + JPEG_SUFFIXES
 
 Pair = tuple[Path, Path]
 
@@ -63,7 +65,7 @@ class SegmentationItems(NamedTuple):
     layout: str  # "valid.txt" (the validation images listed) or "split" (random)
     valid_pct: float | None  # the random split's fraction
     no_mask: list[tuple[Path, str]]  # images without a mask, with the reason
-    no_image: list[Path]  # masks without an image (or not lossless), never used
+    no_image: list[Path]  # masks without an image (or of no mask format), never used
     codes: Path | None  # the codes file read
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
     others: list[Path]  # files in images/ and masks/ that are no images (by extension)
@@ -123,7 +125,7 @@ def _pairs(
     def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
         return _relative(path.with_suffix(""), folder)
 
-    lossless, other, extra = _masks_by_name(masks.files, masks_dir)
+    masks_of, other, extra = _masks_by_name(masks.files, masks_dir)
     by_name: dict[str, Path] = {}
     pairs, no_mask, seen = [], [], set()
     for image in images.files:
@@ -131,15 +133,15 @@ def _pairs(
         seen.add(name)
         if name in by_name:
             no_mask.append((image, f"{SAME_NAME} {name!r}: {by_name[name]}"))
-        elif name in lossless:
+        elif name in masks_of:
             by_name[name] = image
-            pairs.append((image, lossless[name]))
+            pairs.append((image, masks_of[name]))
         else:
-            why = f"; {other[name]} {_not_lossless(other[name])}" if name in other else ""
+            why = f"; {other[name]} {_not_a_mask(other[name])}" if name in other else ""
             no_mask.append((image, f"{NO_MASK} ({masks_dir / name}.png not found{why})"))
     # A mask of an image's name that cannot be one is in that image's reason, not here.
     used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
-    no_image = sorted(m for m in [*lossless.values(), *other.values(), *extra] if m not in used)
+    no_image = sorted(m for m in [*masks_of.values(), *other.values(), *extra] if m not in used)
     return pairs, no_mask, no_image
 
 
@@ -147,30 +149,30 @@ def _masks_by_name(
     files: list[Path], folder: Path
 ) -> tuple[dict[str, Path], dict[str, Path], list[Path]]:
     """The masks by name (their path under ``folder`` without the suffix): those in a
-    lossless format (the first of `MASK_SUFFIXES` a name has), the others, and the
+    mask format (the first of `MASK_SUFFIXES` a name has), the others, and the
     masks a name has besides its first of each (reported as unused)."""
     rank = {suffix: i for i, suffix in enumerate(MASK_SUFFIXES)}
-    lossless: dict[str, Path] = {}
+    masks: dict[str, Path] = {}
     other: dict[str, Path] = {}
     extra: list[Path] = []
     for m in sorted(files, key=lambda f: rank.get(f.suffix.lower(), len(rank))):
         name = _relative(m.with_suffix(""), folder)
-        found = lossless if m.suffix.lower() in rank else other
+        found = masks if m.suffix.lower() in rank else other
         if name in found:
             extra.append(m)
         else:
             found[name] = m
-    return lossless, other, extra
+    return masks, other, extra
 
 
-def _not_lossless(mask: Path) -> str:
+def _not_a_mask(mask: Path) -> str:
     """Why ``mask``, found under an image's name, is not read as its mask."""
-    formats = "PNG, TIFF, BMP or GIF"
-    if mask.suffix.lower() in LOSSY_SUFFIXES:
-        return (
-            f"is a JPEG, whose compression blends class values at edges: a mask must be {formats}"
-        )
-    return f"is not a mask format ({formats})"
+    return "is not a mask format (PNG, TIFF, BMP or GIF; JPEG for binary masks)"
+
+
+def is_jpeg_mask(mask: Path) -> bool:
+    """Whether ``mask`` is read as a thresholded binary mask (a JPEG, by its name)."""
+    return mask.suffix.lower() in JPEG_SUFFIXES
 
 
 def _valid_names(path: Path) -> list[tuple[int, str]]:

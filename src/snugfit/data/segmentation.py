@@ -47,6 +47,7 @@ from snugfit.data.seg_items import (
     SegmentationItems,
     check_codes,
     folder_pairs,
+    is_jpeg_mask,
     label_func_pairs,
     numbered_codes,
 )
@@ -277,6 +278,9 @@ class SegmentationDataLoaders(DataLoadersBase):
                 len(found.no_image),
                 found.no_image[0],
             )
+        jpeg = sum(is_jpeg_mask(m) for _, m in found.train + found.valid)
+        if jpeg:
+            logger.info("%s: %d JPEG mask(s) read as binary masks (grey >= 128)", path, jpeg)
         vocab = found.vocab
         if vocab is None or (len(vocab) == 2 and "binary" not in kw):
             known = {**(kw.get("unreadable") or {}), **left_out}
