@@ -85,6 +85,8 @@ def test_255_stays_void_where_other_classes_are_used(tmp_path):
     assert not report.binary and report.absent == ["b", "c"]
     dls = SegmentationDataLoaders.from_folder(three, size=HW, **FAST)
     assert not dls.binary
+    with pytest.raises(SnugfitError, match="binary: binary masks have two classes, got 3"):
+        SegmentationDataLoaders.from_folder(three, size=HW, binary=True, **FAST)
 
 
 def test_train_on_a_binary_folder_from_the_command_line(tmp_path, capsys):

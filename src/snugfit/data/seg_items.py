@@ -46,6 +46,7 @@ IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
 LOSSLESS_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif")
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 MASK_SUFFIXES = LOSSLESS_SUFFIXES + JPEG_SUFFIXES
+NOT_A_MASK = "is not a mask format (PNG, TIFF, BMP or GIF; JPEG for binary masks)"
 
 Pair = tuple[Path, Path]
 
@@ -137,7 +138,7 @@ def _pairs(
             by_name[name] = image
             pairs.append((image, masks_of[name]))
         else:
-            why = f"; {other[name]} {_not_a_mask(other[name])}" if name in other else ""
+            why = f"; {other[name]} {NOT_A_MASK}" if name in other else ""
             no_mask.append((image, f"{NO_MASK} ({masks_dir / name}.png not found{why})"))
     # A mask of an image's name that cannot be one is in that image's reason, not here.
     used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
@@ -163,11 +164,6 @@ def _masks_by_name(
         else:
             found[name] = m
     return masks, other, extra
-
-
-def _not_a_mask(mask: Path) -> str:
-    """Why ``mask``, found under an image's name, is not read as its mask."""
-    return "is not a mask format (PNG, TIFF, BMP or GIF; JPEG for binary masks)"
 
 
 def is_jpeg_mask(mask: Path) -> bool:

@@ -172,6 +172,8 @@ class SegmentationDataLoaders(DataLoadersBase):
             raise SnugfitError(
                 f"{where}: found only one class ({self.vocab[0]!r}); need at least two"
             )
+        if binary and self.c != 2:
+            raise SnugfitError(f"binary: binary masks have two classes, got {self.c}")
         for image, reason in (left_out or {}).items():
             self.skips.skip(image, reason)
         self.train_items = usable_pairs(train_items, self.skips, checked)
@@ -215,7 +217,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         **kw: Any,
     ) -> SegmentationDataLoaders:
         """Loaders of ``path/images/<name>.<ext>`` and ``path/masks/<name>.png`` (or
-        another lossless format; `snugfit.data.seg_items`).
+        .tif, .bmp, .gif; a .jpg is read as a binary mask: `snugfit.data.seg_items`).
 
         Classes: ``path/codes.txt`` (line i names class i), else ``class_0`` ...
         up to the largest value in the masks (every mask is read for it). Validation:
