@@ -204,6 +204,52 @@ def test_a_row_without_a_label_is_skipped_and_named_with_its_line(tmp_path, capl
     assert report.problems == 2 + len(report.tiny)
 
 
+def _tagged_csv(tmp_path: Path, delim: str, tags: list[str]) -> Path:
+    """Sixteen images, two of each of the eight ``tags`` cells (quoted: a list of tags
+    may hold commas), so that ``valid_pct=0.5`` validates one of each."""
+    root = tmp_path / "tagged"
+    _write_named(root / "images", {0: [f"r{i}.png" for i in range(8)]})
+    _write_named(root / "images", {1: [f"g{i}.png" for i in range(8)]})
+    names = [f"r{i}.png" for i in range(8)] + [f"g{i}.png" for i in range(8)]
+    rows = [f'{n},"{t.replace(" ", delim)}"' for n, t in zip(names, tags * 2, strict=True)]
+    (root / "labels.csv").write_text("\n".join(["fname,tags", *rows]) + "\n")
+    return root
+
+
+LISTS = ["sky leaf", "leaf sky", "sky", "ant", "sky ant leaf", "ant leaf", "leaf", "ant sky"]
+
+
+@pytest.mark.parametrize("delim", [",", ";", " "])
+def test_labels_that_look_like_lists_are_named_with_the_delimiter_to_pass(tmp_path, caplog, delim):
+    """Multi-label rows read without label_delim: each tag combination would be learnt
+    as a class of its own. The check and the loaders say which --label-delim to pass."""
+    root = _tagged_csv(tmp_path, delim, LISTS)
+    caplog.set_level(logging.WARNING, logger="snugfit")
+    dls = ImageDataLoaders.from_csv(root, folder="images", label_col="tags", valid_pct=0.5, **FAST)
+    assert not dls.multi_label and len(dls.vocab) == 8  # as asked: one class a combination
+    hint = f"labels look like lists: 5 of 8 classes hold {delim!r}"
+    [said] = [r.getMessage() for r in caplog.records]
+    assert hint in said and f"--label-delim {delim!r}" in said
+    report = check_csv(root, folder="images", label_col="tags", valid_pct=0.5, workers=1)
+    assert report.list_delim == delim and report.problems == 1 + len(report.tiny)
+    assert any(line.startswith(hint) for line in report.lines())
+    # read as asked, the same file is four labels, and nothing to say
+    multi = check_csv(
+        root, folder="images", label_col="tags", label_delim=delim, valid_pct=0.5, workers=1
+    )
+    assert multi.classes == ["ant", "leaf", "sky"] and multi.list_delim is None
+
+
+def test_single_label_names_with_spaces_are_no_lists(tmp_path, caplog):
+    names = ["golden retriever", "labrador retriever", "pug", "great dane"] * 2
+    root = _tagged_csv(tmp_path, " ", names)
+    caplog.set_level(logging.WARNING, logger="snugfit")
+    ImageDataLoaders.from_csv(root, folder="images", label_col="tags", valid_pct=0.5, **FAST)
+    assert not caplog.records
+    report = check_csv(root, folder="images", label_col="tags", valid_pct=0.5, workers=1)
+    assert report.list_delim is None and len(report.classes) == 4
+
+
 def test_a_csv_with_no_label_at_all_is_refused(tmp_path):
     root = _csv_dataset(tmp_path, ["r0.png,,0", "g0.png, ,0"])
     with pytest.raises(

@@ -276,6 +276,7 @@ def check_csv(
         BadImage(str(p), "", "", f"empty label cell ({csv_name}, line {n})")
         for p, n in found.unlabelled
     ]
+    report.list_delim = found.list_delim
     report.split = SplitItems(found.train, found.valid, vocab, found.multi_label, seed)
     report.seconds = time.perf_counter() - start
     return report

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from snugfit.data.csv_items import list_hint
 from snugfit.data.items import SplitItems
 from snugfit.data.walk import SkippedLink, extension
 from snugfit.sizes import Size, as_hw
@@ -207,6 +208,9 @@ class CheckReport(ReportText):
         unreadable: Files that cannot be decoded.
         missing: Files a CSV row names that do not exist (the reason says which row).
         unlabelled: Single-label CSV rows with an empty label cell (not items).
+        list_delim: Single-label CSV classes look like lists split by this
+            (`snugfit.data.csv_items.list_delimiter`): multi-label data read without
+            ``label_delim``; None when they do not.
         unusable: Unreadable or missing files per class (multi-label: per label).
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
@@ -240,6 +244,7 @@ class CheckReport(ReportText):
     unreadable: list[BadImage] = field(default_factory=list)
     missing: list[BadImage] = field(default_factory=list)
     unlabelled: list[BadImage] = field(default_factory=list)
+    list_delim: str | None = None
     unusable: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
@@ -277,6 +282,7 @@ class CheckReport(ReportText):
             len(self.unreadable)
             + len(self.missing)
             + len(self.unlabelled)
+            + (self.list_delim is not None)
             + len(self.duplicates)
             + len(self.tiny)
             + len(self.large)
@@ -367,6 +373,8 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
     files("unreadable", "unreadable: {n} file(s), skipped by training")
     files("missing", "missing: {n} file(s) listed but not found, skipped")
     files("unlabelled", "no label: {n} row(s) with an empty label cell, skipped")
+    if report.get("list_delim"):
+        groups.append((list_hint(report["classes"], report["list_delim"]), []))
     if report.get("duplicates"):
         items = [
             f"{', '.join(d['kinds'])}: {_same_bytes(d['paths'], rel)}" for d in report["duplicates"]

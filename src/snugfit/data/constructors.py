@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from snugfit.data.check_report import CheckReport
-from snugfit.data.csv_items import csv_items
+from snugfit.data.csv_items import csv_items, list_hint
 from snugfit.data.items import folder_items, image_files_in, list_items, name_re_items
 from snugfit.data.loaders_base import checked_split
 from snugfit.data.walk import warn_not_images, warn_skipped
@@ -193,6 +193,8 @@ class LoaderConstructors:
                 "%s: %d row(s) with an empty label cell, skipped (e.g. line %d: %s)",
                 found.csv_path, len(found.unlabelled), n, f,
             )  # fmt: skip
+        if found.list_delim is not None:
+            logger.warning("%s: %s", found.csv_path, list_hint(found.vocab, found.list_delim))
         multi = found.multi_label
         return cls(*found[:3], path=path, seed=seed, multi_label=multi, **kw)  # train, valid, vocab
 

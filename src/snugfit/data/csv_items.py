@@ -29,6 +29,45 @@ class CsvItems(NamedTuple):
     valid_pct: float | None  # the random split's fraction (None with a valid column)
     missing: list[tuple[Path, int]]  # (file, CSV line) of listed files that do not exist
     unlabelled: list[tuple[Path, int]]  # (file, CSV line) of single-label rows with no label
+    list_delim: str | None = None  # single-label cells that look like lists split by it
+
+
+# What separates the labels of a list in a CSV cell, in the order they are tried.
+LIST_DELIMITERS = (",", ";", "|", " ")
+
+
+def list_delimiter(vocab: list[str]) -> str | None:
+    """The delimiter that makes single-label classes look like lists of labels, or None.
+
+    Labels such as ``leaf,sky``, ``sky`` and ``sky,ant`` are multi-label rows read
+    without ``label_delim``: each combination is learnt as a class of its own. They
+    are taken for lists when some class holds the delimiter and splitting every class
+    by it leaves fewer than half as many distinct parts as classes (parts recur
+    across combinations). Single-label names with spaces ("golden retriever",
+    "labrador retriever") leave more parts than classes.
+
+    >>> list_delimiter(["leaf,sky", "sky", "sky,ant", "ant,leaf", "leaf", "ant,sky,leaf", "ant"])
+    ','
+    >>> list_delimiter(["golden retriever", "labrador retriever", "pug"]) is None
+    True
+    """
+    for delim in LIST_DELIMITERS:
+        if not any(delim in c.strip() for c in vocab):
+            continue
+        parts = {part for c in vocab for part in split_labels(c, delim)}
+        if len(parts) < len(vocab) / 2:
+            return delim
+    return None
+
+
+def list_hint(vocab: list[str], delim: str) -> str:
+    """The line saying that ``vocab`` looks like lists split by ``delim``."""
+    lists = [c for c in vocab if delim in c.strip()]
+    return (
+        f"labels look like lists: {len(lists)} of {len(vocab)} classes hold {delim!r} (e.g. "
+        f"{lists[0]!r}), each learnt as a class of its own; for multi-label data pass "
+        f"--label-delim {delim!r} (label_delim= in Python)"
+    )
 
 
 def csv_items(
@@ -76,13 +115,14 @@ def csv_items(
     missing = [(f, n) for f, n in zip(files, lines, strict=True) if not f.is_file()]
     vocab, labels = _csv_labels(files, cells, label_delim, csv_path)
     found = (vocab, multi, csv_path)
+    delim = None if multi else list_delimiter(vocab)
     if valid_col is None:
         train_items, valid_items = split_items(files, labels, valid_pct, seed)
-        return CsvItems(train_items, valid_items, *found, valid_pct, missing, unlabelled)
+        return CsvItems(train_items, valid_items, *found, valid_pct, missing, unlabelled, delim)
     items = list(zip(files, labels, strict=True))
     train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
     valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
-    return CsvItems(train_items, valid_items, *found, None, missing, unlabelled)
+    return CsvItems(train_items, valid_items, *found, None, missing, unlabelled, delim)
 
 
 def _read_csv(csv_path: Path, header: bool) -> tuple[list[str], list[tuple[int, list[str]]]]:
