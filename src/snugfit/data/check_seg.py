@@ -37,6 +37,7 @@ from snugfit.data.check_seg_report import SPLITS, VOID_ROW, PairProblem, Segment
 from snugfit.data.decode import failure_reason, open_image
 from snugfit.data.items import SplitItems
 from snugfit.data.masks import (
+    Colours,
     NotAMask,
     binary_counts,
     binary_masks,
@@ -54,6 +55,7 @@ from snugfit.data.seg_items import (
     folder_pairs,
     is_jpeg_mask,
     numbered_codes,
+    pairs_of,
 )
 from snugfit.errors import SnugfitError, UnreadableImage
 from snugfit.tasks import VOID
@@ -71,7 +73,7 @@ class _Seen(NamedTuple):
     reason: str = ""
 
 
-def _inspect(image: Path, mask: Path) -> _Seen:
+def _inspect(image: Path, mask: Path, colours: Colours | None = None) -> _Seen:
     """Decode ``image`` (as the check of classification does) and ``mask`` (fully)."""
     try:
         open_image(image, _DRAFT)
@@ -81,7 +83,7 @@ def _inspect(image: Path, mask: Path) -> _Seen:
     except Exception as e:  # a decoder bug must not stop the check: report the file
         return _Seen(kind="unreadable", path=str(image), reason=failure_reason(e))
     try:
-        values = open_mask(mask)
+        values = open_mask(mask, colours)
     except NotAMask as e:
         return _Seen(kind="mask format", path=str(mask), reason=e.reason)
     except UnreadableImage as e:
@@ -94,11 +96,13 @@ def _inspect(image: Path, mask: Path) -> _Seen:
     return _Seen(counts=value_counts(values))
 
 
-def _inspect_all(pairs: Sequence[Pair], workers: int, console: Console) -> list[_Seen]:
+def _inspect_all(
+    pairs: Sequence[Pair], workers: int, console: Console, colours: Colours | None
+) -> list[_Seen]:
     chunks = [pairs[i : i + _CHUNK] for i in range(0, len(pairs), _CHUNK)]
 
     def run(chunk: Sequence[Pair]) -> list[_Seen]:
-        return [_inspect(image, mask) for image, mask in chunk]
+        return [_inspect(image, mask, colours) for image, mask in chunk]
 
     seen: list[_Seen] = []
     with (
@@ -140,7 +144,8 @@ def check_segmentation(
     pairs = [(p, "train") for p in found.train] + [(p, "valid") for p in found.valid]
     if workers is None:
         workers = min(16, 2 * (os.cpu_count() or 1))
-    seen = _inspect_all([p for p, _ in pairs], workers, console or Console(stderr=True))
+    console = console or Console(stderr=True)
+    seen = _inspect_all([p for p, _ in pairs], workers, console, found.colours)
     report = SegmentationCheckReport(
         root=str(root),
         layout=found.layout,
@@ -150,7 +155,8 @@ def check_segmentation(
         files=len(pairs) + len(found.no_mask),
         masks=len(pairs) + len(found.no_image),
         issues=_listing_problems(found),
-        thresholded=sum(is_jpeg_mask(m) for _, m in found.train + found.valid),
+        thresholded=0 if found.colours else sum(is_jpeg_mask(m) for _, m in pairs_of(found)),
+        colours=[list(c) for c in found.colours] if found.colours is not None else None,
     )
     _tally(report, found, pairs, seen)
     _fatal(report, pairs)

@@ -68,6 +68,8 @@ class SegmentationCheckReport(ReportText):
             class 1, not void (`snugfit.data.masks.binary_masks`).
         thresholded: Pairs whose mask is a JPEG, read as a binary mask thresholded
             halfway (`snugfit.data.masks.thresholded`).
+        colours: Class i's ``[r, g, b]`` in colour masks (a class_dict.csv); None:
+            masks of class indices.
         seconds: Time the check took.
         split: The split pairs and classes, for `SegmentationDataLoaders.from_check`;
             not part of `to_dict`, ``check.json`` or the printed report.
@@ -87,6 +89,7 @@ class SegmentationCheckReport(ReportText):
     absent: list[str] = field(default_factory=list)
     binary: bool = False
     thresholded: int = 0
+    colours: list[list[int]] | None = None
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 

@@ -8,7 +8,8 @@ images:
 * `open_mask` reads a mask's values: greyscale ``L``; palette ``P`` read as its
   indices (PASCAL VOC's masks are palette PNGs whose index is the class); bilevel
   ``1`` as 0 and 1; ``RGB`` whose three channels are equal (greyscale saved as
-  colour) as that channel; a JPEG as a binary mask, thresholded halfway (`thresholded`).
+  colour) as that channel; a JPEG as a binary mask, thresholded halfway (`thresholded`);
+  given a class_dict.csv's colours, a colour mask as its classes (`colour_classes`).
   Colour, 16-bit, float and alpha masks are refused with
   `snugfit.errors.UnreadableImage` and a reason saying so: their values are not
   class indices, and guessing would train on wrong labels.
@@ -29,6 +30,7 @@ with a reason that names the mask file when the mask is at fault.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,6 +55,11 @@ class NotAMask(UnreadableImage):
 
 NEED = "a mask must be one 8-bit channel of class indices"
 JPEG_THRESHOLD = 128
+# Colour masks (a class_dict.csv): how far a pixel may be from its class's colour, on
+# every channel, and the share of a mask that may be near no class's (void then).
+COLOUR_TOLERANCE = 40
+STRAY_SHARE = 0.01
+Colours = Sequence[tuple[int, int, int]]
 
 
 def mode_problem(mode: str) -> str | None:
@@ -75,8 +82,9 @@ def mode_problem(mode: str) -> str | None:
     return f"unsupported mask mode {mode}: {NEED}"
 
 
-def open_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask file's values: a uint8 ``(H, W)`` array (see the module docstring).
+def open_mask(path: str | os.PathLike, colours: Colours | None = None) -> np.ndarray:
+    """A mask file's values: a uint8 ``(H, W)`` array (see the module docstring); with
+    ``colours`` (a class_dict.csv's), a colour mask's classes (`colour_classes`).
 
     Raises:
         UnreadableImage: The file is empty, not an image, truncated, or not an
@@ -86,6 +94,10 @@ def open_mask(path: str | os.PathLike) -> np.ndarray:
         raise UnreadableImage(path, "empty file")
     try:
         with Image.open(path) as img:
+            if colours is not None and img.mode in ("RGB", "P"):
+                rgb = np.asarray(img.convert("RGB"))
+                # a JPEG's chroma bleeds far at every edge: its nearest colour, however far
+                return colour_classes(path, rgb, colours, 255 if img.format == "JPEG" else None)
             if img.format == "JPEG":
                 return thresholded(img)
             problem = mode_problem(img.mode)
@@ -100,6 +112,31 @@ def open_mask(path: str | os.PathLike) -> np.ndarray:
     except _HEADER_ERRORS as e:
         raise UnreadableImage(path, failure_reason(e)) from e
     return np.array(values, dtype=np.uint8)  # a writable copy, independent of the file
+
+
+def colour_classes(
+    path, rgb: np.ndarray, colours: Colours, tolerance: int | None = None
+) -> np.ndarray:
+    """A colour mask's classes: each pixel is the class whose colour (``colours[i]`` is
+    class i's ``(r, g, b)``) is nearest, within ``tolerance`` (`COLOUR_TOLERANCE`) on
+    every channel. Pixels near no colour are void when they are under `STRAY_SHARE` of
+    the mask (stray edge pixels), and make it `NotAMask` otherwise (colours of another
+    table)."""
+    tolerance = COLOUR_TOLERANCE if tolerance is None else tolerance
+    table = np.asarray(colours, dtype=np.int32).reshape(-1, 3)
+    keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    found, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
+    found_rgb = np.stack([found >> 16, (found >> 8) & 255, found & 255], axis=1)
+    distance = np.abs(found_rgb[:, None, :] - table[None]).max(axis=2)  # (colours found, classes)
+    nearest = distance.argmin(axis=1)
+    stray = distance.min(axis=1) > tolerance
+    share = counts[stray].sum() / keys.size
+    if share > STRAY_SHARE:
+        worst = np.argsort(-counts[stray])[:3]
+        shown = ", ".join(str(tuple(int(v) for v in c)) for c in found_rgb[stray][worst])
+        raise NotAMask(path, f"colours that are no class's: {shown} ({share:.1%} of the pixels)")
+    classes = np.where(stray, VOID, nearest).astype(np.uint8)
+    return classes[inverse].reshape(keys.shape)
 
 
 def thresholded(img: Image.Image) -> np.ndarray:
@@ -213,6 +250,7 @@ def decode_pair(
     mask: str | os.PathLike,
     size: Size,
     n_classes: int | None = None,
+    colours: Colours | None = None,
 ) -> Tensor:
     """An image and its mask cut with one box and resized to ``size`` together.
 
@@ -226,6 +264,7 @@ def decode_pair(
         mask: Its mask file.
         size: The output: a side or ``(height, width)``.
         n_classes: When given, a mask value that is neither a class nor void is an error.
+        colours: A colour mask's class colours (`open_mask`).
 
     Returns:
         A uint8 tensor ``(4, height, width)``: RGB, then the mask.
@@ -237,7 +276,7 @@ def decode_pair(
     """
     img = open_image(image)
     try:
-        values = open_mask(mask)
+        values = open_mask(mask, colours)
     except UnreadableImage as e:
         raise UnreadableImage(image, f"mask {mask}: {e.reason}") from None
     mask_size = (values.shape[1], values.shape[0])
@@ -255,7 +294,9 @@ def decode_pair(
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def scan_masks(masks: list[Path], workers: int | None = None) -> list[np.ndarray | str]:
+def scan_masks(
+    masks: list[Path], workers: int | None = None, colours: Colours | None = None
+) -> list[np.ndarray | str]:
     """Each mask's `value_counts`, or the reason it cannot be read, decoded in threads
     (Pillow releases the GIL while it decodes), in order."""
     if workers is None:
@@ -263,7 +304,7 @@ def scan_masks(masks: list[Path], workers: int | None = None) -> list[np.ndarray
 
     def counts(mask: Path) -> np.ndarray | str:
         try:
-            return value_counts(open_mask(mask))
+            return value_counts(open_mask(mask, colours))
         except UnreadableImage as e:
             return e.reason
 

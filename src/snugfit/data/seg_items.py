@@ -8,6 +8,8 @@ The folder layout `snugfit.data.segmentation.SegmentationDataLoaders.from_folder
                                GIF); 8-bit class indices, 255 void (only 0 and 255 in
                                them: binary, 255 is class 1); or a JPEG, read as binary
     DATA/codes.txt             optional: line i is the name of class i
+    DATA/class_dict.csv        or, for colour masks: name,r,g,b; row i is class i, the
+                               masks paint it in that colour (Kaggle's DeepGlobe, CamVid)
     DATA/valid.txt             optional: the validation images, one name a line
 
 An item is ``(image file, mask file)``. Only text files are opened here: images
@@ -17,6 +19,7 @@ caller to report; reading the pixels is `snugfit.data.masks`.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +42,7 @@ def lacks_mask(reason: str) -> bool:
 
 
 IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
+CLASS_DICT = "class_dict.csv"
 # The formats a mask may have, in the order one is preferred when a name has several
 # (satellite and medical sets ship .tif masks). Lossless ones hold class indices;
 # JPEG's compression blends values at every edge, so a JPEG mask is read as a binary
@@ -70,6 +74,7 @@ class SegmentationItems(NamedTuple):
     codes: Path | None  # the codes file read
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
     others: list[Path]  # files in images/ and masks/ that are no images (by extension)
+    colours: list[tuple[int, int, int]] | None = None  # class_dict.csv's: colour masks
 
 
 def read_codes(path: Path) -> list[str]:
@@ -86,6 +91,37 @@ def read_codes(path: Path) -> list[str]:
     while names and not names[-1]:
         names.pop()
     return check_codes(names, str(path))
+
+
+def read_class_dict(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Class names and colours from a class_dict.csv: a header naming ``name``, ``r``,
+    ``g`` and ``b`` columns (any order, any case, other columns ignored); row i is
+    class i, which the masks paint in its colour.
+
+    Raises:
+        SnugfitError: Unreadable, no such columns, a value that is no 0-255 integer,
+            a colour or name repeated, no class, more than 255.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SnugfitError(f"{path}: cannot read the classes ({first_line(e)})") from None
+    rows = [(n, row) for n, row in enumerate(csv.reader(lines), 1) if any(c.strip() for c in row)]
+    header = [c.strip().lower() for c in rows[0][1]] if rows else []
+    if not {"name", "r", "g", "b"} <= set(header):
+        raise SnugfitError(f"{path}: needs a header with name, r, g and b columns")
+    at = [header.index(k) for k in ("name", "r", "g", "b")]
+    names, colours = [], []
+    for n, row in rows[1:]:
+        cells = [row[i].strip() if i < len(row) else "" for i in at]
+        rgb = tuple(int(c) if c.isdigit() and int(c) < 256 else -1 for c in cells[1:])
+        if min(rgb) < 0:
+            raise SnugfitError(f"{path}, line {n}: r, g, b must be integers 0-255, got {cells[1:]}")
+        if rgb in colours:
+            raise SnugfitError(f"{path}, line {n}: colour {rgb} repeated")
+        names.append(cells[0])
+        colours.append(rgb)
+    return check_codes(names, str(path)), colours
 
 
 def check_codes(names: Sequence, where: str) -> list[str]:
@@ -166,6 +202,11 @@ def _masks_by_name(
     return masks, other, extra
 
 
+def pairs_of(found: SegmentationItems) -> list[Pair]:
+    """Every pair ``found`` split, training then validation."""
+    return found.train + found.valid
+
+
 def is_jpeg_mask(mask: Path) -> bool:
     """Whether ``mask`` is read as a thresholded binary mask (a JPEG, by its name)."""
     return mask.suffix.lower() in JPEG_SUFFIXES
@@ -237,8 +278,14 @@ def folder_pairs(
         found = f"{len(no_mask)} images, {len(no_image)} masks"
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
         raise SnugfitError(f"{root}: no image with a mask ({found}){hint}")
-    codes_file = root / CODES
-    vocab = read_codes(codes_file) if codes_file.is_file() else None
+    codes_file, colours = root / CODES, None
+    if (root / CLASS_DICT).is_file():
+        if codes_file.is_file():
+            raise SnugfitError(f"{root}: both {CODES} and {CLASS_DICT} name the classes; keep one")
+        codes_file = root / CLASS_DICT
+        vocab, colours = read_class_dict(codes_file)
+    else:
+        vocab = read_codes(codes_file) if codes_file.is_file() else None
     valid_file = root / VALID
     if valid_pct is None and valid_file.is_file():
         train, valid = _split_by_list(pairs, root / IMAGES, valid_file)
@@ -250,8 +297,9 @@ def folder_pairs(
     _not_empty(root, train, valid)
     codes = codes_file if vocab is not None else None
     return SegmentationItems(
-        train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others
-    )
+        train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others,
+        colours,
+    )  # fmt: skip
 
 
 def label_func_pairs(

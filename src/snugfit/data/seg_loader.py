@@ -46,9 +46,13 @@ class SegmentationDataset(ImageDataset):
         cache: The pixel cache (None: always decode).
         n_classes: The number of classes: a mask value that is neither a class nor
             255 makes its pair unreadable.
+        colours: Colour masks' class colours (`snugfit.data.masks.open_mask`).
     """
 
-    def __init__(self, items, train: bool, size: Size, cache=None, n_classes: int = 0):
+    def __init__(
+        self, items, train: bool, size: Size, cache=None, n_classes: int = 0, colours=None
+    ):
+        self.colours = None if colours is None else tuple(tuple(c) for c in colours)
         super().__init__(items, train, size, 1.0, cache, n_classes=n_classes)
 
     def _pack_labels(self, labels: list) -> None:
@@ -82,7 +86,10 @@ class SegmentationDataset(ImageDataset):
             return None
         try:
             image = self.cache.key_for(self.path(i), ("segmentation", self.size))
-            mask = self.cache.key_for(self.label(i), ("mask", self.size, self.n_classes))
+            params = ("mask", self.size, self.n_classes)
+            mask = self.cache.key_for(
+                self.label(i), (*params, self.colours) if self.colours else params
+            )
         except OSError:
             return None  # decoding will report what is wrong with the files
         return image, mask
@@ -99,7 +106,9 @@ class SegmentationDataset(ImageDataset):
         return self.cache.put(key[0], pixels[:3]) and self.cache.put(key[1], pixels[3])
 
     def decode(self, i: int) -> Tensor:
-        return decode_pair(self.path(i), self.label(i), self.size, self.n_classes or None)
+        return decode_pair(
+            self.path(i), self.label(i), self.size, self.n_classes or None, self.colours
+        )
 
     def load(self, i: int, key: tuple[str, str] | None = None) -> Tensor:
         key = key or self.cache_key(i)
@@ -133,7 +142,9 @@ class SegmentationDeviceLoader(DeviceLoader):
         return self.settings.preprocessing.size  # training crops come out of the whole image
 
     def _dataset(self, train: bool, size: Size) -> SegmentationDataset:
-        return SegmentationDataset(self.items, train, size, self.cache, self.n_classes)
+        return SegmentationDataset(
+            self.items, train, size, self.cache, self.n_classes, self.task.colours
+        )
 
     def _stack_targets(self, targets: list) -> None:
         return None

@@ -50,6 +50,7 @@ from snugfit.data.seg_items import (
     is_jpeg_mask,
     label_func_pairs,
     numbered_codes,
+    pairs_of,
 )
 from snugfit.data.seg_loader import SegmentationDeviceLoader
 from snugfit.data.settings import LoaderSettings, resolve_device
@@ -113,6 +114,8 @@ class SegmentationDataLoaders(DataLoadersBase):
         binary: Read 255 in the masks as class 1, not void: binary masks that mark the
             object with 255 (`snugfit.data.masks.binary_masks`; ``from_folder`` and
             ``from_check`` find out by themselves).
+        colours: Colour masks: class i is painted ``colours[i]``, an ``(r, g, b)``
+            (``from_folder`` reads them from a class_dict.csv).
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         checked: bool = False,
         loss: str = "ce",
         binary: bool = False,
+        colours: Sequence[Sequence[int]] | None = None,
     ):
         size = check_size("size", size)
         preprocessing = Preprocessing(
@@ -151,7 +155,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         )
         self._setup(
             path=path,
-            task=Segmentation(loss=loss, binary=binary),
+            task=Segmentation(loss=loss, binary=binary, colours=colours),
             settings=LoaderSettings(
                 bs=check_positive_int("bs", bs),
                 preprocessing=preprocessing,
@@ -174,6 +178,8 @@ class SegmentationDataLoaders(DataLoadersBase):
             )
         if binary and self.c != 2:
             raise SnugfitError(f"binary: binary masks have two classes, got {self.c}")
+        if colours is not None and len(colours) != self.c:
+            raise SnugfitError(f"colours: one a class, got {len(colours)} for {self.c} classes")
         for image, reason in (left_out or {}).items():
             self.skips.skip(image, reason)
         self.train_items = usable_pairs(train_items, self.skips, checked)
@@ -280,11 +286,13 @@ class SegmentationDataLoaders(DataLoadersBase):
                 len(found.no_image),
                 found.no_image[0],
             )
-        jpeg = sum(is_jpeg_mask(m) for _, m in found.train + found.valid)
+        jpeg = 0 if found.colours else sum(is_jpeg_mask(m) for _, m in pairs_of(found))
         if jpeg:
             logger.info("%s: %d JPEG mask(s) read as binary masks (grey >= 128)", path, jpeg)
+        kw.setdefault("colours", found.colours)
         vocab = found.vocab
-        if vocab is None or (len(vocab) == 2 and "binary" not in kw):
+        two = vocab is not None and len(vocab) == 2 and found.colours is None
+        if vocab is None or (two and "binary" not in kw):
             known = {**(kw.get("unreadable") or {}), **left_out}
             numbered, binary, bad = _numbered_classes(found.train + found.valid, known, path, vocab)
             vocab = vocab or numbered
@@ -323,6 +331,7 @@ class SegmentationDataLoaders(DataLoadersBase):
             unreadable=unreadable,
             checked=True,
             binary=report.binary,
+            colours=report.colours,
             **kw,
         )
 

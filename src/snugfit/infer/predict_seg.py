@@ -113,7 +113,7 @@ def predict_to_folder(
             continue
         stem = Path(path).stem
         if out is not None:
-            Image.fromarray(learn.task.mask_file(mask), "L").save(out / f"{stem}.png")
+            Image.fromarray(learn.task.mask_file(mask)).save(out / f"{stem}.png")
         if out is not None and overlay:
             _overlay(path, mask, len(learn.vocab)).save(out / f"{stem}_overlay.png")
         label, top = learn.task.csv_cells(probs, learn.vocab)

@@ -56,6 +56,9 @@ class Segmentation(Task):
             average over every class).
         binary: the masks are binary masks marking class 1 with 255 (not void): the
             loaders read them so, and predicted masks are written so (0 and 255).
+        colours: the masks are colour masks, class i painted ``colours[i]`` (r, g, b;
+            a class_dict.csv): the loaders read them so, and predicted masks are
+            written so.
     """
 
     name = "segmentation"
@@ -65,7 +68,13 @@ class Segmentation(Task):
     run_metrics = ("dice", "iou", "pixel_accuracy")
     classes_word = "classes (segmentation)"
 
-    def __init__(self, loss: str = "ce", background: int | None = 0, binary: bool = False):
+    def __init__(
+        self,
+        loss: str = "ce",
+        background: int | None = 0,
+        binary: bool = False,
+        colours: Sequence[Sequence[int]] | None = None,
+    ):
         if loss not in LOSSES:
             raise SnugfitError(
                 f"loss: unknown segmentation loss {loss!r}; known: {', '.join(LOSSES)}"
@@ -73,6 +82,7 @@ class Segmentation(Task):
         if background is not None and not _is_index(background):
             raise SnugfitError("background: must be a class index (an integer >= 0) or None")
         self.loss_name, self.background, self.binary = loss, background, bool(binary)
+        self.colours = None if colours is None else [tuple(int(v) for v in c) for c in colours]
 
     # -- data ---------------------------------------------------------------
     def target(self, label, n_classes: int) -> np.ndarray:
@@ -110,10 +120,13 @@ class Segmentation(Task):
         return ", ".join(names) + more if names else "(void)"
 
     def mask_file(self, mask: Tensor) -> np.ndarray:
-        """A predicted ``(H, W)`` mask as a mask file holds it: uint8 class indices;
-        for binary masks 0 and 255, as the training masks were."""
-        values = mask.to(torch.uint8)
-        return (values * VOID if self.binary else values).cpu().numpy()
+        """A predicted ``(H, W)`` mask as a mask file holds it, as the training masks
+        were: uint8 class indices; for binary masks 0 and 255; for colour masks the
+        classes' colours, ``(H, W, 3)``."""
+        values = mask.to(torch.uint8).cpu()
+        if self.colours is not None:
+            return np.asarray(self.colours, dtype=np.uint8)[values.long().numpy()]
+        return (values * VOID if self.binary else values).numpy()
 
     # -- training -----------------------------------------------------------
     def target_bytes(self, size) -> int:
@@ -182,6 +195,8 @@ class Segmentation(Task):
     def config(self) -> dict:
         """The class names are the model file's ``vocab``; the task adds its own fields."""
         out = {"task": "segmentation", "loss": self.loss_name, "background": self.background}
+        if self.colours is not None:
+            out["colours"] = [list(c) for c in self.colours]
         return {**out, "binary": True} if self.binary else out
 
     @classmethod
@@ -197,7 +212,20 @@ class Segmentation(Task):
         binary = cfg.get("binary", False)
         if not isinstance(binary, bool) or (binary and n != 2):
             raise SnugfitError(f"{where}: field 'binary' must be true (with two classes) or false")
-        return cls(loss, background, binary)
+        colours = cfg.get("colours")
+        if colours is not None and not _colour_table(colours, n):
+            raise SnugfitError(f"{where}: field 'colours' must be one [r, g, b] (0-255) a class")
+        return cls(loss, background, binary, colours)
+
+
+def _colour_table(colours, n: int) -> bool:
+    """Whether ``colours`` is ``n`` colours, each three integers 0-255."""
+    return (
+        isinstance(colours, list)
+        and len(colours) == n
+        and all(isinstance(c, list) and len(c) == 3 and all(_is_index(v) and v < 256 for v in c)
+                for c in colours)
+    )  # fmt: skip
 
 
 def _is_index(x) -> bool:

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
         "write path, label, probability, one prob_<class> column per class and error. "
         "A segmentation model predicts each image at its own size (a sliding window of "
         "training-crop tiles): --out DIR writes DIR/<stem>.png (a class index per pixel; "
-        "0/255 for a model trained on binary 0/255 masks), "
+        "0/255 for a model trained on binary 0/255 masks, colours for colour masks), "
         "--overlay a colour overlay too, --csv each image's pixel share per class. "
         "Exit status 1 when some file could not be read.",
     )
