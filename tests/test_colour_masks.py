@@ -98,6 +98,26 @@ def test_class_dict_problems_are_one_line(tmp_path, text, error):
     assert error in str(e.value) and "\n" not in str(e.value)
 
 
+def test_colour_masks_are_never_taken_for_binary_ones(tmp_path):
+    """Two colour classes, the masks painted only in the first with a few stray pixels
+    (void): values 0 and 255 after reading, which must not make the strays class 1."""
+    root, _ = colour_folder(tmp_path / "d")
+    (root / "class_dict.csv").write_text("name,r,g,b\nland,0,255,255\nwater,0,0,255\n")
+    for mask in (root / "masks").iterdir():
+        painted = np.zeros((*HW, 3), np.uint8)
+        painted[...] = (0, 255, 255)
+        painted[0, :5] = (128, 0, 0)  # 5 stray pixels: void
+        Image.fromarray(painted).save(mask)
+    report = check_segmentation(root, workers=1)
+    assert not report.binary and report.absent == ["water"]
+    assert report.pixels["train"]["(void)"] == 5 * len(report.split.train)
+    dls = SegmentationDataLoaders.from_check(report, size=HW, **FAST)
+    assert not dls.binary and set(torch.cat([y for _, y in dls.valid]).unique().tolist()) == {
+        0,
+        255,
+    }
+
+
 def test_codes_txt_and_class_dict_together_are_refused(tmp_path):
     root, _ = colour_folder(tmp_path / "d")
     (root / "codes.txt").write_text("a\nb\nc\nd\n")

@@ -194,7 +194,8 @@ def _tally(
     """Classes, per-split pixels and images holding each class, and the pairs' problems."""
     readable = [s.counts for s in seen if s.counts is not None]
     total = np.sum(readable, axis=0) if readable else np.zeros(256, dtype=np.int64)
-    report.binary = binary_masks(total, None if found.vocab is None else len(found.vocab))
+    n_codes = None if found.vocab is None else len(found.vocab)
+    report.binary = found.colours is None and binary_masks(total, n_codes)  # colours: indices
     read = binary_counts if report.binary else (lambda counts: counts)
     if found.vocab is not None:
         report.classes = list(found.vocab)
