@@ -17,6 +17,7 @@ from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import SnugfitError
 from snugfit.tasks.saved import task_from_config
 from test_cli import run_cli
+from test_segmentation_cli import TRAIN
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 4, "cache": False}
 HW = (48, 72)
@@ -92,9 +93,7 @@ def test_255_stays_void_where_other_classes_are_used(tmp_path):
 def test_train_on_a_binary_folder_from_the_command_line(tmp_path, capsys):
     root = binary_folder(tmp_path / "d")
     out = tmp_path / "run"
-    args = ["--arch", "test_resnet", "--no-pretrained", "--bs", "4", "--size", "48x72",
-            "--crop", "32", "--workers", "0", "--epochs", "1", "--no-lr-find"]  # fmt: skip
-    code, stdout, err = run_cli(capsys, "train", str(root), *args, "--out", str(out))
+    code, stdout, err = run_cli(capsys, "train", str(root), *TRAIN, "--out", str(out))
     assert code == 0, err
     assert "binary masks: only 0 and 255, 255 read as class 1" in stdout
     assert "2 classes (segmentation)" in stdout

@@ -18,6 +18,7 @@ from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import SnugfitError
 from snugfit.tasks.saved import task_from_config
 from test_cli import run_cli
+from test_segmentation_cli import TRAIN
 
 FAST = {"num_workers": 0, "device": "cpu", "bs": 4, "cache": False}
 HW = (48, 72)
@@ -128,9 +129,7 @@ def test_codes_txt_and_class_dict_together_are_refused(tmp_path):
 def test_a_colour_model_predicts_colour_masks(tmp_path, capsys):
     root, _ = colour_folder(tmp_path / "d", n=12)
     out = tmp_path / "run"
-    args = ["--arch", "test_resnet", "--no-pretrained", "--bs", "4", "--size", "48x72",
-            "--crop", "32", "--workers", "0", "--epochs", "1", "--no-lr-find"]  # fmt: skip
-    code, stdout, err = run_cli(capsys, "train", str(root), *args, "--out", str(out))
+    code, stdout, err = run_cli(capsys, "train", str(root), *TRAIN, "--out", str(out))
     assert code == 0, err
     assert "classes from class_dict.csv" in stdout
     meta = json.loads((out / "model" / "snugfit.json").read_text())

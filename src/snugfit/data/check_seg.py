@@ -173,7 +173,7 @@ def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
     for image, reason in found.no_mask:  # never split: only pairs are
         kind = "no mask" if reason.startswith(NO_MASK) else "same name"
         out.append(PairProblem(kind, str(image), "", reason, str(image)))
-    used = {m.with_suffix(""): m for _, m in found.train + found.valid}
+    used = {m.with_suffix(""): m for _, m in pairs_of(found)}
     for mask in found.no_image:
         twin = used.get(mask.with_suffix(""))
         why = f"a second mask of this name ({twin.name} is used)" if twin else None

@@ -294,7 +294,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         two = vocab is not None and len(vocab) == 2 and found.colours is None
         if vocab is None or (two and "binary" not in kw):
             known = {**(kw.get("unreadable") or {}), **left_out}
-            numbered, binary, bad = _numbered_classes(found.train + found.valid, known, path, vocab)
+            numbered, binary, bad = _numbered_classes(pairs_of(found), known, path, vocab)
             vocab = vocab or numbered
             kw.setdefault("binary", binary)
             left_out.update(bad)
