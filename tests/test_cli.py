@@ -179,6 +179,37 @@ def test_plan_what_if_prints_both_phases(capsys):
     assert "micro-batch" in out
 
 
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        # argparse alone answered "the following arguments are required: --memory-budget"
+        (
+            ["plan", "--budget", "8GB"],
+            "unrecognized option --budget (did you mean --memory-budget?)",
+        ),
+        (
+            ["train", "DATA", "--frezee-epochs", "2"],
+            "option --frezee-epochs (did you mean --freeze-epochs?)",
+        ),
+        (["train", "DATA", "--bogus=1"], "unrecognized option --bogus (see snugfit train --help)"),
+    ],
+)
+def test_unknown_options_are_named_first(image_folder, capsys, words, expected):
+    words = [str(image_folder) if w == "DATA" else w for w in words]
+    with pytest.raises(SystemExit) as e:
+        main(words)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+
+
+def test_options_argparse_accepts_are_not_called_unknown():
+    from snugfit.app.cli import build_parser
+
+    train = build_parser().parse_args(["train", "d", "--epoch", "2", "--lr=1e-3", "--tta", "0"])
+    assert (train.epochs, train.lr, train.tta) == (2, 1e-3, 0)
+
+
 def test_plan_needs_a_readable_budget(capsys):
     with pytest.raises(SystemExit):
         main(["plan", "--arch", "test_resnet", "--gpu-mem", "eight gigs"])

@@ -4,6 +4,9 @@ the CSV-dataset and memory options, and a parser whose errors are one line."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+import sys
 
 from snugfit.errors import SnugfitError
 from snugfit.sizes import parse_size
@@ -134,8 +137,50 @@ def add_memory_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
 
 
+NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (argparse prints the whole usage first)."""
+    """argparse, but a bad argument is one line (argparse prints the whole usage first),
+    and an unknown option is named first, with the option it may mean: argparse's own
+    order reports a required option as missing instead (``plan --budget 8GB``)."""
+
+    has_commands = False
+
+    def add_subparsers(self, **kwargs):
+        self.has_commands = True  # its words are the subcommands' to judge
+        return super().add_subparsers(**kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        words = list(sys.argv[1:] if args is None else args)
+        if not self.has_commands:
+            for word in self.unknown_options(words):
+                self.error(f"unrecognized option {word}{self.suggestion(word)}")
+        return super().parse_known_args(words, namespace)
+
+    def unknown_options(self, words: list[str]) -> list[str]:
+        """The option words (up to ``--``) that name none of this parser's options,
+        whole or, for ``--long`` ones, as the unique start argparse accepts."""
+        known = self._option_string_actions
+        unknown = []
+        for word in words:
+            if word == "--":
+                break
+            if not word.startswith("-") or word == "-" or NEGATIVE_NUMBER.match(word):
+                continue
+            name = word.split("=", 1)[0]
+            if name in known or (word[:2] in known and not word.startswith("--")):
+                continue
+            if word.startswith("--") and any(o.startswith(name) for o in known):
+                continue
+            unknown.append(name)
+        return unknown
+
+    def suggestion(self, name: str) -> str:
+        """ " (did you mean --x?)" for the closest option, likeness judged without dashes."""
+        options = {o.lstrip("-"): o for o in self._option_string_actions if o.startswith("--")}
+        close = difflib.get_close_matches(name.lstrip("-"), list(options), n=1)
+        return f" (did you mean {options[close[0]]}?)" if close else ""
 
     def error(self, message: str):
         self.exit(2, f"snugfit: error: {message} (see {self.prog} --help)\n")
