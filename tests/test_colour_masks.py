@@ -82,6 +82,17 @@ def test_a_colour_of_no_class_is_named_and_its_pair_skipped(tmp_path):
     assert report.usable == 7
 
 
+def test_opaque_rgba_colour_masks_are_read_as_rgb(tmp_path):
+    """Annotation tools export colour masks as RGBA: opaque, they are the same masks."""
+    root, truth = colour_folder(tmp_path / "d")
+    for mask in (root / "masks").iterdir():
+        Image.open(mask).convert("RGBA").save(mask)
+    report = check_segmentation(root, workers=1)
+    assert not report.issues and report.usable == 8
+    colours = read_class_dict(root / "class_dict.csv")[1]
+    assert np.array_equal(open_mask(root / "masks" / "s2.png", colours), truth["s2"])
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [

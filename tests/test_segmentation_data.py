@@ -606,3 +606,26 @@ def test_a_grey_mask_saved_as_rgb_is_read_as_its_one_channel(tmp_path):
     assert report.usable == 8 and not report.issues
     image = root / "images" / "scene_03.png"
     assert torch.equal(decode_pair(image, mask, (48, 72))[3], torch.from_numpy(values))
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_an_opaque_alpha_channel_is_dropped_a_transparent_one_refused(tmp_path, mode):
+    """Image editors and annotation tools export masks with an alpha channel: when every
+    pixel is opaque the mask is read as without it; a transparent pixel could mean
+    background or unlabelled, so such a mask is refused, by name, and its pair skipped."""
+    root = make_segmentation_folder(tmp_path / "d", n=8, sizes=((48, 72),))
+    mask, other = root / "masks" / "scene_03.png", root / "masks" / "scene_05.png"
+    values = open_mask(mask)
+    base = {"LA": "L", "RGBA": "RGB"}[mode]
+    Image.fromarray(values, "L").convert(base).convert(mode).save(mask)
+    see_through = Image.fromarray(open_mask(other), "L").convert(base).convert(mode)
+    alpha = np.full(values.shape, 255, np.uint8)
+    alpha[:3] = 0
+    see_through.putalpha(Image.fromarray(alpha))
+    see_through.save(other)
+    assert Image.open(mask).mode == Image.open(other).mode == mode
+    assert np.array_equal(open_mask(mask), values)
+    with pytest.raises(UnreadableImage, match=rf"alpha channel \({mode}\), 6.2% of it not opaque"):
+        open_mask(other)
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 7 and [Path(i.path).name for i in report.issues] == [other.name]

@@ -9,8 +9,10 @@ images:
   indices (PASCAL VOC's masks are palette PNGs whose index is the class); bilevel
   ``1`` as 0 and 1; ``RGB`` whose three channels are equal (greyscale saved as
   colour) as that channel; a JPEG as a binary mask, thresholded halfway (`thresholded`);
-  given a class_dict.csv's colours, a colour mask as its classes (`colour_classes`).
-  Colour, 16-bit, float and alpha masks are refused with
+  given a class_dict.csv's colours, a colour mask as its classes (`colour_classes`);
+  these with an alpha channel (``LA``, ``RGBA``) as without it when
+  every pixel is opaque (`opaque`). Colour, 16-bit, float and transparent masks are
+  refused with
   `snugfit.errors.UnreadableImage` and a reason saying so: their values are not
   class indices, and guessing would train on wrong labels.
 * `pair_header_problem`: what the two headers already say is wrong (a cheap check
@@ -60,24 +62,26 @@ JPEG_THRESHOLD = 128
 COLOUR_TOLERANCE = 40
 STRAY_SHARE = 0.01
 Colours = Sequence[tuple[int, int, int]]
+WITHOUT_ALPHA = {"RGBA": "RGB", "LA": "L"}  # read when the alpha is opaque
 
 
 def mode_problem(mode: str) -> str | None:
     """Why a Pillow image ``mode`` cannot be a mask; None for ``L``, ``P``, ``1`` and
-    ``RGB`` (read when its channels are equal: `grey_values`).
+    ``RGB`` (read when its channels are equal: `grey_values`), and for those with an
+    alpha channel, ``LA`` and ``RGBA`` (read when it is opaque: `opaque`).
 
-    >>> mode_problem("L") is None, mode_problem("RGB") is None, mode_problem("CMYK")
+    >>> mode_problem("L") is None, mode_problem("RGBA") is None, mode_problem("CMYK")
     (True, True, 'colour (CMYK) mask: a mask must be one 8-bit channel of class indices')
     """
-    if mode in ("L", "P", "1", "RGB"):
+    if mode in ("L", "P", "1", "RGB") or mode in WITHOUT_ALPHA:
         return None
-    if mode in ("RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+    if mode in ("RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
         return f"colour ({mode}) mask: {NEED}"
     if mode.startswith("I;16"):
         return f"16-bit ({mode}) mask: {NEED}"
     if mode in ("I", "F"):
         return f"32-bit ({mode}) mask: {NEED}"
-    if mode in ("LA", "La", "PA"):
+    if mode in ("La", "PA"):
         return f"mask with an alpha channel ({mode}): {NEED}"
     return f"unsupported mask mode {mode}: {NEED}"
 
@@ -88,22 +92,25 @@ def open_mask(path: str | os.PathLike, colours: Colours | None = None) -> np.nda
 
     Raises:
         UnreadableImage: The file is empty, not an image, truncated, or not an
-            8-bit single-channel mask (colour, 16-bit, with alpha).
+            8-bit single-channel mask (colour, 16-bit, transparent).
     """
     if is_empty(path):
         raise UnreadableImage(path, "empty file")
     try:
         with Image.open(path) as img:
-            if colours is not None and img.mode in ("RGB", "P"):
-                rgb = np.asarray(img.convert("RGB"))
-                # a JPEG's chroma bleeds far at every edge: its nearest colour, however far
-                return colour_classes(path, rgb, colours, 255 if img.format == "JPEG" else None)
-            if img.format == "JPEG":
+            jpeg = img.format == "JPEG"
+            if jpeg and (colours is None or img.mode not in ("RGB", "P")):
                 return thresholded(img)
-            problem = mode_problem(img.mode)
+            problem = None if jpeg else mode_problem(img.mode)
             if problem is not None:
                 raise NotAMask(path, problem)
             img.load()
+            if img.mode in WITHOUT_ALPHA:
+                img = opaque(path, img)
+            if colours is not None and img.mode in ("RGB", "P"):
+                rgb = np.asarray(img.convert("RGB"))
+                # a JPEG's chroma bleeds far at every edge: its nearest colour, however far
+                return colour_classes(path, rgb, colours, 255 if jpeg else None)
             values = np.asarray(img)  # "P": the palette indices; "1": booleans
             if img.mode == "RGB":
                 values = grey_values(path, values)
@@ -112,6 +119,20 @@ def open_mask(path: str | os.PathLike, colours: Colours | None = None) -> np.nda
     except _HEADER_ERRORS as e:
         raise UnreadableImage(path, failure_reason(e)) from e
     return np.array(values, dtype=np.uint8)  # a writable copy, independent of the file
+
+
+def opaque(path, img: Image.Image) -> Image.Image:
+    """A mask saved with an alpha channel (image editors and annotation tools export
+    ``RGBA``), without it, when every pixel is opaque. A transparent pixel is refused,
+    not guessed: it could mean background or unlabelled (void)."""
+    alpha = np.asarray(img.getchannel("A"))
+    see_through = float((alpha != 255).mean())
+    if see_through:
+        raise NotAMask(
+            path,
+            f"mask with an alpha channel ({img.mode}), {see_through:.1%} of it not opaque: {NEED}",
+        )
+    return img.convert(WITHOUT_ALPHA[img.mode])
 
 
 def colour_classes(
