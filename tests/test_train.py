@@ -81,6 +81,26 @@ def test_vision_learner_uses_the_model_normalisation(image_folder):
     assert xb.shape == (8, 3, 32, 32) and xb.dtype == torch.float32
 
 
+def test_a_loader_of_the_users_dls_is_read_with_the_models_normalisation(image_folder):
+    """``learn.get_preds(dl=dls.valid)`` with the dls given to vision_learner (ImageNet's
+    mean and std, the model's are 0.5) gave outputs of wrongly normalised images."""
+    dls = ImageDataLoaders.from_folder(
+        image_folder, bs=8, size=32, num_workers=0, seed=0, crop_pct=0.95
+    )
+    learn = vision_learner(dls, "test_vit", pretrained=False)
+    theirs, mine = next(iter(dls.valid))[0], next(iter(learn.dls.valid))[0]
+    assert not torch.allclose(theirs, mine)  # the two loaders differ in normalisation only
+    assert torch.allclose(dls.valid.with_preprocessing(learn.preprocessing).one_batch()[0], mine)
+    outs, targs = learn.get_preds(dl=dls.valid)
+    expected, expected_targs = learn.get_preds(dl=learn.dls.valid)
+    assert torch.allclose(outs, expected, atol=1e-5) and torch.equal(targs, expected_targs)
+    loss, metrics = learn.evaluate(dls.valid)
+    valid = learn.validate()
+    assert loss == pytest.approx(valid["valid_loss"], rel=1e-5)
+    assert metrics["error_rate"] == pytest.approx(valid["error_rate"])
+    assert dls.mean != (0.5, 0.5, 0.5)  # the user's loaders are left as they are
+
+
 def test_vision_learner_leaves_the_users_loaders_as_they_are(image_folder, tmp_path):
     dls = ImageDataLoaders.from_folder(image_folder, bs=8, size=32, num_workers=0, seed=0)
     before = dls.preprocessing

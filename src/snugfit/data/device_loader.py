@@ -20,6 +20,7 @@ setting changes; the change takes effect at the next epoch.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -122,6 +123,14 @@ class DeviceLoader:
         return DeviceLoader(self.items, False, self.settings, task=self.task,
                             n_classes=self.n_classes, skips=self.skips, cache=self.cache,
                             cache_since_ns=self.cache_since_ns)  # fmt: skip
+
+    def with_preprocessing(self, preprocessing) -> DeviceLoader:
+        """A loader of these items as this one, but with ``preprocessing`` (a model's
+        mean and std); it shares the skipped files and cache, not the workers."""
+        new = copy.copy(self)
+        new.configure(self.settings.replace(preprocessing=preprocessing))
+        new.close()  # its own DataLoader, built when it is first iterated
+        return new
 
     def configure(self, settings: LoaderSettings) -> None:
         """Use ``settings`` from the next epoch (or batch) on."""

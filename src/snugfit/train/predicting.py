@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from snugfit import distributed, models
+from snugfit.data.device_loader import DeviceLoader
 from snugfit.data.preprocessing import Preprocessing
 from snugfit.errors import SnugfitError, first_line
 from snugfit.infer import evaluate, tta
@@ -117,14 +118,30 @@ class Predicting:
 
     def get_preds(self, dl=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs and targets over a loader (the validation set by default: from
-        its stored features while the body is frozen, as `evaluate_valid`)."""
+        its stored features while the body is frozen, as `evaluate_valid`); a loader
+        of images is read as the model expects them (`model_loader`)."""
         if self.dls is not None and (dl is None or dl is self.dls.valid):
             return self._on_valid(lambda d: evaluate.get_preds(self, d), self.dls.valid)
-        return evaluate.get_preds(self, dl)
+        return evaluate.get_preds(self, self.model_loader(dl))
 
     def evaluate(self, dl) -> tuple[float, dict[str, float]]:
-        """The loss and the metrics over ``dl`` (under torchrun, over the whole set)."""
-        return evaluate.evaluate(self, dl)
+        """The loss and the metrics over ``dl`` (under torchrun, over the whole set);
+        a loader of images is read as the model expects them (`model_loader`)."""
+        return evaluate.evaluate(self, self.model_loader(dl))
+
+    def model_loader(self, dl):
+        """``dl`` normalised with the model's mean and std. `vision_learner` leaves the
+        ``dls`` it is given as they are (``learn.dls`` is a copy with the model's
+        preprocessing), so ``dls.valid``, or a loader of another data set, may hold
+        ImageNet's statistics where the model wants others (EfficientNet-Lite's are
+        0.5): its outputs would be wrong without a sign. Other loaders (features,
+        lists of batches) are as they are."""
+        if not isinstance(dl, DeviceLoader):
+            return dl
+        mine, theirs = self.preprocessing, dl.settings.preprocessing
+        if list(theirs.mean) == list(mine.mean) and list(theirs.std) == list(mine.std):
+            return dl
+        return dl.with_preprocessing(theirs.replace(mean=mine.mean, std=mine.std))
 
     def validate(self) -> dict[str, float]:
         """Validation loss and metrics of the current weights."""
