@@ -71,7 +71,8 @@ def budget(text: str) -> str:
 DATA_HELP = (
     "folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*); "
     "segmentation: DATA/images/* and DATA/masks/* (.png, .tif; .jpg read as binary; "
-    "codes.txt, valid.txt optional); "
+    "codes.txt, valid.txt optional), or PASCAL VOC's DATA/JPEGImages and "
+    "DATA/SegmentationClass (labelmap.txt, ImageSets/Segmentation/val.txt optional); "
     "with --csv, the folder the CSV's file names are relative to"
 )
 

@@ -338,12 +338,10 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
             classes += " (binary masks: only 0 and 255, 255 read as class 1, not void)"
         if report.get("thresholded"):
             classes += f"; {report['thresholded']} JPEG mask(s) read as binary, grey >= 128"
-        if report.get("layout") == "valid.txt":
-            return f"segmentation: images/ and masks/, {classes}; validation images listed in valid.txt"
-        return (
-            f"segmentation: images/ and masks/, {classes}; validation split off at random, "
-            f"{report['valid_pct']:g}"
-        )
+        where = f"segmentation: {report.get('folders', 'images/ and masks/')}, {classes}"
+        if report.get("layout", "split") != "split":
+            return f"{where}; validation images listed in {report['layout']}"
+        return f"{where}; validation split off at random, {report['valid_pct']:g}"
     if report.get("layout") == "folders":
         how = "train and validation folders"
     elif report.get("layout") == "column":

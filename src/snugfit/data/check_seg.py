@@ -157,6 +157,7 @@ def check_segmentation(
         issues=_listing_problems(found),
         thresholded=0 if found.colours else sum(is_jpeg_mask(m) for _, m in pairs_of(found)),
         colours=[list(c) for c in found.colours] if found.colours is not None else None,
+        folders=found.folders.title,
     )
     _tally(report, found, pairs, seen)
     _fatal(report, pairs)
@@ -178,7 +179,12 @@ def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
         twin = used.get(mask.with_suffix(""))
         why = f"a second mask of this name ({twin.name} is used)" if twin else None
         out.append(
-            PairProblem("no image", str(mask), "", why or "no image of this name in images/")
+            PairProblem(
+                "no image",
+                str(mask),
+                "",
+                why or f"no image of this name in {found.folders.images}/",
+            )
         )
     out += [PairProblem("link", link.path, "", link.reason) for link in found.links]
     out += [PairProblem("not image", n.path, "", n.reason) for n in map(NotImage.of, found.others)]

@@ -51,8 +51,8 @@ class SegmentationCheckReport(ReportText):
 
     Attributes:
         root: The dataset folder.
-        layout: ``"valid.txt"`` (validation images listed) or ``"split"`` (random,
-            ``valid_pct``).
+        layout: The file listing the validation images (``"valid.txt"``, VOC's
+            ``"ImageSets/Segmentation/val.txt"``) or ``"split"`` (random, ``valid_pct``).
         valid_pct: The split fraction, for ``"split"``.
         classes: Class names: codes.txt's, or ``class_0`` ... up to the largest mask value.
         codes: The codes file read (None: classes numbered from the masks).
@@ -68,8 +68,9 @@ class SegmentationCheckReport(ReportText):
             class 1, not void (`snugfit.data.masks.binary_masks`).
         thresholded: Pairs whose mask is a JPEG, read as a binary mask thresholded
             halfway (`snugfit.data.masks.thresholded`).
-        colours: Class i's ``[r, g, b]`` in colour masks (a class_dict.csv); None:
-            masks of class indices.
+        colours: Class i's ``[r, g, b]`` in colour masks (a class_dict.csv or
+            labelmap.txt); None: masks of class indices.
+        folders: The layout's folders, in words (``"images/ and masks/"``, or VOC's).
         seconds: Time the check took.
         split: The split pairs and classes, for `SegmentationDataLoaders.from_check`;
             not part of `to_dict`, ``check.json`` or the printed report.
@@ -90,6 +91,7 @@ class SegmentationCheckReport(ReportText):
     binary: bool = False
     thresholded: int = 0
     colours: list[list[int]] | None = None
+    folders: str = "images/ and masks/"
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 

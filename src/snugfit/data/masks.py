@@ -109,8 +109,9 @@ def open_mask(path: str | os.PathLike, colours: Colours | None = None) -> np.nda
                 img = opaque(path, img)
             if colours is not None and img.mode in ("RGB", "P"):
                 rgb = np.asarray(img.convert("RGB"))
+                void = np.asarray(img) == VOID if img.mode == "P" else None  # VOC's border
                 # a JPEG's chroma bleeds far at every edge: its nearest colour, however far
-                return colour_classes(path, rgb, colours, 255 if jpeg else None)
+                return colour_classes(path, rgb, colours, 255 if jpeg else None, void)
             values = np.asarray(img)  # "P": the palette indices; "1": booleans
             if img.mode == "RGB":
                 values = grey_values(path, values)
@@ -136,28 +137,32 @@ def opaque(path, img: Image.Image) -> Image.Image:
 
 
 def colour_classes(
-    path, rgb: np.ndarray, colours: Colours, tolerance: int | None = None
+    path, rgb: np.ndarray, colours: Colours, tolerance: int | None = None, void=None
 ) -> np.ndarray:
     """A colour mask's classes: each pixel is the class whose colour (``colours[i]`` is
     class i's ``(r, g, b)``) is nearest, within ``tolerance`` (`COLOUR_TOLERANCE`) on
     every channel. Pixels near no colour are void when they are under `STRAY_SHARE` of
     the mask (stray edge pixels), and make it `NotAMask` otherwise (colours of another
-    table)."""
+    table). ``void``: pixels known to be void (a palette mask's index 255, as PASCAL
+    VOC marks object borders), whatever their colour."""
     tolerance = COLOUR_TOLERANCE if tolerance is None else tolerance
     table = np.asarray(colours, dtype=np.int32).reshape(-1, 3)
     keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    found, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
+    found, inverse = np.unique(keys.ravel(), return_inverse=True)
+    counts = np.bincount(inverse, None if void is None else ~void.ravel(), len(found))
     found_rgb = np.stack([found >> 16, (found >> 8) & 255, found & 255], axis=1)
     distance = np.abs(found_rgb[:, None, :] - table[None]).max(axis=2)  # (colours found, classes)
     nearest = distance.argmin(axis=1)
-    stray = distance.min(axis=1) > tolerance
+    stray = (distance.min(axis=1) > tolerance) & (counts > 0)
     share = counts[stray].sum() / keys.size
     if share > STRAY_SHARE:
         worst = np.argsort(-counts[stray])[:3]
         shown = ", ".join(str(tuple(int(v) for v in c)) for c in found_rgb[stray][worst])
         raise NotAMask(path, f"colours that are no class's: {shown} ({share:.1%} of the pixels)")
-    classes = np.where(stray, VOID, nearest).astype(np.uint8)
-    return classes[inverse].reshape(keys.shape)
+    classes = np.where(stray, VOID, nearest).astype(np.uint8)[inverse].reshape(keys.shape)
+    if void is not None:
+        classes[void] = VOID
+    return classes
 
 
 def thresholded(img: Image.Image) -> np.ndarray:

@@ -12,6 +12,18 @@ The folder layout `snugfit.data.segmentation.SegmentationDataLoaders.from_folder
                                masks paint it in that colour (Kaggle's DeepGlobe, CamVid)
     DATA/valid.txt             optional: the validation images, one name a line
 
+or PASCAL VOC's, which CVAT and datumaro export (`VOC`)::
+
+    DATA/JPEGImages/<name>.jpg          the images (those without a mask are reported)
+    DATA/SegmentationClass/<name>.png   palette masks, the index the class, 255 void;
+                                        or colour masks painted in labelmap.txt's colours
+    DATA/labelmap.txt                   optional: ``name:r,g,b:parts:actions``, line i is
+                                        class i (CVAT's export; ``#`` lines are comments)
+    DATA/ImageSets/Segmentation/val.txt optional: the validation images, one name a line
+
+Any of codes.txt, class_dict.csv and labelmap.txt may name the classes in either
+layout (one of them).
+
 An item is ``(image file, mask file)``. Only text files are opened here: images
 without a mask, masks without an image and names listed twice are returned for the
 caller to report; reading the pixels is `snugfit.data.masks`.
@@ -42,7 +54,7 @@ def lacks_mask(reason: str) -> bool:
 
 
 IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
-CLASS_DICT = "class_dict.csv"
+CLASS_DICT, LABELMAP = "class_dict.csv", "labelmap.txt"
 # The formats a mask may have, in the order one is preferred when a name has several
 # (satellite and medical sets ship .tif masks). Lossless ones hold class indices;
 # JPEG's compression blends values at every edge, so a JPEG mask is read as a binary
@@ -55,9 +67,34 @@ NOT_A_MASK = "is not a mask format (PNG, TIFF, BMP or GIF; JPEG for binary masks
 Pair = tuple[Path, Path]
 
 
+class Folders(NamedTuple):
+    """Where a segmentation folder keeps its images, masks and validation list."""
+
+    images: str
+    masks: str
+    valid: str  # the file naming the validation images
+    title: str  # how the check names the layout
+
+
+PLAIN = Folders(IMAGES, MASKS, VALID, "images/ and masks/")
+VOC = Folders(
+    "JPEGImages", "SegmentationClass", "ImageSets/Segmentation/val.txt",
+    "PASCAL VOC's JPEGImages/ and SegmentationClass/",
+)  # fmt: skip
+LAYOUTS = (PLAIN, VOC)
+
+
+def folders_of(path: str | os.PathLike) -> Folders | None:
+    """The layout ``path`` has (both of its folders exist), `PLAIN` first; None: neither."""
+    root = Path(path)
+    return next(
+        (f for f in LAYOUTS if (root / f.images).is_dir() and (root / f.masks).is_dir()), None
+    )
+
+
 def is_segmentation_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` has the layout above (``images/`` and ``masks/`` folders)."""
-    return (Path(path) / IMAGES).is_dir() and (Path(path) / MASKS).is_dir()
+    """Whether ``path`` has a layout above (``images/`` and ``masks/``, or VOC's folders)."""
+    return folders_of(path) is not None
 
 
 class SegmentationItems(NamedTuple):
@@ -75,6 +112,7 @@ class SegmentationItems(NamedTuple):
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
     others: list[Path]  # files in images/ and masks/ that are no images (by extension)
     colours: list[tuple[int, int, int]] | None = None  # class_dict.csv's: colour masks
+    folders: Folders = PLAIN
 
 
 def read_codes(path: Path) -> list[str]:
@@ -111,9 +149,39 @@ def read_class_dict(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
     if not {"name", "r", "g", "b"} <= set(header):
         raise SnugfitError(f"{path}: needs a header with name, r, g and b columns")
     at = [header.index(k) for k in ("name", "r", "g", "b")]
+    cells = [(n, [row[i].strip() if i < len(row) else "" for i in at]) for n, row in rows[1:]]
+    return colour_table(path, cells)
+
+
+def read_labelmap(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Class names and colours from a VOC labelmap.txt (CVAT's and datumaro's export):
+    ``name:r,g,b:parts:actions`` a line, line i (blank and ``#`` lines skipped) class i.
+
+    Raises:
+        SnugfitError: As `read_class_dict`, and a line without ``name:r,g,b``.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SnugfitError(f"{path}: cannot read the classes ({first_line(e)})") from None
+    cells = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        rgb = rest.partition(":")[0].split(",")
+        if len(rgb) != 3:
+            raise SnugfitError(f"{path}, line {n}: expected name:r,g,b:parts:actions, got {line!r}")
+        cells.append((n, [name.strip(), *(c.strip() for c in rgb)]))
+    return colour_table(path, cells)
+
+
+def colour_table(
+    path: Path, rows: list[tuple[int, list[str]]]
+) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """``(line number, [name, r, g, b])`` rows as class names and colours, checked."""
     names, colours = [], []
-    for n, row in rows[1:]:
-        cells = [row[i].strip() if i < len(row) else "" for i in at]
+    for n, cells in rows:
         rgb = tuple(int(c) if c.isdigit() and int(c) < 256 else -1 for c in cells[1:])
         if min(rgb) < 0:
             raise SnugfitError(f"{path}, line {n}: r, g, b must be integers 0-255, got {cells[1:]}")
@@ -149,12 +217,12 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _pairs(
-    root: Path, links: list[SkippedLink], others: list[Path]
+    root: Path, folders: Folders, links: list[SkippedLink], others: list[Path]
 ) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
     """Images with their masks (sorted), images without one, masks without an image;
     the links to folders not followed are added to ``links``, the files that are no
     images to ``others``."""
-    images_dir, masks_dir = root / IMAGES, root / MASKS
+    images_dir, masks_dir = root / folders.images, root / folders.masks
     images, masks = walk_images(images_dir), walk_images(masks_dir)
     links += images.skipped + masks.skipped
     others += images.others + masks.others
@@ -224,14 +292,16 @@ def _valid_names(path: Path) -> list[tuple[int, str]]:
 def _split_by_list(
     pairs: list[Pair], images_dir: Path, valid_file: Path
 ) -> tuple[list[Pair], list[Pair]]:
-    """Pairs whose image valid.txt names (its path under images/, or its file name)."""
+    """Pairs whose image valid.txt names (its path under images/, or its file name, with
+    or without the suffix: VOC's lists name ``2007_000033``)."""
     index: dict[str, int] = {}
     for i, (image, _) in enumerate(pairs):
         index[_relative(image, images_dir)] = i
         index.setdefault(image.name, i)
+        index.setdefault(_relative(image.with_suffix(""), images_dir), i)
     chosen = set()
     for n, name in _valid_names(valid_file):
-        i = index.get(name.replace("\\", "/").removeprefix(f"{IMAGES}/"))
+        i = index.get(name.replace("\\", "/").removeprefix(f"{images_dir.name}/"))
         if i is None:
             raise SnugfitError(
                 f"{valid_file}, line {n}: no image {name!r} (with a mask) in {images_dir}"
@@ -265,41 +335,49 @@ def folder_pairs(
     root = Path(path)
     if not root.is_dir():
         raise SnugfitError(f"{root}: no such directory")
-    for sub in (IMAGES, MASKS):
-        if not (root / sub).is_dir():
-            raise SnugfitError(
-                f"{root / sub}: no such directory (a segmentation folder has {IMAGES}/ "
-                f"and {MASKS}/)"
-            )
+    folders = folders_of(root)
+    if folders is None:
+        missing = next(root / sub for sub in (IMAGES, MASKS) if not (root / sub).is_dir())
+        raise SnugfitError(
+            f"{missing}: no such directory (a segmentation folder has {IMAGES}/ and {MASKS}/, "
+            f"or PASCAL VOC's {VOC.images}/ and {VOC.masks}/)"
+        )
     links: list[SkippedLink] = []
     others: list[Path] = []
-    pairs, no_mask, no_image = _pairs(root, links, others)
+    pairs, no_mask, no_image = _pairs(root, folders, links, others)
     if not pairs:
         found = f"{len(no_mask)} images, {len(no_image)} masks"
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
         raise SnugfitError(f"{root}: no image with a mask ({found}){hint}")
-    codes_file, colours = root / CODES, None
-    if (root / CLASS_DICT).is_file():
-        if codes_file.is_file():
-            raise SnugfitError(f"{root}: both {CODES} and {CLASS_DICT} name the classes; keep one")
-        codes_file = root / CLASS_DICT
-        vocab, colours = read_class_dict(codes_file)
-    else:
-        vocab = read_codes(codes_file) if codes_file.is_file() else None
-    valid_file = root / VALID
+    codes, vocab, colours = _class_names(root)
+    valid_file = root / folders.valid
     if valid_pct is None and valid_file.is_file():
-        train, valid = _split_by_list(pairs, root / IMAGES, valid_file)
-        layout = "valid.txt"
+        train, valid = _split_by_list(pairs, root / folders.images, valid_file)
+        layout = folders.valid
     else:
         valid_pct = 0.2 if valid_pct is None else valid_pct
         train, valid = split_pairs(pairs, valid_pct, seed)
         layout = "split"
     _not_empty(root, train, valid)
-    codes = codes_file if vocab is not None else None
     return SegmentationItems(
         train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others,
-        colours,
+        colours, folders,
     )  # fmt: skip
+
+
+def _class_names(root: Path) -> tuple[Path | None, list[str] | None, list | None]:
+    """The file naming the classes (codes.txt, class_dict.csv or labelmap.txt, at most
+    one), its names and, for the two with colours, the colours; Nones without one."""
+    found = [root / f for f in (CODES, CLASS_DICT, LABELMAP) if (root / f).is_file()]
+    if len(found) > 1:
+        named = " and ".join(f.name for f in found)
+        raise SnugfitError(f"{root}: both {named} name the classes; keep one")
+    if not found:
+        return None, None, None
+    if found[0].name == CODES:
+        return found[0], read_codes(found[0]), None
+    read = read_class_dict if found[0].name == CLASS_DICT else read_labelmap
+    return found[0], *read(found[0])
 
 
 def label_func_pairs(

@@ -223,12 +223,15 @@ class SegmentationDataLoaders(DataLoadersBase):
         **kw: Any,
     ) -> SegmentationDataLoaders:
         """Loaders of ``path/images/<name>.<ext>`` and ``path/masks/<name>.png`` (or
-        .tif, .bmp, .gif; a .jpg is read as a binary mask: `snugfit.data.seg_items`).
+        .tif, .bmp, .gif; a .jpg is read as a binary mask), or of PASCAL VOC's
+        ``JPEGImages/`` and ``SegmentationClass/`` (`snugfit.data.seg_items`).
 
-        Classes: ``path/codes.txt`` (line i names class i), else ``class_0`` ...
-        up to the largest value in the masks (every mask is read for it). Validation:
-        the images ``path/valid.txt`` names; with ``valid_pct``, or without a
-        valid.txt, a random split seeded by ``seed`` (``valid_pct`` default 0.2).
+        Classes: ``path/codes.txt`` (line i names class i; or class_dict.csv,
+        labelmap.txt with colours), else ``class_0`` ... up to the largest value in
+        the masks (every mask is read for it). Validation: the images
+        ``path/valid.txt`` (VOC: ``ImageSets/Segmentation/val.txt``) names; with
+        ``valid_pct``, or without that list, a random split seeded by ``seed``
+        (``valid_pct`` default 0.2).
         Images without a mask are left out and reported (``skipped``), and so are
         masks without an image (logged).
 

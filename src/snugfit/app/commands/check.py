@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
         "labels, repeats), class imbalance, tiny images (for --size), images over Pillow's "
         "pixel limit, empty class folders "
         "and folders not followed (a loop, a folder already read: each real folder is "
-        "read once; a run folder inside the data). A segmentation folder (DATA/images and DATA/masks, optional codes.txt and valid.txt) "
+        "read once; a run folder inside the data). A segmentation folder (DATA/images and DATA/masks, optional codes.txt and "
+        "valid.txt; or PASCAL VOC's JPEGImages and SegmentationClass) "
         "gets each class's pixel share per split, and images without a mask, masks without "
         "an image, unreadable, colour or 16-bit masks, image/mask size mismatches and mask "
         "values that are not classes. Exit status 0 when training can use the data.",
