@@ -111,9 +111,9 @@ def test_a_precision_trial_times_fp32_against_bf16_then_keeps_the_faster(image_f
     seen = []
     original = learn.eval_outputs
 
-    def eval_outputs(xb, precision=None):
+    def eval_outputs(xb, precision=None, net=None):
         seen.append(precision)
-        return original(xb, precision)
+        return original(xb, precision, net)
 
     monkeypatch.setattr(learn, "eval_outputs", eval_outputs)
     monkeypatch.setattr(pre, "pick", lambda times: "bf16" if all(times.values()) else "?")

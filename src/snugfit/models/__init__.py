@@ -17,6 +17,7 @@ from snugfit.models.create import (
     packaged_lite0_weights,
     pretrained_timm_model,
 )
+from snugfit.models.fusion import fold_batchnorm
 from snugfit.models.groups import (
     batchnorm_to_eval,
     freeze_groups,
@@ -47,6 +48,7 @@ __all__ = [
     "create_model",
     "create_segmentation_model",
     "fixed_input_size",
+    "fold_batchnorm",
     "freeze_groups",
     "group_names",
     "has_classifier",

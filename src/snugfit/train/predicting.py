@@ -91,16 +91,20 @@ class Predicting:
             raise SnugfitError("threshold: only multi-label models decide by a threshold")
         self.task = self.task.with_threshold(value)
 
-    def eval_outputs(self, xb: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+    def eval_outputs(
+        self, xb: torch.Tensor, precision: str | None = None, net: torch.nn.Module | None = None
+    ) -> torch.Tensor:
         """Outputs (float32) of a batch without a graph, in chunks of ``eval_bs``;
         halved on out-of-memory (and kept halved). ``precision``: this batch's, if
-        not the learner's."""
+        not the learner's; ``net``: the module to run, if not the learner's (an
+        inference copy of it, `snugfit.models.fold_batchnorm`)."""
         x = self.prepare_input(xb)
+        net = self.net if net is None else net
         while True:
             chunk = min(self.memory.eval_bs or len(x), len(x))
             try:
                 with self.autocast(precision):
-                    return torch.cat([self.net(c).float() for c in x.split(chunk)])
+                    return torch.cat([net(c).float() for c in x.split(chunk)])
             except Exception as e:
                 if not (self.oom_recovery and is_oom(e)) or chunk == 1:
                     raise
