@@ -63,8 +63,8 @@ def test_features_come_from_the_folded_body(image_folder, monkeypatch):
     learn = colour_learner(image_folder)
     trained_stats(learn.model)
     ran = []
-    real = pre.inference_body
-    monkeypatch.setattr(pre, "inference_body", lambda *a: ran.append(real(*a)) or ran[-1])
+    real = learn.inference_net
+    monkeypatch.setattr(learn, "inference_net", lambda x: ran.append(real(x)) or ran[-1])
     feats, targs = pre.compute_features(learn, learn.dls.valid)
     [body] = ran
     assert body is not learn.model and not any(

@@ -21,13 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from snugfit import models
 from snugfit.callbacks.auto_precision import pick
 from snugfit.data.cache import cache_dir
 from snugfit.errors import reason_of
-from snugfit.memory.oom import is_oom, release_memory
 
 log = logging.getLogger("snugfit")
 
@@ -108,14 +105,14 @@ def compute_features(
     Lite0 on 2 cores computes hymenoptera's features at 336 px 1.6x faster in
     bf16 (18.8 s -> 11.5 s), and the head solved on them has the same validation
     error (2.0%; textures at 96 px: 3.3% both). The body runs with its BatchNorm
-    folded into its convolutions (`inference_body`)."""
+    folded into its convolutions (`Learner.inference_net`)."""
     learn.model.eval()
     targs, captured = [], []
     body, hook = None, None
     try:
         for xb, yb in dl:
             if body is None:
-                body = inference_body(learn, xb[:1])
+                body = learn.inference_net(xb[:1])
                 capture = lambda m, args: captured.append(args[0].float())  # noqa: E731
                 hook = body.get_classifier().register_forward_pre_hook(capture)
             precision = trial.next() if trial else None
@@ -128,22 +125,6 @@ def compute_features(
         if hook is not None:
             hook.remove()
     return torch.cat(captured).cpu(), torch.cat(targs).cpu()
-
-
-def inference_body(learn, example: torch.Tensor) -> nn.Module:
-    """The learner's model with its BatchNorm folded into its convolutions
-    (`snugfit.models.fold_batchnorm`: a copy, for these frozen features only); the
-    model itself when it is wrapped (torchrun, checkpointing) or the copy does not fit
-    in memory."""
-    if learn.net is not learn.model:
-        return learn.net
-    try:
-        return models.fold_batchnorm(learn.model, learn.prepare_input(example))
-    except Exception as e:
-        if not is_oom(e):
-            raise
-        release_memory(learn.device)
-        return learn.model
 
 
 class PrecisionTrial:

@@ -133,6 +133,22 @@ class Predicting:
         a loader of images is read as the model expects them (`model_loader`)."""
         return evaluate.evaluate(self, self.model_loader(dl))
 
+    def inference_net(self, example: torch.Tensor) -> torch.nn.Module:
+        """The model with its BatchNorm folded into its convolutions, for inference on
+        many batches while the weights do not change (`snugfit.models.fold_batchnorm`:
+        a copy, checked on ``example``, a batch as `eval_outputs` takes it); the
+        learner's net itself when it is wrapped (torchrun, checkpointing) or the copy
+        does not fit in memory."""
+        if self.net is not self.model:
+            return self.net
+        try:
+            return models.fold_batchnorm(self.model, self.prepare_input(example))
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            release_memory(self.device)
+            return self.model
+
     def model_loader(self, dl):
         """``dl`` normalised with the model's mean and std. `vision_learner` leaves the
         ``dls`` it is given as they are (``learn.dls`` is a copy with the model's
