@@ -119,6 +119,17 @@ def add_csv_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_valid_folder_arg(p: argparse.ArgumentParser) -> None:
+    """``--valid-folder``: the class folders' validation folder, by name."""
+    p.add_argument(
+        "--valid-folder",
+        default=None,
+        metavar="NAME",
+        help="class folders: validate on DATA/NAME (e.g. test), beside DATA/train "
+        "(default: DATA/val or DATA/valid)",
+    )
+
+
 def add_memory_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     """``--precision`` and ``--memory-budget`` (alias ``--gpu-mem``)."""
     p.add_argument(

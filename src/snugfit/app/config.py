@@ -43,6 +43,7 @@ class TrainConfig:
     pretrained: bool = True
     out: str = "runs/latest"
     valid_pct: float | None = None  # random validation split (folders: when no DATA/val)
+    valid_folder: str | None = None  # class folders: validate on DATA/<this> (None: val, valid)
     # Training from a CSV of (file, labels) rows instead of class folders, as
     # ImageDataLoaders.from_csv reads it: paths in the CSV are relative to data (or folder).
     csv: str | None = None  # the CSV file, relative to data (or absolute)

@@ -32,12 +32,17 @@ def check_data(
             options without ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
     """
     _check_data_options(cfg)
+    if cfg.valid_folder is not None and (cfg.csv is not None or is_segmentation_data(cfg)):
+        raise SnugfitError("--valid-folder: only for class folders (DATA/train/<class>)")
+    if cfg.valid_folder is not None and cfg.valid_pct is not None:
+        raise SnugfitError("--valid-folder and --valid-pct: give one (a folder, or a random split)")
     if is_segmentation_data(cfg):
         return check_segmentation(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
     if cfg.csv is None:
         return check_folder(
-            cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size, console=console
-        )
+            cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, valid=cfg.valid_folder,
+            size=cfg.size, console=console,
+        )  # fmt: skip
     return check_csv(cfg.data, **csv_args(cfg), size=cfg.size, console=console)
 
 

@@ -198,6 +198,7 @@ def check_folder(
         workers=workers,
         console=console,
     )
+    report.unread = [d.relative_to(root).as_posix() for d in found.unread]
     report.empty = _empty_folders(found, report.counts)
     report.links = found.links
     report.not_images = [NotImage.of(p) for p in found.others]

@@ -212,6 +212,8 @@ class CheckReport(ReportText):
             (`snugfit.data.csv_items.list_delimiter`): multi-label data read without
             ``label_delim``; None when they do not.
         unusable: Unreadable or missing files per class (multi-label: per label).
+        unread: Folders of class folders beside the training folder that are not
+            read (a ``test/``), relative to ``root``.
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
         large: Readable images over ``max_pixels`` (and not over twice it, which
@@ -246,6 +248,7 @@ class CheckReport(ReportText):
     unlabelled: list[BadImage] = field(default_factory=list)
     list_delim: str | None = None
     unusable: dict[str, int] = field(default_factory=dict)
+    unread: list[str] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
     large: list[LargeImage] = field(default_factory=list)
@@ -351,6 +354,10 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
     if report.get("csv") is not None:
         kind = "multi-label" if report.get("multi_label") else "single-label"
         how = f"{rel(report['csv'])}, {kind}; {how}"
+    if report.get("unread"):
+        first = report["unread"][0]
+        folders = ", ".join(f"{name}/" for name in report["unread"])
+        how += f"; not read: {folders} (--valid-folder {first} validates on it)"
     return how
 
 

@@ -79,6 +79,9 @@ class LoaderConstructors:
         found = folder_items(path, train, valid, valid_pct, seed)
         warn_skipped(found.links)
         warn_not_images(found.others)
+        for folder in found.unread:
+            logger.warning(f"{folder}: class folders beside {found.train_dir.name}/ that are "
+                           f"not read (valid={folder.name!r} validates on them)")  # fmt: skip
         return cls(
             found.train,
             found.valid,

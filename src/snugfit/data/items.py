@@ -10,6 +10,7 @@ opened here: unreadable ones are among the items, and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -285,6 +286,7 @@ class FolderItems(NamedTuple):
     valid_pct: float | None  # the fraction of that split (None with a validation folder)
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
     others: list[Path]  # files in the class folders that are no images (by extension)
+    unread: Sequence[Path] = ()  # folders of class folders beside train/, not read
 
 
 def folder_items(
@@ -297,7 +299,8 @@ def folder_items(
     """The split items of a class-folder dataset (the layouts of `ImageDataLoaders.from_folder`).
 
     Files are not opened: unreadable ones are among the items. Class folders
-    without any image file are left out of ``vocab``. Links to folders are followed,
+    without any image file are left out of ``vocab``. Folders of class folders beside
+    ``train/`` that are not read (a ``test/``) are in ``unread``, for the caller to say. Links to folders are followed,
     each real folder read once (`snugfit.data.walk`); those not followed are in
     ``links``, and the files in class folders whose extension is no image format in
     ``others``, for the caller to report.
@@ -341,8 +344,9 @@ def folder_items(
     if valid_dir is None or valid_pct is not None:
         valid_pct = 0.2 if valid_pct is None else valid_pct
         train_items, valid_items = split_items(files, labels, valid_pct, seed)
+        unread = _unread_beside(path, train_dir, None)
         return FolderItems(
-            train_items, valid_items, vocab, train_dir, None, valid_pct, links, others
+            train_items, valid_items, vocab, train_dir, None, valid_pct, links, others, unread
         )
     train_items = list(zip(files, labels, strict=True))
     valid_items = []
@@ -352,7 +356,28 @@ def folder_items(
         valid_items.extend((f, index[c]) for f in vfiles)
     if not valid_items:
         raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
-    return FolderItems(train_items, valid_items, vocab, train_dir, valid_dir, None, links, others)
+    unread = _unread_beside(path, train_dir, valid_dir)
+    return FolderItems(
+        train_items, valid_items, vocab, train_dir, valid_dir, None, links, others, unread
+    )
+
+
+def _unread_beside(path: Path, train_dir: Path, valid_dir: Path | None) -> list[Path]:
+    """The folders beside ``train_dir`` (none when the classes are ``path``'s own
+    folders) holding a folder with an image file in it: a ``test/`` of class folders,
+    say, which no split reads (hidden folders and run folders aside)."""
+    if train_dir == path:
+        return []
+    used = {train_dir, valid_dir}
+    found = []
+    for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d in used:
+            continue
+        with contextlib.suppress(OSError):
+            classes = [c for c in d.iterdir() if c.is_dir() and not is_run_folder(c)]
+            if any(any(map(is_image, c.iterdir())) for c in classes):
+                found.append(d)
+    return found
 
 
 def no_images(path: Path, others: list[Path] | None = None) -> SnugfitError:

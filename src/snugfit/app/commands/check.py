@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from snugfit.app.arguments import DATA_HELP, add_csv_args, fraction, image_size
+from snugfit.app.arguments import (
+    DATA_HELP,
+    add_csv_args,
+    add_valid_folder_arg,
+    fraction,
+    image_size,
+)
 from snugfit.app.config import TrainConfig
 from snugfit.errors import SnugfitError
 
@@ -45,6 +51,7 @@ def add_parser(subparsers) -> None:
         help="the training size, a side (224) or HEIGHTxWIDTH: images with a side under a "
         "quarter of its shorter side are listed as tiny (training enlarges them over 4x)",
     )
+    add_valid_folder_arg(ck)
     add_csv_args(ck)
     ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")
     ck.add_argument("--json", default=None, help="also write the report as JSON to this file")
@@ -55,8 +62,8 @@ def run(args: argparse.Namespace) -> None:
 
     from snugfit.app.dataset import check_data
 
-    keys = ("valid_pct", "seed", "size", "csv", "folder", "fn_col", "label_col", "label_delim",
-            "valid_col")  # fmt: skip
+    keys = ("valid_pct", "valid_folder", "seed", "size", "csv", "folder", "fn_col", "label_col",
+            "label_delim", "valid_col")  # fmt: skip
     report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))
     report.print(Console())
     if args.json is not None:

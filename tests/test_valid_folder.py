@@ -1,0 +1,66 @@
+"""Class folders beside train/ that no split reads (Kaggle's train/ and test/) are said,
+and ``--valid-folder`` validates on one of them. Before, a test/ of class folders was
+ignored without a word while a random 20% of train/ validated."""
+
+import logging
+import shutil
+
+import pytest
+
+from snugfit.data import ImageDataLoaders
+from snugfit.data.check import check_folder
+from test_cli import run_cli
+
+
+@pytest.fixture
+def kaggle(image_folder):
+    """train/ and test/ (the fixture's val/ renamed), plus folders that are no data:
+    hidden, a run folder, one without class folders."""
+    (image_folder / "val").rename(image_folder / "test")
+    shutil.copytree(image_folder / "test", image_folder / ".ipynb_checkpoints")
+    run = image_folder / "runs" / "latest"
+    run.mkdir(parents=True)
+    for name in ("config.json", "events.jsonl"):
+        (run / name).write_text("{}")
+    shutil.copy(next((image_folder / "test" / "red").iterdir()), run / "batch.png")
+    (image_folder / "notes").mkdir()
+    (image_folder / "notes" / "readme.txt").write_text("not images")
+    return image_folder
+
+
+def test_a_test_folder_beside_train_is_named_not_silently_left(kaggle):
+    report = check_folder(kaggle, workers=1)
+    assert report.layout == "split" and report.unread == ["test"]
+    assert report.describe() == (
+        "validation split off at random, 0.2; not read: test/ (--valid-folder test validates on it)"
+    )
+    assert sum(report.images.values()) == 16  # train/'s images only
+
+
+def test_valid_folder_validates_on_it(kaggle):
+    report = check_folder(kaggle, valid="test", workers=1)
+    assert report.layout == "folders" and report.unread == []
+    assert report.images == {"train": 16, "valid": 8}
+    assert report.describe() == "train and validation folders"
+
+
+def test_from_folder_warns_about_the_folder_it_does_not_read(kaggle, caplog):
+    with caplog.at_level(logging.WARNING, logger="snugfit"):
+        dls = ImageDataLoaders.from_folder(kaggle, bs=4, size=32, num_workers=0, seed=0)
+    [line] = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert line == (
+        f"{kaggle / 'test'}: class folders beside train/ that are not read "
+        "(valid='test' validates on them)"
+    )
+    assert len(dls.valid_items) == 4  # 20% of train/
+
+
+def test_valid_folder_on_the_command_line(kaggle, capsys):
+    code, out, _ = run_cli(capsys, "check", str(kaggle), "--valid-folder", "test")
+    assert code == 0 and "check: " in out and "(train and validation folders)" in out
+    for extra, error in [
+        (["--valid-pct", "0.3"], "--valid-folder and --valid-pct: give one"),
+        (["--csv", "labels.csv"], "--valid-folder: only for class folders"),
+    ]:
+        code, _, err = run_cli(capsys, "check", str(kaggle), "--valid-folder", "test", *extra)
+        assert code == 2 and err.startswith(f"snugfit: error: {error}")
