@@ -119,8 +119,17 @@ def add_csv_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_valid_folder_arg(p: argparse.ArgumentParser) -> None:
-    """``--valid-folder``: the class folders' validation folder, by name."""
+def add_folder_args(p: argparse.ArgumentParser) -> None:
+    """``--valid-folder`` (the class folders' validation folder, by name) and
+    ``--label-re`` (classes from file names instead of folders)."""
+    p.add_argument(
+        "--label-re",
+        default=None,
+        metavar="REGEX",
+        help="no class folders: the class is this pattern's first group in each file's "
+        r"name, e.g. '^(.+)[._-]\d+\.[^.]+$' for cat.12.jpg (fastai's from_name_re); "
+        "names it does not label are listed and skipped",
+    )
     p.add_argument(
         "--valid-folder",
         default=None,

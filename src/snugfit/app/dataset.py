@@ -12,6 +12,7 @@ from rich.console import Console
 
 from snugfit.app.config import TrainConfig
 from snugfit.data.check import check_csv, check_folder
+from snugfit.data.check_names import check_names
 from snugfit.data.check_report import CheckReport
 from snugfit.data.check_seg import check_segmentation
 from snugfit.data.check_seg_report import SegmentationCheckReport
@@ -32,12 +33,13 @@ def check_data(
             options without ``cfg.csv``, or both ``valid_col`` and ``valid_pct``.
     """
     _check_data_options(cfg)
-    if cfg.valid_folder is not None and (cfg.csv is not None or is_segmentation_data(cfg)):
-        raise SnugfitError("--valid-folder: only for class folders (DATA/train/<class>)")
-    if cfg.valid_folder is not None and cfg.valid_pct is not None:
-        raise SnugfitError("--valid-folder and --valid-pct: give one (a folder, or a random split)")
     if is_segmentation_data(cfg):
         return check_segmentation(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
+    if cfg.label_re is not None:
+        return check_names(
+            cfg.data, cfg.label_re, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size,
+            console=console,
+        )  # fmt: skip
     if cfg.csv is None:
         return check_folder(
             cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, valid=cfg.valid_folder,
@@ -53,7 +55,17 @@ def is_segmentation_data(cfg: TrainConfig) -> bool:
 
 
 def _check_data_options(cfg: TrainConfig) -> None:
-    """CSV options without a CSV, or two ways of choosing the validation set, are errors."""
+    """CSV options without a CSV, two ways of choosing the validation set or the
+    classes, and folder options for data without class folders are errors."""
+    for name, value in (("--valid-folder", cfg.valid_folder), ("--label-re", cfg.label_re)):
+        if value is not None and (cfg.csv is not None or is_segmentation_data(cfg)):
+            raise SnugfitError(f"{name}: not for a CSV or a segmentation folder")
+    if cfg.valid_folder is not None and cfg.valid_pct is not None:
+        raise SnugfitError("--valid-folder and --valid-pct: give one (a folder, or a random split)")
+    if cfg.valid_folder is not None and cfg.label_re is not None:
+        raise SnugfitError(
+            "--valid-folder and --label-re: --label-re splits at random (--valid-pct)"
+        )
     defaults = TrainConfig("")
     if cfg.csv is None:
         given = [

@@ -207,13 +207,15 @@ class CheckReport(ReportText):
         multi_label: Whether an image has a set of labels.
         unreadable: Files that cannot be decoded.
         missing: Files a CSV row names that do not exist (the reason says which row).
-        unlabelled: Single-label CSV rows with an empty label cell (not items).
+        unlabelled: Single-label CSV rows with an empty label cell, or files whose
+            name ``label_re`` does not label (not items).
         list_delim: Single-label CSV classes look like lists split by this
             (`snugfit.data.csv_items.list_delimiter`): multi-label data read without
             ``label_delim``; None when they do not.
         unusable: Unreadable or missing files per class (multi-label: per label).
         unread: Folders of class folders beside the training folder that are not
             read (a ``test/``), relative to ``root``.
+        label_re: The pattern the classes were read from file names by (``--label-re``).
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
         large: Readable images over ``max_pixels`` (and not over twice it, which
@@ -249,6 +251,7 @@ class CheckReport(ReportText):
     list_delim: str | None = None
     unusable: dict[str, int] = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)
+    label_re: str | None = None
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
     large: list[LargeImage] = field(default_factory=list)
@@ -354,6 +357,8 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
     if report.get("csv") is not None:
         kind = "multi-label" if report.get("multi_label") else "single-label"
         how = f"{rel(report['csv'])}, {kind}; {how}"
+    if report.get("label_re") is not None:
+        how = f"classes from file names by '{report['label_re']}'; {how}"
     if report.get("unread"):
         first = report["unread"][0]
         folders = ", ".join(f"{name}/" for name in report["unread"])
@@ -377,7 +382,10 @@ def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[
 
     files("unreadable", "unreadable: {n} file(s), skipped by training")
     files("missing", "missing: {n} file(s) listed but not found, skipped")
-    files("unlabelled", "no label: {n} row(s) with an empty label cell, skipped")
+    if report.get("label_re") is not None:
+        files("unlabelled", "no label: {n} file(s) whose name the pattern does not label, skipped")
+    else:
+        files("unlabelled", "no label: {n} row(s) with an empty label cell, skipped")
     if report.get("list_delim"):
         groups.append((list_hint(report["classes"], report["list_delim"]), []))
     if report.get("duplicates"):

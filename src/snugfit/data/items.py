@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from snugfit.data.name_labels import compile_label_re, label_by_name, suggest_label_re
 from snugfit.data.walk import (
     IMAGE_EXTENSIONS,
     SkippedLink,
@@ -171,9 +172,7 @@ def name_re_items(
     Raises:
         SnugfitError: Missing folder, no images, a name that does not match.
     """
-    regex = re.compile(pat)
-    if regex.groups < 1:
-        raise SnugfitError(f"pat: {regex.pattern!r} has no group to take the label from")
+    regex = compile_label_re(pat)
     if isinstance(path, (str, os.PathLike)):
         root: Path | None = Path(path)
         files = image_files_in(root)
@@ -182,12 +181,9 @@ def name_re_items(
         root = files[0].parent if files else None
         if not files:
             raise SnugfitError("path: the list of files is empty")
-    names = []
-    for f in files:
-        m = regex.search(f.name)
-        if m is None or m.group(1) is None:
-            raise SnugfitError(f"{f}: file name does not match pattern '{regex.pattern}'")
-        names.append(m.group(1))
+    _, names, unmatched = label_by_name(files, regex)
+    if unmatched:  # fastai's RegexLabeller raises too; the command line skips them
+        raise SnugfitError(f"{unmatched[0]}: file name does not match pattern '{regex.pattern}'")
     vocab, labels = labelled(files, names)
     if len(vocab) < 2:
         raise SnugfitError(f"{root}: found only one class ('{vocab[0]}'); need at least two")
@@ -327,10 +323,17 @@ def folder_items(
     others: list[Path] = []
     by_class = _class_files(train_dir, links, others)
     if not by_class:
-        if any(is_image(f) for f in train_dir.iterdir() if f.is_file()):
+        loose = [f for f in train_dir.iterdir() if f.is_file() and is_image(f)]
+        if loose:
+            guess = suggest_label_re(loose)
+            hint = (
+                f"; their names hold the class: --label-re '{guess}' (from_name_re)"
+                if guess
+                else ""
+            )
             raise SnugfitError(
                 f"{train_dir}: images must be in one subfolder per class "
-                f"({train_dir}/<class>/*.jpg)"
+                f"({train_dir}/<class>/*.jpg){hint}"
             )
         raise no_images(path, others)
     if len(by_class) < 2:

@@ -17,8 +17,8 @@ from pathlib import Path
 from snugfit.app.arguments import (
     DATA_HELP,
     add_csv_args,
+    add_folder_args,
     add_memory_args,
-    add_valid_folder_arg,
     below_one,
     fraction,
     image_size,
@@ -181,7 +181,7 @@ def _data_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         default=None,
         help="split this fraction off train for validation (default: use DATA/val; 0.2 with --csv)",
     )
-    add_valid_folder_arg(t)
+    add_folder_args(t)
     add_csv_args(t)
     t.add_argument(
         "--no-flip",
