@@ -60,7 +60,39 @@ def test_valid_folder_on_the_command_line(kaggle, capsys):
     assert code == 0 and "check: " in out and "(train and validation folders)" in out
     for extra, error in [
         (["--valid-pct", "0.3"], "--valid-folder and --valid-pct: give one"),
-        (["--csv", "labels.csv"], "--valid-folder: only for class folders"),
+        (["--csv", "labels.csv"], "--valid-folder: not for a CSV or a segmentation folder"),
     ]:
         code, _, err = run_cli(capsys, "check", str(kaggle), "--valid-folder", "test", *extra)
         assert code == 2 and err.startswith(f"snugfit: error: {error}")
+
+
+def test_split_folders_are_not_taken_for_classes(tmp_path, capsys):
+    """Intel's scene data: seg_train/seg_train/<class>, seg_test/seg_test/<class>,
+    seg_pred/seg_pred/*.jpg. Read from the top, its "classes" were the three splits."""
+    from fixtures import make_image_folder
+
+    root = tmp_path / "intel"
+    for split in ("seg_train", "seg_test"):
+        make_image_folder(root / split / split, classes=("red", "green"), valid_name=None)
+    make_image_folder(root / "seg_pred" / "seg_pred", classes=("x",), valid_name=None)
+    code, _, err = run_cli(capsys, "check", str(root))
+    assert code == 2 and err.strip() == (
+        f"snugfit: error: {root}: its folders seg_pred, seg_test, seg_train look like splits, "
+        f"not classes; point DATA at {root / 'seg_train' / 'seg_train'} (its folders look like "
+        "classes)"
+    )
+    # a class named like a split among real classes is a class
+    make_image_folder(tmp_path / "lab", classes=("test_tube", "beaker"), valid_name=None)
+    assert check_folder(tmp_path / "lab", workers=1).classes == ["beaker", "test_tube"]
+
+
+def test_one_class_points_at_the_dataset_inside(image_folder, tmp_path, capsys):
+    """Kaggle's chest X-ray zip: chest_xray/chest_xray/{train,val,test} and __MACOSX."""
+    outer = tmp_path / "chest_xray"
+    (outer / "__MACOSX").mkdir(parents=True)
+    image_folder.rename(outer / "chest_xray")
+    code, _, err = run_cli(capsys, "check", str(tmp_path))
+    assert code == 2 and err.strip() == (
+        f"snugfit: error: {tmp_path}: found only one class ('chest_xray'); need at least two; "
+        f"point DATA at {outer / 'chest_xray'} (it holds train/)"
+    )

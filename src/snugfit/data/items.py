@@ -338,7 +338,15 @@ def folder_items(
         raise no_images(path, others)
     if len(by_class) < 2:
         only = next(iter(by_class))
-        raise SnugfitError(f"{path}: found only one class ('{only}'); need at least two")
+        raise SnugfitError(
+            f"{path}: found only one class ('{only}'); need at least two{_layout_hint(path)}"
+        )
+    splits = [c for c in sorted(by_class) if _split_like(c)]
+    if train_dir == path and len(splits) == len(by_class):  # every "class" names a split
+        raise SnugfitError(
+            f"{path}: its folders {', '.join(splits)} look like splits, not classes"
+            f"{_layout_hint(path) or '; point DATA at a folder of class folders'}"
+        )
     vocab = sorted(by_class)
     index = {c: i for i, c in enumerate(vocab)}
     files = [f for c in vocab for f in by_class[c]]
@@ -363,6 +371,39 @@ def folder_items(
     return FolderItems(
         train_items, valid_items, vocab, train_dir, valid_dir, None, links, others, unread
     )
+
+
+SPLIT_WORDS = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
+                         "pred", "prediction", "dev", "eval"})  # fmt: skip
+
+
+def _split_like(name: str) -> bool:
+    """Whether a folder name names a split (``test``, Intel's ``seg_train``), not a class."""
+    return any(w in SPLIT_WORDS for w in re.split(r"[^a-z]+", name.lower()))
+
+
+def _layout_hint(path: Path, depth: int = 3) -> str:
+    """ "; point DATA at X ..." naming the folder below ``path`` (up to ``depth`` levels,
+    hidden ones and macOS's ``__MACOSX`` aside) that holds ``train/``, or else one
+    that holds two class folders or more under a split-like name, training's first
+    (Intel's ``seg_train/seg_train/<class>``); "" when there is none."""
+    level = [path]
+    for _ in range(depth):
+        below = []
+        for d in level:
+            with contextlib.suppress(OSError):
+                below += sorted(c for c in d.iterdir() if c.is_dir() and c.name[0] not in "._")
+        for d in below:
+            if (d / "train").is_dir():
+                return f"; point DATA at {d} (it holds train/)"
+        found = [
+            d for d in below if _split_like(d.name) and sum(c.is_dir() for c in d.iterdir()) > 1
+        ]
+        found.sort(key=lambda d: "train" not in d.name.lower())  # the training split first
+        if found:
+            return f"; point DATA at {found[0]} (its folders look like classes)"
+        level = below
+    return ""
 
 
 def _unread_beside(path: Path, train_dir: Path, valid_dir: Path | None) -> list[Path]:
