@@ -295,15 +295,15 @@ def folder_items(
     """The split items of a class-folder dataset (the layouts of `ImageDataLoaders.from_folder`).
 
     Files are not opened: unreadable ones are among the items. Class folders
-    without any image file are left out of ``vocab``. Folders of class folders beside
-    ``train/`` that are not read (a ``test/``) are in ``unread``, for the caller to say. Links to folders are followed,
+    without any image file are left out of ``vocab``. Links to folders are followed,
     each real folder read once (`snugfit.data.walk`); those not followed are in
-    ``links``, and the files in class folders whose extension is no image format in
-    ``others``, for the caller to report.
+    ``links``, the files in class folders whose extension is no image format in
+    ``others``, and folders of class folders beside ``train/`` that no split reads
+    (a ``test/``) in ``unread``, for the caller to report.
 
     Raises:
-        SnugfitError: Missing folder, no images, a single class, a validation
-            class unknown to training, an empty validation folder.
+        SnugfitError: Missing folder, no images, a single class, folders that name
+            splits, a validation class unknown to training, an empty validation folder.
     """
     if not path.is_dir():
         raise SnugfitError(f"{path}: no such directory")
@@ -322,31 +322,7 @@ def folder_items(
     links: list[SkippedLink] = []
     others: list[Path] = []
     by_class = _class_files(train_dir, links, others)
-    if not by_class:
-        loose = [f for f in train_dir.iterdir() if f.is_file() and is_image(f)]
-        if loose:
-            guess = suggest_label_re(loose)
-            hint = (
-                f"; their names hold the class: --label-re '{guess}' (from_name_re)"
-                if guess
-                else ""
-            )
-            raise SnugfitError(
-                f"{train_dir}: images must be in one subfolder per class "
-                f"({train_dir}/<class>/*.jpg){hint}"
-            )
-        raise no_images(path, others)
-    if len(by_class) < 2:
-        only = next(iter(by_class))
-        raise SnugfitError(
-            f"{path}: found only one class ('{only}'); need at least two{_layout_hint(path)}"
-        )
-    splits = [c for c in sorted(by_class) if _split_like(c)]
-    if train_dir == path and len(splits) == len(by_class):  # every "class" names a split
-        raise SnugfitError(
-            f"{path}: its folders {', '.join(splits)} look like splits, not classes"
-            f"{_layout_hint(path) or '; point DATA at a folder of class folders'}"
-        )
+    _check_classes(path, train_dir, by_class, others)
     vocab = sorted(by_class)
     index = {c: i for i, c in enumerate(vocab)}
     files = [f for c in vocab for f in by_class[c]]
@@ -371,6 +347,34 @@ def folder_items(
     return FolderItems(
         train_items, valid_items, vocab, train_dir, valid_dir, None, links, others, unread
     )
+
+
+def _check_classes(
+    path: Path, train_dir: Path, by_class: dict[str, list[Path]], others: list[Path]
+) -> None:
+    """Raise when ``train_dir``'s folders are no classes to train: none (images loose
+    in it, their names perhaps holding the class), one, or splits (Intel's)."""
+    if not by_class:
+        loose = [f for f in train_dir.iterdir() if f.is_file() and is_image(f)]
+        if loose:
+            guess = suggest_label_re(loose)
+            hint = f"; their names hold the class: --label-re '{guess}' (from_name_re)"
+            raise SnugfitError(
+                f"{train_dir}: images must be in one subfolder per class "
+                f"({train_dir}/<class>/*.jpg){hint if guess else ''}"
+            )
+        raise no_images(path, others)
+    if len(by_class) < 2:
+        only = next(iter(by_class))
+        raise SnugfitError(
+            f"{path}: found only one class ('{only}'); need at least two{_layout_hint(path)}"
+        )
+    splits = [c for c in sorted(by_class) if _split_like(c)]
+    if train_dir == path and len(splits) == len(by_class):  # every "class" names a split
+        raise SnugfitError(
+            f"{path}: its folders {', '.join(splits)} look like splits, not classes"
+            f"{_layout_hint(path) or '; point DATA at a folder of class folders'}"
+        )
 
 
 SPLIT_WORDS = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
