@@ -379,6 +379,19 @@ def test_odd_modes_come_out_rgb(tmp_path):
     assert row.tolist() == [0, 128, 255, 4]  # scaled by 255/65535, not clipped
 
 
+def test_a_12_bit_scan_in_a_16_bit_png_keeps_its_grey_levels(tmp_path):
+    """X-rays and CT slices saved from DICOM: 12-bit values in a 16-bit PNG. Scaled by
+    65535 they became 16 grey levels (0-16); scaled by 4095 they span 0-255."""
+    scan = np.linspace(0, 4095, 256).round().astype(np.uint16).reshape(16, 16)
+    path = _save(Image.fromarray(scan), tmp_path / "xray.png")
+    assert Image.open(path).mode == "I;16"
+    grey = np.asarray(open_image(path))[..., 0]
+    assert grey.min() == 0 and grey.max() == 255 and len(np.unique(grey)) == 256
+    assert grey[8, 0] == round(int(scan[8, 0]) * 255 / 4095)
+    small = _save(Image.fromarray(np.full((4, 4), 200, np.uint16)), tmp_path / "eight.png")
+    assert np.asarray(open_image(small))[0, 0, 0] == 200  # 8-bit values in a 16-bit file
+
+
 def test_exif_rotated_jpeg_comes_out_upright(tmp_path):
     # Stored 40 wide x 20 high, marked red in the top-left corner; orientation 6
     # means "rotate 90 degrees clockwise to display", so the marker ends top-right.

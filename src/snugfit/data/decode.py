@@ -62,6 +62,12 @@ def is_empty(path: str | os.PathLike) -> bool:
         return False  # let Image.open report the real problem
 
 
+# The value ranges a 16- or 32-bit greyscale image is scaled from, the smallest that
+# holds its values: 8-bit data in a 16-bit file; 12-bit scans (X-ray and CT saved from
+# DICOM as 16-bit PNGs), which scaled by 65535 kept 16 grey levels of their 4096; 16 bits.
+INTEGER_DEPTHS = (255.0, 4095.0, 65535.0)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert a Pillow image of any mode to 8-bit RGB."""
     mode = img.mode
@@ -71,13 +77,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 16/32-bit and float greyscale: a plain convert("L") clips at 255, so
         # scale the value range to 8 bits instead.
         a = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            top = 65535.0
-        elif mode == "F":
-            top = 1.0 if a.size and a.max() <= 1.0 else 255.0
-        else:  # "I": often a 16-bit PNG; pick the smallest range that holds the data
-            peak = float(a.max()) if a.size else 0.0
-            top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+        peak = float(a.max()) if a.size else 0.0
+        if mode == "F":
+            top = 1.0 if peak <= 1.0 else 255.0
+        else:  # the smallest depth that holds the data (`INTEGER_DEPTHS`)
+            top = next((t for t in INTEGER_DEPTHS if peak <= t), peak)
         a = np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)
         return Image.fromarray(a, "L").convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
