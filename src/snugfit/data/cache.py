@@ -40,7 +40,7 @@ logger = logging.getLogger("snugfit")
 
 # Part of every key: bump it when the decoded pixels change (resampling, colour
 # handling), so old entries are never mistaken for new ones.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 16-bit greyscale scaled from 8, 12 or 16 bits
 DEFAULT_CACHE_SIZE = "20GB"
 _TMP_SUFFIX = ".tmp"
 
