@@ -5,6 +5,7 @@ ignored without a word while a random 20% of train/ validated."""
 import logging
 import shutil
 
+import numpy as np
 import pytest
 
 from snugfit.data import ImageDataLoaders
@@ -95,4 +96,25 @@ def test_one_class_points_at_the_dataset_inside(image_folder, tmp_path, capsys):
     assert code == 2 and err.strip() == (
         f"snugfit: error: {tmp_path}: found only one class ('chest_xray'); need at least two; "
         f"point DATA at {outer / 'chest_xray'} (it holds train/)"
+    )
+
+
+def test_images_and_annotations_are_not_taken_for_classes(tmp_path, capsys):
+    """The Oxford pets as downloaded: images/<Breed>_<n>.jpg and annotations/trimaps/.
+    Read from the top, its "classes" were images and annotations."""
+    from fixtures import colour_image
+
+    root = tmp_path / "pets"
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    for i in range(3):
+        for breed in ("Abyssinian", "great_pyrenees"):
+            colour_image(i % 2, rng).save(root / "images" / f"{breed}_{i}.jpg")
+            colour_image(0, rng).save(root / "annotations" / "trimaps" / f"{breed}_{i}.png")
+    code, _, err = run_cli(capsys, "check", str(root))
+    assert code == 2 and err.strip() == (
+        f"snugfit: error: {root}: its folders annotations, images look like a dataset's images "
+        f"and annotations, not classes; their names hold the class: DATA {root / 'images'} "
+        r"with --label-re '^(.+)[._-]\d+\.[^.]+$'"
     )

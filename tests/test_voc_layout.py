@@ -132,3 +132,14 @@ def test_two_files_naming_the_classes_are_refused(tmp_path):
     (root / "codes.txt").write_text("\n".join(SEG_CODES))
     with pytest.raises(SnugfitError, match=r"both codes\.txt and labelmap\.txt name the classes"):
         SegmentationDataLoaders.from_folder(root, size=HW, **FAST)
+
+
+def test_voc_with_sbd_masks_is_read_from_segmentation_class_aug(tmp_path):
+    root = tmp_path / "voc"
+    truth = voc_folder(root)
+    (root / "SegmentationClass").rename(root / "SegmentationClassAug")
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 8 and report.folders.endswith("SegmentationClassAug/")
+    dls = SegmentationDataLoaders.from_check(report, size=HW, **FAST)
+    ys = torch.cat([y for _, y in dls.valid])
+    assert np.array_equal(ys.numpy(), np.stack([truth[n] for n in VAL]).astype(np.int64))

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from snugfit.data.layout_hints import check_classes
 from snugfit.data.name_labels import compile_label_re, label_by_name, suggest_label_re
 from snugfit.data.walk import (
     IMAGE_EXTENSIONS,
@@ -322,7 +323,9 @@ def folder_items(
     links: list[SkippedLink] = []
     others: list[Path] = []
     by_class = _class_files(train_dir, links, others)
-    _check_classes(path, train_dir, by_class, others)
+    if not by_class:
+        raise _no_classes(path, train_dir, others)
+    check_classes(path, train_dir, sorted(by_class))
     vocab = sorted(by_class)
     index = {c: i for i, c in enumerate(vocab)}
     files = [f for c in vocab for f in by_class[c]]
@@ -349,65 +352,17 @@ def folder_items(
     )
 
 
-def _check_classes(
-    path: Path, train_dir: Path, by_class: dict[str, list[Path]], others: list[Path]
-) -> None:
-    """Raise when ``train_dir``'s folders are no classes to train: none (images loose
-    in it, their names perhaps holding the class), one, or splits (Intel's)."""
-    if not by_class:
-        loose = [f for f in train_dir.iterdir() if f.is_file() and is_image(f)]
-        if loose:
-            guess = suggest_label_re(loose)
-            hint = f"; their names hold the class: --label-re '{guess}' (from_name_re)"
-            raise SnugfitError(
-                f"{train_dir}: images must be in one subfolder per class "
-                f"({train_dir}/<class>/*.jpg){hint if guess else ''}"
-            )
-        raise no_images(path, others)
-    if len(by_class) < 2:
-        only = next(iter(by_class))
-        raise SnugfitError(
-            f"{path}: found only one class ('{only}'); need at least two{_layout_hint(path)}"
-        )
-    splits = [c for c in sorted(by_class) if _split_like(c)]
-    if train_dir == path and len(splits) == len(by_class):  # every "class" names a split
-        raise SnugfitError(
-            f"{path}: its folders {', '.join(splits)} look like splits, not classes"
-            f"{_layout_hint(path) or '; point DATA at a folder of class folders'}"
-        )
-
-
-SPLIT_WORDS = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
-                         "pred", "prediction", "dev", "eval"})  # fmt: skip
-
-
-def _split_like(name: str) -> bool:
-    """Whether a folder name names a split (``test``, Intel's ``seg_train``), not a class."""
-    return any(w in SPLIT_WORDS for w in re.split(r"[^a-z]+", name.lower()))
-
-
-def _layout_hint(path: Path, depth: int = 3) -> str:
-    """ "; point DATA at X ..." naming the folder below ``path`` (up to ``depth`` levels,
-    hidden ones and macOS's ``__MACOSX`` aside) that holds ``train/``, or else one
-    that holds two class folders or more under a split-like name, training's first
-    (Intel's ``seg_train/seg_train/<class>``); "" when there is none."""
-    level = [path]
-    for _ in range(depth):
-        below = []
-        for d in level:
-            with contextlib.suppress(OSError):
-                below += sorted(c for c in d.iterdir() if c.is_dir() and c.name[0] not in "._")
-        for d in below:
-            if (d / "train").is_dir():
-                return f"; point DATA at {d} (it holds train/)"
-        found = [
-            d for d in below if _split_like(d.name) and sum(c.is_dir() for c in d.iterdir()) > 1
-        ]
-        found.sort(key=lambda d: "train" not in d.name.lower())  # the training split first
-        if found:
-            return f"; point DATA at {found[0]} (its folders look like classes)"
-        level = below
-    return ""
+def _no_classes(path: Path, train_dir: Path, others: list[Path]) -> SnugfitError:
+    """The error for a training folder without class folders: its images loose in it
+    (their names perhaps holding the class), or none at all."""
+    loose = [f for f in train_dir.iterdir() if f.is_file() and is_image(f)]
+    if not loose:
+        return no_images(path, others)
+    guess = suggest_label_re(loose)
+    hint = f"; their names hold the class: --label-re '{guess}' (from_name_re)" if guess else ""
+    return SnugfitError(
+        f"{train_dir}: images must be in one subfolder per class ({train_dir}/<class>/*.jpg){hint}"
+    )
 
 
 def _unread_beside(path: Path, train_dir: Path, valid_dir: Path | None) -> list[Path]:

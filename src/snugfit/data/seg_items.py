@@ -21,7 +21,8 @@ or PASCAL VOC's, which CVAT and datumaro export (`VOC`)::
                                         class i (CVAT's export; ``#`` lines are comments)
     DATA/ImageSets/Segmentation/val.txt optional: the validation images, one name a line
 
-Any of codes.txt, class_dict.csv and labelmap.txt may name the classes in either
+(or ``SegmentationClassAug/``, VOC with SBD's masks added, when there is no
+``SegmentationClass/``). Any of codes.txt, class_dict.csv and labelmap.txt may name the classes in either
 layout (one of them).
 
 An item is ``(image file, mask file)``. Only text files are opened here: images
@@ -81,7 +82,11 @@ VOC = Folders(
     "JPEGImages", "SegmentationClass", "ImageSets/Segmentation/val.txt",
     "PASCAL VOC's JPEGImages/ and SegmentationClass/",
 )  # fmt: skip
-LAYOUTS = (PLAIN, VOC)
+VOC_AUG = Folders(  # VOC with the SBD masks added, as DeepLab trains on it
+    "JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation/val.txt",
+    "PASCAL VOC's JPEGImages/ and SegmentationClassAug/",
+)  # fmt: skip
+LAYOUTS = (PLAIN, VOC, VOC_AUG)
 
 
 def folders_of(path: str | os.PathLike) -> Folders | None:
