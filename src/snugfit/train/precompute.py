@@ -114,7 +114,8 @@ def compute_features(
             if body is None:
                 body = learn.inference_net(xb[:1])
                 capture = lambda m, args: captured.append(args[0].float())  # noqa: E731
-                hook = body.get_classifier().register_forward_pre_hook(capture)
+                owner = learn.model if body is learn.net else body  # a wrapper has no head
+                hook = owner.get_classifier().register_forward_pre_hook(capture)
             precision = trial.next() if trial else None
             start = time.perf_counter()
             learn.eval_outputs(xb, precision, net=body)
