@@ -118,3 +118,15 @@ def test_images_and_annotations_are_not_taken_for_classes(tmp_path, capsys):
         f"and annotations, not classes; their names hold the class: DATA {root / 'images'} "
         r"with --label-re '^(.+)[._-]\d+\.[^.]+$'"
     )
+
+
+def test_a_class_named_train_is_told_to_be_renamed(tmp_path, capsys):
+    from fixtures import make_image_folder
+
+    root = make_image_folder(tmp_path / "transport", classes=("train", "bus"), valid_name=None)
+    code, _, err = run_cli(capsys, "check", str(root))
+    assert code == 2 and err.strip() == (
+        f"snugfit: error: {root / 'train'}: images must be in one subfolder per class "
+        f"({root / 'train'}/<class>/*.jpg); if train/ is a class beside the others, rename "
+        "it: a folder named train/ is read as the training split"
+    )

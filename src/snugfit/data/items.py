@@ -360,9 +360,21 @@ def _no_classes(path: Path, train_dir: Path, others: list[Path]) -> SnugfitError
         return no_images(path, others)
     guess = suggest_label_re(loose)
     hint = f"; their names hold the class: --label-re '{guess}' (from_name_re)" if guess else ""
+    if train_dir != path and not guess and _holds_images(path, train_dir):
+        hint = (f"; if {train_dir.name}/ is a class beside the others, rename it: a folder "
+                f"named {train_dir.name}/ is read as the training split")  # fmt: skip
     return SnugfitError(
         f"{train_dir}: images must be in one subfolder per class ({train_dir}/<class>/*.jpg){hint}"
     )
+
+
+def _holds_images(path: Path, train_dir: Path) -> bool:
+    """Whether a folder beside ``train_dir`` holds image files itself (a class folder)."""
+    with contextlib.suppress(OSError):
+        for d in path.iterdir():
+            if d.is_dir() and d != train_dir and any(map(is_image, d.iterdir())):
+                return True
+    return False
 
 
 def _unread_beside(path: Path, train_dir: Path, valid_dir: Path | None) -> list[Path]:
