@@ -42,7 +42,7 @@ def test_precomputed_training_is_cached_and_invalidated(image_folder, monkeypatc
     calls = []
     original = pre.compute_features
     monkeypatch.setattr(
-        pre, "compute_features", lambda learn, dl, trial: calls.append(1) or original(learn, dl)
+        pre, "compute_features", lambda learn, dl, *_: calls.append(1) or original(learn, dl)
     )
     learn.fit_one_cycle(6, 3e-2)
     assert len(calls) == 2  # train and valid, once
