@@ -120,16 +120,21 @@ class SegmentationItems(NamedTuple):
     folders: Folders = PLAIN
 
 
+def _text_lines(path: Path, what: str) -> list[str]:
+    """A text file's lines (a BOM dropped); one line naming ``what`` when unreadable."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SnugfitError(f"{path}: cannot read the {what} ({first_line(e)})") from None
+
+
 def read_codes(path: Path) -> list[str]:
     """Class names from a codes file: line i names class i (trailing blank lines ignored).
 
     Raises:
         SnugfitError: Unreadable, empty, a blank or repeated name, more than 255 classes.
     """
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnugfitError(f"{path}: cannot read the class names ({first_line(e)})") from None
+    lines = _text_lines(path, "class names")
     names = [line.strip() for line in lines]
     while names and not names[-1]:
         names.pop()
@@ -145,10 +150,7 @@ def read_class_dict(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
         SnugfitError: Unreadable, no such columns, a value that is no 0-255 integer,
             a colour or name repeated, no class, more than 255.
     """
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnugfitError(f"{path}: cannot read the classes ({first_line(e)})") from None
+    lines = _text_lines(path, "classes")
     rows = [(n, row) for n, row in enumerate(csv.reader(lines), 1) if any(c.strip() for c in row)]
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     if not {"name", "r", "g", "b"} <= set(header):
@@ -165,10 +167,7 @@ def read_labelmap(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
     Raises:
         SnugfitError: As `read_class_dict`, and a line without ``name:r,g,b``.
     """
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnugfitError(f"{path}: cannot read the classes ({first_line(e)})") from None
+    lines = _text_lines(path, "classes")
     cells = []
     for n, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -287,10 +286,7 @@ def is_jpeg_mask(mask: Path) -> bool:
 
 def _valid_names(path: Path) -> list[tuple[int, str]]:
     """``(line number, name)`` of each name in a valid.txt (blank lines and # skipped)."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnugfitError(f"{path}: cannot read the validation names ({first_line(e)})") from None
+    lines = _text_lines(path, "validation names")
     return [(n, s.strip()) for n, s in enumerate(lines, 1) if s.strip() and not s.startswith("#")]
 
 
