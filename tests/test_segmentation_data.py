@@ -4,6 +4,7 @@ classes, splits, the pixel cache, and the data check of segmentation folders."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -292,8 +293,36 @@ def test_valid_txt_names_the_validation_images(tmp_path):
     assert check_segmentation(root, workers=1).layout == "valid.txt"
     forced = SegmentationDataLoaders.from_folder(root, size=32, valid_pct=0.5, **FAST)
     assert len(forced.valid_items) == 5  # valid_pct given: a random split instead
-    (root / "valid.txt").write_text("scene_01.png\nnope.png\n")
-    with pytest.raises(SnugfitError, match=r"valid.txt, line 2: no image 'nope.png'"):
+
+
+def test_valid_txt_names_of_no_image_are_reported_and_ignored(tmp_path, caplog):
+    root = make_segmentation_folder(tmp_path / "d", n=10, valid=["scene_01.png"])
+    (root / "masks" / "scene_02.png").unlink()  # listed below: reported as without a mask
+    (root / "valid.txt").write_text("scene_01.png\nnope.png\nscene_02\nscene_03.png\n")
+    with caplog.at_level(logging.WARNING, logger="snugfit"):
+        dls = SegmentationDataLoaders.from_folder(root, size=32, **FAST)
+    assert sorted(p.name for p, _ in dls.valid_items) == ["scene_01.png", "scene_03.png"]
+    assert len(dls.train_items) == 7  # 10 images, one without a mask, two validating
+    warned = [r.getMessage() for r in caplog.records if "valid.txt" in r.getMessage()]
+    assert warned == [
+        f"{root / 'valid.txt'}: 1 name(s) of no image, ignored "
+        "(e.g. line 2 names 'nope.png': no such image in images/)"
+    ]
+    report = check_segmentation(root, workers=1)
+    unknown = [p for p in report.issues if p.kind == "unknown name"]
+    assert [(p.path, p.reason) for p in unknown] == [
+        (str(root / "valid.txt"), "line 2 names 'nope.png': no such image in images/")
+    ]
+    assert [p.path for p in report.issues if p.kind == "no mask"] == [
+        str(root / "images" / "scene_02.png")
+    ]
+    heads = [head for head, _ in problem_groups(report.to_dict())]
+    assert "names in the validation list that are no image: 1, ignored" in heads
+    (root / "valid.txt").write_text("nope.png\nscene_02.png\n")
+    with pytest.raises(
+        SnugfitError,
+        match=r"valid.txt: names no image with a mask in .*images \(line 1: 'nope.png'\)",
+    ):
         SegmentationDataLoaders.from_folder(root, size=32, **FAST)
 
 

@@ -49,6 +49,7 @@ PAIR_PROBLEMS = {
     "size": "image and mask of different sizes: {n} pair(s), skipped by training",
     "values": "masks with values that are neither a class nor void (255): {n} pair(s), "
     "skipped by training",
+    "unknown name": "names in the validation list that are no image: {n}, ignored",
     "link": "folders not followed: {n} (each real folder is read once; run folders are no data)",
     "not image": "not images: {n} file(s) in images/ or masks/, not read (by extension)",
 }

@@ -56,6 +56,7 @@ from snugfit.data.seg_items import (
     is_jpeg_mask,
     numbered_codes,
     pairs_of,
+    unknown_valid_reason,
 )
 from snugfit.errors import SnugfitError, UnreadableImage
 from snugfit.tasks import VOID
@@ -154,7 +155,7 @@ def check_segmentation(
         codes=str(found.codes) if found.codes is not None else None,
         files=len(pairs) + len(found.no_mask),
         masks=len(pairs) + len(found.no_image),
-        issues=_listing_problems(found),
+        issues=_listing_problems(found, root),
         thresholded=0 if found.colours else sum(is_jpeg_mask(m) for _, m in pairs_of(found)),
         colours=[list(c) for c in found.colours] if found.colours is not None else None,
         folders=found.folders.title,
@@ -167,10 +168,14 @@ def check_segmentation(
     return report
 
 
-def _listing_problems(found: SegmentationItems) -> list[PairProblem]:
+def _listing_problems(found: SegmentationItems, root: Path) -> list[PairProblem]:
     """Images without a mask (or sharing a name), masks without an image, links to
-    folders not followed."""
-    out = []
+    folders not followed, the validation list's names of no image."""
+    valid_file = str(root / found.folders.valid)
+    out = [
+        PairProblem("unknown name", valid_file, "", unknown_valid_reason(n, name, found.folders))
+        for n, name in found.unknown_valid
+    ]
     for image, reason in found.no_mask:  # never split: only pairs are
         kind = "no mask" if reason.startswith(NO_MASK) else "same name"
         out.append(PairProblem(kind, str(image), "", reason, str(image)))

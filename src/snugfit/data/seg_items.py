@@ -118,6 +118,8 @@ class SegmentationItems(NamedTuple):
     others: list[Path]  # files in images/ and masks/ that are no images (by extension)
     colours: list[tuple[int, int, int]] | None = None  # class_dict.csv's: colour masks
     folders: Folders = PLAIN
+    # The validation list's lines naming no image (with a mask or without): (line, name)
+    unknown_valid: tuple[tuple[int, str], ...] = ()
 
 
 def _text_lines(path: Path, what: str) -> list[str]:
@@ -291,27 +293,40 @@ def _valid_names(path: Path) -> list[tuple[int, str]]:
 
 
 def _split_by_list(
-    pairs: list[Pair], images_dir: Path, valid_file: Path
-) -> tuple[list[Pair], list[Pair]]:
+    pairs: list[Pair], no_mask: list[Path], images_dir: Path, valid_file: Path
+) -> tuple[list[Pair], list[Pair], list[tuple[int, str]]]:
     """Pairs whose image valid.txt names (its path under images/, or its file name, with
-    or without the suffix: VOC's lists name ``2007_000033``)."""
-    index: dict[str, int] = {}
-    for i, (image, _) in enumerate(pairs):
-        index[_relative(image, images_dir)] = i
-        index.setdefault(image.name, i)
-        index.setdefault(_relative(image.with_suffix(""), images_dir), i)
-    chosen = set()
+    or without the suffix: VOC's lists name ``2007_000033``), the others, and the lines
+    naming no image at all. A listed image without a mask is reported as such already."""
+
+    def index_of(images: list[Path]) -> dict[str, int]:
+        index: dict[str, int] = {}
+        for i, image in enumerate(images):
+            index[_relative(image, images_dir)] = i
+            index.setdefault(image.name, i)
+            index.setdefault(_relative(image.with_suffix(""), images_dir), i)
+        return index
+
+    index, maskless = index_of([image for image, _ in pairs]), index_of(no_mask)
+    chosen, unknown = set(), []
     for n, name in _valid_names(valid_file):
-        i = index.get(name.replace("\\", "/").removeprefix(f"{images_dir.name}/"))
-        if i is None:
-            raise SnugfitError(
-                f"{valid_file}, line {n}: no image {name!r} (with a mask) in {images_dir}"
-            )
-        chosen.add(i)
+        key = name.replace("\\", "/").removeprefix(f"{images_dir.name}/")
+        if key in index:
+            chosen.add(index[key])
+        elif key not in maskless:
+            unknown.append((n, name))
     if not chosen:
-        raise SnugfitError(f"{valid_file}: names no validation image")
+        raise SnugfitError(
+            f"{valid_file}: names no image with a mask in {images_dir}"
+            + (f" (line {unknown[0][0]}: {unknown[0][1]!r})" if unknown else "")
+        )
     train = [p for i, p in enumerate(pairs) if i not in chosen]
-    return train, [p for i, p in enumerate(pairs) if i in chosen]
+    return train, [p for i, p in enumerate(pairs) if i in chosen], unknown
+
+
+def unknown_valid_reason(line: int, name: str, folders: Folders) -> str:
+    """Why a validation list's line is ignored (`SegmentationItems.unknown_valid`)."""
+    return f"line {line} names {name!r}: no such image in {folders.images}/"
 
 
 def split_pairs(pairs: list[Pair], valid_pct: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -330,7 +345,8 @@ def folder_pairs(
 
     Raises:
         SnugfitError: Missing folder, no ``images/`` or ``masks/``, no image with a
-            mask, a bad codes.txt, a valid.txt naming no image or an unknown one, an
+            mask, a bad codes.txt, a valid.txt naming no image with a mask (the lines
+            naming no image are returned, `SegmentationItems.unknown_valid`), an
             empty training or validation set.
     """
     root = Path(path)
@@ -351,9 +367,10 @@ def folder_pairs(
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
         raise SnugfitError(f"{root}: no image with a mask ({found}){hint}")
     codes, vocab, colours = _class_names(root)
-    valid_file = root / folders.valid
+    valid_file, unknown = root / folders.valid, []
     if valid_pct is None and valid_file.is_file():
-        train, valid = _split_by_list(pairs, root / folders.images, valid_file)
+        maskless = [image for image, _ in no_mask]
+        train, valid, unknown = _split_by_list(pairs, maskless, root / folders.images, valid_file)
         layout = folders.valid
     else:
         valid_pct = 0.2 if valid_pct is None else valid_pct
@@ -362,7 +379,7 @@ def folder_pairs(
     _not_empty(root, train, valid)
     return SegmentationItems(
         train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others,
-        colours, folders,
+        colours, folders, tuple(unknown),
     )  # fmt: skip
 
 

@@ -51,6 +51,7 @@ from snugfit.data.seg_items import (
     label_func_pairs,
     numbered_codes,
     pairs_of,
+    unknown_valid_reason,
 )
 from snugfit.data.seg_loader import SegmentationDeviceLoader
 from snugfit.data.settings import LoaderSettings, resolve_device
@@ -288,6 +289,14 @@ class SegmentationDataLoaders(DataLoadersBase):
                 path,
                 len(found.no_image),
                 found.no_image[0],
+            )
+        if found.unknown_valid:
+            n, name = found.unknown_valid[0]
+            logger.warning(
+                "%s: %d name(s) of no image, ignored (e.g. %s)",
+                Path(path) / found.folders.valid,
+                len(found.unknown_valid),
+                unknown_valid_reason(n, name, found.folders),
             )
         jpeg = 0 if found.colours else sum(is_jpeg_mask(m) for _, m in pairs_of(found))
         if jpeg:
