@@ -4,7 +4,8 @@ This is the per-file part of the pipeline, the work `snugfit.data`'s worker
 processes run (and `snugfit.data.check` repeats to find unreadable files):
 
 * `open_image` decodes any mode Pillow reads (16-bit, alpha, CMYK, EXIF
-  rotation) to RGB, JPEGs at a reduced scale when a size is given, and raises
+  rotation), and HEIC/HEIF photos through pillow-heif, to RGB, JPEGs at a
+  reduced scale when a size is given, and raises
   `snugfit.errors.UnreadableImage` with a short human reason;
 * `decode_train` and `decode_valid` turn a file into a uint8 square: the
   training ``presize`` crop, or the timm/ImageNet evaluation crop;
@@ -20,6 +21,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import pillow_heif
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
@@ -27,6 +29,12 @@ from torch import Tensor
 from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, center_batch
 from snugfit.errors import SnugfitError, UnreadableImage
 from snugfit.sizes import Size, as_hw, check_size
+
+# Phones save their photos as HEIC (iPhones by default): Pillow opens them once
+# pillow-heif's opener is registered. It applies the file's rotation itself and sets
+# the EXIF orientation to 1, so `ImageOps.exif_transpose` does not turn them twice.
+# Every module that opens a user's image imports this one (worker processes too).
+pillow_heif.register_heif_opener()
 
 _ORIENTATION = 0x0112  # the EXIF tag
 _QUARTER_TURNS = (5, 6, 7, 8)  # orientations stored rotated by 90 degrees

@@ -397,6 +397,6 @@ def _unread_beside(path: Path, train_dir: Path, valid_dir: Path | None) -> list[
 
 def no_images(path: Path, others: list[Path] | None = None) -> SnugfitError:
     """The error for a folder without images; ``others``, the files found instead, are
-    counted by extension (an iPhone's ``.heic`` photos, say)."""
+    counted by extension (a camera's raw ``.cr2`` files, say)."""
     found = f"; found {len(others)} other file(s): {by_extension(others, top=5)}" if others else ""
     return SnugfitError(f"{path}: no image files found (looked for {_EXTENSIONS_HINT}{found})")

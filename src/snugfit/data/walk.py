@@ -36,9 +36,10 @@ logger = logging.getLogger("snugfit")
 
 # What Pillow decodes (it opens a file by its content; the extension picks the files).
 # AVIF needs Pillow 11.3 or later: an older one reports such a file as unreadable.
+# HEIC/HEIF (phone photos) through pillow-heif (`snugfit.data.decode`).
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-    ".avif", ".ppm", ".pgm", ".pbm", ".pnm",
+    ".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm", ".pnm",
 })  # fmt: skip
 # Files an operating system writes into picture folders: not images, not worth a warning.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
@@ -171,7 +172,7 @@ def extension(path: Path) -> str:
 
 
 def by_extension(paths: list[Path], top: int | None = None) -> str:
-    """``".heic: 2, .txt: 1"``: the files counted by `extension`, most first (then by
+    """``".cr2: 2, .txt: 1"``: the files counted by `extension`, most first (then by
     name), the ``top`` most only when given."""
     counts = sorted(Counter(map(extension, paths)).items(), key=lambda c: (-c[1], c[0]))
     return ", ".join(f"{ext}: {n}" for ext, n in counts[:top])
@@ -181,8 +182,8 @@ def not_images_line(others: list[Path]) -> str:
     """One line on files that were not read because their extension is no image
     format: how many of each extension, one of them named, and what is read.
 
-    >>> not_images_line([Path("a/1.heic"), Path("a/2.heic"), Path("b/notes.txt")])
-    '3 file(s) not read, their extension is no image format snugfit reads (.heic: 2, .txt: 1; e.g. a/1.heic); it reads .avif, .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif, .tiff, .webp'
+    >>> not_images_line([Path("a/1.cr2"), Path("a/2.cr2"), Path("b/notes.txt")])
+    '3 file(s) not read, their extension is no image format snugfit reads (.cr2: 2, .txt: 1; e.g. a/1.cr2); it reads .avif, .bmp, .gif, .heic, .heif, .jfif, .jpe, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif, .tiff, .webp'
     """
     return (
         f"{len(others)} file(s) not read, their extension is no image format snugfit reads "
