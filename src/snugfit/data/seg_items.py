@@ -33,15 +33,18 @@ caller to report; reading the pixels is `snugfit.data.masks`.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from snugfit.data.items import split_random
-from snugfit.data.walk import SkippedLink, walk_images
+from snugfit.data.walk import SkippedLink, walk_images, warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError, first_line
 from snugfit.tasks import VOID
+
+logger = logging.getLogger("snugfit")
 
 # How the reason of an image left out for its mask begins: it has none, or another
 # image has its name (a mask is per name). `lacks_mask` reads them back.
@@ -327,6 +330,29 @@ def _split_by_list(
 def unknown_valid_reason(line: int, name: str, folders: Folders) -> str:
     """Why a validation list's line is ignored (`SegmentationItems.unknown_valid`)."""
     return f"line {line} names {name!r}: no such image in {folders.images}/"
+
+
+def warn_listing(found: SegmentationItems, path: str | os.PathLike) -> None:
+    """Log what the listing of the folder ``path`` leaves out: links not followed, files
+    that are no images, masks without an image, the validation list's unknown names
+    (images without a mask are the caller's: training skips them with the unreadable)."""
+    warn_skipped(found.links)
+    warn_not_images(found.others)
+    if found.no_image:
+        logger.warning(
+            "%s: %d mask(s) without an image, not used (e.g. %s)",
+            path,
+            len(found.no_image),
+            found.no_image[0],
+        )
+    if found.unknown_valid:
+        n, name = found.unknown_valid[0]
+        logger.warning(
+            "%s: %d name(s) of no image, ignored (e.g. %s)",
+            Path(path) / found.folders.valid,
+            len(found.unknown_valid),
+            unknown_valid_reason(n, name, found.folders),
+        )
 
 
 def split_pairs(pairs: list[Pair], valid_pct: float, seed: int) -> tuple[list[Pair], list[Pair]]:

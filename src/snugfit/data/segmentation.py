@@ -51,11 +51,10 @@ from snugfit.data.seg_items import (
     label_func_pairs,
     numbered_codes,
     pairs_of,
-    unknown_valid_reason,
+    warn_listing,
 )
 from snugfit.data.seg_loader import SegmentationDeviceLoader
 from snugfit.data.settings import LoaderSettings, resolve_device
-from snugfit.data.walk import warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError
 from snugfit.sizes import Size, as_hw, check_size
 from snugfit.tasks import VOID, Segmentation
@@ -281,23 +280,7 @@ class SegmentationDataLoaders(DataLoadersBase):
         cls, found: SegmentationItems, path: str | os.PathLike, **kw: Any
     ) -> SegmentationDataLoaders:
         left_out = {str(image): reason for image, reason in found.no_mask}
-        warn_skipped(found.links)
-        warn_not_images(found.others)
-        if found.no_image:
-            logger.warning(
-                "%s: %d mask(s) without an image, not used (e.g. %s)",
-                path,
-                len(found.no_image),
-                found.no_image[0],
-            )
-        if found.unknown_valid:
-            n, name = found.unknown_valid[0]
-            logger.warning(
-                "%s: %d name(s) of no image, ignored (e.g. %s)",
-                Path(path) / found.folders.valid,
-                len(found.unknown_valid),
-                unknown_valid_reason(n, name, found.folders),
-            )
+        warn_listing(found, path)
         jpeg = 0 if found.colours else sum(is_jpeg_mask(m) for _, m in pairs_of(found))
         if jpeg:
             logger.info("%s: %d JPEG mask(s) read as binary masks (grey >= 128)", path, jpeg)
