@@ -22,7 +22,6 @@ batches are made by `snugfit.data.device_loader`; what these loaders share with
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from snugfit.data.constructors import LoaderConstructors
 from snugfit.data.decode import prepare_for_predict
 from snugfit.data.device_loader import DeviceLoader, LoaderSettings
 from snugfit.data.device_loader import resolve_device as resolve_device
+from snugfit.data.grid import save_grid
 from snugfit.data.loaders_base import DataLoadersBase
 from snugfit.data.preprocessing import Preprocessing, check_positive_int
 from snugfit.data.usable import usable_items
@@ -202,25 +202,12 @@ class ImageDataLoaders(LoaderConstructors, DataLoadersBase):
         Returns:
             The path written.
         """
-        from matplotlib.figure import Figure  # Figure alone needs no display/pyplot
-
         loader = self.loader(split)
         n = check_positive_int("n", n)
         x, y = loader.one_batch()
         x = denormalize(x[:n].float().cpu(), self.mean, self.std).clamp(0, 1)
-        y = y[:n].cpu().tolist()
-        cols = math.ceil(math.sqrt(len(y)))
-        rows = math.ceil(len(y) / cols)
-        fig = Figure(figsize=(2 * cols, 2.2 * rows))
-        for i, (img, lab) in enumerate(zip(x, y, strict=True)):
-            ax = fig.add_subplot(rows, cols, i + 1)
-            ax.imshow(img.permute(1, 2, 0).numpy())
-            ax.set_title(self.task.title(lab, self.vocab), fontsize=9)
-            ax.axis("off")
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, format="png", dpi=80)
-        return out
+        titles = [self.task.title(lab, self.vocab) for lab in y[:n].cpu().tolist()]
+        return save_grid(x.permute(0, 2, 3, 1).numpy(), titles, path)
 
     def __repr__(self) -> str:
         return (

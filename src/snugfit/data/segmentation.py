@@ -22,7 +22,6 @@ and 255 (void).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, Augmentation, deno
 from snugfit.data.check_seg_report import SegmentationCheckReport
 from snugfit.data.datasets import SkipList
 from snugfit.data.decode import prepare_for_predict
+from snugfit.data.grid import save_grid
 from snugfit.data.loaders_base import DataLoadersBase, checked_split
 from snugfit.data.masks import binary_counts, binary_masks, pair_header_problem, scan_masks
 from snugfit.data.preprocessing import Preprocessing, check_positive_int
@@ -386,27 +386,13 @@ class SegmentationDataLoaders(DataLoadersBase):
         Returns:
             The path written.
         """
-        from matplotlib.figure import Figure  # Figure alone needs no display/pyplot
-
         loader = self.loader(split)
         n = check_positive_int("n", n)
         x, y = loader.one_batch()
         x = denormalize(x[:n].float().cpu(), self.mean, self.std).clamp(0, 1)
         y = y[:n].cpu()
-        shown = overlay(x, y, class_colours(self.c), alpha)
-        cols = math.ceil(math.sqrt(len(y)))
-        rows = math.ceil(len(y) / cols)
-        h, w = x.shape[-2:]
-        fig = Figure(figsize=(2.4 * cols * max(1.0, w / h), 2.6 * rows))
-        for i, (img, mask) in enumerate(zip(shown, y, strict=True)):
-            ax = fig.add_subplot(rows, cols, i + 1)
-            ax.imshow(img)
-            ax.set_title(self.task.title(mask, self.vocab), fontsize=8)
-            ax.axis("off")
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, format="png", dpi=80)
-        return out
+        titles = [self.task.title(mask, self.vocab) for mask in y]
+        return save_grid(overlay(x, y, class_colours(self.c), alpha), titles, path, fontsize=8)
 
     def __repr__(self) -> str:
         return (
