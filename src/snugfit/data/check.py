@@ -219,6 +219,7 @@ def check_csv(
     label_delim: str | None = None,
     *,
     header: bool = True,
+    suffix: str = "",
     size: Size = 224,
     max_imbalance: float = IMBALANCE_RATIO,
     workers: int | None = None,
@@ -226,8 +227,8 @@ def check_csv(
 ) -> CheckReport:
     """Check a dataset listed in a CSV file, as `ImageDataLoaders.from_csv` reads it.
 
-    The arguments up to ``label_delim`` are those of ``from_csv`` (``valid_pct``
-    None: 0.2); with ``label_delim`` the data is multi-label and the counts are
+    The arguments up to ``label_delim``, ``header`` and ``suffix`` are those of
+    ``from_csv`` (``valid_pct`` None: 0.2); with ``label_delim`` the data is multi-label and the counts are
     per label. Rows naming files that do not exist are reported in ``missing``
     (and skipped by training), not raised, unless no image is usable.
 
@@ -249,6 +250,7 @@ def check_csv(
         header,
         seed,
         label_delim,
+        suffix,
     )
     vocab = found.vocab
 
@@ -257,8 +259,11 @@ def check_csv(
 
     items = [Item(Path(p), "train", names(lab)) for p, lab in found.train]
     items += [Item(Path(p), "valid", names(lab)) for p, lab in found.valid]
-    lines = {str(f): n for f, n in found.missing}
     csv_name = found.csv_path.name
+    missing = {
+        str(f): f"no such file (listed in {csv_name}, line {n}{'; ' if note else ''}{note})"
+        for f, n, note in found.missing
+    }
     report = check_items(
         items,
         vocab,
@@ -267,7 +272,7 @@ def check_csv(
         valid_pct=found.valid_pct,
         csv=str(found.csv_path),
         multi_label=found.multi_label,
-        missing={p: f"no such file (listed in {csv_name}, line {n})" for p, n in lines.items()},
+        missing=missing,
         size=size,
         max_imbalance=max_imbalance,
         workers=workers,
@@ -278,6 +283,7 @@ def check_csv(
         for p, n in found.unlabelled
     ]
     report.list_delim = found.list_delim
+    report.found_as = dict(found.found_as)
     report.split = SplitItems(found.train, found.valid, vocab, found.multi_label, seed)
     report.seconds = time.perf_counter() - start
     return report

@@ -217,6 +217,8 @@ class CheckReport(ReportText):
         unread: Folders of class folders beside the training folder that are not
             read (a ``test/``), relative to ``root``.
         label_re: The pattern the classes were read from file names by (``--label-re``).
+        found_as: CSV names without their extension found with one, per extension
+            (``{".png": 3662}``; `snugfit.data.csv_items`).
         duplicates: Groups of files with the same bytes (usable files only).
         tiny: Readable images with a side under ``min_side``.
         large: Readable images over ``max_pixels`` (and not over twice it, which
@@ -253,6 +255,7 @@ class CheckReport(ReportText):
     unusable: dict[str, int] = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)
     label_re: str | None = None
+    found_as: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
     tiny: list[TinyImage] = field(default_factory=list)
     large: list[LargeImage] = field(default_factory=list)
@@ -360,6 +363,9 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
         how = f"{rel(report['csv'])}, {kind}; {how}"
     if report.get("label_re") is not None:
         how = f"classes from file names by '{report['label_re']}'; {how}"
+    if report.get("found_as"):
+        found = ", ".join(f"{n} as {ext}" for ext, n in report["found_as"].items())
+        how += f"; file names listed without their extension found: {found}"
     if report.get("unread"):
         first = report["unread"][0]
         folders = ", ".join(f"{name}/" for name in report["unread"])

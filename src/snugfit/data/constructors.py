@@ -18,11 +18,10 @@ from typing import Any, TypeVar
 import torch
 
 from snugfit.data.check_report import CheckReport
-from snugfit.data.csv_items import csv_items, list_hint
+from snugfit.data.csv_items import csv_items, warn_csv_items
 from snugfit.data.items import folder_items, image_files_in, list_items, name_re_items
 from snugfit.data.loaders_base import checked_split
 from snugfit.data.walk import warn_not_images, warn_skipped
-from snugfit.errors import SnugfitError
 from snugfit.sizes import Size
 
 L = TypeVar("L", bound="LoaderConstructors")
@@ -136,6 +135,7 @@ class LoaderConstructors:
         header: bool = True,
         seed: int = 42,
         label_delim: str | None = None,
+        suffix: str = "",
         **kw: Any,
     ) -> L:
         """Loaders from a CSV file of ``(file, label)`` rows.
@@ -161,6 +161,10 @@ class LoaderConstructors:
             seed: Seed for the split, shuffling and augmentation.
             label_delim: Separator of the classes in a label cell (multi-label);
                 None: single-label.
+            suffix: Appended to every file name (fastai's ``suffix``). Without it,
+                a name that is no file and has no image extension is read as the one
+                image file of that name plus an extension (Kaggle's ``id_code`` for
+                ``id_code.png``; logged).
             **kw: Further `ImageDataLoaders` settings (bs, size, ...). Files
                 listed but missing that are in ``unreadable`` (as
                 `snugfit.data.check.check_csv` reports them) are skipped.
@@ -181,23 +185,9 @@ class LoaderConstructors:
             header,
             seed,
             label_delim,
+            suffix,
         )
-        known = kw.get("unreadable") or {}
-        missing = [f for f, _ in found.missing if str(f) not in known]
-        if missing:
-            n_files = len(found.train) + len(found.valid)
-            raise SnugfitError(
-                f"{missing[0]}: listed in {found.csv_path} but not found "
-                f"({len(missing)} of {n_files} files missing)"
-            )
-        if found.unlabelled:
-            f, n = found.unlabelled[0]
-            logger.warning(
-                "%s: %d row(s) with an empty label cell, skipped (e.g. line %d: %s)",
-                found.csv_path, len(found.unlabelled), n, f,
-            )  # fmt: skip
-        if found.list_delim is not None:
-            logger.warning("%s: %s", found.csv_path, list_hint(found.vocab, found.list_delim))
+        warn_csv_items(found, kw.get("unreadable") or {})
         multi = found.multi_label
         return cls(*found[:3], path=path, seed=seed, multi_label=multi, **kw)  # train, valid, vocab
 

@@ -5,17 +5,29 @@
 cells or multi-label ones (``label_delim``). Files are not opened: a file listed
 but missing, and a single-label row without a label, are returned with their line
 in the CSV for the caller to report (`snugfit.data.check.check_csv`) or skip.
+
+Many Kaggle CSVs name their images without the extension (APTOS's ``000c1434d8d7``
+for ``train_images/000c1434d8d7.png``, HAM10000's ``ISIC_0027419``, Planet's
+``train_0``). fastai wants ``suffix='.png'`` for them; here a listed name that is no
+file, and has no image extension, is the one image file of that name plus an image
+extension, and the check says how many were found so.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from snugfit.data.items import labelled, labelled_multi, split_items, split_labels
+from snugfit.data.walk import IMAGE_EXTENSIONS
 from snugfit.errors import SnugfitError
+
+logger = logging.getLogger("snugfit")
 
 
 class CsvItems(NamedTuple):
@@ -27,9 +39,13 @@ class CsvItems(NamedTuple):
     multi_label: bool
     csv_path: Path
     valid_pct: float | None  # the random split's fraction (None with a valid column)
-    missing: list[tuple[Path, int]]  # (file, CSV line) of listed files that do not exist
+    # (file, CSV line, note) of listed files that do not exist; the note names the
+    # files of that name with an extension when there are several ("" otherwise)
+    missing: list[tuple[Path, int, str]]
     unlabelled: list[tuple[Path, int]]  # (file, CSV line) of single-label rows with no label
     list_delim: str | None = None  # single-label cells that look like lists split by it
+    # names listed without their extension, found with one: (extension, count), most first
+    found_as: tuple[tuple[str, int], ...] = ()
 
 
 # What separates the labels of a list in a CSV cell, in the order they are tried.
@@ -81,11 +97,15 @@ def csv_items(
     header: bool,
     seed: int,
     label_delim: str | None,
+    suffix: str = "",
 ) -> CsvItems:
     """The split items of a CSV dataset (the arguments of `ImageDataLoaders.from_csv`).
 
-    Files are not opened, and files listed but missing stay among the items
-    (``missing`` names them with their line): the caller reports or skips them.
+    ``suffix`` is appended to every listed name (fastai's); a name that is then no
+    file and has no image extension is read as the one image file of that name plus
+    an extension (``found_as`` counts them). Files are not opened, and files listed
+    but missing stay among the items (``missing`` names them with their line): the
+    caller reports or skips them.
     A single-label row whose label cell is empty is no item (a class named ""
     would be learnt): ``unlabelled`` names it with its line, for the caller to
     report. In a multi-label CSV an empty cell is an image with no label.
@@ -103,7 +123,7 @@ def csv_items(
     ]
     cols.append(_column(names, valid_col, "valid_col", csv_path) if valid_col is not None else None)
     image_dir = path / folder if folder else path
-    files, cells, is_valid, lines = _csv_rows(rows, cols, image_dir, csv_path)
+    files, cells, is_valid, lines = _csv_rows(rows, cols, image_dir, csv_path, suffix)
     multi = label_delim is not None
     unlabelled = [] if multi else [(files[i], lines[i]) for i, c in enumerate(cells) if not c]
     if unlabelled:  # no item: a class named "" would be learnt
@@ -112,17 +132,85 @@ def csv_items(
         is_valid = [is_valid[i] for i in kept] if is_valid else is_valid
     if not files:
         raise SnugfitError(f"{csv_path}: no labels found (every label cell is empty)")
-    missing = [(f, n) for f, n in zip(files, lines, strict=True) if not f.is_file()]
+    files, notes, found_as = _with_extensions(files)
+    missing = [(f, n, notes.get(f, "")) for f, n in zip(files, lines, strict=True)
+               if not f.is_file()]  # fmt: skip
     vocab, labels = _csv_labels(files, cells, label_delim, csv_path)
     found = (vocab, multi, csv_path)
-    delim = None if multi else list_delimiter(vocab)
+    rest = (missing, unlabelled, None if multi else list_delimiter(vocab), found_as)
     if valid_col is None:
         train_items, valid_items = split_items(files, labels, valid_pct, seed)
-        return CsvItems(train_items, valid_items, *found, valid_pct, missing, unlabelled, delim)
+        return CsvItems(train_items, valid_items, *found, valid_pct, *rest)
     items = list(zip(files, labels, strict=True))
     train_items = [it for it, v in zip(items, is_valid, strict=True) if not v]
     valid_items = [it for it, v in zip(items, is_valid, strict=True) if v]
-    return CsvItems(train_items, valid_items, *found, None, missing, unlabelled, delim)
+    return CsvItems(train_items, valid_items, *found, None, *rest)
+
+
+def warn_csv_items(found: CsvItems, known: Mapping[str, str]) -> None:
+    """What the loaders say of a CSV's items: raise on files listed but missing (not
+    in ``known``, the check's unreadable and missing files, which training skips);
+    log the names found with an extension, the rows without a label, labels that
+    look like lists.
+
+    Raises:
+        SnugfitError: A listed file that is missing and not in ``known``.
+    """
+    missing = [(f, note) for f, _, note in found.missing if str(f) not in known]
+    if missing:
+        n_files = len(found.train) + len(found.valid)
+        f, note = missing[0]
+        raise SnugfitError(
+            f"{f}: listed in {found.csv_path} but not found{f' ({note})' if note else ''} "
+            f"({len(missing)} of {n_files} files missing)"
+        )
+    if found.found_as:
+        logger.info(
+            "%s: file names listed without their extension found: %s", found.csv_path,
+            ", ".join(f"{n} as {ext}" for ext, n in found.found_as),
+        )  # fmt: skip
+    if found.unlabelled:
+        f, n = found.unlabelled[0]
+        logger.warning(
+            "%s: %d row(s) with an empty label cell, skipped (e.g. line %d: %s)",
+            found.csv_path, len(found.unlabelled), n, f,
+        )  # fmt: skip
+    if found.list_delim is not None:
+        logger.warning("%s: %s", found.csv_path, list_hint(found.vocab, found.list_delim))
+
+
+def _with_extensions(
+    files: list[Path],
+) -> tuple[list[Path], dict[Path, str], tuple[tuple[str, int], ...]]:
+    """``files`` with each name that is no file, and has no image extension, replaced
+    by the one image file of that name plus an extension (any case); a note for each
+    name several such files have (left as it is); the extensions found, counted."""
+    listings: dict[Path, dict[str, str]] = {}  # folder -> lower-case name -> name
+
+    def listing(folder: Path) -> dict[str, str]:
+        if folder not in listings:
+            try:
+                listings[folder] = {e.name.lower(): e.name for e in os.scandir(folder)}
+            except OSError:
+                listings[folder] = {}
+        return listings[folder]
+
+    out, notes, found = [], {}, Counter()
+    for f in files:
+        if f.suffix.lower() in IMAGE_EXTENSIONS or f.is_file():
+            out.append(f)
+            continue
+        names = listing(f.parent)
+        hits = sorted(
+            {names[k] for ext in IMAGE_EXTENSIONS if (k := (f.name + ext).lower()) in names}
+        )
+        if len(hits) == 1:
+            f = f.parent / hits[0]
+            found[f.suffix.lower()] += 1
+        elif hits:
+            notes[f] = f"{' and '.join(hits)} exist: name one in the CSV"
+        out.append(f)
+    return out, notes, tuple(found.most_common())
 
 
 def _read_csv(csv_path: Path, header: bool) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -153,9 +241,13 @@ def _column(names: list[str], col: int | str, arg: str, csv_path: Path) -> int:
 
 
 def _csv_rows(
-    rows: list[tuple[int, list[str]]], cols: list[int | None], image_dir: Path, csv_path: Path
+    rows: list[tuple[int, list[str]]],
+    cols: list[int | None],
+    image_dir: Path,
+    csv_path: Path,
+    suffix: str,
 ) -> tuple[list[Path], list[str], list[bool], list[int]]:
-    """Each row's file, label cell, validation flag and line in the file."""
+    """Each row's file (``suffix`` appended), label cell, validation flag and line."""
     fn_i, lab_i, valid_i = cols
     needed = max(i for i in cols if i is not None)
     files, cells, is_valid, lines = [], [], [], []
@@ -164,7 +256,7 @@ def _csv_rows(
             raise SnugfitError(
                 f"{csv_path}, line {n}: expected {needed + 1} columns, got {len(row)}"
             )
-        files.append(image_dir / row[fn_i].strip())
+        files.append(image_dir / (row[fn_i].strip() + suffix))
         lines.append(n)
         cells.append(row[lab_i].strip())
         if valid_i is not None:
