@@ -130,3 +130,25 @@ def test_a_class_named_train_is_told_to_be_renamed(tmp_path, capsys):
         f"({root / 'train'}/<class>/*.jpg); if train/ is a class beside the others, rename "
         "it: a folder named train/ is read as the training split"
     )
+
+
+def test_a_folder_of_unlabelled_images_beside_train_is_named(kaggle, caplog):
+    """Kaggle's test/ without class folders (Dogs vs. Cats' test1/): said, not read."""
+    flat = kaggle / "test1"
+    flat.mkdir()
+    for i, image in enumerate(sorted((kaggle / "test" / "red").iterdir())[:3]):
+        shutil.copy(image, flat / f"{i}.png")
+    (flat / "sample_submission.csv").write_text("id,label\n")
+    report = check_folder(kaggle, workers=1)
+    assert report.unlabelled_folders == {"test1": 3} and report.unread == ["test"]
+    assert report.describe().endswith(
+        "; not read, without class folders: test1/ with 3 images (snugfit predict labels them)"
+    )
+    assert sum(report.images.values()) == 16
+    with caplog.at_level(logging.INFO, logger="snugfit"):
+        ImageDataLoaders.from_folder(kaggle, bs=4, size=32, num_workers=0, seed=0)
+    assert (
+        f"{flat}: 3 images without class folders, not read (unlabelled; snugfit predict "
+        "labels them)"
+    ) in [r.getMessage() for r in caplog.records]
+    assert check_folder(kaggle / "train", workers=1).unlabelled_folders == {}  # nothing beside

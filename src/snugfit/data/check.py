@@ -199,6 +199,7 @@ def check_folder(
         console=console,
     )
     report.unread = [d.relative_to(root).as_posix() for d in found.unread]
+    report.unlabelled_folders = {d.relative_to(root).as_posix(): n for d, n in found.unlabelled}
     report.empty = _empty_folders(found, report.counts)
     report.links = found.links
     report.not_images = [NotImage.of(p) for p in found.others]

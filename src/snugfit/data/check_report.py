@@ -216,6 +216,9 @@ class CheckReport(ReportText):
         unusable: Unreadable or missing files per class (multi-label: per label).
         unread: Folders of class folders beside the training folder that are not
             read (a ``test/``), relative to ``root``.
+        unlabelled_folders: Folders of images without class folders beside the
+            training folder, not read (Kaggle's ``test/``), relative to ``root``,
+            with their images' count.
         label_re: The pattern the classes were read from file names by (``--label-re``).
         found_as: CSV names without their extension found with one, per extension
             (``{".png": 3662}``; `snugfit.data.csv_items`).
@@ -254,6 +257,7 @@ class CheckReport(ReportText):
     list_delim: str | None = None
     unusable: dict[str, int] = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)
+    unlabelled_folders: dict[str, int] = field(default_factory=dict)
     label_re: str | None = None
     found_as: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
@@ -370,6 +374,11 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
         first = report["unread"][0]
         folders = ", ".join(f"{name}/" for name in report["unread"])
         how += f"; not read: {folders} (--valid-folder {first} validates on it)"
+    if report.get("unlabelled_folders"):
+        folders = ", ".join(
+            f"{name}/ with {n} images" for name, n in report["unlabelled_folders"].items()
+        )
+        how += f"; not read, without class folders: {folders} (snugfit predict labels them)"
     return how
 
 

@@ -81,6 +81,9 @@ class LoaderConstructors:
         for folder in found.unread:
             logger.warning(f"{folder}: class folders beside {found.train_dir.name}/ that are "
                            f"not read (valid={folder.name!r} validates on them)")  # fmt: skip
+        for folder, n in found.unlabelled:
+            logger.info(f"{folder}: {n} images without class folders, not read (unlabelled; "
+                        f"snugfit predict labels them)")  # fmt: skip
         return cls(
             found.train,
             found.valid,

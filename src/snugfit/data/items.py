@@ -284,6 +284,9 @@ class FolderItems(NamedTuple):
     links: list[SkippedLink]  # links to folders not followed (loops, folders already read)
     others: list[Path]  # files in the class folders that are no images (by extension)
     unread: Sequence[Path] = ()  # folders of class folders beside train/, not read
+    # folders of images without class folders beside train/ (Kaggle's test/), not read:
+    # (folder, images in it)
+    unlabelled: Sequence[tuple[Path, int]] = ()
 
 
 def folder_items(
@@ -299,8 +302,9 @@ def folder_items(
     without any image file are left out of ``vocab``. Links to folders are followed,
     each real folder read once (`snugfit.data.walk`); those not followed are in
     ``links``, the files in class folders whose extension is no image format in
-    ``others``, and folders of class folders beside ``train/`` that no split reads
-    (a ``test/``) in ``unread``, for the caller to report.
+    ``others``, folders of class folders beside ``train/`` that no split reads
+    (a ``test/``) in ``unread``, and folders of images without class folders there
+    (Kaggle's unlabelled ``test/``) in ``unlabelled``, for the caller to report.
 
     Raises:
         SnugfitError: Missing folder, no images, a single class, folders that name
@@ -334,10 +338,10 @@ def folder_items(
     if valid_dir is None or valid_pct is not None:
         valid_pct = 0.2 if valid_pct is None else valid_pct
         train_items, valid_items = split_items(files, labels, valid_pct, seed)
-        unread = _unread_beside(path, train_dir, None)
         return FolderItems(
-            train_items, valid_items, vocab, train_dir, None, valid_pct, links, others, unread
-        )
+            train_items, valid_items, vocab, train_dir, None, valid_pct, links, others,
+            *_beside(path, train_dir, None),
+        )  # fmt: skip
     train_items = list(zip(files, labels, strict=True))
     valid_items = []
     for c, vfiles in _class_files(valid_dir, links, others).items():
@@ -346,10 +350,10 @@ def folder_items(
         valid_items.extend((f, index[c]) for f in vfiles)
     if not valid_items:
         raise SnugfitError(f"{valid_dir}: the validation set is empty (no image files)")
-    unread = _unread_beside(path, train_dir, valid_dir)
     return FolderItems(
-        train_items, valid_items, vocab, train_dir, valid_dir, None, links, others, unread
-    )
+        train_items, valid_items, vocab, train_dir, valid_dir, None, links, others,
+        *_beside(path, train_dir, valid_dir),
+    )  # fmt: skip
 
 
 def _no_classes(path: Path, train_dir: Path, others: list[Path]) -> SnugfitError:
@@ -377,22 +381,28 @@ def _holds_images(path: Path, train_dir: Path) -> bool:
     return False
 
 
-def _unread_beside(path: Path, train_dir: Path, valid_dir: Path | None) -> list[Path]:
+def _beside(
+    path: Path, train_dir: Path, valid_dir: Path | None
+) -> tuple[list[Path], list[tuple[Path, int]]]:
     """The folders beside ``train_dir`` (none when the classes are ``path``'s own
-    folders) holding a folder with an image file in it: a ``test/`` of class folders,
-    say, which no split reads (hidden folders and run folders aside)."""
+    folders) that no split reads (hidden folders and run folders aside): those
+    holding a folder with an image file in it (a ``test/`` of class folders), and
+    those holding image files themselves, with their count (an unlabelled ``test/``)."""
     if train_dir == path:
-        return []
+        return [], []
     used = {train_dir, valid_dir}
-    found = []
+    of_classes, unlabelled = [], []
     for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if d in used:
+        if d in used or is_run_folder(d):
             continue
         with contextlib.suppress(OSError):
-            classes = [c for c in d.iterdir() if c.is_dir() and not is_run_folder(c)]
+            entries = list(d.iterdir())
+            classes = [c for c in entries if c.is_dir() and not is_run_folder(c)]
             if any(any(map(is_image, c.iterdir())) for c in classes):
-                found.append(d)
-    return found
+                of_classes.append(d)
+            elif images := sum(map(is_image, entries)):
+                unlabelled.append((d, images))
+    return of_classes, unlabelled
 
 
 def no_images(path: Path, others: list[Path] | None = None) -> SnugfitError:
