@@ -229,8 +229,8 @@ def check_csv(
     """Check a dataset listed in a CSV file, as `ImageDataLoaders.from_csv` reads it.
 
     The arguments up to ``label_delim``, ``header`` and ``suffix`` are those of
-    ``from_csv`` (``valid_pct`` None: 0.2); with ``label_delim`` the data is multi-label and the counts are
-    per label. Rows naming files that do not exist are reported in ``missing``
+    ``from_csv`` (``valid_pct`` None: 0.2); with ``label_delim`` the data is
+    multi-label and the counts are per label. Rows naming files that do not exist are reported in ``missing``
     (and skipped by training), not raised, unless no image is usable.
 
     Raises:
