@@ -12,7 +12,8 @@ from PIL import Image
 from fixtures import SEG_CODES, seg_scene
 from snugfit.data.check_seg import check_segmentation
 from snugfit.data.masks import open_mask
-from snugfit.data.seg_items import is_segmentation_folder, read_labelmap
+from snugfit.data.seg_items import read_labelmap
+from snugfit.data.seg_layouts import is_segmentation_folder
 from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import SnugfitError
 

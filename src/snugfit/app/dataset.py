@@ -17,7 +17,7 @@ from snugfit.data.check_report import CheckReport
 from snugfit.data.check_seg import check_segmentation
 from snugfit.data.check_seg_report import SegmentationCheckReport
 from snugfit.data.loaders import ImageDataLoaders
-from snugfit.data.seg_items import is_segmentation_folder
+from snugfit.data.seg_layouts import is_segmentation_folder
 from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.errors import SnugfitError
 

@@ -34,7 +34,7 @@ from snugfit.data.loaders import ImageDataLoaders
 from snugfit.data.masks import decode_pair, open_mask
 from snugfit.data.preprocessing import Preprocessing
 from snugfit.data.progress import progress
-from snugfit.data.seg_items import is_segmentation_folder
+from snugfit.data.seg_layouts import is_segmentation_folder
 from snugfit.data.segmentation import SegmentationDataLoaders
 from snugfit.data.settings import LoaderSettings, resolve_device
 

@@ -22,8 +22,10 @@ or PASCAL VOC's, which CVAT and datumaro export (`VOC`)::
     DATA/ImageSets/Segmentation/val.txt optional: the validation images, one name a line
 
 (or ``SegmentationClassAug/``, VOC with SBD's masks added, when there is no
-``SegmentationClass/``). Any of codes.txt, class_dict.csv and labelmap.txt may name the classes in either
-layout (one of them).
+``SegmentationClass/``), or one `snugfit.data.seg_layouts.detected` from its files
+(Carvana's ``train/`` and ``train_masks/<id>_mask.gif``, ISIC's, CamVid's). Any of
+codes.txt, class_dict.csv and labelmap.txt may name the classes in any layout (one
+of them).
 
 An item is ``(image file, mask file)``. Only text files are opened here: images
 without a mask, masks without an image and names listed twice are returned for the
@@ -40,6 +42,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from snugfit.data.items import split_random
+from snugfit.data.seg_layouts import (
+    CLASS_DICT,
+    IMAGES,
+    LABELMAP,
+    MASKS,
+    PLAIN,
+    VOC,
+    Folders,
+    folders_of,
+)
 from snugfit.data.walk import SkippedLink, walk_images, warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError, first_line
 from snugfit.tasks import VOID
@@ -57,8 +69,7 @@ def lacks_mask(reason: str) -> bool:
     return reason.startswith((NO_MASK, SAME_NAME))
 
 
-IMAGES, MASKS, CODES, VALID = "images", "masks", "codes.txt", "valid.txt"
-CLASS_DICT, LABELMAP = "class_dict.csv", "labelmap.txt"
+CODES = "codes.txt"
 # The formats a mask may have, in the order one is preferred when a name has several
 # (satellite and medical sets ship .tif masks). Lossless ones hold class indices;
 # JPEG's compression blends values at every edge, so a JPEG mask is read as a binary
@@ -69,40 +80,6 @@ MASK_SUFFIXES = LOSSLESS_SUFFIXES + JPEG_SUFFIXES
 NOT_A_MASK = "is not a mask format (PNG, TIFF, BMP or GIF; JPEG for binary masks)"
 
 Pair = tuple[Path, Path]
-
-
-class Folders(NamedTuple):
-    """Where a segmentation folder keeps its images, masks and validation list."""
-
-    images: str
-    masks: str
-    valid: str  # the file naming the validation images
-    title: str  # how the check names the layout
-
-
-PLAIN = Folders(IMAGES, MASKS, VALID, "images/ and masks/")
-VOC = Folders(
-    "JPEGImages", "SegmentationClass", "ImageSets/Segmentation/val.txt",
-    "PASCAL VOC's JPEGImages/ and SegmentationClass/",
-)  # fmt: skip
-VOC_AUG = Folders(  # VOC with the SBD masks added, as DeepLab trains on it
-    "JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation/val.txt",
-    "PASCAL VOC's JPEGImages/ and SegmentationClassAug/",
-)  # fmt: skip
-LAYOUTS = (PLAIN, VOC, VOC_AUG)
-
-
-def folders_of(path: str | os.PathLike) -> Folders | None:
-    """The layout ``path`` has (both of its folders exist), `PLAIN` first; None: neither."""
-    root = Path(path)
-    return next(
-        (f for f in LAYOUTS if (root / f.images).is_dir() and (root / f.masks).is_dir()), None
-    )
-
-
-def is_segmentation_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` has a layout above (``images/`` and ``masks/``, or VOC's folders)."""
-    return folders_of(path) is not None
 
 
 class SegmentationItems(NamedTuple):
@@ -239,7 +216,7 @@ def _pairs(
     def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
         return _relative(path.with_suffix(""), folder)
 
-    masks_of, other, extra = _masks_by_name(masks.files, masks_dir)
+    masks_of, other, extra = _masks_by_name(masks.files, masks_dir, folders.mask_suffix)
     by_name: dict[str, Path] = {}
     pairs, no_mask, seen = [], [], set()
     for image in images.files:
@@ -252,7 +229,8 @@ def _pairs(
             pairs.append((image, masks_of[name]))
         else:
             why = f"; {other[name]} {NOT_A_MASK}" if name in other else ""
-            no_mask.append((image, f"{NO_MASK} ({masks_dir / name}.png not found{why})"))
+            wanted = f"{masks_dir / name}{folders.mask_suffix}.png"
+            no_mask.append((image, f"{NO_MASK} ({wanted} not found{why})"))
     # A mask of an image's name that cannot be one is in that image's reason, not here.
     used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
     no_image = sorted(m for m in [*masks_of.values(), *other.values(), *extra] if m not in used)
@@ -260,17 +238,20 @@ def _pairs(
 
 
 def _masks_by_name(
-    files: list[Path], folder: Path
+    files: list[Path], folder: Path, suffix: str = ""
 ) -> tuple[dict[str, Path], dict[str, Path], list[Path]]:
-    """The masks by name (their path under ``folder`` without the suffix): those in a
-    mask format (the first of `MASK_SUFFIXES` a name has), the others, and the
-    masks a name has besides its first of each (reported as unused)."""
+    """The masks by name (their path under ``folder`` without the extension, and
+    without the layout's ``suffix``: ``x_mask.gif`` is ``x``'s): those in a mask
+    format (the first of `MASK_SUFFIXES` a name has), the others, and the masks a
+    name has besides its first of each (reported as unused)."""
     rank = {suffix: i for i, suffix in enumerate(MASK_SUFFIXES)}
     masks: dict[str, Path] = {}
     other: dict[str, Path] = {}
     extra: list[Path] = []
     for m in sorted(files, key=lambda f: rank.get(f.suffix.lower(), len(rank))):
         name = _relative(m.with_suffix(""), folder)
+        if suffix and name.endswith(suffix):
+            name = name[: -len(suffix)]
         found = masks if m.suffix.lower() in rank else other
         if name in found:
             extra.append(m)

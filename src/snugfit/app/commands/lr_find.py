@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from snugfit.data.loaders import ImageDataLoaders
-    from snugfit.data.seg_items import is_segmentation_folder
+    from snugfit.data.seg_layouts import is_segmentation_folder
     from snugfit.data.segmentation import SegmentationDataLoaders
     from snugfit.train.factory import learner_for
 

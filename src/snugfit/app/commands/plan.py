@@ -84,7 +84,7 @@ def _model(args: argparse.Namespace):
     """The network to plan (nothing fetched) and what the learner must know of its task:
     a classifier, or a segmentation model for a segmentation folder or a ``--decoder``."""
     from snugfit import models
-    from snugfit.data.seg_items import is_segmentation_folder
+    from snugfit.data.seg_layouts import is_segmentation_folder
 
     seg = args.decoder is not None or (args.data is not None and is_segmentation_folder(args.data))
     if args.data is None:

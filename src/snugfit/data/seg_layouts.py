@@ -1,0 +1,155 @@
+"""Which folders of a segmentation dataset hold its images and its masks.
+
+Named layouts first: ``images/`` and ``masks/`` (`PLAIN`), PASCAL VOC's
+``JPEGImages/`` and ``SegmentationClass/`` (`VOC`, or ``SegmentationClassAug/``).
+Otherwise, datasets as they are downloaded are recognised by their files
+(`detected`): a folder whose name says masks (``train_masks``, ``labels``,
+``..._GroundTruth``, ``annotations``) beside a folder of images whose names the
+masks share, or share plus one suffix: Carvana's ``train/<id>.jpg`` and
+``train_masks/<id>_mask.gif``, ISIC 2018's ``..._Input/ISIC_0000000.jpg`` and
+``..._GroundTruth/ISIC_0000000_segmentation.png``, fastai's CamVid
+``images/<name>.png`` and ``labels/<name>_P.png``. Half the masks at least must
+pair so, and a few pairs are opened: each mask the size of its image and in a mask's
+mode (greyscale, palette, 16-bit; colour only with a ``class_dict.csv`` or
+``labelmap.txt``), so that a classifier's class folders named ``with_mask`` and
+``without_mask`` holding ``1.jpg``, ``2.jpg``... stay class folders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+from PIL import Image
+
+from snugfit.data.walk import walk_images
+
+IMAGES, MASKS, VALID = "images", "masks", "valid.txt"
+CLASS_DICT, LABELMAP = "class_dict.csv", "labelmap.txt"
+
+
+class Folders(NamedTuple):
+    """Where a segmentation folder keeps its images, masks and validation list."""
+
+    images: str
+    masks: str
+    valid: str  # the file naming the validation images
+    title: str  # how the check names the layout
+    mask_suffix: str = ""  # a mask's name is its image's plus this (``_mask``)
+
+
+PLAIN = Folders(IMAGES, MASKS, VALID, "images/ and masks/")
+VOC = Folders(
+    "JPEGImages", "SegmentationClass", "ImageSets/Segmentation/val.txt",
+    "PASCAL VOC's JPEGImages/ and SegmentationClass/",
+)  # fmt: skip
+VOC_AUG = Folders(  # VOC with the SBD masks added, as DeepLab trains on it
+    "JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation/val.txt",
+    "PASCAL VOC's JPEGImages/ and SegmentationClassAug/",
+)  # fmt: skip
+LAYOUTS = (PLAIN, VOC, VOC_AUG)
+
+# Words in a folder's name (letters only, any case) that say it holds masks.
+MASK_WORDS = ("mask", "label", "annot", "groundtruth", "segmentation", "trimap")
+MASK_MODES = ("1", "L", "P", "I", "I;16", "LA", "PA")
+SAMPLED = 4  # pairs opened to confirm a detected layout
+
+
+def folders_of(path: str | os.PathLike) -> Folders | None:
+    """The layout ``path`` has: a named one whose two folders exist (`PLAIN` first),
+    else one `detected` from its files; None: none."""
+    root = Path(path)
+    named = next(
+        (f for f in LAYOUTS if (root / f.images).is_dir() and (root / f.masks).is_dir()), None
+    )
+    return named if named is not None else detected(root)
+
+
+def is_segmentation_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a layout (`folders_of`)."""
+    return folders_of(path) is not None
+
+
+def says_masks(name: str) -> bool:
+    """Whether a folder's name says it holds masks (`MASK_WORDS`, or a ``gt`` word).
+
+    >>> [says_masks(n) for n in ("train_masks", "ISIC2018_Task1_Training_GroundTruth", "GT")]
+    [True, True, True]
+    >>> [says_masks(n) for n in ("train", "images", "ISIC2018_Task1-2_Training_Input")]
+    [False, False, False]
+    """
+    letters = re.sub(r"[^a-z]", "", name.lower())
+    words = re.split(r"[^a-z]+", name.lower())
+    return any(w in letters for w in MASK_WORDS) or "gt" in words
+
+
+def detected(root: Path) -> Folders | None:
+    """The folders of images and masks ``root``'s files show (the module docstring),
+    the pairing the most masks; None: no such pair."""
+    if not root.is_dir():
+        return None
+    subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    stems: dict[Path, dict[str, Path]] = {}
+
+    def files_of(folder: Path) -> dict[str, Path]:  # relative name without suffix -> file
+        if folder not in stems:
+            files = walk_images(folder).files
+            stems[folder] = {f.relative_to(folder).with_suffix("").as_posix(): f for f in files}
+        return stems[folder]
+
+    colour = (root / CLASS_DICT).is_file() or (root / LABELMAP).is_file()
+    best: tuple[int, Folders] | None = None
+    for masks in (d for d in subs if says_masks(d.name)):
+        mask_files = files_of(masks)
+        for images in (d for d in subs if d != masks and not says_masks(d.name)):
+            image_files = files_of(images)
+            suffix, pairs = mask_suffix(image_files.keys(), mask_files.keys())
+            if not pairs or 2 * len(pairs) < len(mask_files):
+                continue
+            sample = [(image_files[i], mask_files[m]) for i, m in pairs[:SAMPLED]]
+            if (best is None or len(pairs) > best[0]) and all(
+                _looks_paired(i, m, colour) for i, m in sample
+            ):
+                named = f" (a mask named as its image plus {suffix!r})" if suffix else ""
+                title = f"{images.name}/ and {masks.name}/{named}"
+                best = (len(pairs), Folders(images.name, masks.name, VALID, title, suffix))
+    return best[1] if best else None
+
+
+def mask_suffix(images: Iterable[str], masks: Iterable[str]) -> tuple[str, list[tuple[str, str]]]:
+    """The suffix most ``masks`` names add to an image's name (``""``: the same
+    name), and the ``(image, mask)`` names it pairs. A suffix starts at a ``_``,
+    ``-`` or ``.``.
+
+    >>> mask_suffix(["a", "b_1", "c"], ["a_mask", "b_1_mask", "x_mask"])
+    ('_mask', [('a', 'a_mask'), ('b_1', 'b_1_mask')])
+    """
+    image_names = set(images)
+    found: dict[str, list[tuple[str, str]]] = {}
+    for m in masks:
+        if m in image_names:
+            found.setdefault("", []).append((m, m))
+            continue
+        for i in range(len(m) - 1, 0, -1):
+            if m[i] in "_-." and m[:i] in image_names:
+                found.setdefault(m[i:], []).append((m[:i], m))
+                break
+    if not found:
+        return "", []
+    suffix = Counter({s: len(p) for s, p in found.items()}).most_common(1)[0][0]
+    return suffix, found[suffix]
+
+
+def _looks_paired(image: Path, mask: Path, colour: bool) -> bool:
+    """Whether ``mask`` is the size of ``image`` and in a mask's mode (colour only when
+    the folder has a colour table)."""
+    try:
+        with Image.open(image) as img, Image.open(mask) as m:
+            modes = MASK_MODES + (("RGB", "RGBA") if colour else ())
+            return img.size == m.size and m.mode in modes
+    except (OSError, SyntaxError, ValueError):
+        return False

@@ -1,0 +1,107 @@
+"""Segmentation datasets as they are downloaded: the folders of images and masks
+found from the files (Carvana, ISIC 2018, fastai's CamVid), and class folders that
+only look like them left to classification."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fixtures import SEG_CODES, make_image_folder, make_segmentation_folder
+from snugfit.data.check_seg import check_segmentation
+from snugfit.data.seg_layouts import PLAIN, detected, folders_of, is_segmentation_folder
+from snugfit.data.segmentation import SegmentationDataLoaders
+from test_cli import run_cli
+
+FAST = dict(bs=2, num_workers=0, cache=False)
+
+
+def _renamed(root: Path, images: str, masks: str, suffix: str, ext: str = ".png") -> Path:
+    """The fixture's images/ and masks/ renamed, each mask ``<image><suffix><ext>``."""
+    (root / "images").rename(root / images)
+    (root / "masks").rename(root / masks)
+    for m in sorted((root / masks).iterdir()):
+        with Image.open(m) as img:
+            img.load()
+        m.unlink()
+        if ext == ".gif":  # a palette whose index is the class, as Carvana's (no reordering)
+            img = img.convert("P")
+        img.save(root / masks / f"{m.stem}{suffix}{ext}", optimize=False)
+    return root
+
+
+def test_carvana_train_and_train_masks_with_a_suffix(tmp_path):
+    root = _renamed(make_segmentation_folder(tmp_path / "carvana", n=8), "train",
+                    "train_masks", "_mask", ".gif")  # fmt: skip
+    (root / "test").mkdir()  # unlabelled images beside them
+    Image.new("RGB", (40, 30)).save(root / "test" / "x.jpg")
+    folders = folders_of(root)
+    assert folders is not None and (folders.images, folders.masks, folders.mask_suffix) == (
+        "train", "train_masks", "_mask",
+    )  # fmt: skip
+    assert folders.title == "train/ and train_masks/ (a mask named as its image plus '_mask')"
+    dls = SegmentationDataLoaders.from_folder(root, size=32, **FAST)
+    pairs = dls.train_items + dls.valid_items
+    assert len(pairs) == 8
+    assert all(m.name == f"{i.stem}_mask.gif" for i, m in pairs)
+    report = check_segmentation(root, workers=1)
+    assert report.folders == folders.title and report.usable == 8
+
+
+def test_isic_input_and_groundtruth(tmp_path):
+    root = _renamed(make_segmentation_folder(tmp_path / "isic", n=6),
+                    "ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth",
+                    "_segmentation")  # fmt: skip
+    (root / "ISIC2018_Task1-2_Training_Input" / "LICENSE.txt").write_text("CC-BY-NC")
+    folders = folders_of(root)
+    assert folders.images == "ISIC2018_Task1-2_Training_Input"
+    assert folders.mask_suffix == "_segmentation"
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 6
+    assert [p.kind for p in report.issues] == ["not image"]  # LICENSE.txt, listed
+
+
+def test_camvid_images_and_labels_with_codes(tmp_path, capsys):
+    root = _renamed(make_segmentation_folder(tmp_path / "camvid", n=6, codes=SEG_CODES),
+                    "images", "labels", "_P")  # fmt: skip
+    folders = folders_of(root)
+    assert (folders.images, folders.masks, folders.mask_suffix) == ("images", "labels", "_P")
+    assert is_segmentation_folder(root)
+    code, out, _ = run_cli(capsys, "check", str(root))
+    assert code == 0 and "images/ and labels/ (a mask named as its image plus '_P')" in out
+
+
+def test_a_mask_without_its_image_and_an_image_without_its_mask_are_named(tmp_path):
+    root = _renamed(make_segmentation_folder(tmp_path / "c", n=6), "train", "train_masks",
+                    "_mask")  # fmt: skip
+    (root / "train_masks" / "scene_05_mask.png").unlink()
+    report = check_segmentation(root, workers=1)
+    [no_mask] = [p for p in report.issues if p.kind == "no mask"]
+    assert no_mask.reason == f"no mask ({root / 'train_masks' / 'scene_05_mask.png'} not found)"
+
+
+def test_the_named_layout_comes_first(tmp_path):
+    root = make_segmentation_folder(tmp_path / "plain", n=4)
+    _renamed(make_segmentation_folder(tmp_path / "other", n=4), "x", "x_masks", "_mask")
+    assert folders_of(root) == PLAIN
+
+
+def test_class_folders_that_look_like_masks_stay_classes(tmp_path):
+    # Kaggle's face-mask classes with numbered photos of one size: RGB, no mask mode
+    root = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    for cls in ("with_mask", "without_mask"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    assert detected(root) is None and not is_segmentation_folder(root)
+    assert not is_segmentation_folder(make_image_folder(tmp_path / "photos"))
+
+
+def test_masks_of_another_size_are_not_a_layout(tmp_path):
+    root = _renamed(make_segmentation_folder(tmp_path / "c", n=4), "train", "train_masks",
+                    "_mask")  # fmt: skip
+    for m in (root / "train_masks").iterdir():
+        Image.new("L", (7, 5)).save(m)
+    assert detected(root) is None
