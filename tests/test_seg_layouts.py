@@ -5,6 +5,7 @@ only look like them left to classification."""
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from fixtures import SEG_CODES, make_image_folder, make_segmentation_folder
@@ -105,3 +106,58 @@ def test_masks_of_another_size_are_not_a_layout(tmp_path):
     for m in (root / "train_masks").iterdir():
         Image.new("L", (7, 5)).save(m)
     assert detected(root) is None
+
+
+def test_deepglobe_one_folder_of_sat_and_mask_files_with_colours(tmp_path):
+    """DeepGlobe's land cover as downloaded: train/<id>_sat.jpg and train/<id>_mask.png
+    (colour masks, class_dict.csv), valid/ and test/ of images only."""
+    from test_colour_masks import colour_folder
+
+    root, truth = colour_folder(tmp_path / "deepglobe")
+    (root / "train").mkdir()
+    for image in sorted((root / "images").iterdir()):
+        image.rename(root / "train" / f"{image.stem}_sat.png")
+    for mask in sorted((root / "masks").iterdir()):
+        mask.rename(root / "train" / f"{mask.stem}_mask.png")
+    (root / "images").rmdir()
+    (root / "masks").rmdir()
+    (root / "valid").mkdir()
+    Image.new("RGB", (72, 48)).save(root / "valid" / "99_sat.png")
+    folders = folders_of(root)
+    assert folders is not None and (folders.images, folders.masks) == ("train", "train")
+    assert (folders.image_suffix, folders.mask_suffix) == ("_sat", "_mask")
+    assert folders.title == "train/ (images <name>_sat, masks <name>_mask)"
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 8 and not report.issues and report.classes == list(SEG_CODES)
+    dls = SegmentationDataLoaders.from_folder(root, size=(48, 72), **FAST)
+    pairs = dls.train_items + dls.valid_items
+    assert sorted((i.name, m.name) for i, m in pairs) == [
+        (f"s{k}_sat.png", f"s{k}_mask.png") for k in range(8)
+    ]
+    ys = torch.cat([y for _, y in dls.valid])
+    expected = np.stack([truth[i.stem.removesuffix("_sat")] for i, _ in dls.valid_items])
+    assert np.array_equal(ys.numpy(), expected.astype(np.int64))
+
+
+def test_one_folder_with_an_image_and_its_mask_of_the_same_stem(tmp_path):
+    root = make_segmentation_folder(tmp_path / "kvasir", n=6)
+    (root / "data").mkdir()
+    for image in (root / "images").iterdir():
+        image.rename(root / "data" / image.name.replace(".png", ".jpg"))
+    for mask in (root / "masks").iterdir():
+        mask.rename(root / "data" / f"{mask.stem}_mask.png")
+    (root / "images").rmdir()
+    (root / "masks").rmdir()
+    folders = folders_of(root)
+    assert (folders.images, folders.image_suffix, folders.mask_suffix) == ("data", "", "_mask")
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 6 and [p.kind for p in report.issues] == []
+
+
+def test_a_class_folder_of_photos_is_not_walked_for_masks(tmp_path, monkeypatch):
+    import snugfit.data.seg_layouts as layouts
+
+    root = make_image_folder(tmp_path / "photos")
+    walked = []
+    monkeypatch.setattr(layouts, "walk_images", lambda d: walked.append(d))
+    assert layouts.detected(root) is None and walked == []

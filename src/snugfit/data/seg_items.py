@@ -209,18 +209,26 @@ def _pairs(
     the links to folders not followed are added to ``links``, the files that are no
     images to ``others``."""
     images_dir, masks_dir = root / folders.images, root / folders.masks
-    images, masks = walk_images(images_dir), walk_images(masks_dir)
-    links += images.skipped + masks.skipped
-    others += images.others + masks.others
+    images = walk_images(images_dir)
+    masks = images if masks_dir == images_dir else walk_images(masks_dir)
+    links += images.skipped + (masks.skipped if masks is not images else [])
+    others += images.others + (masks.others if masks is not images else [])
 
     def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
         return _relative(path.with_suffix(""), folder)
 
-    masks_of, other, extra = _masks_by_name(masks.files, masks_dir, folders.mask_suffix)
+    image_files, mask_files = images.files, masks.files
+    if masks is images:  # one folder of both: a mask's name ends with the mask suffix
+        is_mask = [stem(f, masks_dir).endswith(folders.mask_suffix) for f in images.files]
+        image_files = [f for f, m in zip(images.files, is_mask, strict=True) if not m]
+        mask_files = [f for f, m in zip(images.files, is_mask, strict=True) if m]
+    masks_of, other, extra = _masks_by_name(mask_files, masks_dir, folders.mask_suffix)
     by_name: dict[str, Path] = {}
     pairs, no_mask, seen = [], [], set()
-    for image in images.files:
+    for image in image_files:
         name = stem(image, images_dir)
+        if folders.image_suffix and name.endswith(folders.image_suffix):
+            name = name[: -len(folders.image_suffix)]
         seen.add(name)
         if name in by_name:
             no_mask.append((image, f"{SAME_NAME} {name!r}: {by_name[name]}"))

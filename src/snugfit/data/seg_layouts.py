@@ -8,7 +8,9 @@ Otherwise, datasets as they are downloaded are recognised by their files
 masks share, or share plus one suffix: Carvana's ``train/<id>.jpg`` and
 ``train_masks/<id>_mask.gif``, ISIC 2018's ``..._Input/ISIC_0000000.jpg`` and
 ``..._GroundTruth/ISIC_0000000_segmentation.png``, fastai's CamVid
-``images/<name>.png`` and ``labels/<name>_P.png``. Half the masks at least must
+``images/<name>.png`` and ``labels/<name>_P.png``; or one folder holding both, the
+masks' names ending in such a word: DeepGlobe's ``train/<id>_sat.jpg`` and
+``train/<id>_mask.png``. Half the masks at least must
 pair so, and a few pairs are opened: each mask the size of its image and in a mask's
 mode (greyscale, palette, 16-bit; colour only with a ``class_dict.csv`` or
 ``labelmap.txt``), so that a classifier's class folders named ``with_mask`` and
@@ -20,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +42,7 @@ class Folders(NamedTuple):
     valid: str  # the file naming the validation images
     title: str  # how the check names the layout
     mask_suffix: str = ""  # a mask's name is its image's plus this (``_mask``)
+    image_suffix: str = ""  # and an image's, when both share a folder (``_sat``)
 
 
 PLAIN = Folders(IMAGES, MASKS, VALID, "images/ and masks/")
@@ -57,6 +60,7 @@ LAYOUTS = (PLAIN, VOC, VOC_AUG)
 MASK_WORDS = ("mask", "label", "annot", "groundtruth", "segmentation", "trimap")
 MASK_MODES = ("1", "L", "P", "I", "I;16", "LA", "PA")
 SAMPLED = 4  # pairs opened to confirm a detected layout
+PEEK = 200  # files looked at in a folder for a mask's name (`_names_a_mask`)
 
 
 def folders_of(path: str | os.PathLike) -> Folders | None:
@@ -93,31 +97,71 @@ def detected(root: Path) -> Folders | None:
     if not root.is_dir():
         return None
     subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    stems: dict[Path, dict[str, Path]] = {}
+    listed: dict[Path, dict[str, Path]] = {}
 
     def files_of(folder: Path) -> dict[str, Path]:  # relative name without suffix -> file
-        if folder not in stems:
+        if folder not in listed:
             files = walk_images(folder).files
-            stems[folder] = {f.relative_to(folder).with_suffix("").as_posix(): f for f in files}
-        return stems[folder]
+            listed[folder] = {f.relative_to(folder).with_suffix("").as_posix(): f for f in files}
+        return listed[folder]
 
     colour = (root / CLASS_DICT).is_file() or (root / LABELMAP).is_file()
     best: tuple[int, Folders] | None = None
-    for masks in (d for d in subs if says_masks(d.name)):
-        mask_files = files_of(masks)
-        for images in (d for d in subs if d != masks and not says_masks(d.name)):
-            image_files = files_of(images)
-            suffix, pairs = mask_suffix(image_files.keys(), mask_files.keys())
-            if not pairs or 2 * len(pairs) < len(mask_files):
-                continue
-            sample = [(image_files[i], mask_files[m]) for i, m in pairs[:SAMPLED]]
-            if (best is None or len(pairs) > best[0]) and all(
-                _looks_paired(i, m, colour) for i, m in sample
-            ):
-                named = f" (a mask named as its image plus {suffix!r})" if suffix else ""
-                title = f"{images.name}/ and {masks.name}/{named}"
-                best = (len(pairs), Folders(images.name, masks.name, VALID, title, suffix))
+    for folders, pairs in _candidates(subs, files_of):
+        masks = files_of(root / folders.masks)
+        if folders.masks == folders.images:  # one folder: its masks are the names marked
+            masks = {m: f for m, f in masks.items() if m.endswith(folders.mask_suffix)}
+        if not pairs or 2 * len(pairs) < len(masks) or (best and len(pairs) <= best[0]):
+            continue
+        images = files_of(root / folders.images)
+        if all(_looks_paired(images[i], masks[m], colour) for i, m in pairs[:SAMPLED]):
+            best = (len(pairs), folders)
     return best[1] if best else None
+
+
+def _candidates(subs: list[Path], files_of) -> Iterator[tuple[Folders, list[tuple[str, str]]]]:
+    """Each layout ``subs`` could have, with the ``(image, mask)`` names it pairs: a
+    folder named for masks beside one of images, then one folder holding both."""
+    for masks in (d for d in subs if says_masks(d.name)):
+        for images in (d for d in subs if d != masks and not says_masks(d.name)):
+            suffix, pairs = mask_suffix(files_of(images).keys(), files_of(masks).keys())
+            named = f" (a mask named as its image plus {suffix!r})" if suffix else ""
+            title = f"{images.name}/ and {masks.name}/{named}"
+            yield Folders(images.name, masks.name, VALID, title, suffix), pairs
+    for folder in (d for d in subs if _names_a_mask(d)):
+        mask_end, image_end, pairs = one_folder(files_of(folder).keys())
+        title = f"{folder.name}/ (images <name>{image_end}, masks <name>{mask_end})"
+        yield Folders(folder.name, folder.name, VALID, title, mask_end, image_end), pairs
+
+
+def one_folder(names: Iterable[str]) -> tuple[str, str, list[tuple[str, str]]]:
+    """In one folder: the suffix of the masks' names (a last word that says masks,
+    `says_masks`: ``_mask``), that of the images' (``_sat``, or ``""``), and the
+    ``(image, mask)`` names they pair; ``("", "", [])`` when no name says masks.
+
+    >>> one_folder(["1_sat", "1_mask", "2_sat", "2_mask", "3_sat"])
+    ('_mask', '_sat', [('1_sat', '1_mask'), ('2_sat', '2_mask')])
+    """
+    names = list(names)
+    marked: dict[str, dict[str, str]] = {}  # suffix -> base name -> mask name
+    for name in names:
+        i = max(name.rfind("_"), name.rfind("-"))
+        if i > 0 and says_masks(name[i + 1 :]):
+            marked.setdefault(name[i:], {})[name[:i]] = name
+    if not marked:
+        return "", "", []
+    end, bases = max(marked.items(), key=lambda kv: len(kv[1]))
+    found: dict[str, list[tuple[str, str]]] = {}
+    for name in (n for n in names if not n.endswith(end)):
+        j = max(name.rfind("_"), name.rfind("-"))
+        if name in bases:
+            found.setdefault("", []).append((name, bases[name]))
+        elif j > 0 and name[:j] in bases:
+            found.setdefault(name[j:], []).append((name, bases[name[:j]]))
+    if not found:
+        return end, "", []
+    image_end = max(found, key=lambda k: len(found[k]))
+    return end, image_end, found[image_end]
 
 
 def mask_suffix(images: Iterable[str], masks: Iterable[str]) -> tuple[str, list[tuple[str, str]]]:
@@ -142,6 +186,22 @@ def mask_suffix(images: Iterable[str], masks: Iterable[str]) -> tuple[str, list[
         return "", []
     suffix = Counter({s: len(p) for s, p in found.items()}).most_common(1)[0][0]
     return suffix, found[suffix]
+
+
+def _names_a_mask(folder: Path, look: int = PEEK) -> bool:
+    """Whether one of the first ``look`` files in ``folder`` is named as a mask (its
+    last word says masks): a cheap look before walking a folder that may be one of a
+    classifier's thousand class folders."""
+    try:
+        with os.scandir(folder) as entries:
+            for _, entry in zip(range(look), entries, strict=False):
+                stem = entry.name.rsplit(".", 1)[0]
+                i = max(stem.rfind("_"), stem.rfind("-"))
+                if i > 0 and says_masks(stem[i + 1 :]) and entry.is_file():
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 def _looks_paired(image: Path, mask: Path, colour: bool) -> bool:
