@@ -47,6 +47,10 @@ def test_carvana_train_and_train_masks_with_a_suffix(tmp_path):
     assert all(m.name == f"{i.stem}_mask.gif" for i, m in pairs)
     report = check_segmentation(root, workers=1)
     assert report.folders == folders.title and report.usable == 8
+    assert report.unlabelled_folders == {"test": 1}
+    assert report.describe().endswith(
+        "; not read, without masks: test/ with 1 images (snugfit predict segments them)"
+    )
 
 
 def test_isic_input_and_groundtruth(tmp_path):
@@ -161,3 +165,20 @@ def test_a_class_folder_of_photos_is_not_walked_for_masks(tmp_path, monkeypatch)
     walked = []
     monkeypatch.setattr(layouts, "walk_images", lambda d: walked.append(d))
     assert layouts.detected(root) is None and walked == []
+
+
+def test_folders_of_more_masks_beside_are_not_unlabelled_images(tmp_path, caplog):
+    import logging
+
+    root = make_segmentation_folder(tmp_path / "voc_like", n=4)
+    (root / "SegmentationObject").mkdir()  # VOC's instance masks: not images to predict
+    Image.new("L", (8, 8)).save(root / "SegmentationObject" / "scene_00.png")
+    (root / "test").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "test" / "a.jpg")
+    Image.new("RGB", (8, 8)).save(root / "test" / "b.jpg")
+    assert check_segmentation(root, workers=1).unlabelled_folders == {"test": 2}
+    with caplog.at_level(logging.INFO, logger="snugfit"):
+        SegmentationDataLoaders.from_folder(root, size=32, **FAST)
+    assert f"{root / 'test'}: 2 images without masks, not read (snugfit predict segments them)" in [
+        r.getMessage() for r in caplog.records
+    ]

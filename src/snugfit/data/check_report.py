@@ -354,8 +354,10 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
             classes += f"; {report['thresholded']} JPEG mask(s) read as binary, grey >= 128"
         where = f"segmentation: {report.get('folders', 'images/ and masks/')}, {classes}"
         if report.get("layout", "split") != "split":
-            return f"{where}; validation images listed in {report['layout']}"
-        return f"{where}; validation split off at random, {report['valid_pct']:g}"
+            where += f"; validation images listed in {report['layout']}"
+        else:
+            where += f"; validation split off at random, {report['valid_pct']:g}"
+        return where + _unlabelled(report, "masks", "segments")
     if report.get("layout") == "folders":
         how = "train and validation folders"
     elif report.get("layout") == "column":
@@ -374,12 +376,17 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
         first = report["unread"][0]
         folders = ", ".join(f"{name}/" for name in report["unread"])
         how += f"; not read: {folders} (--valid-folder {first} validates on it)"
-    if report.get("unlabelled_folders"):
-        folders = ", ".join(
-            f"{name}/ with {n} images" for name, n in report["unlabelled_folders"].items()
-        )
-        how += f"; not read, without class folders: {folders} (snugfit predict labels them)"
-    return how
+    return how + _unlabelled(report, "class folders", "labels")
+
+
+def _unlabelled(report: dict, without: str, does: str) -> str:
+    """The clause naming a report's folders of unlabelled images (none: "")."""
+    if not report.get("unlabelled_folders"):
+        return ""
+    folders = ", ".join(
+        f"{name}/ with {n} images" for name, n in report["unlabelled_folders"].items()
+    )
+    return f"; not read, without {without}: {folders} (snugfit predict {does} them)"
 
 
 def problem_groups(report: dict, rel: Callable[[str], str] = str) -> list[tuple[str, list[str]]]:

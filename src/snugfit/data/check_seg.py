@@ -159,6 +159,7 @@ def check_segmentation(
         thresholded=0 if found.colours else sum(is_jpeg_mask(m) for _, m in pairs_of(found)),
         colours=[list(c) for c in found.colours] if found.colours is not None else None,
         folders=found.folders.title,
+        unlabelled_folders={d.relative_to(root).as_posix(): n for d, n in found.unlabelled},
     )
     _tally(report, found, pairs, seen)
     _fatal(report, pairs)

@@ -71,6 +71,8 @@ class SegmentationCheckReport(ReportText):
         colours: Class i's ``[r, g, b]`` in colour masks (a class_dict.csv or
             labelmap.txt); None: masks of class indices.
         folders: The layout's folders, in words (``"images/ and masks/"``, or VOC's).
+        unlabelled_folders: Folders of images without masks beside them, not read
+            (Carvana's ``test/``), relative to ``root``, with their images' count.
         seconds: Time the check took.
         split: The split pairs and classes, for `SegmentationDataLoaders.from_check`;
             not part of `to_dict`, ``check.json`` or the printed report.
@@ -92,6 +94,7 @@ class SegmentationCheckReport(ReportText):
     thresholded: int = 0
     colours: list[list[int]] | None = None
     folders: str = "images/ and masks/"
+    unlabelled_folders: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 

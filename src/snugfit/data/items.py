@@ -385,12 +385,17 @@ def _beside(
     path: Path, train_dir: Path, valid_dir: Path | None
 ) -> tuple[list[Path], list[tuple[Path, int]]]:
     """The folders beside ``train_dir`` (none when the classes are ``path``'s own
-    folders) that no split reads (hidden folders and run folders aside): those
-    holding a folder with an image file in it (a ``test/`` of class folders), and
-    those holding image files themselves, with their count (an unlabelled ``test/``)."""
+    folders) that no split reads (`folders_beside`)."""
     if train_dir == path:
         return [], []
-    used = {train_dir, valid_dir}
+    return folders_beside(path, {train_dir, valid_dir})
+
+
+def folders_beside(path: Path, used: set) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """The folders of ``path`` not in ``used`` (hidden folders and run folders aside):
+    those holding a folder with an image file in it (a ``test/`` of class folders),
+    and those holding image files themselves, with their count (an unlabelled
+    ``test/``)."""
     of_classes, unlabelled = [], []
     for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if d in used or is_run_folder(d):

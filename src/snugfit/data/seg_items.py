@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from snugfit.data.items import split_random
+from snugfit.data.items import folders_beside, split_random
 from snugfit.data.seg_layouts import (
     CLASS_DICT,
     IMAGES,
@@ -51,6 +51,7 @@ from snugfit.data.seg_layouts import (
     VOC,
     Folders,
     folders_of,
+    says_masks,
 )
 from snugfit.data.walk import SkippedLink, walk_images, warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError, first_line
@@ -100,6 +101,9 @@ class SegmentationItems(NamedTuple):
     folders: Folders = PLAIN
     # The validation list's lines naming no image (with a mask or without): (line, name)
     unknown_valid: tuple[tuple[int, str], ...] = ()
+    # folders of images beside the images' and masks' (Carvana's test/), not read:
+    # (folder, images in it)
+    unlabelled: tuple[tuple[Path, int], ...] = ()
 
 
 def _text_lines(path: Path, what: str) -> list[str]:
@@ -334,6 +338,9 @@ def warn_listing(found: SegmentationItems, path: str | os.PathLike) -> None:
             len(found.no_image),
             found.no_image[0],
         )
+    for folder, n in found.unlabelled:
+        logger.info(f"{folder}: {n} images without masks, not read (snugfit predict segments "
+                    f"them)")  # fmt: skip
     if found.unknown_valid:
         n, name = found.unknown_valid[0]
         logger.warning(
@@ -394,8 +401,16 @@ def folder_pairs(
     _not_empty(root, train, valid)
     return SegmentationItems(
         train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others,
-        colours, folders, tuple(unknown),
+        colours, folders, tuple(unknown), _unlabelled_beside(root, folders),
     )  # fmt: skip
+
+
+def _unlabelled_beside(root: Path, folders: Folders) -> tuple[tuple[Path, int], ...]:
+    """Folders of images beside ``folders`` that are not read (no masks), less those
+    named for masks (VOC's SegmentationObject/)."""
+    used = {root / folders.images, root / folders.masks}
+    _, unlabelled = folders_beside(root, used)
+    return tuple((d, n) for d, n in unlabelled if not says_masks(d.name))
 
 
 def _class_names(root: Path) -> tuple[Path | None, list[str] | None, list | None]:
