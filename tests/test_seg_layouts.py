@@ -182,3 +182,49 @@ def test_folders_of_more_masks_beside_are_not_unlabelled_images(tmp_path, caplog
     assert f"{root / 'test'}: 2 images without masks, not read (snugfit predict segments them)" in [
         r.getMessage() for r in caplog.records
     ]
+
+
+def _ade20k(tmp_path: Path, test_masks: bool = False) -> Path:
+    """ADE20K's layout: images/training, images/validation, annotations/ the same,
+    and an images/testing of images without annotations."""
+    root = _renamed(make_segmentation_folder(tmp_path / "ade", n=10), "images", "annotations", "")
+    for folder in ("images", "annotations"):
+        for sub in ("training", "validation", "testing"):
+            (root / folder / sub).mkdir()
+        for i, f in enumerate(sorted(p for p in (root / folder).iterdir() if p.is_file())):
+            sub = "training" if i < 6 else "validation" if i < 8 else "testing"
+            if folder == "annotations" and sub == "testing" and not test_masks:
+                f.unlink()
+            else:
+                f.rename(root / folder / sub / f.name)
+    return root
+
+
+def test_split_folders_give_the_validation_set(tmp_path, caplog):
+    import logging
+
+    root = _ade20k(tmp_path)
+    with caplog.at_level(logging.INFO, logger="snugfit"):
+        dls = SegmentationDataLoaders.from_folder(root, size=32, **FAST)
+    assert sorted(i.parent.name for i, _ in dls.valid_items) == ["validation"] * 2
+    assert sorted(i.parent.name for i, _ in dls.train_items) == ["training"] * 6
+    report = check_segmentation(root, workers=1)
+    assert report.layout == "images/validation/" and report.valid_pct is None
+    assert [p.kind for p in report.issues] == []  # testing/ has no masks: expected
+    assert report.unlabelled_folders == {"images/testing": 2}
+    assert report.describe().endswith(
+        "; validation images in images/validation/; not read, without masks: "
+        "images/testing/ with 2 images (snugfit predict segments them)"
+    )
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("images/testing: 2 images without masks, not read" in m for m in messages)
+
+
+def test_a_test_folder_with_masks_is_held_out(tmp_path):
+    root = _ade20k(tmp_path, test_masks=True)
+    report = check_segmentation(root, workers=1)
+    assert report.held_out_folders == {"images/testing": 2}
+    assert report.usable == 8  # 6 training + 2 validation pairs
+    assert "; not read: images/testing/ with 2 pairs (a test split)" in report.describe()
+    forced = SegmentationDataLoaders.from_folder(root, size=32, valid_pct=0.25, **FAST)
+    assert len(forced.train_items) + len(forced.valid_items) == 10  # valid_pct: all, at random

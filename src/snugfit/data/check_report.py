@@ -353,10 +353,15 @@ def describe(report: dict, rel: Callable[[str], str] = str) -> str:
         if report.get("thresholded"):
             classes += f"; {report['thresholded']} JPEG mask(s) read as binary, grey >= 128"
         where = f"segmentation: {report.get('folders', 'images/ and masks/')}, {classes}"
-        if report.get("layout", "split") != "split":
-            where += f"; validation images listed in {report['layout']}"
-        else:
+        layout = report.get("layout", "split")
+        if layout == "split":
             where += f"; validation split off at random, {report['valid_pct']:g}"
+        elif layout.endswith("/"):  # a split folder
+            where += f"; validation images in {layout}"
+        else:
+            where += f"; validation images listed in {layout}"
+        for name, n in report.get("held_out_folders", {}).items():
+            where += f"; not read: {name}/ with {n} pairs (a test split)"
         return where + _unlabelled(report, "masks", "segments")
     if report.get("layout") == "folders":
         how = "train and validation folders"

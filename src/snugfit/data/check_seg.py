@@ -160,6 +160,7 @@ def check_segmentation(
         colours=[list(c) for c in found.colours] if found.colours is not None else None,
         folders=found.folders.title,
         unlabelled_folders={d.relative_to(root).as_posix(): n for d, n in found.unlabelled},
+        held_out_folders={d.relative_to(root).as_posix(): n for d, n in found.held_out},
     )
     _tally(report, found, pairs, seen)
     _fatal(report, pairs)

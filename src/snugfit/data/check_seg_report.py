@@ -71,8 +71,11 @@ class SegmentationCheckReport(ReportText):
         colours: Class i's ``[r, g, b]`` in colour masks (a class_dict.csv or
             labelmap.txt); None: masks of class indices.
         folders: The layout's folders, in words (``"images/ and masks/"``, or VOC's).
-        unlabelled_folders: Folders of images without masks beside them, not read
-            (Carvana's ``test/``), relative to ``root``, with their images' count.
+        unlabelled_folders: Folders of images without masks, not read: beside the
+            images' (Carvana's ``test/``) or a test folder among split folders
+            (``images/test``), relative to ``root``, with their images' count.
+        held_out_folders: Test folders among split folders whose pairs are neither
+            trained nor validated, relative to ``root``, with their pairs' count.
         seconds: Time the check took.
         split: The split pairs and classes, for `SegmentationDataLoaders.from_check`;
             not part of `to_dict`, ``check.json`` or the printed report.
@@ -95,6 +98,7 @@ class SegmentationCheckReport(ReportText):
     colours: list[list[int]] | None = None
     folders: str = "images/ and masks/"
     unlabelled_folders: dict[str, int] = field(default_factory=dict)
+    held_out_folders: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     split: SplitItems | None = field(default=None, repr=False, compare=False)
 

@@ -37,11 +37,12 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from snugfit.data.items import folders_beside, split_random
+from snugfit.data.items import folders_beside
 from snugfit.data.seg_layouts import (
     CLASS_DICT,
     IMAGES,
@@ -52,6 +53,17 @@ from snugfit.data.seg_layouts import (
     Folders,
     folders_of,
     says_masks,
+)
+from snugfit.data.seg_splits import (
+    TEST_NAMES,
+    Pair,
+    relative_name,
+    split_by_folders,
+    split_by_list,
+    split_folder,
+    split_pairs,
+    text_lines,
+    unknown_valid_reason,
 )
 from snugfit.data.walk import SkippedLink, walk_images, warn_not_images, warn_skipped
 from snugfit.errors import SnugfitError, first_line
@@ -80,8 +92,6 @@ JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 MASK_SUFFIXES = LOSSLESS_SUFFIXES + JPEG_SUFFIXES
 NOT_A_MASK = "is not a mask format (PNG, TIFF, BMP or GIF; JPEG for binary masks)"
 
-Pair = tuple[Path, Path]
-
 
 class SegmentationItems(NamedTuple):
     """What `folder_pairs` (or `label_func_pairs`) found."""
@@ -101,17 +111,12 @@ class SegmentationItems(NamedTuple):
     folders: Folders = PLAIN
     # The validation list's lines naming no image (with a mask or without): (line, name)
     unknown_valid: tuple[tuple[int, str], ...] = ()
-    # folders of images beside the images' and masks' (Carvana's test/), not read:
-    # (folder, images in it)
+    # folders of images without masks, not read: beside the images' and masks'
+    # (Carvana's test/), or a test folder among split folders: (folder, images in it)
     unlabelled: tuple[tuple[Path, int], ...] = ()
-
-
-def _text_lines(path: Path, what: str) -> list[str]:
-    """A text file's lines (a BOM dropped); one line naming ``what`` when unreadable."""
-    try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SnugfitError(f"{path}: cannot read the {what} ({first_line(e)})") from None
+    # test folders among split folders (images/test/) whose pairs are held out, not
+    # trained or validated: (folder, pairs in it)
+    held_out: tuple[tuple[Path, int], ...] = ()
 
 
 def read_codes(path: Path) -> list[str]:
@@ -120,7 +125,7 @@ def read_codes(path: Path) -> list[str]:
     Raises:
         SnugfitError: Unreadable, empty, a blank or repeated name, more than 255 classes.
     """
-    lines = _text_lines(path, "class names")
+    lines = text_lines(path, "class names")
     names = [line.strip() for line in lines]
     while names and not names[-1]:
         names.pop()
@@ -136,7 +141,7 @@ def read_class_dict(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
         SnugfitError: Unreadable, no such columns, a value that is no 0-255 integer,
             a colour or name repeated, no class, more than 255.
     """
-    lines = _text_lines(path, "classes")
+    lines = text_lines(path, "classes")
     rows = [(n, row) for n, row in enumerate(csv.reader(lines), 1) if any(c.strip() for c in row)]
     header = [c.strip().lower() for c in rows[0][1]] if rows else []
     if not {"name", "r", "g", "b"} <= set(header):
@@ -153,7 +158,7 @@ def read_labelmap(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
     Raises:
         SnugfitError: As `read_class_dict`, and a line without ``name:r,g,b``.
     """
-    lines = _text_lines(path, "classes")
+    lines = text_lines(path, "classes")
     cells = []
     for n, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -202,10 +207,6 @@ def numbered_codes(top: int) -> list[str]:
     return [f"class_{i}" for i in range(top + 1)]
 
 
-def _relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
 def _pairs(
     root: Path, folders: Folders, links: list[SkippedLink], others: list[Path]
 ) -> tuple[list[Pair], list[tuple[Path, str]], list[Path]]:
@@ -219,7 +220,7 @@ def _pairs(
     others += images.others + (masks.others if masks is not images else [])
 
     def stem(path: Path, folder: Path) -> str:  # the name under the folder, no suffix
-        return _relative(path.with_suffix(""), folder)
+        return relative_name(path.with_suffix(""), folder)
 
     image_files, mask_files = images.files, masks.files
     if masks is images:  # one folder of both: a mask's name ends with the mask suffix
@@ -261,7 +262,7 @@ def _masks_by_name(
     other: dict[str, Path] = {}
     extra: list[Path] = []
     for m in sorted(files, key=lambda f: rank.get(f.suffix.lower(), len(rank))):
-        name = _relative(m.with_suffix(""), folder)
+        name = relative_name(m.with_suffix(""), folder)
         if suffix and name.endswith(suffix):
             name = name[: -len(suffix)]
         found = masks if m.suffix.lower() in rank else other
@@ -282,49 +283,6 @@ def is_jpeg_mask(mask: Path) -> bool:
     return mask.suffix.lower() in JPEG_SUFFIXES
 
 
-def _valid_names(path: Path) -> list[tuple[int, str]]:
-    """``(line number, name)`` of each name in a valid.txt (blank lines and # skipped)."""
-    lines = _text_lines(path, "validation names")
-    return [(n, s.strip()) for n, s in enumerate(lines, 1) if s.strip() and not s.startswith("#")]
-
-
-def _split_by_list(
-    pairs: list[Pair], no_mask: list[Path], images_dir: Path, valid_file: Path
-) -> tuple[list[Pair], list[Pair], list[tuple[int, str]]]:
-    """Pairs whose image valid.txt names (its path under images/, or its file name, with
-    or without the suffix: VOC's lists name ``2007_000033``), the others, and the lines
-    naming no image at all. A listed image without a mask is reported as such already."""
-
-    def index_of(images: list[Path]) -> dict[str, int]:
-        index: dict[str, int] = {}
-        for i, image in enumerate(images):
-            index[_relative(image, images_dir)] = i
-            index.setdefault(image.name, i)
-            index.setdefault(_relative(image.with_suffix(""), images_dir), i)
-        return index
-
-    index, maskless = index_of([image for image, _ in pairs]), index_of(no_mask)
-    chosen, unknown = set(), []
-    for n, name in _valid_names(valid_file):
-        key = name.replace("\\", "/").removeprefix(f"{images_dir.name}/")
-        if key in index:
-            chosen.add(index[key])
-        elif key not in maskless:
-            unknown.append((n, name))
-    if not chosen:
-        raise SnugfitError(
-            f"{valid_file}: names no image with a mask in {images_dir}"
-            + (f" (line {unknown[0][0]}: {unknown[0][1]!r})" if unknown else "")
-        )
-    train = [p for i, p in enumerate(pairs) if i not in chosen]
-    return train, [p for i, p in enumerate(pairs) if i in chosen], unknown
-
-
-def unknown_valid_reason(line: int, name: str, folders: Folders) -> str:
-    """Why a validation list's line is ignored (`SegmentationItems.unknown_valid`)."""
-    return f"line {line} names {name!r}: no such image in {folders.images}/"
-
-
 def warn_listing(found: SegmentationItems, path: str | os.PathLike) -> None:
     """Log what the listing of the folder ``path`` leaves out: links not followed, files
     that are no images, masks without an image, the validation list's unknown names
@@ -341,6 +299,9 @@ def warn_listing(found: SegmentationItems, path: str | os.PathLike) -> None:
     for folder, n in found.unlabelled:
         logger.info(f"{folder}: {n} images without masks, not read (snugfit predict segments "
                     f"them)")  # fmt: skip
+    for folder, n in found.held_out:
+        logger.info(f"{folder}: {n} pairs of a test split, not read (neither trained nor "
+                    f"validated)")  # fmt: skip
     if found.unknown_valid:
         n, name = found.unknown_valid[0]
         logger.warning(
@@ -349,12 +310,6 @@ def warn_listing(found: SegmentationItems, path: str | os.PathLike) -> None:
             len(found.unknown_valid),
             unknown_valid_reason(n, name, found.folders),
         )
-
-
-def split_pairs(pairs: list[Pair], valid_pct: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """A seeded random split of ``pairs`` (`split_random`: the same for the same seed)."""
-    train_idx, valid_idx = split_random(len(pairs), valid_pct, seed)
-    return [pairs[i] for i in train_idx], [pairs[i] for i in valid_idx]
 
 
 def folder_pairs(
@@ -389,11 +344,18 @@ def folder_pairs(
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
         raise SnugfitError(f"{root}: no image with a mask ({found}){hint}")
     codes, vocab, colours = _class_names(root)
-    valid_file, unknown = root / folders.valid, []
-    if valid_pct is None and valid_file.is_file():
+    images_dir, valid_file = root / folders.images, root / folders.valid
+    unknown, held_out, unlabelled = [], [], list(_unlabelled_beside(root, folders))
+    listed = valid_pct is None and valid_file.is_file()
+    by_folder = None if listed or valid_pct is not None else split_by_folders(pairs, images_dir)
+    if listed:
         maskless = [image for image, _ in no_mask]
-        train, valid, unknown = _split_by_list(pairs, maskless, root / folders.images, valid_file)
+        train, valid, unknown = split_by_list(pairs, maskless, images_dir, valid_file)
         layout = folders.valid
+    elif by_folder is not None:
+        train, valid, layout, held_out = by_folder
+        no_mask, untested = _test_images(no_mask, images_dir)
+        unlabelled += untested
     else:
         valid_pct = 0.2 if valid_pct is None else valid_pct
         train, valid = split_pairs(pairs, valid_pct, seed)
@@ -401,8 +363,23 @@ def folder_pairs(
     _not_empty(root, train, valid)
     return SegmentationItems(
         train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others,
-        colours, folders, tuple(unknown), _unlabelled_beside(root, folders),
+        colours, folders, tuple(unknown), tuple(unlabelled), tuple(held_out),
     )  # fmt: skip
+
+
+def _test_images(
+    no_mask: list[tuple[Path, str]], images_dir: Path
+) -> tuple[list[tuple[Path, str]], list[tuple[Path, int]]]:
+    """The images without a mask less those of test folders (`TEST_NAMES`: expected
+    without masks), and those folders with their count of them."""
+    kept, counts = [], Counter()
+    for image, reason in no_mask:
+        folder = split_folder(image, images_dir)
+        if folder.lower() in TEST_NAMES and reason.startswith(NO_MASK):
+            counts[folder] += 1
+        else:
+            kept.append((image, reason))
+    return kept, [(images_dir / name, n) for name, n in sorted(counts.items())]
 
 
 def _unlabelled_beside(root: Path, folders: Folders) -> tuple[tuple[Path, int], ...]:
