@@ -228,3 +228,35 @@ def test_a_test_folder_with_masks_is_held_out(tmp_path):
     assert "; not read: images/testing/ with 2 pairs (a test split)" in report.describe()
     forced = SegmentationDataLoaders.from_folder(root, size=32, valid_pct=0.25, **FAST)
     assert len(forced.train_items) + len(forced.valid_items) == 10  # valid_pct: all, at random
+
+
+def _patients(root: Path, split_folders: bool = False) -> Path:
+    """Kaggle's brain MRI layout: a folder per patient, each holding <case>_<n>.tif and
+    <case>_<n>_mask.tif (or train/ and val/ folders of such pairs)."""
+    src = make_segmentation_folder(root.parent / f"{root.name}_src", n=9)
+    images = sorted((src / "images").iterdir())
+    for k, image in enumerate(images):
+        patient = f"TCGA_CS_{k // 3}"
+        folder = root / (("train" if k < 6 else "val") if split_folders else patient)
+        folder.mkdir(parents=True, exist_ok=True)
+        image.rename(folder / f"{patient}_{k}.tif")
+        (src / "masks" / f"{image.stem}.png").rename(folder / f"{patient}_{k}_mask.tif")
+    return root
+
+
+def test_a_folder_of_both_per_patient_reads_the_whole_data_folder(tmp_path):
+    root = _patients(tmp_path / "kaggle_3m")
+    folders = folders_of(root)
+    assert (folders.images, folders.masks, folders.mask_suffix) == (".", ".", "_mask")
+    assert folders.title == "its folders (images <name>, masks <name>_mask)"
+    report = check_segmentation(root, workers=1)
+    assert report.usable == 9 and report.issues == [] and report.unlabelled_folders == {}
+    dls = SegmentationDataLoaders.from_folder(root, size=32, **FAST)
+    assert len(dls.train_items) + len(dls.valid_items) == 9
+
+
+def test_train_and_val_folders_of_both_split_by_them(tmp_path):
+    root = _patients(tmp_path / "data", split_folders=True)
+    report = check_segmentation(root, workers=1)
+    assert report.layout == "val/" and report.images == {"train": 6, "valid": 3}
+    assert "; validation images in val/" in report.describe()

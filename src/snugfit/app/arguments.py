@@ -72,7 +72,10 @@ DATA_HELP = (
     "folder: DATA/train/<class>/*, DATA/val/<class>/* (or DATA/<class>/*); "
     "segmentation: DATA/images/* and DATA/masks/* (.png, .tif; .jpg read as binary; "
     "codes.txt, valid.txt optional), or PASCAL VOC's DATA/JPEGImages and "
-    "DATA/SegmentationClass (labelmap.txt, ImageSets/Segmentation/val.txt optional); "
+    "DATA/SegmentationClass (labelmap.txt, ImageSets/Segmentation/val.txt optional), or "
+    "a folder named for masks beside the images' (Carvana's train/ and "
+    "train_masks/<id>_mask.gif), or one folder of both (DeepGlobe's <id>_sat.jpg and "
+    "<id>_mask.png); "
     "with --csv, the folder the CSV's file names are relative to"
 )
 

@@ -353,7 +353,10 @@ def folder_pairs(
         train, valid, unknown = split_by_list(pairs, maskless, images_dir, valid_file)
         layout = folders.valid
     elif by_folder is not None:
-        train, valid, layout, held_out = by_folder
+        train, valid, valid_folder, held_out = by_folder
+        layout = (
+            f"{valid_folder}/" if folders.images == "." else f"{folders.images}/{valid_folder}/"
+        )
         no_mask, untested = _test_images(no_mask, images_dir)
         unlabelled += untested
     else:
@@ -385,6 +388,8 @@ def _test_images(
 def _unlabelled_beside(root: Path, folders: Folders) -> tuple[tuple[Path, int], ...]:
     """Folders of images beside ``folders`` that are not read (no masks), less those
     named for masks (VOC's SegmentationObject/)."""
+    if folders.images == ".":  # the data folder holds the pairs: nothing is beside
+        return ()
     used = {root / folders.images, root / folders.masks}
     _, unlabelled = folders_beside(root, used)
     return tuple((d, n) for d, n in unlabelled if not says_masks(d.name))

@@ -10,7 +10,9 @@ masks share, or share plus one suffix: Carvana's ``train/<id>.jpg`` and
 ``..._GroundTruth/ISIC_0000000_segmentation.png``, fastai's CamVid
 ``images/<name>.png`` and ``labels/<name>_P.png``; or one folder holding both, the
 masks' names ending in such a word: DeepGlobe's ``train/<id>_sat.jpg`` and
-``train/<id>_mask.png``. Half the masks at least must
+``train/<id>_mask.png``, or folders of both (Kaggle's brain MRI: one per patient,
+``TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1_mask.tif``: the data folder itself,
+``.``, holds the pairs). Half the masks at least must
 pair so, and a few pairs are opened: each mask the size of its image and in a mask's
 mode (greyscale, palette, 16-bit; colour only with a ``class_dict.csv`` or
 ``labelmap.txt``), so that a classifier's class folders named ``with_mask`` and
@@ -128,7 +130,13 @@ def _candidates(subs: list[Path], files_of) -> Iterator[tuple[Folders, list[tupl
             named = f" (a mask named as its image plus {suffix!r})" if suffix else ""
             title = f"{images.name}/ and {masks.name}/{named}"
             yield Folders(images.name, masks.name, VALID, title, suffix), pairs
-    for folder in (d for d in subs if _names_a_mask(d)):
+    both = [d for d in subs if _names_a_mask(d)]
+    if len(both) > 1:  # one folder of both per patient, scene...: the whole of root
+        root = both[0].parent
+        mask_end, image_end, pairs = one_folder(files_of(root).keys())
+        title = f"its folders (images <name>{image_end}, masks <name>{mask_end})"
+        yield Folders(".", ".", VALID, title, mask_end, image_end), pairs
+    for folder in both:
         mask_end, image_end, pairs = one_folder(files_of(folder).keys())
         title = f"{folder.name}/ (images <name>{image_end}, masks <name>{mask_end})"
         yield Folders(folder.name, folder.name, VALID, title, mask_end, image_end), pairs

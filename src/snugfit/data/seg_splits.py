@@ -91,7 +91,7 @@ class FolderSplit(NamedTuple):
 
     train: list[Pair]
     valid: list[Pair]
-    layout: str  # the validation folder, ``images/validation/``
+    valid_folder: str  # the validation folder's name under the images' (``validation``)
     held_out: list[tuple[Path, int]]  # test folders' pairs, neither trained nor validated
 
 
@@ -120,4 +120,4 @@ def split_by_folders(pairs: list[Pair], images_dir: Path) -> FolderSplit | None:
         else:
             train.append(pair)
     held_out = [(images_dir / name, n) for name, n in sorted(tests.items())]
-    return FolderSplit(train, valid_pairs, f"{images_dir.name}/{valid}/", held_out)
+    return FolderSplit(train, valid_pairs, valid, held_out)
