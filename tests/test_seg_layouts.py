@@ -260,3 +260,47 @@ def test_train_and_val_folders_of_both_split_by_them(tmp_path):
     report = check_segmentation(root, workers=1)
     assert report.layout == "val/" and report.images == {"train": 6, "valid": 3}
     assert "; validation images in val/" in report.describe()
+
+
+def _pets(tmp_path: Path) -> Path:
+    """The Oxford pets: images/<Breed>_<n>.jpg, annotations/trimaps/<Breed>_<n>.png
+    (values 1-3), annotations/xmls/."""
+    root = _renamed(make_segmentation_folder(tmp_path / "pets", n=6), "images", "trimaps", "")
+    (root / "annotations").mkdir()
+    (root / "trimaps").rename(root / "annotations" / "trimaps")
+    (root / "annotations" / "xmls").mkdir()
+    (root / "annotations" / "list.txt").write_text("# Image CLASS-ID SPECIES BREED ID\n")
+    return root
+
+
+def test_masks_named_on_the_command_line_for_a_layout_not_found(tmp_path, capsys):
+    root = _pets(tmp_path)
+    assert folders_of(root) is None  # nested one level: not found alone
+    code, out, _ = run_cli(capsys, "check", str(root), "--masks", "annotations/trimaps")
+    assert code == 0 and "segmentation: images/ and annotations/trimaps/ (given)" in out
+    dls = SegmentationDataLoaders.from_folder(root, size=32, masks="annotations/trimaps", **FAST)
+    assert len(dls.train_items) + len(dls.valid_items) == 6
+
+
+def test_named_folders_find_the_suffixes(tmp_path):
+    from snugfit.data.seg_layouts import given
+
+    root = _renamed(make_segmentation_folder(tmp_path / "c", n=4), "pics", "gt", "_label")
+    folders = given(root, "pics", "gt")
+    assert (folders.images, folders.masks, folders.mask_suffix) == ("pics", "gt", "_label")
+    assert folders.title == "pics/ and gt/ (given; a mask named as its image plus '_label')"
+    assert check_segmentation(root, images="pics", masks="gt", workers=1).usable == 4
+
+
+def test_named_folders_that_do_not_exist_are_one_line(tmp_path, capsys):
+    root = _pets(tmp_path)
+    code, _, err = run_cli(capsys, "check", str(root), "--masks", "annotations/trimap")
+    assert code == 2 and err.strip() == (
+        f"snugfit: error: {root / 'annotations' / 'trimap'}: no such directory (--masks)"
+    )
+    code, _, err = run_cli(capsys, "check", str(root), "--images", "images")
+    assert code == 2 and err.strip() == (
+        "snugfit: error: --images: give the masks' folder too (--masks)"
+    )
+    code, _, err = run_cli(capsys, "check", str(root), "--csv", "x.csv", "--masks", "m")
+    assert code == 2 and "--masks: not for a CSV" in err

@@ -116,7 +116,7 @@ def test_images_and_annotations_are_not_taken_for_classes(tmp_path, capsys):
     assert code == 2 and err.strip() == (
         f"snugfit: error: {root}: its folders annotations, images look like a dataset's images "
         f"and annotations, not classes; their names hold the class: DATA {root / 'images'} "
-        r"with --label-re '^(.+)[._-]\d+\.[^.]+$'"
+        r"with --label-re '^(.+)[._-]\d+\.[^.]+$'; or, to segment, --masks annotations/trimaps"
     )
 
 

@@ -122,6 +122,24 @@ def add_csv_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_segmentation_args(p: argparse.ArgumentParser) -> None:
+    """``--images`` and ``--masks``: a segmentation folder's two folders, by name."""
+    p.add_argument(
+        "--masks",
+        default=None,
+        metavar="DIR",
+        help="segmentation: the masks' folder under DATA, for a layout not found from the "
+        "files (e.g. annotations/trimaps); a mask's name is its image's, or that plus a "
+        "suffix found from the names (_mask)",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="with --masks: the images' folder under DATA (default: images)",
+    )
+
+
 def add_folder_args(p: argparse.ArgumentParser) -> None:
     """``--valid-folder`` (the class folders' validation folder, by name) and
     ``--label-re`` (classes from file names instead of folders)."""

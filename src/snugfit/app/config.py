@@ -45,6 +45,10 @@ class TrainConfig:
     valid_pct: float | None = None  # random validation split (folders: when no DATA/val)
     valid_folder: str | None = None  # class folders: validate on DATA/<this> (None: val, valid)
     label_re: str | None = None  # no class folders: the class is this pattern's first group
+    # segmentation: the images' and masks' folders under data, for a layout not found
+    # from the files alone (None: found; images None: images/)
+    images: str | None = None
+    masks: str | None = None
     # Training from a CSV of (file, labels) rows instead of class folders, as
     # ImageDataLoaders.from_csv reads it: paths in the CSV are relative to data (or folder).
     csv: str | None = None  # the CSV file, relative to data (or absolute)

@@ -34,7 +34,10 @@ def check_data(
     """
     _check_data_options(cfg)
     if is_segmentation_data(cfg):
-        return check_segmentation(cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, console=console)
+        return check_segmentation(
+            cfg.data, valid_pct=cfg.valid_pct, seed=cfg.seed, images=cfg.images,
+            masks=cfg.masks, console=console,
+        )  # fmt: skip
     if cfg.label_re is not None:
         return check_names(
             cfg.data, cfg.label_re, valid_pct=cfg.valid_pct, seed=cfg.seed, size=cfg.size,
@@ -51,7 +54,7 @@ def check_data(
 def is_segmentation_data(cfg: TrainConfig) -> bool:
     """Whether the run's data is a segmentation folder (known from the layout alone,
     before the check reads a file)."""
-    return cfg.csv is None and is_segmentation_folder(cfg.data)
+    return cfg.csv is None and (cfg.masks is not None or is_segmentation_folder(cfg.data))
 
 
 def _check_data_options(cfg: TrainConfig) -> None:
@@ -60,6 +63,11 @@ def _check_data_options(cfg: TrainConfig) -> None:
     for name, value in (("--valid-folder", cfg.valid_folder), ("--label-re", cfg.label_re)):
         if value is not None and (cfg.csv is not None or is_segmentation_data(cfg)):
             raise SnugfitError(f"{name}: not for a CSV or a segmentation folder")
+    for name, value in (("--masks", cfg.masks), ("--images", cfg.images)):
+        if value is not None and cfg.csv is not None:
+            raise SnugfitError(f"{name}: not for a CSV (a segmentation folder's folders)")
+    if cfg.images is not None and cfg.masks is None:
+        raise SnugfitError("--images: give the masks' folder too (--masks)")
     if cfg.valid_folder is not None and cfg.valid_pct is not None:
         raise SnugfitError("--valid-folder and --valid-pct: give one (a folder, or a random split)")
     if cfg.valid_folder is not None and cfg.label_re is not None:

@@ -121,6 +121,8 @@ def check_segmentation(
     valid_pct: float | None = None,
     seed: int = 42,
     *,
+    images: str | None = None,
+    masks: str | None = None,
     workers: int | None = None,
     console: Console | None = None,
 ) -> SegmentationCheckReport:
@@ -132,6 +134,8 @@ def check_segmentation(
         valid_pct: Validation fraction of a random split (as in ``from_folder``: None
             uses valid.txt when there is one, else 0.2).
         seed: Seed of the random split.
+        images, masks: The images' and masks' folders under ``path``, when named (as
+            in ``from_folder``).
         workers: Decoding threads (default: twice the CPU count, at most 16).
         console: Where the progress bar is shown (default: stderr, on a terminal).
 
@@ -141,7 +145,7 @@ def check_segmentation(
     """
     start = time.perf_counter()
     root = Path(path)
-    found = folder_pairs(root, valid_pct, seed)
+    found = folder_pairs(root, valid_pct, seed, images, masks)
     pairs = [(p, "train") for p in found.train] + [(p, "valid") for p in found.valid]
     if workers is None:
         workers = min(16, 2 * (os.cpu_count() or 1))

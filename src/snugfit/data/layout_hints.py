@@ -21,6 +21,9 @@ from snugfit.errors import SnugfitError
 
 SPLIT_WORDS = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
                          "pred", "prediction", "dev", "eval"})  # fmt: skip
+# Folders one level into the annotations that hold masks (the pets' trimaps/).
+MASK_FOLDERS = frozenset({"trimaps", "masks", "mask", "segmentation", "segmentations",
+                          "labels", "gt", "groundtruth", "semantic"})  # fmt: skip
 # Folders of a dataset's images and their annotations: no classes.
 PART_NAMES = frozenset({"images", "image", "imgs", "img", "masks", "mask", "labels", "label",
                         "annotations", "annotation", "ann", "anns", "gt", "groundtruth",
@@ -81,15 +84,30 @@ def layout_hint(path: Path, depth: int = 3) -> str:
 
 def _parts_hint(path: Path, parts: list[str]) -> str:
     """What to do with images and annotations: ``--label-re`` on the images' folder
-    when their names hold the class (the Oxford pets), else the segmentation layout."""
+    when their names hold the class (the Oxford pets), and ``--masks`` naming a folder
+    of masks among the annotations (the pets' ``trimaps/``); else the segmentation
+    layout."""
+    masks = _masks_among(path, parts)
+    segment = f"; or, to segment, --masks {masks}" if masks else ""
     for name in parts:
         folder = path / name
         if name.lower() in ("images", "image", "imgs", "img", "jpegimages"):
             files = sorted(f for f in folder.iterdir() if f.is_file() and is_image(f))
             guess = suggest_label_re(files)
             if guess:
-                return f"; their names hold the class: DATA {folder} with --label-re '{guess}'"
-    return (
+                return (f"; their names hold the class: DATA {folder} with --label-re "
+                        f"'{guess}'{segment}")  # fmt: skip
+    return segment or (
         "; a segmentation folder has images/ and masks/ (or PASCAL VOC's JPEGImages/ and "
-        "SegmentationClass/)"
+        "SegmentationClass/), or name them with --images and --masks"
     )
+
+
+def _masks_among(path: Path, parts: list[str]) -> str | None:
+    """A folder one level into ``parts`` named like masks (``annotations/trimaps``)
+    that holds images, as ``--masks`` takes it; None: none."""
+    for name in parts:
+        for sub in sorted(d for d in (path / name).iterdir() if d.is_dir()):
+            if sub.name.lower() in MASK_FOLDERS and any(map(is_image, sub.iterdir())):
+                return f"{name}/{sub.name}"
+    return None

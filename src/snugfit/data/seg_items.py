@@ -52,6 +52,7 @@ from snugfit.data.seg_layouts import (
     VOC,
     Folders,
     folders_of,
+    given,
     says_masks,
 )
 from snugfit.data.seg_splits import (
@@ -313,12 +314,18 @@ def warn_listing(found: SegmentationItems, path: str | os.PathLike) -> None:
 
 
 def folder_pairs(
-    path: str | os.PathLike, valid_pct: float | None = None, seed: int = 42
+    path: str | os.PathLike,
+    valid_pct: float | None = None,
+    seed: int = 42,
+    images: str | None = None,
+    masks: str | None = None,
 ) -> SegmentationItems:
-    """The split pairs of a segmentation folder (the layout of the module docstring).
+    """The split pairs of a segmentation folder (the layout of the module docstring, or
+    the folders ``images`` and ``masks`` under it: `snugfit.data.seg_layouts.given`).
 
-    Validation: the images ``valid.txt`` lists; with ``valid_pct`` given, or without
-    a valid.txt, a seeded random split (``valid_pct`` default 0.2).
+    Validation: the images ``valid.txt`` lists; else split folders
+    (`snugfit.data.seg_splits.split_by_folders`); with ``valid_pct`` given, or
+    without either, a seeded random split (``valid_pct`` default 0.2).
 
     Raises:
         SnugfitError: Missing folder, no ``images/`` or ``masks/``, no image with a
@@ -329,7 +336,9 @@ def folder_pairs(
     root = Path(path)
     if not root.is_dir():
         raise SnugfitError(f"{root}: no such directory")
-    folders = folders_of(root)
+    if images is not None and masks is None:
+        raise SnugfitError("images: give the masks' folder too (masks=, --masks)")
+    folders = folders_of(root) if masks is None else given(root, images, masks)
     if folders is None:
         missing = next(root / sub for sub in (IMAGES, MASKS) if not (root / sub).is_dir())
         raise SnugfitError(

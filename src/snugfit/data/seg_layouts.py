@@ -31,6 +31,7 @@ from typing import NamedTuple
 from PIL import Image
 
 from snugfit.data.walk import walk_images
+from snugfit.errors import SnugfitError
 
 IMAGES, MASKS, VALID = "images", "masks", "valid.txt"
 CLASS_DICT, LABELMAP = "class_dict.csv", "labelmap.txt"
@@ -75,6 +76,34 @@ def folders_of(path: str | os.PathLike) -> Folders | None:
     return named if named is not None else detected(root)
 
 
+def given(root: Path, images: str | None, masks: str) -> Folders:
+    """The layout of the folders named (``--images``, ``--masks``: relative to ``root``;
+    ``images`` None: ``images``), the masks' and images' name suffixes found from the
+    names as `detected` finds them (for a layout it does not find: Oxford pets'
+    ``annotations/trimaps``).
+
+    Raises:
+        SnugfitError: A folder that does not exist.
+    """
+    images = IMAGES if images is None else images
+    for name, flag in ((images, "--images"), (masks, "--masks")):
+        if not (root / name).is_dir():
+            raise SnugfitError(f"{root / name}: no such directory ({flag})")
+    image_names, mask_names = (_names(root / images), _names(root / masks))
+    if images == masks:
+        mask_end, image_end, _ = one_folder(image_names)
+        title = f"{images}/ (given; images <name>{image_end}, masks <name>{mask_end})"
+        return Folders(images, masks, VALID, title, mask_end, image_end)
+    suffix, _ = mask_suffix(image_names, mask_names)
+    named = f"; a mask named as its image plus {suffix!r}" if suffix else ""
+    return Folders(images, masks, VALID, f"{images}/ and {masks}/ (given{named})", suffix)
+
+
+def _names(folder: Path) -> list[str]:
+    """The image files under ``folder``: their paths under it, without the extension."""
+    return [f.relative_to(folder).with_suffix("").as_posix() for f in walk_images(folder).files]
+
+
 def is_segmentation_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` has a layout (`folders_of`)."""
     return folders_of(path) is not None
@@ -103,8 +132,8 @@ def detected(root: Path) -> Folders | None:
 
     def files_of(folder: Path) -> dict[str, Path]:  # relative name without suffix -> file
         if folder not in listed:
-            files = walk_images(folder).files
-            listed[folder] = {f.relative_to(folder).with_suffix("").as_posix(): f for f in files}
+            listed[folder] = {f.relative_to(folder).with_suffix("").as_posix(): f
+                              for f in walk_images(folder).files}  # fmt: skip
         return listed[folder]
 
     colour = (root / CLASS_DICT).is_file() or (root / LABELMAP).is_file()

@@ -220,11 +220,15 @@ class SegmentationDataLoaders(DataLoadersBase):
         valid_pct: float | None = None,
         seed: int = 42,
         loss: str = "ce",
+        images: str | None = None,
+        masks: str | None = None,
         **kw: Any,
     ) -> SegmentationDataLoaders:
         """Loaders of ``path/images/<name>.<ext>`` and ``path/masks/<name>.png`` (or
-        .tif, .bmp, .gif; a .jpg is read as a binary mask), or of PASCAL VOC's
-        ``JPEGImages/`` and ``SegmentationClass/`` (`snugfit.data.seg_items`).
+        .tif, .bmp, .gif; a .jpg is read as a binary mask), of PASCAL VOC's
+        ``JPEGImages/`` and ``SegmentationClass/``, of a layout found from the files
+        (`snugfit.data.seg_layouts`), or of the folders ``images`` and ``masks``
+        named under ``path`` (``masks="annotations/trimaps"``).
 
         Classes: ``path/codes.txt`` (line i names class i; or class_dict.csv,
         labelmap.txt with colours), else ``class_0`` ... up to the largest value in
@@ -239,13 +243,15 @@ class SegmentationDataLoaders(DataLoadersBase):
             path: The dataset folder.
             size, crop, bs, seed, loss: As for the class.
             valid_pct: Validation fraction of a random split (see above).
+            images, masks: The folders of the images (default ``images``) and of the
+                masks, relative to ``path``, for a layout that is not found alone.
             **kw: Further settings of the class.
 
         Raises:
             SnugfitError: Missing folders, no pair, a bad codes.txt or valid.txt, fewer
                 than two classes, an empty training or validation set.
         """
-        found = folder_pairs(path, valid_pct, seed)
+        found = folder_pairs(path, valid_pct, seed, images, masks)
         return cls._from_items(found, path, size=size, crop=crop, bs=bs, loss=loss, **kw)
 
     @classmethod

@@ -9,6 +9,7 @@ from snugfit.app.arguments import (
     DATA_HELP,
     add_csv_args,
     add_folder_args,
+    add_segmentation_args,
     fraction,
     image_size,
 )
@@ -52,6 +53,7 @@ def add_parser(subparsers) -> None:
         "quarter of its shorter side are listed as tiny (training enlarges them over 4x)",
     )
     add_folder_args(ck)
+    add_segmentation_args(ck)
     add_csv_args(ck)
     ck.add_argument("--seed", type=int, default=d.seed, help="seed of the random split")
     ck.add_argument("--json", default=None, help="also write the report as JSON to this file")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
 
     from snugfit.app.dataset import check_data
 
-    keys = ("valid_pct", "valid_folder", "label_re", "seed", "size", "csv", "folder", "fn_col", "label_col",
+    keys = ("valid_pct", "valid_folder", "label_re", "images", "masks", "seed", "size", "csv", "folder", "fn_col", "label_col",
             "label_delim", "valid_col")  # fmt: skip
     report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))
     report.print(Console())

@@ -19,6 +19,7 @@ from snugfit.app.arguments import (
     add_csv_args,
     add_folder_args,
     add_memory_args,
+    add_segmentation_args,
     below_one,
     fraction,
     image_size,
@@ -182,6 +183,7 @@ def _data_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
         help="split this fraction off train for validation (default: use DATA/val; 0.2 with --csv)",
     )
     add_folder_args(t)
+    add_segmentation_args(t)
     add_csv_args(t)
     t.add_argument(
         "--no-flip",
