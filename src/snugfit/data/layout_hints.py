@@ -16,14 +16,12 @@ import re
 from pathlib import Path
 
 from snugfit.data.name_labels import suggest_label_re
+from snugfit.data.seg_layouts import says_masks
 from snugfit.data.walk import is_image
 from snugfit.errors import SnugfitError
 
 SPLIT_WORDS = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
                          "pred", "prediction", "dev", "eval"})  # fmt: skip
-# Folders one level into the annotations that hold masks (the pets' trimaps/).
-MASK_FOLDERS = frozenset({"trimaps", "masks", "mask", "segmentation", "segmentations",
-                          "labels", "gt", "groundtruth", "semantic"})  # fmt: skip
 # Folders of a dataset's images and their annotations: no classes.
 PART_NAMES = frozenset({"images", "image", "imgs", "img", "masks", "mask", "labels", "label",
                         "annotations", "annotation", "ann", "anns", "gt", "groundtruth",
@@ -108,6 +106,6 @@ def _masks_among(path: Path, parts: list[str]) -> str | None:
     that holds images, as ``--masks`` takes it; None: none."""
     for name in parts:
         for sub in sorted(d for d in (path / name).iterdir() if d.is_dir()):
-            if sub.name.lower() in MASK_FOLDERS and any(map(is_image, sub.iterdir())):
+            if says_masks(sub.name) and any(map(is_image, sub.iterdir())):
                 return f"{name}/{sub.name}"
     return None

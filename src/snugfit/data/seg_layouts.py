@@ -89,7 +89,8 @@ def given(root: Path, images: str | None, masks: str) -> Folders:
     for name, flag in ((images, "--images"), (masks, "--masks")):
         if not (root / name).is_dir():
             raise SnugfitError(f"{root / name}: no such directory ({flag})")
-    image_names, mask_names = (_names(root / images), _names(root / masks))
+    image_names = list(_by_name(root / images))
+    mask_names = image_names if masks == images else list(_by_name(root / masks))
     if images == masks:
         mask_end, image_end, _ = one_folder(image_names)
         title = f"{images}/ (given; images <name>{image_end}, masks <name>{mask_end})"
@@ -99,9 +100,9 @@ def given(root: Path, images: str | None, masks: str) -> Folders:
     return Folders(images, masks, VALID, f"{images}/ and {masks}/ (given{named})", suffix)
 
 
-def _names(folder: Path) -> list[str]:
-    """The image files under ``folder``: their paths under it, without the extension."""
-    return [f.relative_to(folder).with_suffix("").as_posix() for f in walk_images(folder).files]
+def _by_name(folder: Path) -> dict[str, Path]:
+    """The image files under ``folder`` by their paths under it, without the extension."""
+    return {f.relative_to(folder).with_suffix("").as_posix(): f for f in walk_images(folder).files}
 
 
 def is_segmentation_folder(path: str | os.PathLike) -> bool:
@@ -130,10 +131,9 @@ def detected(root: Path) -> Folders | None:
     subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     listed: dict[Path, dict[str, Path]] = {}
 
-    def files_of(folder: Path) -> dict[str, Path]:  # relative name without suffix -> file
+    def files_of(folder: Path) -> dict[str, Path]:  # each folder walked once
         if folder not in listed:
-            listed[folder] = {f.relative_to(folder).with_suffix("").as_posix(): f
-                              for f in walk_images(folder).files}  # fmt: skip
+            listed[folder] = _by_name(folder)
         return listed[folder]
 
     colour = (root / CLASS_DICT).is_file() or (root / LABELMAP).is_file()
@@ -182,15 +182,14 @@ def one_folder(names: Iterable[str]) -> tuple[str, str, list[tuple[str, str]]]:
     names = list(names)
     marked: dict[str, dict[str, str]] = {}  # suffix -> base name -> mask name
     for name in names:
-        i = max(name.rfind("_"), name.rfind("-"))
-        if i > 0 and says_masks(name[i + 1 :]):
+        if (i := _mask_word_at(name)) > 0:
             marked.setdefault(name[i:], {})[name[:i]] = name
     if not marked:
         return "", "", []
     end, bases = max(marked.items(), key=lambda kv: len(kv[1]))
     found: dict[str, list[tuple[str, str]]] = {}
     for name in (n for n in names if not n.endswith(end)):
-        j = max(name.rfind("_"), name.rfind("-"))
+        j = _last_word_at(name)
         if name in bases:
             found.setdefault("", []).append((name, bases[name]))
         elif j > 0 and name[:j] in bases:
@@ -199,6 +198,18 @@ def one_folder(names: Iterable[str]) -> tuple[str, str, list[tuple[str, str]]]:
         return end, "", []
     image_end = max(found, key=lambda k: len(found[k]))
     return end, image_end, found[image_end]
+
+
+def _last_word_at(name: str) -> int:
+    """Where ``name``'s last word begins: the index of the ``_`` or ``-`` before it
+    (-1: none)."""
+    return max(name.rfind("_"), name.rfind("-"))
+
+
+def _mask_word_at(name: str) -> int:
+    """`_last_word_at` when that word says masks (``x_mask``: 1), else -1."""
+    i = _last_word_at(name)
+    return i if i > 0 and says_masks(name[i + 1 :]) else -1
 
 
 def mask_suffix(images: Iterable[str], masks: Iterable[str]) -> tuple[str, list[tuple[str, str]]]:
@@ -232,9 +243,7 @@ def _names_a_mask(folder: Path, look: int = PEEK) -> bool:
     try:
         with os.scandir(folder) as entries:
             for _, entry in zip(range(look), entries, strict=False):
-                stem = entry.name.rsplit(".", 1)[0]
-                i = max(stem.rfind("_"), stem.rfind("-"))
-                if i > 0 and says_masks(stem[i + 1 :]) and entry.is_file():
+                if _mask_word_at(entry.name.rsplit(".", 1)[0]) > 0 and entry.is_file():
                     return True
     except OSError:
         pass

@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> None:
 
     from snugfit.app.dataset import check_data
 
-    keys = ("valid_pct", "valid_folder", "label_re", "images", "masks", "seed", "size", "csv", "folder", "fn_col", "label_col",
-            "label_delim", "valid_col")  # fmt: skip
+    keys = ("valid_pct", "valid_folder", "label_re", "images", "masks", "seed", "size", "csv",
+            "folder", "fn_col", "label_col", "label_delim", "valid_col")  # fmt: skip
     report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))
     report.print(Console())
     if args.json is not None:
