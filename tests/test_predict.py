@@ -209,3 +209,31 @@ def test_multi_label_rows_list_the_classes_above_the_threshold(image_folder, tmp
         assert r["label"] == " ".join(labels)
         got = torch.tensor([float(r["prob_green"]), float(r["prob_red"])])
         assert torch.allclose(got, probs, atol=1e-5)  # sigmoids: no need to sum to 1
+
+
+def test_printed_lines_match_predict_in_the_order_given(saved, image_folder, capsys, monkeypatch):
+    """Without --csv the lines come from batches (here of 3), each as `predict` gives it."""
+    import snugfit.train.factory as factory
+
+    model, files = saved
+    bad = image_folder / "val" / "red" / "broken.jpg"
+    bad.write_text("not a jpeg")
+    given = [*files[::-1][:4], str(bad), *files[::-1][4:]]
+    batches, load = [], factory.load_learner
+
+    def counted(*args, **kwargs):
+        learn = load(*args, **kwargs)
+        learn.model.register_forward_hook(lambda m, x, y: batches.append(len(x[0])))
+        return learn
+
+    monkeypatch.setattr(factory, "load_learner", counted)
+    code, stdout, err = run_cli(capsys, "predict", str(model), *given, "--bs", "3")
+    assert batches == [3, 2, 3]  # the unreadable file leaves its batch one short
+    monkeypatch.undo()
+    assert code == 1 and err.strip().splitlines()[-1] == f"snugfit: skipping {bad}: not an image"
+    lines = [line.split("\t") for line in stdout.strip().splitlines()]
+    assert [p for p, _, _ in lines] == [f for f in given if f != str(bad)]
+    learn = load_learner(model)
+    for path, label, conf in lines:
+        want_label, probs = learn.predict(path)
+        assert label == want_label and abs(float(conf) - probs.max().item()) < 1e-4

@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     learn = load_learner(args.model, resolve_device(args.device))
     if args.csv is not None or args.out is not None or args.overlay or args.flip:
         return _predict_outputs(learn, args)
+    if learn.task.name != "segmentation":
+        return _print_classes(learn, args)
     failed = 0
-    for path in image_inputs(args.images):
+    for path in image_inputs(args.images):  # each mask at its image's own size
         try:
             label, probs = learn.predict(path)
         except UnreadableImage as e:
@@ -82,6 +84,30 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(learn.task.line(path, label, probs))
+    return 1 if failed else 0
+
+
+def _print_classes(learn, args: argparse.Namespace) -> int:
+    """A line per image, in the order given, from batches decoded in worker processes
+    (as ``--csv`` does). No progress bar: the lines are the progress, and a bar's
+    redirect of stdout would send them to the terminal when stdout is piped."""
+    import io
+
+    from rich.console import Console
+
+    from snugfit.infer.predict import image_inputs, predict_batch_size, predict_files
+
+    files = image_inputs(args.images)
+    bs = args.bs or predict_batch_size(learn, args.memory_budget)[0]
+    failed, quiet = 0, Console(file=io.StringIO())
+    lines = predict_files(learn, files, bs, num_workers=args.num_workers, console=quiet)
+    for path, probs, reason in lines:
+        if probs is None:
+            print(f"snugfit: skipping {path}: {reason}", file=sys.stderr)
+            failed += 1
+            continue
+        label = learn.task.labels(probs[None], learn.vocab)[0]
+        print(learn.task.line(path, label, probs), flush=True)
     return 1 if failed else 0
 
 
