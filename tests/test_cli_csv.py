@@ -189,3 +189,17 @@ def test_bad_csv_arguments_give_one_line(tmp_path, capsys, args, expected):
     [line] = err.strip().splitlines()
     assert line.startswith("snugfit: error: ") and expected in line, line
     assert not (tmp_path / "o").exists()
+
+
+def test_lr_find_reads_a_csv_dataset(tmp_path, capsys):
+    """lr-find takes train's data options; before, it read class folders only."""
+    root = make_multilabel_csv(tmp_path / "data", n=16)
+    plot = tmp_path / "lr.png"
+    code, out, err = run_cli(
+        capsys, "lr-find", root, *MULTI, "--arch", "test_efficientnet", "--no-pretrained",
+        "--bs", "4", "--size", "32", "--workers", "0", "--num-it", "6", "--plot", plot,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "multi-label" in err  # the check's report, on stderr
+    lines = dict(line.split("\t") for line in out.strip().splitlines() if "\t" in line)
+    assert float(lines["suggested"]) > 0 and plot.is_file()

@@ -304,3 +304,30 @@ def test_named_folders_that_do_not_exist_are_one_line(tmp_path, capsys):
     )
     code, _, err = run_cli(capsys, "check", str(root), "--csv", "x.csv", "--masks", "m")
     assert code == 2 and "--masks: not for a CSV" in err
+
+
+def test_lr_find_and_plan_take_the_masks_folder(tmp_path, capsys):
+    """lr-find reads the data as train does (the check, then its split), so --masks
+    names the pets' trimaps there too; plan counts the classes from them."""
+    root = _pets(tmp_path)
+    plot = tmp_path / "lr.png"
+    code, out, err = run_cli(
+        capsys, "lr-find", str(root), "--masks", "annotations/trimaps", "--arch",
+        "test_efficientnet", "--no-pretrained", "--bs", "2", "--size", "32", "--workers", "0",
+        "--num-it", "6", "--plot", str(plot), "--precision", "fp32",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "segmentation: images/ and annotations/trimaps/ (given)" in err  # the check's line
+    lines = dict(line.split("\t") for line in out.strip().splitlines() if "\t" in line)
+    assert float(lines["suggested"]) > 0 and plot.read_bytes()[:4] == b"\x89PNG"
+    from snugfit.app.cli import build_parser
+    from snugfit.app.commands import plan
+
+    words = ["plan", str(root), "--masks", "annotations/trimaps", "--arch", "test_resnet"]
+    _, infer = plan._model(build_parser().parse_args([*words, "--memory-budget", "1GB"]))
+    want = SegmentationDataLoaders.from_folder(root, masks="annotations/trimaps", **FAST).vocab
+    assert infer == {"task": "segmentation", "vocab": list(want)} and len(want) == 4
+    code, out, err = run_cli(capsys, *words, "--size", "64", "--bs", "4", "--memory-budget", "1GB")
+    assert code == 0 and out.count("memory plan:") == 2, err
+    code, _, err = run_cli(capsys, "plan", "--masks", "m", "--memory-budget", "1GB")
+    assert code == 2 and err.strip() == "snugfit: error: --masks: give the DATA folder it is in"

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from snugfit.app.arguments import add_memory_args, image_size, non_negative_int, positive_int
+from snugfit.app.arguments import (
+    add_csv_args,
+    add_folder_args,
+    add_memory_args,
+    add_segmentation_args,
+    fraction,
+    image_size,
+    non_negative_int,
+    positive_int,
+)
 from snugfit.app.config import TrainConfig
 
 NAME = "lr-find"
@@ -16,9 +25,10 @@ def add_parser(subparsers) -> None:
         NAME,
         help="learning-rate finder: sweep, suggestions, plot",
         description="fastai's lr_find on the model as training would start it (head only, "
-        "or --unfrozen); prints the suggestions and saves the plot.",
+        "or --unfrozen), on the data as train reads it (the same check, split and data "
+        "options); prints the suggestions and saves the plot.",
     )
-    lf.add_argument("data", help="image folder, or segmentation folder (as for train)")
+    lf.add_argument("data", help="image folder, CSV dataset or segmentation folder (as for train)")
     lf.add_argument("--arch", default=d.arch, help=f"timm model name (default {d.arch})")
     lf.add_argument("--weights", default=None, help="local weights file")
     lf.add_argument(
@@ -28,6 +38,19 @@ def add_parser(subparsers) -> None:
     lf.add_argument(
         "--size", type=image_size, default=d.size, help="a side (224) or HEIGHTxWIDTH (1400x2100)"
     )
+    lf.add_argument(
+        "--crop", type=image_size, default=None, help="segmentation: the training crop, if any"
+    )
+    lf.add_argument(
+        "--decoder", default=d.decoder, choices=["unet", "fpn", "deeplabv3plus"],
+        help=f"segmentation: the decoder (default {d.decoder})",
+    )  # fmt: skip
+    lf.add_argument("--valid-pct", type=fraction, default=None, help="as for train")
+    add_folder_args(lf)
+    add_segmentation_args(lf)
+    add_csv_args(lf)
+    lf.add_argument("--no-flip", dest="flip", action="store_false", help="no random flips")
+    lf.add_argument("--seed", type=int, default=d.seed)
     lf.add_argument("--unfrozen", action="store_true", help="sweep with every layer training")
     lf.add_argument("--num-it", type=positive_int, default=100)
     lf.add_argument("--workers", dest="num_workers", type=non_negative_int, default=None)
@@ -36,16 +59,23 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from snugfit.data.loaders import ImageDataLoaders
-    from snugfit.data.seg_layouts import is_segmentation_folder
-    from snugfit.data.segmentation import SegmentationDataLoaders
+    from rich.console import Console
+
+    from snugfit.app.dataset import check_data, loaders
     from snugfit.train.factory import learner_for
 
-    kind = SegmentationDataLoaders if is_segmentation_folder(args.data) else ImageDataLoaders
-    dls = kind.from_folder(args.data, bs=args.bs, size=args.size, num_workers=args.num_workers)
+    keys = ("valid_pct", "valid_folder", "label_re", "images", "masks", "seed", "size", "csv",
+            "folder", "fn_col", "label_col", "label_delim", "valid_col", "bs", "crop", "flip",
+            "num_workers", "decoder")  # fmt: skip
+    cfg = TrainConfig(args.data, **{k: getattr(args, k) for k in keys})
+    console = Console(stderr=True)
+    report = check_data(cfg, console)  # the problems train would report, and its split
+    report.print(console)
+    dls = loaders(cfg, report)
     learn = learner_for(
         dls,
         args.arch,
+        decoder=cfg.decoder,
         pretrained=args.pretrained,
         weights=args.weights,
         precision=args.precision,

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snugfit.app.arguments import add_memory_args, image_size, positive_int
+from snugfit.app.arguments import (
+    add_memory_args,
+    add_segmentation_args,
+    image_size,
+    positive_int,
+)
 from snugfit.app.config import TrainConfig
+from snugfit.errors import SnugfitError
 
 NAME = "plan"
 
@@ -47,6 +53,7 @@ def add_parser(subparsers) -> None:
         help="plan a segmentation model with this decoder on --arch (default for a "
         "segmentation folder: unet)",
     )
+    add_segmentation_args(pl)
     pl.add_argument("--bs", type=positive_int, default=d.bs, help="effective batch size")
     pl.add_argument("--opt", default=d.opt, choices=["adamw", "sgd", "rmsprop"])
     pl.add_argument(
@@ -86,7 +93,12 @@ def _model(args: argparse.Namespace):
     from snugfit import models
     from snugfit.data.seg_layouts import is_segmentation_folder
 
-    seg = args.decoder is not None or (args.data is not None and is_segmentation_folder(args.data))
+    if args.masks is not None and args.data is None:
+        raise SnugfitError("--masks: give the DATA folder it is in")
+    if args.images is not None and args.masks is None:
+        raise SnugfitError("--images: give the masks' folder too (--masks)")
+    seg = args.decoder is not None or args.masks is not None
+    seg = seg or (args.data is not None and is_segmentation_folder(args.data))
     if args.data is None:
         vocab = [f"class_{i}" for i in range(args.classes)]
     elif seg and (Path(args.data) / "codes.txt").is_file():
@@ -96,7 +108,8 @@ def _model(args: argparse.Namespace):
     elif seg:
         from snugfit.data.segmentation import SegmentationDataLoaders
 
-        vocab = SegmentationDataLoaders.from_folder(args.data, num_workers=0).vocab
+        folders = {"masks": args.masks, "images": args.images}
+        vocab = SegmentationDataLoaders.from_folder(args.data, num_workers=0, **folders).vocab
     else:
         from snugfit.data.loaders import ImageDataLoaders
 
