@@ -50,6 +50,7 @@ PAIR_PROBLEMS = {
     "values": "masks with values that are neither a class nor void (255): {n} pair(s), "
     "skipped by training",
     "unknown name": "names in the validation list that are no image: {n}, ignored",
+    "bad row": "rows of run-length masks that cannot be used: {n} (their images are not used)",
     "link": "folders not followed: {n} (each real folder is read once; run folders are no data)",
     "not image": "not images: {n} file(s) in images/ or masks/, not read (by extension)",
 }

@@ -182,6 +182,11 @@ def _listing_problems(found: SegmentationItems, root: Path) -> list[PairProblem]
         PairProblem("unknown name", valid_file, "", unknown_valid_reason(n, name, found.folders))
         for n, name in found.unknown_valid
     ]
+    table = str(root / found.folders.rle)
+    out += [
+        PairProblem("bad row", table, "", f"line {n} ({name}): {why}")
+        for n, name, why in found.bad_rows
+    ]
     for image, reason in found.no_mask:  # never split: only pairs are
         kind = "no mask" if reason.startswith(NO_MASK) else "same name"
         out.append(PairProblem(kind, str(image), "", reason, str(image)))

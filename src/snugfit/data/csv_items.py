@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from snugfit.data import rle
 from snugfit.data.items import labelled, labelled_multi, split_items, split_labels
 from snugfit.data.walk import IMAGE_EXTENSIONS
 from snugfit.errors import SnugfitError
@@ -277,6 +278,7 @@ def _csv_labels(
     files: list[Path], cells: list[str], label_delim: str | None, csv_path: Path
 ) -> tuple[list[str], list[int] | list[tuple[int, ...]]]:
     """The vocabulary and each row's label: a class index, or a tuple of them (``label_delim``)."""
+    rle.check_not_masks(csv_path, cells)
     if label_delim is not None:
         if not label_delim:
             raise SnugfitError("label_delim: must be a non-empty string or None")

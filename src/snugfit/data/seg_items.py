@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from snugfit.data import rle
 from snugfit.data.items import folders_beside
 from snugfit.data.seg_layouts import (
     CLASS_DICT,
@@ -118,6 +119,8 @@ class SegmentationItems(NamedTuple):
     # test folders among split folders (images/test/) whose pairs are held out, not
     # trained or validated: (folder, pairs in it)
     held_out: tuple[tuple[Path, int], ...] = ()
+    # the rows of a run-length CSV not used: (line, image name, why)
+    bad_rows: tuple[tuple[int, str, str], ...] = ()
 
 
 def read_codes(path: Path) -> list[str]:
@@ -243,8 +246,10 @@ def _pairs(
             pairs.append((image, masks_of[name]))
         else:
             why = f"; {other[name]} {NOT_A_MASK}" if name in other else ""
-            wanted = f"{masks_dir / name}{folders.mask_suffix}.png"
-            no_mask.append((image, f"{NO_MASK} ({wanted} not found{why})"))
+            wanted = f"{masks_dir / name}{folders.mask_suffix}.png not found"
+            if folders.rle:  # decoded from a CSV: the image has no row, or a bad one
+                wanted = f"no usable row in {folders.rle}"
+            no_mask.append((image, f"{NO_MASK} ({wanted}{why})"))
     # A mask of an image's name that cannot be one is in that image's reason, not here.
     used = {m for _, m in pairs} | {other[name] for name in by_name.keys() | seen if name in other}
     no_image = sorted(m for m in [*masks_of.values(), *other.values(), *extra] if m not in used)
@@ -353,6 +358,10 @@ def folder_pairs(
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
         raise SnugfitError(f"{root}: no image with a mask ({found}){hint}")
     codes, vocab, colours = _class_names(root)
+    if codes is None and folders.rle:  # the classes the CSV named, beside its masks
+        _, vocab, colours = _class_names(rle.entry_of(Path(folders.masks)))
+        codes = root / folders.rle
+    bad_rows = tuple(rle.problems_in(Path(folders.masks))) if folders.rle else ()
     images_dir, valid_file = root / folders.images, root / folders.valid
     unknown, held_out, unlabelled = [], [], list(_unlabelled_beside(root, folders))
     listed = valid_pct is None and valid_file.is_file()
@@ -375,7 +384,7 @@ def folder_pairs(
     _not_empty(root, train, valid)
     return SegmentationItems(
         train, valid, vocab, seed, layout, valid_pct, no_mask, no_image, codes, links, others,
-        colours, folders, tuple(unknown), tuple(unlabelled), tuple(held_out),
+        colours, folders, tuple(unknown), tuple(unlabelled), tuple(held_out), bad_rows,
     )  # fmt: skip
 
 

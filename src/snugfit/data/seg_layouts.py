@@ -16,7 +16,9 @@ masks' names ending in such a word: DeepGlobe's ``train/<id>_sat.jpg`` and
 pair so, and a few pairs are opened: each mask the size of its image and in a mask's
 mode (greyscale, palette, 16-bit; colour only with a ``class_dict.csv`` or
 ``labelmap.txt``), so that a classifier's class folders named ``with_mask`` and
-``without_mask`` holding ``1.jpg``, ``2.jpg``... stay class folders.
+``without_mask`` holding ``1.jpg``, ``2.jpg``... stay class folders. Last, a CSV of
+run-length masks beside a folder of the images it names (Kaggle's Understanding
+Clouds, Severstal, Airbus, Carvana: `snugfit.data.rle`), decoded into the cache.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from snugfit.data import rle
 from snugfit.data.walk import walk_images
 from snugfit.errors import SnugfitError
 
@@ -46,6 +49,7 @@ class Folders(NamedTuple):
     title: str  # how the check names the layout
     mask_suffix: str = ""  # a mask's name is its image's plus this (``_mask``)
     image_suffix: str = ""  # and an image's, when both share a folder (``_sat``)
+    rle: str = ""  # the CSV of run-length masks decoded into ``masks`` (`snugfit.data.rle`)
 
 
 PLAIN = Folders(IMAGES, MASKS, VALID, "images/ and masks/")
@@ -66,10 +70,23 @@ SAMPLED = 4  # pairs opened to confirm a detected layout
 PEEK = 200  # files looked at in a folder for a mask's name (`_names_a_mask`)
 
 
-def folders_of(path: str | os.PathLike) -> Folders | None:
+def folders_of(path: str | os.PathLike, console=None) -> Folders | None:
     """The layout ``path`` has: a named one whose two folders exist (`PLAIN` first),
-    else one `detected` from its files; None: none."""
+    else one `detected` from its files, else a CSV of run-length masks (decoded into
+    the cache the first time, with a progress bar on ``console``); None: none."""
     root = Path(path)
+    found = _of_files(root)
+    if found is not None:
+        return found
+    table = rle.find(root)
+    if table is None:
+        return None
+    masks = rle.decoded(root, table, console)
+    return Folders(table.images, str(rle.masks_of(masks)), VALID, rle.describe(table, masks),
+                   rle=table.csv.name)  # fmt: skip
+
+
+def _of_files(root: Path) -> Folders | None:
     named = next(
         (f for f in LAYOUTS if (root / f.images).is_dir() and (root / f.masks).is_dir()), None
     )
@@ -106,8 +123,9 @@ def _by_name(folder: Path) -> dict[str, Path]:
 
 
 def is_segmentation_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` has a layout (`folders_of`)."""
-    return folders_of(path) is not None
+    """Whether ``path`` has a layout (`folders_of`; run-length masks not decoded yet)."""
+    root = Path(path)
+    return _of_files(root) is not None or rle.find(root) is not None
 
 
 def says_masks(name: str) -> bool:
