@@ -106,7 +106,7 @@ def test_row_by_row_is_found_from_the_masks_and_names_lack_the_extension(tmp_pat
     """Carvana's train_masks.csv numbers pixels along the rows; HuBMAP-like names lack .png."""
     rng = np.random.default_rng(2)
     root = tmp_path / "carvana"
-    lines, expected = ["img,rle_mask"], {}
+    lines, expected = ["img,rle_mask", "gone,1 5"], {}  # a first row of no image
     for i in range(6):
         _image(root / "train" / f"car_{i}.png", rng)
         region = _box(rng, 0, 1)
@@ -116,6 +116,7 @@ def test_row_by_row_is_found_from_the_masks_and_names_lack_the_extension(tmp_pat
     found = folder_pairs(root)
     assert found.vocab == ["background", "foreground"]
     assert "(row by row)" in found.folders.title
+    assert found.bad_rows == ((2, "gone", "no such image in train/"),)
     for name, target in expected.items():
         assert np.array_equal(_mask_of(pairs_of(found), name), target)
 
@@ -155,6 +156,7 @@ def test_class_ids_bad_rows_and_images_without_rows_are_reported(tmp_path):
         if i < 7:  # s7 has no row
             lines.append(f"s{i}.jpg,{1 + i % 4},{encode(_box(rng, 0, 1))}")
     lines += ["s0.jpg,2,1 2 3", f"s1.jpg,3,{H * W} 5", f"gone.jpg,1,{encode(_box(rng, 0, 1))}"]
+    lines += [f"s2.jpg,,{encode(_box(rng, 0, 1))}"]
     (root / "train.csv").write_text("\n".join(lines) + "\n")
     found = folder_pairs(root)
     assert found.vocab == ["background", "class_1", "class_2", "class_3", "class_4"]
@@ -162,19 +164,20 @@ def test_class_ids_bad_rows_and_images_without_rows_are_reported(tmp_path):
         (9, "s0.jpg", "not a run-length encoding (pairs of a start and a length)"),
         (10, "s1.jpg", f"runs past the image's {W}x{H} pixels"),
         (11, "gone.jpg", "no such image in train_images/"),
+        (12, "s2.jpg", "no class for its encoding"),
     )
     used = sorted(image.name for image, _ in pairs_of(found))
-    assert used == ["s2.jpg", "s3.jpg", "s4.jpg", "s5.jpg", "s6.jpg"]
+    assert used == ["s3.jpg", "s4.jpg", "s5.jpg", "s6.jpg"]
     reasons = {image.name: why for image, why in found.no_mask}
     assert reasons["s7.jpg"] == "no mask (no usable row in train.csv)"
-    assert set(reasons) == {"s0.jpg", "s1.jpg", "s7.jpg"}
+    assert set(reasons) == {"s0.jpg", "s1.jpg", "s2.jpg", "s7.jpg"}
     report = check_segmentation(root, workers=1)
     listed = [(p.kind, p.path, p.reason) for p in report.issues if p.kind == "bad row"]
     assert listed[0] == (
         "bad row", str(root / "train.csv"),
         "line 9 (s0.jpg): not a run-length encoding (pairs of a start and a length)",
     )  # fmt: skip
-    assert len(listed) == 3
+    assert len(listed) == 4
 
 
 def test_pixels_two_classes_claim_are_counted_and_the_later_row_kept(tmp_path):

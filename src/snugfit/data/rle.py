@@ -122,14 +122,15 @@ def _is_rle(cell: str) -> bool:
 
 
 def _images_folder(root: Path, files: list[str]) -> str | None:
-    """The folder beside the CSV (or the data folder) holding the first named images."""
+    """The folder beside the CSV (or the data folder) holding most of the first named
+    images."""
     if not files:
         return None
     folders = sorted(
         (d for d in root.iterdir() if d.is_dir()), key=lambda d: "train" not in d.name.lower()
     )
-    for folder in [*folders, root]:
-        if all(_image_file(folder, name) is not None for name in files):
+    for folder in [*folders, root]:  # most of them: a row may name a missing image
+        if 2 * sum(_image_file(folder, name) is not None for name in files) > len(files):
             return "." if folder == root else folder.name
     return None
 
@@ -140,12 +141,12 @@ def _image_file(folder: Path, name: str) -> Path | None:
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return path if path.is_file() else None
     found = [
-        p for p in folder.glob(glob_escape(name) + ".*") if p.suffix.lower() in IMAGE_EXTENSIONS
+        p for p in folder.glob(_glob_escape(name) + ".*") if p.suffix.lower() in IMAGE_EXTENSIONS
     ]
     return found[0] if len(found) == 1 else None
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?[])", r"[\1]", name)
 
 
@@ -346,6 +347,9 @@ def _mask(path: Path, group: list[Row], value: dict, column_major: bool):
     bad, claimed = [], 0
     for row in group:
         if not row.rle:
+            continue
+        if row.label == "":  # a class column left empty beside an encoding
+            bad.append((row.line, row.image, "no class for its encoding"))
             continue
         try:
             region = decode_flat(row.rle, height * width, f"{width}x{height}")
