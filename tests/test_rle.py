@@ -259,3 +259,15 @@ def test_many_masks_are_decoded_in_processes_alike(tmp_path, monkeypatch):
     assert len(pairs) == 70
     for name, target in expected.items():
         assert np.array_equal(_mask_of(pairs, name), target), name
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "clouds"
+    make_clouds(root, n=4)
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")
+    monkeypatch.setenv("SNUGFIT_CACHE", str(blocked))
+    code, _, err = run_cli(capsys, "check", str(root))
+    assert code == 2 and err.startswith(f"snugfit: error: {blocked / 'rle'}: cannot write the ")
+    assert err.strip().endswith("set SNUGFIT_CACHE to a writable folder")
+    assert len(err.strip().splitlines()) == 1

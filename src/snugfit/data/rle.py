@@ -135,15 +135,27 @@ def _images_folder(root: Path, files: list[str]) -> str | None:
     return None
 
 
-def _image_file(folder: Path, name: str) -> Path | None:
-    """``folder/name``, or with an image extension added when ``name`` has none."""
+def _image_file(folder: Path, name: str, stems: dict | None = None) -> Path | None:
+    """``folder/name``, or with an image extension added when ``name`` has none (the one
+    such file; ``stems``: the folder's images by name without the extension, else globbed)."""
     path = folder / name
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return path if path.is_file() else None
-    found = [
-        p for p in folder.glob(_glob_escape(name) + ".*") if p.suffix.lower() in IMAGE_EXTENSIONS
-    ]
+    if stems is not None:
+        found = stems.get(name, [])
+    else:
+        pattern = _glob_escape(name) + ".*"
+        found = [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS]
     return found[0] if len(found) == 1 else None
+
+
+def _by_stem(folder: Path) -> dict[str, list[Path]]:
+    """The image files directly in ``folder`` by their names without the extension."""
+    out: dict[str, list[Path]] = {}
+    for p in folder.iterdir():
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            out.setdefault(p.stem, []).append(p)
+    return out
 
 
 def _glob_escape(name: str) -> str:
@@ -238,8 +250,20 @@ def decoded(root: Path, table: RleCsv, console=None) -> Decoded:
     if (out / DONE).is_file():
         return _read_done(out)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    (tmp / MASKS).mkdir(parents=True, exist_ok=True)
-    result = _decode_all(root, table, tmp, console)
+    try:
+        (tmp / MASKS).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SnugfitError(
+            f"{tmp.parent}: cannot write the masks decoded from {table.csv} ({e.strerror}); "
+            "set SNUGFIT_CACHE to a writable folder"
+        ) from None
+    try:
+        result = _decode_all(root, table, tmp, console)
+    except BaseException:  # Ctrl-C, a full disk: no half-written entry is left
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / CODES).write_text("".join(f"{name}\n" for name in result.vocab))
     done = {
         "column_major": result.column_major, "vocab": result.vocab, "masks": result.masks,
@@ -276,8 +300,10 @@ def _decode_all(root: Path, table: RleCsv, out: Path, console) -> Decoded:
     value = {name: i for i, name in enumerate(vocab)}
     problems: list[tuple[int, str, str]] = []
     files = {}
+    bare = any(Path(n).suffix.lower() not in IMAGE_EXTENSIONS for n in by_image)
+    stems = _by_stem(images_dir) if bare else None  # one listing, not a glob per name
     for name, group in by_image.items():
-        path = _image_file(images_dir, name) if name else None
+        path = _image_file(images_dir, name, stems) if name else None
         if path is None:
             why = "no image name" if not name else f"no such image in {table.images}/"
             problems += [(r.line, name, why) for r in group]
