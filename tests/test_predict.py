@@ -237,3 +237,34 @@ def test_printed_lines_match_predict_in_the_order_given(saved, image_folder, cap
     for path, label, conf in lines:
         want_label, probs = learn.predict(path)
         assert label == want_label and abs(float(conf) - probs.max().item()) < 1e-4
+
+
+def test_many_batches_run_on_the_folded_copy_with_the_same_probabilities(
+    saved, tmp_path, capsys, monkeypatch
+):
+    """From FOLD_BATCHES batches on, BatchNorm is folded into the convolutions first
+    (`Learner.inference_net`); the CSV still matches `predict`, image by image."""
+    from snugfit.infer import predict as predict_module
+    from snugfit.train.learner import Learner
+
+    model, files = saved
+    nets, real = [], Learner.inference_net
+
+    def spy(self, example):
+        nets.append((real(self, example), self.model))
+        return nets[-1][0]
+
+    monkeypatch.setattr(Learner, "inference_net", spy)
+    out = tmp_path / "out.csv"
+    bs = 2
+    assert -(-len(files) // bs) >= predict_module.FOLD_BATCHES
+    code, _, err = run_cli(
+        capsys, "predict", str(model), *files, "--csv", str(out), "--bs", str(bs)
+    )
+    assert code == 0, err
+    assert len(nets) == 1 and nets[0][0] is not nets[0][1]  # folded once, a copy
+    learn = load_learner(model)
+    for r in read_csv(out):
+        _, probs = learn.predict(r["path"])
+        got = torch.tensor([float(r["prob_green"]), float(r["prob_red"])])
+        assert torch.allclose(got, probs, atol=1e-5)

@@ -2,7 +2,8 @@
 
 Files are decoded in worker processes with the validation transform (as
 `decode_valid` does for the validation set), batches are normalised on the device
-and go through the model without a graph. The batch size is ``bs`` when given;
+and go through the model without a graph (from `FOLD_BATCHES` batches on, its copy
+with BatchNorm folded into the convolutions). The batch size is ``bs`` when given;
 else, on CUDA or with a memory budget, the largest batch whose predicted peak
 (`snugfit.memory.eval_batch_size`, from a no-grad forward measured at batch 1 and
 2) fits the budget (the whole card by default); else `CPU_BS`. An out-of-memory
@@ -40,6 +41,7 @@ from snugfit.sizes import format_size
 
 CPU_BS = 32  # the CPU batch without a budget: large enough to amortise the per-batch overhead
 MAX_BS = 256  # the most a budget may choose: beyond it, decoding is the bottleneck anyway
+FOLD_BATCHES = 4  # batches from which prediction folds BatchNorm first (`Learner.inference_net`)
 
 
 @dataclass
@@ -153,6 +155,7 @@ def predict_files(
     learn.model.eval()
     learn.set_memory("prediction batch", eval_bs=min(bs, learn.eval_bs or bs))  # halved on OOM
     console = console or Console(stderr=True)
+    net = None  # BatchNorm folded for many batches: its check costs about two batches
     with progress(console, len(files), "predicting") as advance:
         for k, (x, index, bad) in enumerate(loader):
             start = k * bs
@@ -160,8 +163,10 @@ def predict_files(
             if x is not None:
                 x = x.to(learn.device, non_blocking=True)
                 x = center_batch(x, pre.size, pre.mean, pre.std)
+                if net is None and n_batches >= FOLD_BATCHES:
+                    net = learn.inference_net(x[:1])
                 with torch.no_grad():
-                    probs = learn.activation(learn.eval_outputs(x)).cpu()
+                    probs = learn.activation(learn.eval_outputs(x, net=net)).cpu()
                 for i, p in zip(index.tolist(), probs, strict=True):
                     rows[i] = (files[i], p, None)
             # collate keeps the failures in order: they fill the batch's other indices.
