@@ -70,10 +70,10 @@ SAMPLED = 4  # pairs opened to confirm a detected layout
 PEEK = 200  # files looked at in a folder for a mask's name (`_names_a_mask`)
 
 
-def folders_of(path: str | os.PathLike, console=None) -> Folders | None:
+def folders_of(path: str | os.PathLike) -> Folders | None:
     """The layout ``path`` has: a named one whose two folders exist (`PLAIN` first),
     else one `detected` from its files, else a CSV of run-length masks (decoded into
-    the cache the first time, with a progress bar on ``console``); None: none."""
+    the cache the first time, with a progress bar on a terminal); None: none."""
     root = Path(path)
     found = _of_files(root)
     if found is not None:
@@ -81,7 +81,7 @@ def folders_of(path: str | os.PathLike, console=None) -> Folders | None:
     table = rle.find(root)
     if table is None:
         return None
-    masks = rle.decoded(root, table, console)
+    masks = rle.decoded(root, table)
     return Folders(table.images, str(rle.masks_of(masks)), VALID, rle.describe(table, masks),
                    rle=table.csv.name)  # fmt: skip
 
