@@ -40,7 +40,7 @@ logger = logging.getLogger("snugfit")
 
 # Part of every key: bump it when the decoded pixels change (resampling, colour
 # handling), so old entries are never mistaken for new ones.
-FORMAT_VERSION = 2  # 2: 16-bit greyscale scaled from 8, 12 or 16 bits
+FORMAT_VERSION = 3  # 2: 16-bit greyscale scaled from 8, 12 or 16 bits; 3: 16-bit RGB TIFF too
 DEFAULT_CACHE_SIZE = "20GB"
 _TMP_SUFFIX = ".tmp"
 

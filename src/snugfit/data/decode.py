@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from snugfit.data.augment import IMAGENET_MEAN, IMAGENET_STD, center_batch
-from snugfit.errors import SnugfitError, UnreadableImage
+from snugfit.errors import SnugfitError, UnreadableImage, first_line
 from snugfit.sizes import Size, as_hw, check_size
 
 # Phones save their photos as HEIC (iPhones by default): Pillow opens them once
@@ -37,6 +37,7 @@ from snugfit.sizes import Size, as_hw, check_size
 pillow_heif.register_heif_opener()
 
 _ORIENTATION = 0x0112  # the EXIF tag
+_BITS_PER_SAMPLE = 258  # the TIFF tag
 _QUARTER_TURNS = (5, 6, 7, 8)  # orientations stored rotated by 90 degrees
 
 
@@ -132,13 +133,69 @@ def open_image(path: str | os.PathLike, size: Size | None = None) -> Image.Image
                 if img.getexif().get(_ORIENTATION, 1) in _QUARTER_TURNS:
                     h, w = w, h  # the file is stored on its side
                 img.draft("RGB", (w, h))
+            if _deep_colour(img):  # Pillow keeps only each sample's high byte
+                return ImageOps.exif_transpose(_deep_tiff(path, img.getexif()))
             img.load()  # decode now, so errors surface here
             upright = ImageOps.exif_transpose(img)  # a new image
         return _to_rgb(upright)
     except UnreadableImage:
         raise
+    except UnidentifiedImageError as e:
+        if _is_tiff(path):  # multispectral, 32-bit RGB...: read, or a reason naming its bands
+            return _deep_tiff(path, Image.Exif())
+        raise UnreadableImage(path, failure_reason(e)) from e
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise UnreadableImage(path, failure_reason(e)) from e
+
+
+def _is_tiff(path: str | os.PathLike) -> bool:
+    """Whether the file starts as a TIFF (or BigTIFF) does."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+    except OSError:
+        return False
+
+
+def _deep_colour(img: Image.Image) -> bool:
+    """Whether ``img`` is a TIFF of several samples per pixel over 8 bits each (16-bit
+    RGB: satellite and microscopy products), which Pillow opens as 8-bit RGB by
+    keeping each value's high byte (12-bit data becomes 0-15: near black)."""
+    if img.format != "TIFF":
+        return False
+    bits = img.tag_v2.get(_BITS_PER_SAMPLE, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return len(bits) > 1 and max(bits) > 8
+
+
+def _deep_tiff(path: str | os.PathLike, exif: Image.Exif) -> Image.Image:
+    """A TIFF of 16-bit (or deeper) samples read whole by tifffile (imagecodecs
+    decoding LZW and the other compressions), scaled to 8 bits from the smallest of
+    `INTEGER_DEPTHS` that holds its values, as 16-bit greyscale is: RGB, or RGBA on
+    white; more bands (multispectral) are no colour image."""
+    import tifffile
+
+    try:
+        a = np.asarray(tifffile.imread(path))
+    except Exception as e:  # tifffile's errors are ValueError, KeyError, ... by codec
+        raise UnreadableImage(path, f"cannot decode this TIFF ({first_line(e)})") from e
+    if a.ndim == 2:  # greyscale Pillow could not open (32-bit integers, ...)
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4) or a.dtype.kind not in "uif":
+        shape = f"{a.shape[-1]} bands" if a.ndim == 3 else f"an array of shape {a.shape}"
+        raise UnreadableImage(
+            path, f"{shape} of {a.dtype} (snugfit reads greyscale, RGB or RGBA images)"
+        )
+    peak = float(a[..., :3].max()) if a.size else 0.0
+    top = (
+        1.0
+        if a.dtype.kind == "f" and peak <= 1.0
+        else next((t for t in INTEGER_DEPTHS if peak <= t), peak)
+    )
+    scaled = np.clip(a.astype(np.float64) * (255.0 / max(top, 1e-12)), 0, 255)
+    out = Image.fromarray(scaled.round().astype(np.uint8), "RGBA" if a.shape[-1] == 4 else "RGB")
+    out.info["exif"] = exif.tobytes()  # the file's orientation, for exif_transpose
+    return _to_rgb(out)
 
 
 def header_problem(path: str | os.PathLike) -> str | None:
