@@ -268,3 +268,10 @@ def test_many_batches_run_on_the_folded_copy_with_the_same_probabilities(
         _, probs = learn.predict(r["path"])
         got = torch.tensor([float(r["prob_green"]), float(r["prob_red"])])
         assert torch.allclose(got, probs, atol=1e-5)
+
+
+def test_rle_output_is_for_segmentation_models_only(saved, capsys):
+    model, files = saved
+    code, _, err = run_cli(capsys, "predict", str(model), files[0], "--rle", "x.csv")
+    assert code == 2
+    assert "--rle: masks at full resolution, for segmentation models; this model is a " in err

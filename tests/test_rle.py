@@ -1,6 +1,7 @@
 """Segmentation masks given as run-length encodings in a CSV (Kaggle's Understanding
 Clouds, Carvana, Airbus ships, Severstal steel), decoded once into mask files."""
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -245,6 +246,24 @@ def test_loaders_and_training_read_the_decoded_masks(tmp_path, capsys):
     assert code == 0, err
     meta = json.loads((out / "model" / "snugfit.json").read_text())
     assert meta["task"] == "segmentation" and meta["vocab"] == ["background", *CLOUDS]
+    # predicted masks run-length encoded, as a submission: the PNGs, encoded
+    images = sorted((root / "train_images").iterdir())[:3]
+    for rows_flag in ([], ["--rle-rows"]):
+        sub, masks = tmp_path / "sub.csv", tmp_path / "masks"
+        code, _, err = run_cli(capsys, "predict", str(out), *map(str, images), "--out",
+                               str(masks), "--rle", str(sub), *rows_flag)  # fmt: skip
+        assert code == 0, err
+        with sub.open(newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["ImageId", "ClassId", "EncodedPixels"] and len(rows) == 1 + 3 * 4
+        for name, label, cell in rows[1:]:
+            mask = np.asarray(Image.open(masks / f"{Path(name).stem}.png"))
+            want = mask == ["background", *CLOUDS].index(label)
+            assert np.array_equal(rle.decode(cell, H, W, column_major=not rows_flag), want)
+    code, _, err = run_cli(capsys, "predict", str(out), str(images[0]), "--rle-rows")
+    assert (
+        code == 2 and err.strip() == "snugfit: error: --rle-rows: give --rle FILE for the encodings"
+    )
 
 
 def test_many_masks_are_decoded_in_processes_alike(tmp_path, monkeypatch):

@@ -255,35 +255,46 @@ def predict_outputs(
     bs: int | None = None,
     memory_budget: str | int | float | None = None,
     num_workers: int | None = None,
+    rle: str | os.PathLike | None = None,
+    rle_rows: bool = False,
 ):
     """Predict every image of ``inputs`` into a CSV (``csv_path``) and, for a
-    segmentation model, a mask per image in the folder ``out``: the task's writer
-    (`WRITERS`). Returns a summary with ``line()`` and ``skipped``."""
+    segmentation model, a mask per image in the folder ``out`` and their run-length
+    encodings in the CSV ``rle`` (``rle_rows``: pixels numbered along the rows): the
+    task's writer (`WRITERS`). Returns a summary with ``line()`` and ``skipped``."""
     files = image_inputs(inputs)
     write = WRITERS.get(learn.task.name, _classes_csv)
     return write(learn, files, csv_path=csv_path, out=out, overlay=overlay, flip=flip, bs=bs,
-                 memory_budget=memory_budget, num_workers=num_workers)  # fmt: skip
+                 memory_budget=memory_budget, num_workers=num_workers, rle=rle,
+                 rle_rows=rle_rows)  # fmt: skip
 
 
-def _classes_csv(learn, files, *, csv_path, out, overlay, flip, bs, memory_budget, num_workers):
-    if out is not None or overlay or flip:
+def _classes_csv(
+    learn, files, *, csv_path, out, overlay, flip, bs, memory_budget, num_workers, rle, rle_rows
+):
+    if out is not None or overlay or flip or rle is not None or rle_rows:
         raise SnugfitError(
-            "--out, --overlay, --flip: masks at full resolution, for segmentation models; "
-            "this model is a classifier: use --csv"
+            "--out, --overlay, --flip, --rle: masks at full resolution, for segmentation "
+            "models; this model is a classifier: use --csv"
         )
     return predict_to_csv(learn, files, csv_path, bs=bs, memory_budget=memory_budget,
                           num_workers=num_workers)  # fmt: skip
 
 
-def _masks(learn, files, *, csv_path, out, overlay, flip, bs, memory_budget, num_workers):
+def _masks(
+    learn, files, *, csv_path, out, overlay, flip, bs, memory_budget, num_workers, rle, rle_rows
+):
     from snugfit.infer.predict_seg import predict_to_folder
 
     if out is None and overlay:
         raise SnugfitError("--overlay: give --out DIR for the overlays")
+    if rle_rows and rle is None:
+        raise SnugfitError("--rle-rows: give --rle FILE for the encodings")
     tiles = bs if bs is not None else predict_batch_size(learn, memory_budget)[0]
     return predict_to_folder(
-        learn, files, out, overlay=overlay, csv_path=csv_path, flip=flip, tiles=tiles
-    )
+        learn, files, out, overlay=overlay, csv_path=csv_path, flip=flip, tiles=tiles,
+        rle_path=rle, rle_rows=rle_rows,
+    )  # fmt: skip
 
 
 # How each task's predictions are written: a CSV row per image for classifiers; a mask

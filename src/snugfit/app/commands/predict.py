@@ -37,6 +37,19 @@ def add_parser(subparsers) -> None:
         "--overlay", action="store_true", help="segmentation: also DIR/<stem>_overlay.png"
     )
     pr.add_argument(
+        "--rle",
+        default=None,
+        metavar="FILE",
+        help="segmentation: write the masks run-length encoded, as Kaggle takes them: "
+        "ImageId,ClassId,EncodedPixels, a row per image and class (background left out), "
+        "pixels numbered down the columns",
+    )
+    pr.add_argument(
+        "--rle-rows",
+        action="store_true",
+        help="with --rle: number the pixels along the rows (Carvana's order)",
+    )
+    pr.add_argument(
         "--flip",
         action="store_true",
         help="segmentation: also predict each tile mirrored and average (test-time augmentation)",
@@ -68,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:  # before the model loads and the images are read
         check_writable(args.out, "--out")
-    if args.csv is not None:
-        check_writable(Path(args.csv).parent, "--csv")
+    for flag, value in (("--csv", args.csv), ("--rle", args.rle)):
+        if value is not None:
+            check_writable(Path(value).parent, flag)
     learn = load_learner(args.model, resolve_device(args.device))
-    if args.csv is not None or args.out is not None or args.overlay or args.flip:
+    wanted = (args.csv, args.out, args.rle)
+    if any(v is not None for v in wanted) or args.overlay or args.flip or args.rle_rows:
         return _predict_outputs(learn, args)
     if learn.task.name != "segmentation":
         return _print_classes(learn, args)
@@ -124,6 +139,8 @@ def _predict_outputs(learn, args: argparse.Namespace) -> int:
         bs=args.bs,
         memory_budget=args.memory_budget,
         num_workers=args.num_workers,
+        rle=args.rle,
+        rle_rows=args.rle_rows,
     )
     if getattr(summary, "bs_reason", None):
         print(summary.bs_reason, file=sys.stderr)
