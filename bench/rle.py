@@ -29,12 +29,6 @@ from snugfit.data.seg_layouts import folders_of
 CLASSES = ("Fish", "Flower", "Gravel", "Sugar")
 
 
-def encode(mask: np.ndarray) -> str:
-    flat = mask.T.reshape(-1).astype(np.int8)
-    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [0]])))
-    return " ".join(f"{s + 1} {e - s}" for s, e in zip(changes[0::2], changes[1::2], strict=True))
-
-
 def scenes(root: Path, n: int, h: int, w: int) -> None:
     rng = np.random.default_rng(0)
     (root / "train_images").mkdir(parents=True)
@@ -49,7 +43,7 @@ def scenes(root: Path, n: int, h: int, w: int) -> None:
             if rng.random() < 0.7:
                 cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
                 ry, rx = rng.uniform(0.1, 0.3) * h, rng.uniform(0.1, 0.3) * w
-                cell = encode(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1)
+                cell = rle.encode(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1)
             lines.append(f"{name}_{label},{cell}")
     (root / "train.csv").write_text("\n".join(lines) + "\n")
 
