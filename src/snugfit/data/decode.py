@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pillow_heif
@@ -134,7 +135,7 @@ def open_image(path: str | os.PathLike, size: Size | None = None) -> Image.Image
                     h, w = w, h  # the file is stored on its side
                 img.draft("RGB", (w, h))
             if _deep_colour(img):  # Pillow keeps only each sample's high byte
-                return ImageOps.exif_transpose(_deep_tiff(path, img.getexif()))
+                return ImageOps.exif_transpose(_deep_image(path, img.format, img.getexif()))
             img.load()  # decode now, so errors surface here
             upright = ImageOps.exif_transpose(img)  # a new image
         return _to_rgb(upright)
@@ -142,7 +143,7 @@ def open_image(path: str | os.PathLike, size: Size | None = None) -> Image.Image
         raise
     except UnidentifiedImageError as e:
         if _is_tiff(path):  # multispectral, 32-bit RGB...: read, or a reason naming its bands
-            return _deep_tiff(path, Image.Exif())
+            return _deep_image(path, "TIFF", Image.Exif())
         raise UnreadableImage(path, failure_reason(e)) from e
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise UnreadableImage(path, failure_reason(e)) from e
@@ -158,9 +159,11 @@ def _is_tiff(path: str | os.PathLike) -> bool:
 
 
 def _deep_colour(img: Image.Image) -> bool:
-    """Whether ``img`` is a TIFF of several samples per pixel over 8 bits each (16-bit
-    RGB: satellite and microscopy products), which Pillow opens as 8-bit RGB by
-    keeping each value's high byte (12-bit data becomes 0-15: near black)."""
+    """Whether ``img`` is a TIFF or PNG of several samples per pixel over 8 bits each
+    (16-bit RGB: satellite and microscopy products), which Pillow opens as 8-bit RGB
+    by keeping each value's high byte (12-bit data becomes 0-15: near black)."""
+    if img.format == "PNG":  # the decoder's raw mode says the depth: RGB;16B
+        return img.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in img.tile)
     if img.format != "TIFF":
         return False
     bits = img.tag_v2.get(_BITS_PER_SAMPLE, (8,))
@@ -168,17 +171,23 @@ def _deep_colour(img: Image.Image) -> bool:
     return len(bits) > 1 and max(bits) > 8
 
 
-def _deep_tiff(path: str | os.PathLike, exif: Image.Exif) -> Image.Image:
-    """A TIFF of 16-bit (or deeper) samples read whole by tifffile (imagecodecs
-    decoding LZW and the other compressions), scaled to 8 bits from the smallest of
-    `INTEGER_DEPTHS` that holds its values, as 16-bit greyscale is: RGB, or RGBA on
-    white; more bands (multispectral) are no colour image."""
-    import tifffile
-
+def _deep_image(path: str | os.PathLike, fmt: str, exif: Image.Exif) -> Image.Image:
+    """A TIFF or PNG of 16-bit (or deeper) samples read whole (tifffile, with
+    imagecodecs decoding LZW and the other compressions; imagecodecs' PNG decoder),
+    scaled to 8 bits from the smallest of `INTEGER_DEPTHS` that holds its values, as
+    16-bit greyscale is: RGB, or RGBA on white; more bands (multispectral) are no
+    colour image."""
     try:
-        a = np.asarray(tifffile.imread(path))
-    except Exception as e:  # tifffile's errors are ValueError, KeyError, ... by codec
-        raise UnreadableImage(path, f"cannot decode this TIFF ({first_line(e)})") from e
+        if fmt == "PNG":
+            import imagecodecs
+
+            a = np.asarray(imagecodecs.png_decode(Path(path).read_bytes()))
+        else:
+            import tifffile
+
+            a = np.asarray(tifffile.imread(path))
+    except Exception as e:  # the codecs' errors are ValueError, KeyError, ... by codec
+        raise UnreadableImage(path, f"cannot decode this {fmt} ({first_line(e)})") from e
     if a.ndim == 2:  # greyscale Pillow could not open (32-bit integers, ...)
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] not in (3, 4) or a.dtype.kind not in "uif":

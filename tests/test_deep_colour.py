@@ -1,4 +1,4 @@
-"""16-bit RGB TIFFs (satellite and microscopy products): Pillow opens them as 8-bit
+"""16-bit RGB TIFFs and PNGs (satellite and microscopy products): Pillow opens them as 8-bit
 RGB keeping each value's high byte, so 12-bit data came out near black; they are
 read whole by tifffile and scaled as 16-bit greyscale is."""
 
@@ -80,3 +80,17 @@ def test_a_file_named_tif_that_is_no_tiff_is_not_an_image(tmp_path):
     with pytest.raises(UnreadableImage) as e:
         open_image(path)
     assert str(e.value) == f"{path}: not an image"
+
+
+def test_16_bit_rgb_png_is_scaled_too(tmp_path):
+    import imagecodecs
+
+    a = (np.random.default_rng(3).random((12, 9, 3)) * 4095).astype(np.uint16)
+    path = tmp_path / "scan.png"
+    path.write_bytes(imagecodecs.png_encode(a))
+    with Image.open(path) as img:
+        assert img.mode == "RGB" and np.asarray(img).max() <= 15  # Pillow alone
+    assert np.array_equal(np.asarray(open_image(path)), _scaled(a, 4095.0))
+    eight = tmp_path / "eight.png"
+    Image.fromarray((a >> 4).astype(np.uint8)).save(eight)  # 8-bit: Pillow's, as before
+    assert np.array_equal(np.asarray(open_image(eight)), (a >> 4).astype(np.uint8))
