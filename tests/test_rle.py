@@ -133,17 +133,20 @@ def test_rows_per_object_are_joined_and_an_empty_cell_is_background(tmp_path):
         if not ships:
             lines.append(f"{name},")
         expected[name] = target
+    _image(root / "train_v2" / "unlisted.jpg", rng)  # the CSV gives empty cells: no mask
     (root / "train_ship_segmentations_v2.csv").write_text("\n".join(lines) + "\n")
-    pairs = pairs_of(folder_pairs(root))
-    assert len(pairs) == 6
+    found = folder_pairs(root)
+    pairs = pairs_of(found)
+    assert len(pairs) == 6 and [i.name for i, _ in found.no_mask] == ["unlisted.jpg"]
     for name, target in expected.items():
         assert np.array_equal(_mask_of(pairs, name), target)
 
 
 def test_class_ids_bad_rows_and_images_without_rows_are_reported(tmp_path):
-    """Severstal: ImageId, ClassId, EncodedPixels. A row that is no encoding, one past
-    the image and one naming no image are listed with their lines; their images and an
-    image without rows are left out, each with the reason."""
+    """Severstal: ImageId, ClassId, EncodedPixels, rows for the defects only. A row that
+    is no encoding, one past the image, one naming no image and one without a class are
+    listed with their lines, and their images left out with the reason; an image
+    without a row has no defect (the CSV has no empty cell): all background."""
     rng = np.random.default_rng(4)
     root = tmp_path / "steel"
     lines = ["ImageId,ClassId,EncodedPixels"]
@@ -163,10 +166,15 @@ def test_class_ids_bad_rows_and_images_without_rows_are_reported(tmp_path):
         (12, "s2.jpg", "no class for its encoding"),
     )
     used = sorted(image.name for image, _ in pairs_of(found))
-    assert used == ["s3.jpg", "s4.jpg", "s5.jpg", "s6.jpg"]
+    assert used == ["s3.jpg", "s4.jpg", "s5.jpg", "s6.jpg", "s7.jpg"]
+    assert not _mask_of(pairs_of(found), "s7.jpg").any()
+    assert found.folders.title.endswith(
+        "; 1 images without a row read as background: the CSV lists only masks)"
+    )
     reasons = {image.name: why for image, why in found.no_mask}
-    assert reasons["s7.jpg"] == "no mask (no usable row in train.csv)"
-    assert set(reasons) == {"s0.jpg", "s1.jpg", "s2.jpg", "s7.jpg"}
+    assert reasons == {
+        name: "no mask (no usable row in train.csv)" for name in ("s0.jpg", "s1.jpg", "s2.jpg")
+    }
     report = check_segmentation(root, workers=1)
     listed = [(p.kind, p.path, p.reason) for p in report.issues if p.kind == "bad row"]
     assert listed[0] == (

@@ -53,7 +53,7 @@ BACKGROUND, FOREGROUND = "background", "foreground"
 CODES, DONE, MASKS = "codes.txt", "rle.json", "masks"
 SAMPLED = 20  # masks decoded both ways to find the pixel order
 WORKERS = 4  # processes decoding the masks, at most
-FORMAT = 1  # part of the cache key: bump when the written masks change
+FORMAT = 2  # part of the cache key: bump when the written masks change (2: unlisted)
 _DIGITS = re.compile(r"[0-9\s]*")
 _LABELLED = re.compile(r"^(.+\.[A-Za-z]{3,4})_([^_.]+)$")  # image.jpg_Fish
 
@@ -248,6 +248,7 @@ class Decoded(NamedTuple):
     masks: int  # masks written
     problems: list[tuple[int, str, str]]  # (CSV line, image name, why the row is not used)
     overlap: int  # pixels two classes claimed (the later row's class kept)
+    unlisted: int = 0  # images without a row, read as background (`_unlisted`)
 
     @property
     def order(self) -> str:
@@ -282,7 +283,7 @@ def decoded(root: Path, table: RleCsv, console=None) -> Decoded:
     (tmp / CODES).write_text("".join(f"{name}\n" for name in result.vocab))
     done = {
         "column_major": result.column_major, "vocab": result.vocab, "masks": result.masks,
-        "problems": result.problems, "overlap": result.overlap,
+        "problems": result.problems, "overlap": result.overlap, "unlisted": result.unlisted,
     }  # fmt: skip
     (tmp / DONE).write_text(json.dumps(done))
     try:
@@ -297,9 +298,8 @@ def decoded(root: Path, table: RleCsv, console=None) -> Decoded:
 def _read_done(folder: Path) -> Decoded:
     done = json.loads((folder / DONE).read_text())
     problems = [tuple(p) for p in done["problems"]]
-    return Decoded(
-        folder, done["column_major"], done["vocab"], done["masks"], problems, done["overlap"]
-    )
+    return Decoded(folder, done["column_major"], done["vocab"], done["masks"], problems,
+                   done["overlap"], done["unlisted"])  # fmt: skip
 
 
 def _decode_all(root: Path, table: RleCsv, out: Path, console) -> Decoded:
@@ -325,10 +325,11 @@ def _decode_all(root: Path, table: RleCsv, out: Path, console) -> Decoded:
         else:
             files[name] = path
     column_major = _column_major(files, by_image)
+    unlisted = _unlisted(images_dir, files, by_image)
     jobs = [
-        (path, out / MASKS / path.relative_to(images_dir).with_suffix(".png"), by_image[name],
-         value, column_major)
-        for name, path in files.items()
+        (path, out / MASKS / path.relative_to(images_dir).with_suffix(".png"),
+         by_image.get(name, []), value, column_major)
+        for name, path in [*files.items(), *((p.name, p) for p in unlisted)]
     ]  # fmt: skip
     written = overlap = 0
     with (
@@ -344,7 +345,19 @@ def _decode_all(root: Path, table: RleCsv, out: Path, console) -> Decoded:
             overlap += claimed
             written += not bad
             advance(1)
-    return Decoded(out, column_major, vocab, written, sorted(problems), overlap)
+    return Decoded(out, column_major, vocab, written, sorted(problems), overlap, len(unlisted))
+
+
+def _unlisted(images_dir: Path, files: dict[str, Path], by_image: dict) -> list[Path]:
+    """The images of the folder without a row, when the CSV lists only masks (no row has
+    an empty cell, as Severstal's lists only the defects: its other images have none);
+    none when the CSV gives empty cells for images without a mask (Airbus, Clouds),
+    where an image without a row is one without a mask."""
+    if any(not r.rle for group in by_image.values() for r in group):
+        return []
+    listed = set(files.values())
+    found = (p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in found if p not in listed and not p.name.startswith("."))
 
 
 def _pool(n_jobs: int):
@@ -433,10 +446,13 @@ def _column_major(files: dict[str, Path], by_image: dict[str, list[Row]]) -> boo
 
 def describe(table: RleCsv, found: Decoded) -> str:
     """How the check names the layout: the images, the CSV, the order, the overlaps."""
-    claimed = ""
+    notes = [found.order]
     if found.overlap:
-        claimed = f"; {found.overlap} pixels in two classes, the later row's kept"
-    return f"{table.images}/ and the run-length masks of {table.csv.name} ({found.order}{claimed})"
+        notes.append(f"{found.overlap} pixels in two classes, the later row's kept")
+    if found.unlisted:
+        notes.append(f"{found.unlisted} images without a row read as background: the CSV "
+                     "lists only masks")  # fmt: skip
+    return f"{table.images}/ and the run-length masks of {table.csv.name} ({'; '.join(notes)})"
 
 
 def check_not_masks(path: Path, cells: list[str]) -> None:
