@@ -94,3 +94,14 @@ def test_16_bit_rgb_png_is_scaled_too(tmp_path):
     eight = tmp_path / "eight.png"
     Image.fromarray((a >> 4).astype(np.uint8)).save(eight)  # 8-bit: Pillow's, as before
     assert np.array_equal(np.asarray(open_image(eight)), (a >> 4).astype(np.uint8))
+
+
+def test_float_rgb_pillow_cannot_open_is_read_and_a_huge_one_refused(tmp_path, monkeypatch):
+    a = np.random.default_rng(4).random((6, 8, 3)).astype(np.float32)
+    path = tmp_path / "reflectance.tif"
+    tifffile.imwrite(path, a, photometric="rgb")
+    assert np.array_equal(np.asarray(open_image(path)), _scaled(a, 1.0))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 48 pixels > twice the limit
+    with pytest.raises(UnreadableImage) as e:
+        open_image(path)
+    assert e.value.reason == "image too large (possible decompression bomb)"

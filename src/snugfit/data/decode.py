@@ -185,16 +185,17 @@ def _deep_image(path: str | os.PathLike, fmt: str, exif: Image.Exif) -> Image.Im
         else:
             import tifffile
 
-            a = np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:  # its shape first: bands, pixel count
+                series = tif.series[0]
+                _check_shape(path, tuple(series.shape), np.dtype(series.dtype))
+                a = np.asarray(series.asarray())
+    except UnreadableImage:
+        raise
     except Exception as e:  # the codecs' errors are ValueError, KeyError, ... by codec
         raise UnreadableImage(path, f"cannot decode this {fmt} ({first_line(e)})") from e
+    _check_shape(path, a.shape, a.dtype)
     if a.ndim == 2:  # greyscale Pillow could not open (32-bit integers, ...)
         a = np.repeat(a[..., None], 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4) or a.dtype.kind not in "uif":
-        shape = f"{a.shape[-1]} bands" if a.ndim == 3 else f"an array of shape {a.shape}"
-        raise UnreadableImage(
-            path, f"{shape} of {a.dtype} (snugfit reads greyscale, RGB or RGBA images)"
-        )
     peak = float(a[..., :3].max()) if a.size else 0.0
     top = (
         1.0
@@ -205,6 +206,20 @@ def _deep_image(path: str | os.PathLike, fmt: str, exif: Image.Exif) -> Image.Im
     out = Image.fromarray(scaled.round().astype(np.uint8), "RGBA" if a.shape[-1] == 4 else "RGB")
     out.info["exif"] = exif.tobytes()  # the file's orientation, for exif_transpose
     return _to_rgb(out)
+
+
+def _check_shape(path: str | os.PathLike, shape: tuple, dtype: np.dtype) -> None:
+    """A greyscale, RGB or RGBA image of numbers within Pillow's pixel limit, or one
+    line saying what the file holds instead (multispectral bands, a stack)."""
+    colour = len(shape) == 3 and shape[-1] in (3, 4)
+    if not (len(shape) == 2 or colour) or dtype.kind not in "uif":
+        what = f"{shape[-1]} bands" if len(shape) == 3 else f"an array of shape {shape}"
+        raise UnreadableImage(
+            path, f"{what} of {dtype} (snugfit reads greyscale, RGB or RGBA images)"
+        )
+    pixels = shape[0] * shape[1]
+    if Image.MAX_IMAGE_PIXELS and pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        raise UnreadableImage(path, "image too large (possible decompression bomb)")
 
 
 def header_problem(path: str | os.PathLike) -> str | None:
