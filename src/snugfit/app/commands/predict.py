@@ -16,13 +16,15 @@ def add_parser(subparsers) -> None:
     pr = subparsers.add_parser(
         NAME,
         help="predict images with a saved model (classes, or masks)",
-        description="Print path, label and probability per image; or, with --csv, predict "
+        description="Print path, label and probability per image (in batches); or, with "
+        "--csv, predict "
         "every image of folders (recursively) in batches that fit the device memory and "
         "write path, label, probability, one prob_<class> column per class and error. "
         "A segmentation model predicts each image at its own size (a sliding window of "
         "training-crop tiles): --out DIR writes DIR/<stem>.png (a class index per pixel; "
         "0/255 for a model trained on binary 0/255 masks, colours for colour masks), "
-        "--overlay a colour overlay too, --csv each image's pixel share per class. "
+        "--overlay a colour overlay too, --csv each image's pixel share per class, --rle "
+        "the masks run-length encoded. "
         "Exit status 1 when some file could not be read.",
     )
     pr.add_argument(
