@@ -32,10 +32,12 @@ def add_parser(subparsers) -> None:
         "pixel limit, empty class folders "
         "and folders not followed (a loop, a folder already read: each real folder is "
         "read once; a run folder inside the data). A segmentation folder (DATA/images and DATA/masks, optional codes.txt and "
-        "valid.txt; or PASCAL VOC's JPEGImages and SegmentationClass) "
+        "valid.txt; or PASCAL VOC's JPEGImages and SegmentationClass; or a CSV of "
+        "run-length masks, as Kaggle's Understanding Clouds ships them) "
         "gets each class's pixel share per split, and images without a mask, masks without "
-        "an image, unreadable, colour or 16-bit masks, image/mask size mismatches and mask "
-        "values that are not classes. Exit status 0 when training can use the data.",
+        "an image, unreadable, colour or 16-bit masks, image/mask size mismatches, mask "
+        "values that are not classes and run-length rows that cannot be used. Exit status "
+        "0 when training can use the data.",
     )
     ck.add_argument("data", help=DATA_HELP)
     ck.add_argument(
