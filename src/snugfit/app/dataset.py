@@ -51,6 +51,18 @@ def check_data(
     return check_csv(cfg.data, **csv_args(cfg), size=cfg.size, console=console)
 
 
+# The command-line options that say what the data is and how it is split (train's,
+# check's, lr-find's): `data_config` reads them into a TrainConfig.
+DATA_OPTIONS = ("valid_pct", "valid_folder", "label_re", "images", "masks", "seed", "size",
+                "csv", "folder", "fn_col", "label_col", "label_delim", "valid_col")  # fmt: skip
+
+
+def data_config(args, *more: str) -> TrainConfig:
+    """A TrainConfig of ``args.data`` with the parsed `DATA_OPTIONS` and the options
+    ``more``; the rest at their defaults."""
+    return TrainConfig(args.data, **{k: getattr(args, k) for k in (*DATA_OPTIONS, *more)})
+
+
 def is_segmentation_data(cfg: TrainConfig) -> bool:
     """Whether the run's data is a segmentation folder (known from the layout alone,
     before the check reads a file)."""

@@ -18,14 +18,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from snugfit.data import rle
 from snugfit.data.items import labelled, labelled_multi, split_items, split_labels
-from snugfit.data.walk import IMAGE_EXTENSIONS
+from snugfit.data.walk import named_files
 from snugfit.errors import SnugfitError
 
 logger = logging.getLogger("snugfit")
@@ -133,7 +132,7 @@ def csv_items(
         is_valid = [is_valid[i] for i in kept] if is_valid else is_valid
     if not files:
         raise SnugfitError(f"{csv_path}: no labels found (every label cell is empty)")
-    files, missing, found_as = _on_disk(files, lines)
+    files, missing, found_as = named_files(files, lines)
     vocab, labels = _csv_labels(files, cells, label_delim, csv_path)
     found = (vocab, multi, csv_path)
     rest = (missing, unlabelled, None if multi else list_delimiter(vocab), found_as)
@@ -176,46 +175,6 @@ def warn_csv_items(found: CsvItems, known: Mapping[str, str]) -> None:
         )  # fmt: skip
     if found.list_delim is not None:
         logger.warning("%s: %s", found.csv_path, list_hint(found.vocab, found.list_delim))
-
-
-def _on_disk(
-    files: list[Path], lines: list[int]
-) -> tuple[list[Path], list[tuple[Path, int, str]], tuple[tuple[str, int], ...]]:
-    """``files`` with each name that is no file, and has no image extension, replaced
-    by the one image file of that name plus an extension (any case); the files still
-    missing, with their line and a note naming the files of their name when several
-    have it; the extensions found, counted. Each name is looked up once."""
-    listings: dict[Path, dict[str, str]] = {}  # folder -> lower-case file name -> name
-
-    def listing(folder: Path) -> dict[str, str]:
-        if folder not in listings:
-            try:
-                with os.scandir(folder) as entries:
-                    listings[folder] = {e.name.lower(): e.name for e in entries if e.is_file()}
-            except OSError:
-                listings[folder] = {}
-        return listings[folder]
-
-    out, missing, found = [], [], Counter()
-    for f, n in zip(files, lines, strict=True):
-        if f.is_file():
-            out.append(f)
-            continue
-        note = ""
-        if f.suffix.lower() not in IMAGE_EXTENSIONS:
-            names = listing(f.parent)
-            hits = sorted(
-                {names[k] for ext in IMAGE_EXTENSIONS if (k := (f.name + ext).lower()) in names}
-            )
-            if len(hits) == 1:
-                out.append(f.parent / hits[0])
-                found[Path(hits[0]).suffix.lower()] += 1
-                continue
-            if hits:
-                note = f"{' and '.join(hits)} exist: name one in the CSV"
-        out.append(f)
-        missing.append((f, n, note))
-    return out, missing, tuple(found.most_common())
 
 
 def _read_csv(csv_path: Path, header: bool) -> tuple[list[str], list[tuple[int, list[str]]]]:

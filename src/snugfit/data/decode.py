@@ -178,7 +178,7 @@ def _deep_image(path: str | os.PathLike, fmt: str, exif: Image.Exif) -> Image.Im
     16-bit greyscale is: RGB, or RGBA on white; more bands (multispectral) are no
     colour image."""
     try:
-        if fmt == "PNG":
+        if fmt == "PNG":  # opened by Pillow as RGB(A): its shape and size were checked
             import imagecodecs
 
             a = np.asarray(imagecodecs.png_decode(Path(path).read_bytes()))
@@ -193,7 +193,6 @@ def _deep_image(path: str | os.PathLike, fmt: str, exif: Image.Exif) -> Image.Im
         raise
     except Exception as e:  # the codecs' errors are ValueError, KeyError, ... by codec
         raise UnreadableImage(path, f"cannot decode this {fmt} ({first_line(e)})") from e
-    _check_shape(path, a.shape, a.dtype)
     if a.ndim == 2:  # greyscale Pillow could not open (32-bit integers, ...)
         a = np.repeat(a[..., None], 3, axis=-1)
     peak = float(a[..., :3].max()) if a.size else 0.0

@@ -24,10 +24,11 @@ have the fewer edges is taken, and the check names it.
 
 A mask holds class indices (0: background; the classes in sorted order from 1) and
 is written to the cache (`snugfit.data.cache.cache_dir`), keyed by the CSV's path,
-size and time, with a ``codes.txt`` naming the classes. Rows that cannot be read (an
-encoding that is not one, runs past the image, an image that does not exist) are
-kept as problems for the check, and a pixel two classes claim takes the later row's
-class (masks of one class per pixel); the check counts such pixels.
+size and time, beside what the decoding found (``rle.json``: the classes, the bad
+rows). Rows that cannot be read (an encoding that is not one, runs past the image,
+an image that does not exist) are kept as problems for the check, and a pixel two
+classes claim takes the later row's class (masks of one class per pixel); the check
+counts such pixels.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -44,13 +46,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from snugfit.data.walk import IMAGE_EXTENSIONS
+from snugfit.data.walk import IMAGE_EXTENSIONS, named_files
 from snugfit.errors import SnugfitError
 
 RLE_COLUMNS = ("encodedpixels", "rle_mask", "rle", "encoding", "encodings")
 CLASS_COLUMNS = ("classid", "class_id", "class", "classname", "class_name")
 BACKGROUND, FOREGROUND = "background", "foreground"
-CODES, DONE, MASKS = "codes.txt", "rle.json", "masks"
+DONE, MASKS = "rle.json", "masks"
 SAMPLED = 20  # masks decoded both ways to find the pixel order
 WORKERS = 4  # processes decoding the masks, at most
 FORMAT = 2  # part of the cache key: bump when the written masks change (2: unlisted)
@@ -118,7 +120,7 @@ def _table(root: Path, path: Path) -> RleCsv | None:
 
 def _is_rle(cell: str) -> bool:
     words = cell.split()
-    return len(words) >= 2 and len(words) % 2 == 0 and all(w.isdigit() for w in words[:8])
+    return len(words) >= 2 and len(words) % 2 == 0 and bool(_DIGITS.fullmatch(cell))
 
 
 def _images_folder(root: Path, files: list[str]) -> str | None:
@@ -130,36 +132,10 @@ def _images_folder(root: Path, files: list[str]) -> str | None:
         (d for d in root.iterdir() if d.is_dir()), key=lambda d: "train" not in d.name.lower()
     )
     for folder in [*folders, root]:  # most of them: a row may name a missing image
-        if 2 * sum(_image_file(folder, name) is not None for name in files) > len(files):
+        _, missing, _ = named_files([folder / n for n in files], list(range(len(files))))
+        if 2 * (len(files) - len(missing)) > len(files):
             return "." if folder == root else folder.name
     return None
-
-
-def _image_file(folder: Path, name: str, stems: dict | None = None) -> Path | None:
-    """``folder/name``, or with an image extension added when ``name`` has none (the one
-    such file; ``stems``: the folder's images by name without the extension, else globbed)."""
-    path = folder / name
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return path if path.is_file() else None
-    if stems is not None:
-        found = stems.get(name, [])
-    else:
-        pattern = _glob_escape(name) + ".*"
-        found = [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    return found[0] if len(found) == 1 else None
-
-
-def _by_stem(folder: Path) -> dict[str, list[Path]]:
-    """The image files directly in ``folder`` by their names without the extension."""
-    out: dict[str, list[Path]] = {}
-    for p in folder.iterdir():
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
-            out.setdefault(p.stem, []).append(p)
-    return out
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?[])", r"[\1]", name)
 
 
 def rows(table: RleCsv) -> Iterator[Row]:
@@ -242,7 +218,7 @@ def edges(mask: np.ndarray) -> int:
 class Decoded(NamedTuple):
     """The masks decoded from a `RleCsv`, and what the decoding found."""
 
-    folder: Path  # the cache entry: masks/<image name>.png, codes.txt and rle.json
+    folder: Path  # the cache entry: masks/<image name>.png and rle.json (the rest)
     column_major: bool
     vocab: list[str]
     masks: int  # masks written
@@ -276,11 +252,8 @@ def decoded(root: Path, table: RleCsv, console=None) -> Decoded:
     try:
         result = _decode_all(root, table, tmp, console)
     except BaseException:  # Ctrl-C, a full disk: no half-written entry is left
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    (tmp / CODES).write_text("".join(f"{name}\n" for name in result.vocab))
     done = {
         "column_major": result.column_major, "vocab": result.vocab, "masks": result.masks,
         "problems": result.problems, "overlap": result.overlap, "unlisted": result.unlisted,
@@ -289,8 +262,6 @@ def decoded(root: Path, table: RleCsv, console=None) -> Decoded:
     try:
         tmp.rename(out)
     except OSError:  # another process wrote it first: the same masks
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return _read_done(out)
 
@@ -313,17 +284,13 @@ def _decode_all(root: Path, table: RleCsv, out: Path, console) -> Decoded:
         by_image.setdefault(row.image, []).append(row)
     vocab = _vocab(r.label for group in by_image.values() for r in group)
     value = {name: i for i, name in enumerate(vocab)}
-    problems: list[tuple[int, str, str]] = []
-    files = {}
-    bare = any(Path(n).suffix.lower() not in IMAGE_EXTENSIONS for n in by_image)
-    stems = _by_stem(images_dir) if bare else None  # one listing, not a glob per name
-    for name, group in by_image.items():
-        path = _image_file(images_dir, name, stems) if name else None
-        if path is None:
-            why = "no image name" if not name else f"no such image in {table.images}/"
-            problems += [(r.line, name, why) for r in group]
-        else:
-            files[name] = path
+    problems = [(r.line, "", "no image name") for r in by_image.pop("", [])]
+    names = list(by_image)  # a name without its extension: the one image file of it
+    paths, missing, _ = named_files([images_dir / n for n in names], list(range(len(names))))
+    lost = {names[k] for _, k, _ in missing}
+    for name in lost:
+        problems += [(r.line, name, f"no such image in {table.images}/") for r in by_image[name]]
+    files = {n: path for n, path in zip(names, paths, strict=True) if n not in lost}
     column_major = _column_major(files, by_image)
     unlisted = _unlisted(images_dir, files, by_image)
     jobs = [
@@ -387,9 +354,8 @@ def _vocab(labels) -> list[str]:
     found = {label for label in labels if label}
     if not found:
         return [BACKGROUND, FOREGROUND]
-    if all(label.isdigit() for label in found):
-        return [BACKGROUND, *(f"class_{v}" for v in sorted(found, key=int))]
-    return [BACKGROUND, *sorted(found)]
+    numbers = all(label.isdigit() for label in found)
+    return [BACKGROUND, *map(_label_name, sorted(found, key=int if numbers else None))]
 
 
 def _mask(path: Path, group: list[Row], value: dict, column_major: bool):
@@ -476,11 +442,7 @@ def masks_of(found: Decoded) -> Path:
     return found.folder / MASKS
 
 
-def entry_of(masks: Path) -> Path:
-    """The cache entry of a folder of decoded masks: its codes.txt and what the decoding found."""
-    return masks.parent
-
-
-def problems_in(masks: Path) -> list[tuple[int, str, str]]:
-    """The rows not used of the CSV decoded into ``masks``: (line, image name, why)."""
-    return _read_done(entry_of(masks)).problems
+def decoded_into(masks: Path) -> Decoded:
+    """What the decoding into the folder ``masks`` (`masks_of`) found: the classes, the
+    rows not used, ..."""
+    return _read_done(masks.parent)

@@ -358,10 +358,12 @@ def folder_pairs(
         hint = f"; e.g. {no_mask[0][0]}: {no_mask[0][1]}" if no_mask else ""
         raise SnugfitError(f"{root}: no image with a mask ({found}){hint}")
     codes, vocab, colours = _class_names(root)
-    if codes is None and folders.rle:  # the classes the CSV named, beside its masks
-        _, vocab, colours = _class_names(rle.entry_of(Path(folders.masks)))
-        codes = root / folders.rle
-    bad_rows = tuple(rle.problems_in(Path(folders.masks))) if folders.rle else ()
+    bad_rows = ()
+    if folders.rle:  # decoded from a CSV: its classes (unless codes.txt names them), bad rows
+        table = rle.decoded_into(Path(folders.masks))
+        if codes is None:
+            codes, vocab = root / folders.rle, table.vocab
+        bad_rows = tuple(table.problems)
     images_dir, valid_file = root / folders.images, root / folders.valid
     unknown, held_out, unlabelled = [], [], list(_unlabelled_beside(root, folders))
     listed = valid_pct is None and valid_file.is_file()

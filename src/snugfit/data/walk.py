@@ -196,3 +196,44 @@ def warn_not_images(others: list[Path]) -> None:
     """Log `not_images_line` once, when there are such files."""
     if others:
         logger.warning("%s", not_images_line(others))
+
+
+def named_files(
+    files: list[Path], lines: list[int]
+) -> tuple[list[Path], list[tuple[Path, int, str]], tuple[tuple[str, int], ...]]:
+    """``files`` (named by a CSV, at its ``lines``) with each name that is no file, and
+    has no image extension, replaced by the one image file of that name plus an
+    extension (any case); the files still missing, with their line and a note naming
+    the files of their name when several have it; the extensions found, counted. Each
+    folder is listed once (Kaggle's CSVs name 000c1434d8d7 for 000c1434d8d7.png)."""
+    listings: dict[Path, dict[str, str]] = {}  # folder -> lower-case file name -> name
+
+    def listing(folder: Path) -> dict[str, str]:
+        if folder not in listings:
+            try:
+                with os.scandir(folder) as entries:
+                    listings[folder] = {e.name.lower(): e.name for e in entries if e.is_file()}
+            except OSError:
+                listings[folder] = {}
+        return listings[folder]
+
+    out, missing, found = [], [], Counter()
+    for f, n in zip(files, lines, strict=True):
+        if f.is_file():
+            out.append(f)
+            continue
+        note = ""
+        if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            names = listing(f.parent)
+            hits = sorted(
+                {names[k] for ext in IMAGE_EXTENSIONS if (k := (f.name + ext).lower()) in names}
+            )
+            if len(hits) == 1:
+                out.append(f.parent / hits[0])
+                found[Path(hits[0]).suffix.lower()] += 1
+                continue
+            if hits:
+                note = f"{' and '.join(hits)} exist: name one in the CSV"
+        out.append(f)
+        missing.append((f, n, note))
+    return out, missing, tuple(found.most_common())

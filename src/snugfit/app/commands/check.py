@@ -64,11 +64,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from snugfit.app.dataset import check_data
+    from snugfit.app.dataset import check_data, data_config
 
-    keys = ("valid_pct", "valid_folder", "label_re", "images", "masks", "seed", "size", "csv",
-            "folder", "fn_col", "label_col", "label_delim", "valid_col")  # fmt: skip
-    report = check_data(TrainConfig(args.data, **{k: getattr(args, k) for k in keys}))
+    report = check_data(data_config(args))
     report.print(Console())
     if args.json is not None:
         try:

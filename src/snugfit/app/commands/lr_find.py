@@ -61,13 +61,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from snugfit.app.dataset import check_data, loaders
+    from snugfit.app.dataset import check_data, data_config, loaders
     from snugfit.train.factory import learner_for
 
-    keys = ("valid_pct", "valid_folder", "label_re", "images", "masks", "seed", "size", "csv",
-            "folder", "fn_col", "label_col", "label_delim", "valid_col", "bs", "crop", "flip",
-            "num_workers", "decoder")  # fmt: skip
-    cfg = TrainConfig(args.data, **{k: getattr(args, k) for k in keys})
+    cfg = data_config(args, "bs", "crop", "flip", "num_workers", "decoder")
     console = Console(stderr=True)
     report = check_data(cfg, console)  # the problems train would report, and its split
     report.print(console)
